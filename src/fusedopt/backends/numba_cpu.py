@@ -1,0 +1,247 @@
+"""Numba CPU backend: one fused pass per call, the rules of ``fusedopt.rules`` in a loop.
+
+Every kernel takes flat, C-contiguous arrays of one dtype (float32 or float64) and the
+step's scalars as Python floats, cast to the array dtype inside the kernel (building
+NumPy scalars in Python costs ~3 us per call; a cast inside costs nothing). Changing
+any hyperparameter therefore never recompiles: one specialisation per dtype.
+
+Each kernel holds a serial loop and a ``prange`` loop over the same rule call: entering
+a parallel region costs 2-4 us, more than the whole update of a small tensor. Measured
+on 2 Zen 4 cores, float32 Adam: 1.4 us serial vs 3.0 us parallel at 1K elements,
+6.7 vs 6.2 us at 16K, 13.4 vs 10.8 us at 32K, 512 vs 256 us at 1M.
+"""
+
+from __future__ import annotations
+
+from numba import njit, prange
+
+from .. import rules, scalars
+from ..rules import cast_like
+
+#: sha256 of rules.py (first 16 hex digits). Numba's cache is keyed on the content of
+#: this file only, not on the rules it calls: pinning the rules' hash here makes any
+#: change to rules.py change this file too, so stale machine code is never loaded.
+#: tests/test_types.py fails with the new value when the two disagree.
+RULES_SHA256 = "90bc1a92aeddb8ac"
+
+#: Arrays with at least this many elements are updated by all threads (see above).
+PARALLEL_MIN_SIZE = 32768
+
+# error_model="numpy": the "python" model checks every division for zero and blocks
+# vectorisation (2x slower). "contract" lets LLVM fuse multiply-adds; no flag that
+# assumes finite values, so NaN and inf propagate exactly as in torch.
+JIT_OPTIONS = dict(parallel=True, cache=True, nogil=True, error_model="numpy",
+                   fastmath={"contract"})
+_jit = njit(**JIT_OPTIONS)
+
+
+@_jit
+def _sgd(p, g, lr, weight_decay, decay, maximize, parallel):
+    lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
+    zero = cast_like(0.0, p)
+    if parallel:
+        for i in prange(p.size):
+            p[i], _ = rules.sgd(p[i], g[i], zero, lr, weight_decay, zero, zero,
+                                decay, False, False, maximize)
+    else:
+        for i in range(p.size):
+            p[i], _ = rules.sgd(p[i], g[i], zero, lr, weight_decay, zero, zero,
+                                decay, False, False, maximize)
+
+
+@_jit
+def _sgd_momentum(p, g, buf, lr, weight_decay, momentum, buf_grad_scale,
+                  decay, nesterov, maximize, parallel):
+    lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
+    momentum, buf_grad_scale = cast_like(momentum, p), cast_like(buf_grad_scale, p)
+    if parallel:
+        for i in prange(p.size):
+            p[i], buf[i] = rules.sgd(p[i], g[i], buf[i], lr, weight_decay, momentum,
+                                     buf_grad_scale, decay, True, nesterov, maximize)
+    else:
+        for i in range(p.size):
+            p[i], buf[i] = rules.sgd(p[i], g[i], buf[i], lr, weight_decay, momentum,
+                                     buf_grad_scale, decay, True, nesterov, maximize)
+
+
+@_jit
+def _adam(p, g, m, v, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
+          weight_decay, param_scale, decay, decoupled, maximize, parallel):
+    beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
+    step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
+    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+    param_scale, zero = cast_like(param_scale, p), cast_like(0.0, p)
+    if parallel:
+        for i in prange(p.size):
+            p[i], m[i], v[i], _ = rules.adam(
+                p[i], g[i], m[i], v[i], zero, beta1c, beta2, beta2c, step_size,
+                inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False,
+                maximize)
+    else:
+        for i in range(p.size):
+            p[i], m[i], v[i], _ = rules.adam(
+                p[i], g[i], m[i], v[i], zero, beta1c, beta2, beta2c, step_size,
+                inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False,
+                maximize)
+
+
+@_jit
+def _adam_amsgrad(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2,
+                  eps, weight_decay, param_scale, decay, decoupled, maximize, parallel):
+    beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
+    step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
+    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+    param_scale = cast_like(param_scale, p)
+    if parallel:
+        for i in prange(p.size):
+            p[i], m[i], v[i], vmax[i] = rules.adam(
+                p[i], g[i], m[i], v[i], vmax[i], beta1c, beta2, beta2c, step_size,
+                inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True,
+                maximize)
+    else:
+        for i in range(p.size):
+            p[i], m[i], v[i], vmax[i] = rules.adam(
+                p[i], g[i], m[i], v[i], vmax[i], beta1c, beta2, beta2c, step_size,
+                inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True,
+                maximize)
+
+
+@_jit
+def _adagrad(p, g, acc, clr, eps, weight_decay, decay, maximize, parallel):
+    clr, eps, weight_decay = cast_like(clr, p), cast_like(eps, p), cast_like(weight_decay, p)
+    if parallel:
+        for i in prange(p.size):
+            p[i], acc[i] = rules.adagrad(p[i], g[i], acc[i], clr, eps, weight_decay,
+                                         decay, maximize)
+    else:
+        for i in range(p.size):
+            p[i], acc[i] = rules.adagrad(p[i], g[i], acc[i], clr, eps, weight_decay,
+                                         decay, maximize)
+
+
+# RMSprop has four state layouts (centered adds grad_avg, momentum adds a buffer);
+# one kernel each, so no kernel reads or writes an array it does not need.
+@_jit
+def _rmsprop(p, g, sq, lr, alpha, alphac, eps, weight_decay, momentum,
+             decay, maximize, parallel):
+    lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
+    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+    momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
+    if parallel:
+        for i in prange(p.size):
+            p[i], sq[i], _, _ = rules.rmsprop(
+                p[i], g[i], sq[i], zero, zero, lr, alpha, alphac, eps, weight_decay,
+                momentum, decay, False, False, maximize)
+    else:
+        for i in range(p.size):
+            p[i], sq[i], _, _ = rules.rmsprop(
+                p[i], g[i], sq[i], zero, zero, lr, alpha, alphac, eps, weight_decay,
+                momentum, decay, False, False, maximize)
+
+
+@_jit
+def _rmsprop_centered(p, g, sq, gavg, lr, alpha, alphac, eps, weight_decay, momentum,
+                      decay, maximize, parallel):
+    lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
+    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+    momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
+    if parallel:
+        for i in prange(p.size):
+            p[i], sq[i], gavg[i], _ = rules.rmsprop(
+                p[i], g[i], sq[i], gavg[i], zero, lr, alpha, alphac, eps, weight_decay,
+                momentum, decay, True, False, maximize)
+    else:
+        for i in range(p.size):
+            p[i], sq[i], gavg[i], _ = rules.rmsprop(
+                p[i], g[i], sq[i], gavg[i], zero, lr, alpha, alphac, eps, weight_decay,
+                momentum, decay, True, False, maximize)
+
+
+@_jit
+def _rmsprop_momentum(p, g, sq, buf, lr, alpha, alphac, eps, weight_decay, momentum,
+                      decay, maximize, parallel):
+    lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
+    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+    momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
+    if parallel:
+        for i in prange(p.size):
+            p[i], sq[i], _, buf[i] = rules.rmsprop(
+                p[i], g[i], sq[i], zero, buf[i], lr, alpha, alphac, eps, weight_decay,
+                momentum, decay, False, True, maximize)
+    else:
+        for i in range(p.size):
+            p[i], sq[i], _, buf[i] = rules.rmsprop(
+                p[i], g[i], sq[i], zero, buf[i], lr, alpha, alphac, eps, weight_decay,
+                momentum, decay, False, True, maximize)
+
+
+@_jit
+def _rmsprop_centered_momentum(p, g, sq, gavg, buf, lr, alpha, alphac, eps,
+                               weight_decay, momentum, decay, maximize, parallel):
+    lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
+    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+    momentum = cast_like(momentum, p)
+    if parallel:
+        for i in prange(p.size):
+            p[i], sq[i], gavg[i], buf[i] = rules.rmsprop(
+                p[i], g[i], sq[i], gavg[i], buf[i], lr, alpha, alphac, eps,
+                weight_decay, momentum, decay, True, True, maximize)
+    else:
+        for i in range(p.size):
+            p[i], sq[i], gavg[i], buf[i] = rules.rmsprop(
+                p[i], g[i], sq[i], gavg[i], buf[i], lr, alpha, alphac, eps,
+                weight_decay, momentum, decay, True, True, maximize)
+
+
+# -- the backend contract: flat arrays, raw hyperparameters -------------------------
+
+def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
+        nesterov, maximize):
+    par = param.size >= PARALLEL_MIN_SIZE
+    decay = weight_decay != 0.0
+    if momentum_buffer is None:
+        _sgd(param, grad, lr, weight_decay, decay, maximize, par)
+    else:
+        lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
+            fresh_buffer, lr, momentum, dampening, weight_decay)
+        _sgd_momentum(param, grad, momentum_buffer, lr, weight_decay, momentum,
+                      buf_grad_scale, decay, nesterov, maximize, par)
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+         weight_decay, decoupled, maximize):
+    par = param.size >= PARALLEL_MIN_SIZE
+    decay = weight_decay != 0.0
+    s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
+    if max_exp_avg_sq is None:
+        _adam(param, grad, exp_avg, exp_avg_sq, *s, decay, decoupled, maximize, par)
+    else:
+        _adam_amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *s,
+                      decay, decoupled, maximize, par)
+
+
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, maximize):
+    par = param.size >= PARALLEL_MIN_SIZE
+    s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
+    _adagrad(param, grad, state_sum, *s, weight_decay != 0.0, maximize, par)
+
+
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
+            weight_decay, momentum, maximize):
+    par = param.size >= PARALLEL_MIN_SIZE
+    decay = weight_decay != 0.0
+    s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
+    if grad_avg is None and momentum_buffer is None:
+        _rmsprop(param, grad, square_avg, *s, decay, maximize, par)
+    elif momentum_buffer is None:
+        _rmsprop_centered(param, grad, square_avg, grad_avg, *s, decay, maximize, par)
+    elif grad_avg is None:
+        _rmsprop_momentum(param, grad, square_avg, momentum_buffer, *s, decay,
+                          maximize, par)
+    else:
+        _rmsprop_centered_momentum(param, grad, square_avg, grad_avg, momentum_buffer,
+                                   *s, decay, maximize, par)
+
+
+KERNELS = (_sgd, _sgd_momentum, _adam, _adam_amsgrad, _adagrad, _rmsprop,
+           _rmsprop_centered, _rmsprop_momentum, _rmsprop_centered_momentum)

@@ -1,0 +1,82 @@
+"""The naive NumPy backend: textbook updates with a temporary per operator.
+
+It is both the test oracle (run it in float64) and the benchmark baseline ("what a
+NumPy user writes"). It is written from the published formulas, not from
+``fusedopt.rules``: an oracle that shares code with the kernels proves nothing. It
+writes its results into the given arrays, so it honours the same in-place contract as
+the fused backends, but it makes no effort to be fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
+        nesterov, maximize):
+    # Sutskever et al. 2013 as written in torch.optim.SGD: d = g + wd * theta;
+    # b_1 = d, b_t = mu * b_{t-1} + (1 - tau) * d; nesterov: d = d + mu * b_t.
+    d = -grad if maximize else grad
+    if weight_decay != 0:
+        d = d + weight_decay * param
+    if momentum_buffer is not None:
+        if fresh_buffer:
+            b = d.copy()
+        else:
+            b = momentum * momentum_buffer + (1 - dampening) * d
+        momentum_buffer[...] = b
+        d = d + momentum * b if nesterov else b
+    param[...] = param - lr * d
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+         weight_decay, decoupled, maximize):
+    # Kingma & Ba 2015, Algorithm 1; AdamW: Loshchilov & Hutter 2019 (decay scaled by lr
+    # as torch does); AMSGrad: Reddi et al. 2018 with torch's bias-corrected max.
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled:
+            param[...] = param - lr * weight_decay * param
+        else:
+            g = g + weight_decay * param
+    m = beta1 * exp_avg + (1 - beta1) * g
+    v = beta2 * exp_avg_sq + (1 - beta2) * g ** 2
+    exp_avg[...] = m
+    exp_avg_sq[...] = v
+    if max_exp_avg_sq is not None:
+        v = np.maximum(max_exp_avg_sq, v)
+        max_exp_avg_sq[...] = v
+    m_hat = m / (1 - beta1 ** step)
+    v_hat = v / (1 - beta2 ** step)
+    param[...] = param - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, maximize):
+    # Duchi et al. 2011, with torch's learning-rate decay lr / (1 + (t - 1) * decay).
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    s = state_sum + g ** 2
+    state_sum[...] = s
+    eta = lr / (1 + (step - 1) * lr_decay)
+    param[...] = param - eta * g / (np.sqrt(s) + eps)
+
+
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
+            weight_decay, momentum, maximize):
+    # Hinton's lecture 6e; centered form of Graves 2013 (variance instead of second moment).
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    v = alpha * square_avg + (1 - alpha) * g ** 2
+    square_avg[...] = v
+    if grad_avg is not None:
+        mean = alpha * grad_avg + (1 - alpha) * g
+        grad_avg[...] = mean
+        v = v - mean ** 2
+    update = g / (np.sqrt(v) + eps)
+    if momentum_buffer is not None:
+        b = momentum * momentum_buffer + update
+        momentum_buffer[...] = b
+        update = b
+    param[...] = param - lr * update

@@ -1,0 +1,119 @@
+"""Backend registry: which implementation of the kernel contract runs a step.
+
+Every backend module implements the same four functions over flat, C-contiguous
+arrays with raw hyperparameters (see ``numpy_ref`` for the plainest statement):
+
+    sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening,
+        weight_decay, nesterov, maximize)
+    adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
+         eps, weight_decay, decoupled, maximize)
+    adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, maximize)
+    rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
+            weight_decay, momentum, maximize)
+
+Optional state is ``None`` when the option that needs it is off (amsgrad, momentum,
+centered). Callers validate; backends trust their arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable, NamedTuple
+
+ENV_VAR = "FUSEDOPT_BACKEND"
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says why."""
+
+
+class Availability(NamedTuple):
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named implementation of the kernel contract for some devices."""
+
+    name: str
+    devices: tuple[str, ...]
+    module: str
+    describe: Callable[[ModuleType], str] = lambda module: ""
+
+
+_REGISTRY: dict[str, Backend] = {}  # insertion order is the "auto" preference order
+_LOADED: dict[str, ModuleType] = {}
+_FAILED: dict[str, str] = {}
+
+
+def register(backend: Backend) -> None:
+    """Add a backend; ``auto`` prefers backends registered earlier."""
+    _REGISTRY[backend.name] = backend
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def load(name: str) -> ModuleType:
+    """Import a backend's module, or raise ``BackendUnavailable`` with the reason."""
+    if name in _LOADED:
+        return _LOADED[name]
+    if name not in _REGISTRY:
+        raise ValueError(f"backend: expected one of {['auto', *_REGISTRY]}, got {name!r}")
+    if name in _FAILED:
+        raise BackendUnavailable(f"backend {name!r} is not available: {_FAILED[name]}")
+    try:
+        module = importlib.import_module(_REGISTRY[name].module)
+    except Exception as exc:  # ImportError, or a broken install of a dependency
+        _FAILED[name] = f"{type(exc).__name__}: {exc}"
+        raise BackendUnavailable(
+            f"backend {name!r} is not available: {_FAILED[name]}") from exc
+    _LOADED[name] = module
+    return module
+
+
+def available() -> dict[str, Availability]:
+    """Every registered backend, whether it works here, and a one-line detail:
+    versions and threads when it works, the reason when it does not."""
+    report = {}
+    for name, backend in _REGISTRY.items():
+        try:
+            module = load(name)
+        except BackendUnavailable:
+            report[name] = Availability(False, _FAILED[name])
+        else:
+            report[name] = Availability(True, backend.describe(module))
+    return report
+
+
+def select(requested: str, device: str) -> tuple[str, ModuleType]:
+    """Resolve ``requested`` ("auto" or a name) for arrays living on ``device``.
+
+    ``auto`` honours ``FUSEDOPT_BACKEND`` when set, else takes the first registered
+    backend for the device that imports; an explicit name (argument or variable)
+    raises ``BackendUnavailable`` with the reason if it cannot run.
+    """
+    if not isinstance(requested, str):
+        raise TypeError(f"backend: expected a str, got {type(requested).__name__}")
+    if requested == "auto":
+        requested = os.environ.get(ENV_VAR, "").strip() or "auto"
+    if requested != "auto":
+        module = load(requested)
+        if device not in _REGISTRY[requested].devices:
+            raise BackendUnavailable(
+                f"backend {requested!r} runs on {'/'.join(_REGISTRY[requested].devices)} "
+                f"arrays, but the parameters are {device} arrays")
+        return requested, module
+    reasons = []
+    for name, backend in _REGISTRY.items():
+        if device in backend.devices:
+            try:
+                return name, load(name)
+            except BackendUnavailable as exc:
+                reasons.append(str(exc))
+    raise BackendUnavailable(f"no backend for {device} arrays: " + "; ".join(reasons))

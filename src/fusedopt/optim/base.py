@@ -1,0 +1,216 @@
+"""The optimizer machinery shared by every algorithm: param groups, state, checks.
+
+Semantics follow ``torch.optim.Optimizer``: ``param_groups`` is a list of dicts whose
+hyperparameters may be changed between steps; ``state_dict()`` has the same layout
+(``{"state": {index: {...}}, "param_groups": [{..., "params": [index, ...]}]}``) and
+returns references to the live state, not copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .. import _checks
+from ..backends import select
+
+ParamsT = Iterable[np.ndarray] | Iterable[Mapping[str, Any]]
+
+
+class Optimizer:
+    """Base class. Subclasses define the algorithm through three hooks:
+
+    ``_check_group(group, where)`` validates one group's hyperparameters and returns
+    them as a tuple (``where``: the group's index, or a label for messages); ``_state_spec(hyper)`` names the state arrays the step needs with
+    their initial value; ``_update(impl, p, g, state, hyper, fresh)`` runs one backend
+    call (``fresh``: a state array was created for this step).
+    """
+
+    _state_names: tuple[str, ...] = ()  # every array name the algorithm may keep
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any], backend: str = "auto"):
+        self._check_group(defaults, "")
+        self.defaults = defaults
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}
+        self._params: list[np.ndarray] = []
+        self._flat: list[np.ndarray] = []
+        if isinstance(params, np.ndarray) or isinstance(params, Mapping):
+            raise TypeError("params: expected a list of arrays or of param-group dicts, "
+                            f"got a single {type(params).__name__}; wrap it in a list")
+        groups = list(params)
+        if not groups:
+            raise ValueError("params: got an empty list; the optimizer has nothing to update")
+        if not isinstance(groups[0], Mapping):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+        self.backend, self._impl = select(backend, "cpu")
+
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Append a group; missing hyperparameters take the constructor's defaults."""
+        k = len(self.param_groups)
+        if not isinstance(param_group, Mapping) or "params" not in param_group:
+            raise TypeError(f"param_groups[{k}]: expected a dict with a 'params' list, "
+                            f"got {type(param_group).__name__}")
+        unknown = set(param_group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"param_groups[{k}]: unknown option(s) {sorted(unknown)}; "
+                             f"expected some of {sorted(self.defaults)}")
+        group = {**self.defaults, **param_group}
+        params = group["params"]
+        params = [params] if isinstance(params, np.ndarray) else list(params)
+        flats = []
+        for j, p in enumerate(params):
+            name = f"params[{len(self._params) + j}]"
+            flats.append(_checks.param_array(p, name))
+            if any(p is q for q in self._params) or any(p is q for q in params[:j]):
+                raise ValueError(f"{name}: the same array appears twice in the "
+                                 "optimizer's parameters")
+        self._check_group(group, k)
+        group["params"] = params
+        self.param_groups.append(group)
+        self._params.extend(params)
+        self._flat.extend(flats)
+
+    def step(self, grads: Sequence[np.ndarray]) -> None:
+        """One update of every parameter, in place. ``grads`` holds one array per
+        parameter, in the order the parameters were given (group by group), each of
+        the parameter's shape and dtype. Everything is checked before the first write:
+        on an exception nothing has changed. Non-finite gradients propagate, as in
+        torch: a NaN or inf in ``grads[i][j]`` reaches ``params[i][j]`` and its state,
+        and no other element."""
+        flat_grads = self._check_grads(grads)
+        hypers = [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
+        impl, i = self._impl, 0
+        for group, hyper in zip(self.param_groups, hypers):
+            spec = self._state_spec(hyper)
+            for _ in group["params"]:
+                state = self.state.get(i)
+                if state is None:
+                    state = self.state[i] = {"step": 0}
+                fresh = False
+                for name, init in spec:
+                    if state.get(name) is None:
+                        state[name] = np.full_like(self._flat[i], init)
+                        fresh = True
+                self._update(impl, self._flat[i], flat_grads[i], state, hyper, fresh)
+                i += 1
+
+    def _check_grads(self, grads) -> list[np.ndarray]:
+        if not isinstance(grads, (list, tuple)) and (
+                isinstance(grads, np.ndarray) or not isinstance(grads, Sequence)):
+            raise TypeError("grads: expected a list of arrays, one per parameter, got "
+                            f"{type(grads).__name__}")
+        if len(grads) != len(self._params):
+            raise ValueError(f"grads: expected {len(self._params)} arrays (one per "
+                             f"parameter), got {len(grads)}")
+        return [_checks.like_param(g, p, f"grads[{i}]", f"params[{i}]")
+                for i, (g, p) in enumerate(zip(grads, self._params))]
+
+    # -- state_dict ---------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"state": {i: {"step": int, <name>: array}}, "param_groups": [...]}``.
+        Arrays have their parameter's shape and are views of the live state (as in
+        torch): copy them if you keep them while training goes on."""
+        state = {}
+        for i, st in self.state.items():
+            shape = self._params[i].shape
+            state[i] = {k: (v.reshape(shape) if isinstance(v, np.ndarray) else v)
+                        for k, v in st.items()}
+        groups, i = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            groups.append({**{k: v for k, v in group.items() if k != "params"},
+                           "params": list(range(i, i + n))})
+            i += n
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Replace state and hyperparameters with those of ``state_dict``. Everything
+        is validated first (layout, option values, every array's shape and dtype); on
+        an exception the optimizer is unchanged. Arrays are copied in."""
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(
+                state_dict):
+            raise TypeError("state_dict: expected a dict with keys 'state' and "
+                            "'param_groups' (from state_dict())")
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, Sequence) or len(saved_groups) != len(
+                self.param_groups):
+            raise ValueError(f"state_dict['param_groups']: expected "
+                             f"{len(self.param_groups)} groups, got "
+                             f"{len(saved_groups) if isinstance(saved_groups, Sequence) else saved_groups!r}")
+        new_groups = []
+        for k, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            label = f"state_dict['param_groups'][{k}]"
+            if not isinstance(saved, Mapping) or len(saved.get("params", ())) != len(
+                    group["params"]):
+                raise ValueError(f"{label}: expected a group of {len(group['params'])} "
+                                 "parameters")
+            merged = {**group, **{key: saved[key] for key in self.defaults if key in saved}}
+            self._check_group(merged, label)
+            new_groups.append(merged)
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise TypeError("state_dict['state']: expected a dict {param index: state}")
+        new_state = {}
+        for key, st in saved_state.items():
+            label = f"state_dict['state'][{key!r}]"
+            if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not (
+                    0 <= key < len(self._params)):
+                raise ValueError(f"{label}: expected a parameter index in "
+                                 f"[0, {len(self._params)})")
+            new_state[int(key)] = self._load_param_state(st, self._params[key], label)
+        for group, merged in zip(self.param_groups, new_groups):
+            group.update(merged)
+        self.state = new_state
+
+    def _load_param_state(self, st, param: np.ndarray, label: str) -> dict[str, Any]:
+        if not isinstance(st, Mapping):
+            raise TypeError(f"{label}: expected a dict of state, got {type(st).__name__}")
+        unknown = set(st) - {"step", *self._state_names}
+        if unknown:
+            raise ValueError(f"{label}: unknown state {sorted(unknown)}; this optimizer "
+                             f"keeps 'step' and {list(self._state_names)}")
+        step = st.get("step", 0)
+        if isinstance(step, np.ndarray) and step.shape == ():
+            step = step.item()
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"{label}['step']: expected an int >= 0, got {step!r}")
+        out: dict[str, Any] = {"step": int(step)}
+        for name in self._state_names:
+            value = st.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                raise TypeError(f"{label}[{name!r}]: expected a float array, got "
+                                f"{getattr(value, 'dtype', type(value).__name__)}")
+            if value.shape != param.shape:
+                raise ValueError(f"{label}[{name!r}]: expected shape {param.shape} (that "
+                                 f"of its parameter), got {value.shape}")
+            out[name] = np.array(value, dtype=param.dtype, order="C").reshape(-1)
+        return out
+
+    # -- hooks --------------------------------------------------------------------
+
+    def _check_group(self, group: Mapping[str, Any], where: int | str) -> tuple:
+        raise NotImplementedError
+
+    def _state_spec(self, hyper: tuple) -> tuple[tuple[str, float], ...]:
+        raise NotImplementedError
+
+    def _update(self, impl, p: np.ndarray, g: np.ndarray, state: dict, hyper: tuple,
+                fresh: bool) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        groups = "".join(
+            f"\n  group {k}: {len(g['params'])} params, "
+            + ", ".join(f"{key}={g[key]!r}" for key in self.defaults)
+            for k, g in enumerate(self.param_groups))
+        return f"{type(self).__name__}(backend={self.backend!r}){groups}"
+

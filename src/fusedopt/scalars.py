@@ -1,0 +1,40 @@
+"""Per-step scalars, computed once on the host in float64 for the kernel backends.
+
+The rules in ``fusedopt.rules`` (and their Cython mirror) take these tuples as their
+trailing arguments, in this order. torch computes the same quantities in float64 on the
+host (``bias_correction1 = 1 - beta1 ** step`` ...), so doing it here keeps float32
+kernels within rounding of ``torch.optim``. The NumPy reference does not use this
+module: it recomputes everything from the textbook formulas.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def sgd(fresh_buffer: bool, lr: float, momentum: float, dampening: float,
+        weight_decay: float):
+    """``(lr, weight_decay, momentum, buf_grad_scale)``; a fresh (all-zero) momentum
+    buffer takes the whole gradient (torch clones it), later steps ``1 - dampening``."""
+    buf_grad_scale = 1.0 if fresh_buffer else 1.0 - dampening
+    return lr, weight_decay, momentum, buf_grad_scale
+
+
+def adam(step: int, lr: float, beta1: float, beta2: float, eps: float,
+         weight_decay: float, decoupled: bool):
+    """``(1-beta1, beta2, 1-beta2, lr/bc1, 1/sqrt(bc2), eps, weight_decay, 1-lr*wd)``."""
+    bias_correction1 = 1.0 - beta1 ** step
+    bias_correction2 = 1.0 - beta2 ** step
+    param_scale = 1.0 - lr * weight_decay if decoupled else 1.0
+    return (1.0 - beta1, beta2, 1.0 - beta2, lr / bias_correction1,
+            1.0 / math.sqrt(bias_correction2), eps, weight_decay, param_scale)
+
+
+def adagrad(step: int, lr: float, lr_decay: float, eps: float, weight_decay: float):
+    """``(clr, eps, weight_decay)`` with ``clr = lr / (1 + (step - 1) * lr_decay)``."""
+    return lr / (1.0 + (step - 1) * lr_decay), eps, weight_decay
+
+
+def rmsprop(lr: float, alpha: float, eps: float, weight_decay: float, momentum: float):
+    """``(lr, alpha, 1-alpha, eps, weight_decay, momentum)``."""
+    return lr, alpha, 1.0 - alpha, eps, weight_decay, momentum

@@ -1,0 +1,59 @@
+"""The table the tests cross with backends and dtypes: every algorithm with the
+options torch.optim has, as ``(fusedopt class, torch.optim class name, kwargs)``."""
+
+from __future__ import annotations
+
+import fusedopt
+
+ALGORITHMS = {
+    "sgd": (fusedopt.SGD, "SGD", [
+        dict(lr=0.05),
+        dict(lr=0.05, momentum=0.9),
+        dict(lr=0.05, momentum=0.9, dampening=0.3),
+        dict(lr=0.05, momentum=0.9, nesterov=True),
+        dict(lr=0.05, weight_decay=0.1),
+        dict(lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=True, maximize=True),
+        dict(lr=0.05, momentum=0.5, dampening=0.5, weight_decay=0.01, maximize=True),
+    ]),
+    "adam": (fusedopt.Adam, "Adam", [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, amsgrad=True),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.05, amsgrad=True,
+             maximize=True),
+    ]),
+    "adamw": (fusedopt.AdamW, "AdamW", [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.0),
+        dict(lr=0.01, amsgrad=True),
+        dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True, maximize=True),
+    ]),
+    "adagrad": (fusedopt.Adagrad, "Adagrad", [
+        dict(lr=0.05),
+        dict(lr=0.05, lr_decay=0.1),
+        dict(lr=0.05, weight_decay=0.1),
+        dict(lr=0.05, initial_accumulator_value=0.5),
+        dict(lr=0.05, eps=1e-3, maximize=True),
+        dict(lr=0.05, lr_decay=0.01, weight_decay=0.05, initial_accumulator_value=0.1,
+             maximize=True),
+    ]),
+    "rmsprop": (fusedopt.RMSprop, "RMSprop", [
+        dict(lr=0.01),
+        dict(lr=0.01, centered=True),
+        dict(lr=0.01, momentum=0.9),
+        dict(lr=0.01, centered=True, momentum=0.9),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, alpha=0.9, eps=1e-3, maximize=True),
+        dict(lr=0.01, alpha=0.95, weight_decay=0.05, momentum=0.5, centered=True,
+             maximize=True),
+    ]),
+}
+
+CASES = [(name, kwargs) for name, (_, _, options) in ALGORITHMS.items()
+         for kwargs in options]
+
+
+def case_id(case) -> str:
+    name, kwargs = case
+    return name + "-" + ("-".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults")

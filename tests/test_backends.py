@@ -1,0 +1,68 @@
+"""Backend registry: auto selection, the environment override, clear refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusedopt
+from fusedopt.backends import BackendUnavailable, available, registry
+
+
+def test_available_reports_every_backend():
+    report = available()
+    assert report["numpy"].ok
+    assert set(report) >= {"numba", "numpy"}
+    for status in report.values():
+        assert status.detail
+
+
+def test_auto_prefers_numba():
+    pytest.importorskip("numba")
+    assert fusedopt.Adam([np.zeros(3)]).backend == "numba"
+
+
+def test_environment_variable_overrides_auto(monkeypatch):
+    monkeypatch.setenv("FUSEDOPT_BACKEND", "numpy")
+    assert fusedopt.Adam([np.zeros(3)]).backend == "numpy"
+    assert fusedopt.Adam([np.zeros(3)], backend="numpy").backend == "numpy"
+
+
+def test_environment_variable_with_unknown_name(monkeypatch):
+    monkeypatch.setenv("FUSEDOPT_BACKEND", "nope")
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        fusedopt.Adam([np.zeros(3)])
+
+
+def test_explicit_backend_that_cannot_import_says_why(monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, "broken",
+                        registry.Backend("broken", ("cpu",), "fusedopt_no_such_module"))
+    monkeypatch.setattr(registry, "_FAILED", {})
+    with pytest.raises(BackendUnavailable, match="backend 'broken' is not available: "
+                       "ModuleNotFoundError"):
+        fusedopt.SGD([np.zeros(3)], backend="broken")
+    assert available()["broken"] == (False, "ModuleNotFoundError: No module named "
+                                            "'fusedopt_no_such_module'")
+
+
+def test_without_numba_auto_falls_back_and_steps():
+    """A process where Numba cannot be imported: fusedopt imports, says why numba is
+    unavailable, and auto picks a working backend whose step is correct."""
+    code = """
+import sys
+sys.modules["numba"] = None
+import numpy as np, fusedopt
+status = fusedopt.backends.available()["numba"]
+assert not status.ok and "numba" in status.detail, status
+p = np.ones(5)
+opt = fusedopt.SGD([p], lr=0.5)
+opt.step([np.ones(5)])
+assert opt.backend != "numba"
+assert np.array_equal(p, np.full(5, 0.5)), p
+print(opt.backend)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

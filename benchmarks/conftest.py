@@ -1,0 +1,1 @@
+"""pytest-benchmark settings: one Adam step per round, medians compared in one run."""

@@ -27,10 +27,16 @@ def param_array(x, name: str) -> np.ndarray:
     return x if x.ndim == 1 else x.reshape(-1)
 
 
-def like_param(x, param: np.ndarray, name: str, param_name: str,
-               writeable: bool = False) -> np.ndarray:
+def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
+               ) -> np.ndarray:
     """An array that must match ``param`` (a gradient or a state buffer) in shape,
-    dtype and layout. Returns its flat view (no copy)."""
+    dtype and layout. Returns its flat view (no copy). Names may be lazy (see
+    ``_name``): ``("grads", 3)`` names ``grads[3]``."""
+    if (type(x) is np.ndarray and x.dtype is param.dtype and x.shape == param.shape
+            and x.flags.c_contiguous and (x.flags.writeable or not writeable)
+            and not np.may_share_memory(x, param)):
+        return x if x.ndim == 1 else x.reshape(-1)  # the common case, first and fast
+    name, param_name = _name(name), _name(param_name)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
     if x.shape != param.shape:
@@ -45,14 +51,17 @@ def like_param(x, param: np.ndarray, name: str, param_name: str,
         raise ValueError(f"{name}: the array is read-only; it is updated in place")
     if np.may_share_memory(x, param):
         raise ValueError(f"{name}: shares memory with {param_name}; pass a separate array")
-    return x if x.ndim == 1 else x.reshape(-1)
+    return x if x.ndim == 1 else x.reshape(-1)  # an ndarray subclass that passed
 
 
 def _name(name) -> str:
     """Names are formatted only when an error is raised (they cost ~0.1 us each and
-    the checks run on every step): ``(1, "lr")`` names ``param_groups[1]['lr']``,
+    the checks run on every step): ``("grads", 3)`` names ``grads[3]``,
+    ``(1, "lr")`` names ``param_groups[1]['lr']``,
     ``("state_dict[...]", "lr")`` names ``state_dict[...]['lr']``, ``("", "lr")``
     and ``"lr"`` name ``lr``."""
+    if isinstance(name, tuple) and isinstance(name[1], int):
+        return f"{name[0]}[{name[1]}]"
     if isinstance(name, tuple):
         where, key = name
         if isinstance(where, int):

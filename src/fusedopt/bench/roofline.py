@@ -1,30 +1,74 @@
-"""The roofline kernel: an Adam step's memory traffic with trivial math.
+"""Roofline kernels: an optimizer step's memory traffic with trivial math.
 
-It reads four arrays and writes three, as Adam does (28 bytes per float32 element),
-with one add per element, under the same serial/parallel policy and threads as the
-Numba backend. Its time is what the memory system allows; an Adam kernel as fast as it
-is limited by bandwidth alone.
+An update with ``k`` state arrays reads ``k + 2`` arrays (param, grad, state) and
+writes ``k + 1`` (param, state): ``(2k + 3) * itemsize`` bytes per element, 28 for
+float32 Adam (k = 2). These kernels move exactly those bytes with one add per element,
+under the Numba backend's serial/parallel policy and threads. Their time is what the
+memory system allows; a kernel as fast is limited by bandwidth alone.
 """
 
 from __future__ import annotations
 
 from numba import njit, prange
 
-from ..backends.numba_cpu import JIT_OPTIONS, PARALLEL_MIN_SIZE
+from ..backends import numba_cpu
+from ..backends.numba_cpu import JIT_OPTIONS
 
 
 @njit(**JIT_OPTIONS)
-def _same_traffic(p, g, m, v, parallel):
+def _traffic0(p, g, parallel):
+    if parallel:
+        for i in prange(p.size):
+            p[i] = p[i] + g[i]
+    else:
+        for i in range(p.size):
+            p[i] = p[i] + g[i]
+
+
+@njit(**JIT_OPTIONS)
+def _traffic1(p, g, a, parallel):
     if parallel:
         for i in prange(p.size):
             x = g[i]
-            p[i], m[i], v[i] = p[i] + x, m[i] + x, v[i] + x
+            p[i], a[i] = p[i] + x, a[i] + x
     else:
         for i in range(p.size):
             x = g[i]
-            p[i], m[i], v[i] = p[i] + x, m[i] + x, v[i] + x
+            p[i], a[i] = p[i] + x, a[i] + x
 
 
-def adam_traffic(p, g, m, v) -> None:
-    """Move exactly the bytes of one Adam step over ``p`` (and ``g``, ``m``, ``v``)."""
-    _same_traffic(p, g, m, v, p.size >= PARALLEL_MIN_SIZE)
+@njit(**JIT_OPTIONS)
+def _traffic2(p, g, a, b, parallel):
+    if parallel:
+        for i in prange(p.size):
+            x = g[i]
+            p[i], a[i], b[i] = p[i] + x, a[i] + x, b[i] + x
+    else:
+        for i in range(p.size):
+            x = g[i]
+            p[i], a[i], b[i] = p[i] + x, a[i] + x, b[i] + x
+
+
+@njit(**JIT_OPTIONS)
+def _traffic3(p, g, a, b, c, parallel):
+    if parallel:
+        for i in prange(p.size):
+            x = g[i]
+            p[i], a[i], b[i], c[i] = p[i] + x, a[i] + x, b[i] + x, c[i] + x
+    else:
+        for i in range(p.size):
+            x = g[i]
+            p[i], a[i], b[i], c[i] = p[i] + x, a[i] + x, b[i] + x, c[i] + x
+
+
+_KERNELS = (_traffic0, _traffic1, _traffic2, _traffic3)
+
+
+def bytes_per_element(n_state: int, itemsize: int) -> int:
+    """Minimal traffic of an update with ``n_state`` state arrays."""
+    return (2 * n_state + 3) * itemsize
+
+
+def same_traffic(p, g, *state) -> None:
+    """Move exactly the bytes of one update of ``p`` with these state arrays."""
+    _KERNELS[len(state)](p, g, *state, p.size >= numba_cpu.PARALLEL_MIN_SIZE)

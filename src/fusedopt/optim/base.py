@@ -106,7 +106,8 @@ class Optimizer:
         if len(grads) != len(self._params):
             raise ValueError(f"grads: expected {len(self._params)} arrays (one per "
                              f"parameter), got {len(grads)}")
-        return [_checks.like_param(g, p, f"grads[{i}]", f"params[{i}]")
+        like = _checks.like_param
+        return [like(g, p, ("grads", i), ("params", i))
                 for i, (g, p) in enumerate(zip(grads, self._params))]
 
     # -- state_dict ---------------------------------------------------------------

@@ -1,0 +1,219 @@
+"""``fusedopt-bench``: per-step throughput of every optimizer and backend here,
+against naive NumPy, the memory roofline and (when importable) torch and DeepSpeed.
+
+    fusedopt-bench --quick
+    fusedopt-bench --optimizer adam --sizes 1K,1M,16M --json bench.json --plot bench.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import harness
+from . import providers as prov
+
+OPTIMIZERS = list(prov.CONFIGS)
+DEFAULT_SIZES = "1K,64K,1M,16M"
+QUICK_SIZES = "1K,64K,1M"
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in "KMG" else text
+    try:
+        value = int(float(digits) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (expected e.g. 1000, 1K, 16M)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be >= 1, got {text!r}")
+    return value
+
+
+def comma_list(choices):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice(s) {bad or text!r}; expected a comma-separated subset "
+                f"of {', '.join(choices)}")
+        return items
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    provider_names = list(prov.providers())
+    backends = [p.removeprefix("fusedopt-") for p in provider_names
+                if p.startswith("fusedopt-")]
+    ap = argparse.ArgumentParser(
+        prog="fusedopt-bench",
+        description="Time one optimizer step per algorithm x backend x dtype x size, "
+                    "interleaved, and report medians with throughput, speedup over "
+                    "naive NumPy and the fraction of a same-traffic roofline kernel.")
+    ap.add_argument("--optimizer", type=comma_list(OPTIMIZERS), default=OPTIMIZERS,
+                    help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default all)")
+    ap.add_argument("--backend", type=comma_list(backends), default=None,
+                    help=f"fusedopt backends to time (default: every available one of "
+                         f"{','.join(backends)})")
+    ap.add_argument("--sizes", default=None,
+                    help=f"comma-separated element counts, K/M suffixes allowed "
+                         f"(default {DEFAULT_SIZES}; --quick: {QUICK_SIZES})")
+    ap.add_argument("--dtype", type=comma_list(["float32", "float64"]),
+                    default=["float32"], help="float32 and/or float64 (default float32)")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="skip torch and DeepSpeed even when importable")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds of timing per (optimizer, size, dtype) (default 2, "
+                         "--quick 0.25)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="fixed number of interleaved rounds instead of a time budget")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes and short budgets: every algorithm and backend "
+                         "in well under 2 minutes")
+    ap.add_argument("--json", metavar="PATH", help="write rows and machine info as JSON")
+    ap.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against size "
+                                                   "(needs matplotlib)")
+    ap.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    return ap
+
+
+def _fmt_time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _fmt_n(n: int) -> str:
+    for suffix, scale in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return str(n)
+
+
+HEADER = ["optimizer", "provider", "n", "dtype", "time/step", "GB/s", "x numpy",
+          "roofline"]
+
+
+def table_cells(rows) -> list[list[str]]:
+    cells = []
+    for r in rows:
+        cells.append([r.optimizer, r.provider, _fmt_n(r.n), r.dtype,
+                      _fmt_time(r.seconds_per_step), f"{r.gb_per_second:.1f}",
+                      "-" if r.speedup_vs_numpy is None else f"{r.speedup_vs_numpy:.1f}x",
+                      "-" if r.roofline_fraction is None else f"{r.roofline_fraction:.2f}"])
+    return cells
+
+
+def format_table(rows) -> str:
+    cells = [HEADER, *table_cells(rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
+    lines = ["  ".join(c.rjust(w) if i >= 4 else c.ljust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_markdown(rows) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_cells(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(rows, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise SystemExit(f"fusedopt-bench: --plot needs matplotlib "
+                         f"(pip install matplotlib): {exc}")
+    optimizers = list(dict.fromkeys(r.optimizer for r in rows))
+    fig, axes = plt.subplots(1, len(optimizers), figsize=(4.2 * len(optimizers), 3.6),
+                             squeeze=False, sharey=True)
+    for ax, opt in zip(axes[0], optimizers):
+        mine = [r for r in rows if r.optimizer == opt]
+        for key in dict.fromkeys((r.provider, r.dtype) for r in mine):
+            pts = sorted((r.n, r.gb_per_second) for r in mine if (r.provider, r.dtype) == key)
+            ax.plot(*zip(*pts), marker="o", label=f"{key[0]} ({key[1]})",
+                    linestyle="--" if key[0] == "roofline" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(opt)
+        ax.set_xlabel("elements")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("GB/s (minimal traffic / time)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def load_json(path: str) -> tuple[dict, list[harness.Row]]:
+    """Read a ``--json`` file back: (machine info, rows)."""
+    with open(path) as f:
+        data = json.load(f)
+    return data["machine"], [harness.Row(**row) for row in data["rows"]]
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = int(width * done / total)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                     f"{label:<40}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        sizes = [parse_size(s) for s in (args.sizes or (
+            QUICK_SIZES if args.quick else DEFAULT_SIZES)).split(",") if s.strip()]
+    except argparse.ArgumentTypeError as exc:
+        ap.error(f"argument --sizes: {exc}")
+    if args.rounds is not None and args.rounds < 1:
+        ap.error("argument --rounds: must be >= 1")
+    budget = args.budget if args.budget is not None else (0.25 if args.quick else 2.0)
+
+    from ..backends import available
+    status = available()
+    backends = args.backend or [b for b, s in status.items() if s.ok]
+    names = [f"fusedopt-{b}" for b in backends]
+    if not args.no_peers:
+        names += ["torch", "deepspeed"]
+
+    groups = [(o, n, d) for o in args.optimizer for d in args.dtype for n in sizes]
+    rows, skipped = [], {}
+    started = time.perf_counter()
+    for i, (opt, n, dtype) in enumerate(groups):
+        _progress(i, len(groups), f"{opt} {_fmt_n(n)} {dtype}")
+        rows += harness.measure_group(opt, n, dtype, names, budget, args.rounds, skipped)
+    _progress(len(groups), len(groups), f"done in {time.perf_counter() - started:.0f} s")
+
+    print(format_table(rows))
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": harness.machine(), "command": ["fusedopt-bench", *(
+                argv if argv is not None else sys.argv[1:])],
+                "rows": harness.rows_to_dicts(rows)}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(format_markdown(rows))
+    if args.plot:
+        write_plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

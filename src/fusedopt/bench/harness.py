@@ -1,0 +1,139 @@
+"""Interleaved timing of optimizer steps and the derived columns.
+
+For each (optimizer, size, dtype) every implementation is built once, then timed in
+rounds; within a round each implementation runs once, in an order rotated every
+round, so machine drift (other tenants, frequency, an OpenMP pool still spinning after
+a peer's step) is shared instead of landing on whoever ran at the wrong moment. Each
+sample starts with one untimed step, so what is timed is steady-state training (the
+step's arrays as warm as repeated steps leave them), not the previous implementation's
+cache pollution; small steps are timed in batches long enough for the clock. Reported
+times are medians.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from statistics import median
+from typing import Callable, Iterable
+
+import numpy as np
+
+from . import providers as prov
+
+BASELINE = "fusedopt-numpy"
+ROOFLINE = "roofline"
+SAMPLE_SECONDS = 2e-4  # a timed sample lasts at least this long (clock resolution)
+
+
+@dataclass
+class Row:
+    optimizer: str
+    provider: str
+    n: int
+    dtype: str
+    seconds_per_step: float
+    gb_per_second: float
+    speedup_vs_numpy: float | None
+    roofline_fraction: float | None
+    rounds: int
+    samples: list[float] = field(repr=False, default_factory=list)
+
+
+def _batch_size(step: Callable[[], None]) -> int:
+    t0 = time.perf_counter()
+    step()
+    once = time.perf_counter() - t0
+    return max(1, min(10_000, math.ceil(SAMPLE_SECONDS / max(once, 1e-9))))
+
+
+def measure_group(optimizer: str, n: int, dtype, names: Iterable[str],
+                  budget: float, rounds: int | None = None,
+                  skipped: dict[str, str] | None = None) -> list[Row]:
+    """Time ``names`` (plus the NumPy baseline and the roofline, always) on one
+    (optimizer, n, dtype); unavailable providers go to ``skipped`` with the reason."""
+    names = list(dict.fromkeys([*names, BASELINE, ROOFLINE]))
+    steps, batches = {}, {}
+    for name in names:
+        try:
+            steps[name] = prov.make(name, optimizer, n, dtype)
+        except prov.ProviderUnavailable as exc:
+            if skipped is not None:
+                skipped[name] = str(exc)
+            continue
+        batches[name] = _batch_size(steps[name])
+    order = list(steps)
+    samples: dict[str, list[float]] = {name: [] for name in order}
+    deadline = time.perf_counter() + budget
+    r = 0
+    while r < (rounds or 1_000_000):
+        if rounds is None and r >= 3 and time.perf_counter() > deadline:
+            break
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            step, k = steps[name], batches[name]
+            step()  # untimed: brings this implementation's arrays back into cache
+            t0 = time.perf_counter()
+            for _ in range(k):
+                step()
+            samples[name].append((time.perf_counter() - t0) / k)
+        r += 1
+    del steps  # free the arrays before the next group
+    per_elem = prov.traffic(optimizer, dtype)
+    t = {name: median(s) for name, s in samples.items()}
+    rows = []
+    for name in order:
+        rows.append(Row(
+            optimizer=optimizer, provider=name, n=n, dtype=np.dtype(dtype).name,
+            seconds_per_step=t[name], gb_per_second=per_elem * n / t[name] / 1e9,
+            speedup_vs_numpy=t[BASELINE] / t[name] if BASELINE in t else None,
+            roofline_fraction=t[ROOFLINE] / t[name] if ROOFLINE in t else None,
+            rounds=len(samples[name]), samples=samples[name]))
+    return rows
+
+
+def machine() -> dict:
+    """What the figures depend on: CPU, threads, library versions."""
+    info = {"cpu": platform.processor() or platform.machine(),
+            "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import fusedopt
+    info["fusedopt"] = fusedopt.__version__
+    info["backends"] = {name: status.detail if status.ok else f"unavailable: {status.detail}"
+                        for name, status in fusedopt.backends.available().items()}
+    for module in ("numba", "torch", "deepspeed"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:
+            info[module] = None
+    try:
+        import numba
+        info["numba_threads"] = numba.get_num_threads()
+    except ImportError:
+        pass
+    try:
+        import torch
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def rows_to_dicts(rows: list[Row], with_samples: bool = False) -> list[dict]:
+    out = []
+    for row in rows:
+        d = asdict(row)
+        if not with_samples:
+            d.pop("samples")
+        out.append(d)
+    return out

@@ -1,0 +1,117 @@
+"""The benchmark harness itself: fields, self-consistent figures, JSON round trip,
+clear usage errors. Tiny sizes and fixed rounds keep it fast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fusedopt.bench import cli, harness
+from fusedopt.bench import providers as prov
+
+FIELDS = {"optimizer", "provider", "n", "dtype", "seconds_per_step", "gb_per_second",
+          "speedup_vs_numpy", "roofline_fraction", "rounds"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--optimizer", "sgd,adam", "--sizes", "300,1K", "--dtype", "float32,float64",
+            "--rounds", "3", "--no-peers", "--json", str(out / "b.json"),
+            "--markdown", str(out / "b.md")]
+    assert cli.main(argv) == 0
+    return out, argv
+
+
+def test_json_has_machine_and_every_field(run):
+    out, argv = run
+    data = json.loads((out / "b.json").read_text())
+    assert data["command"] == ["fusedopt-bench", *argv]
+    for key in ("cpu", "logical_cpus", "numpy", "numba", "fusedopt", "backends"):
+        assert key in data["machine"]
+    assert len(data["rows"]) == 2 * 2 * 2 * 3  # optimizers x sizes x dtypes x providers
+    for row in data["rows"]:
+        assert set(row) == FIELDS
+        assert row["rounds"] == 3
+
+
+def test_figures_are_self_consistent(run):
+    out, _ = run
+    _, rows = cli.load_json(str(out / "b.json"))
+    by_group = {}
+    for r in rows:
+        assert r.seconds_per_step > 0
+        per_elem = prov.traffic(r.optimizer, r.dtype)
+        assert r.gb_per_second == pytest.approx(per_elem * r.n / r.seconds_per_step / 1e9)
+        by_group.setdefault((r.optimizer, r.n, r.dtype), {})[r.provider] = r
+    for group in by_group.values():
+        base, roof = group[harness.BASELINE], group[harness.ROOFLINE]
+        assert base.speedup_vs_numpy == 1.0 and roof.roofline_fraction == 1.0
+        for r in group.values():
+            assert r.speedup_vs_numpy == pytest.approx(
+                base.seconds_per_step / r.seconds_per_step)
+            assert r.roofline_fraction == pytest.approx(
+                roof.seconds_per_step / r.seconds_per_step)
+
+
+def test_json_round_trips(run, tmp_path):
+    out, _ = run
+    machine, rows = cli.load_json(str(out / "b.json"))
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps({"machine": machine, "command": [],
+                                 "rows": harness.rows_to_dicts(rows)}))
+    assert cli.load_json(str(again)) == (machine, rows)
+
+
+def test_markdown_table(run):
+    out, _ = run
+    lines = (out / "b.md").read_text().splitlines()
+    assert lines[0].startswith("| optimizer | provider | n |")
+    assert len(lines) == 2 + 24
+
+
+def test_traffic_is_minimal_bytes():
+    assert prov.traffic("adam", "float32") == 28
+    assert prov.traffic("sgd", "float32") == 20
+    assert prov.traffic("adam", "float64") == 56
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--optimizer", "adamax"], "invalid choice(s) ['adamax']"),
+    (["--sizes", "12Q"], "not a size: '12Q'"),
+    (["--dtype", "float16"], "invalid choice(s) ['float16']"),
+    (["--rounds", "0"], "--rounds: must be >= 1"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_bad_flags_get_a_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: fusedopt-bench" in err and message in err
+
+
+def test_quick_covers_every_algorithm_and_backend(capsys):
+    assert cli.main(["--quick", "--sizes", "64", "--rounds", "1", "--no-peers"]) == 0
+    table = capsys.readouterr().out
+    from fusedopt.backends import available
+    for opt in prov.CONFIGS:
+        for backend in (b for b, s in available().items() if s.ok):
+            assert f"{opt:<9}  fusedopt-{backend}" in table
+
+
+def test_plot_is_written(run, tmp_path):
+    pytest.importorskip("matplotlib")
+    out, _ = run
+    _, rows = cli.load_json(str(out / "b.json"))
+    cli.write_plot(rows, str(tmp_path / "b.png"))
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "fusedopt.bench", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "--quick" in out.stdout

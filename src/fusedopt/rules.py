@@ -69,7 +69,8 @@ def adam(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
     m = m + beta1c * (g - m)
     v = beta2 * v + beta2c * g * g
     if amsgrad:
-        vmax = max(vmax, v)
+        if v > vmax or v != v:  # torch.maximum: a NaN wins (Python's max drops it)
+            vmax = v
         denom = np.sqrt(vmax) * inv_sqrt_bc2 + eps
     else:
         denom = np.sqrt(v) * inv_sqrt_bc2 + eps

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "--quick 0.25)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="fixed number of interleaved rounds instead of a time budget")
+    ap.add_argument("--placements", type=int, default=None,
+                    help="fresh allocations per implementation, samples pooled: "
+                         "physical placement moves DRAM-bound steps by up to 1.7x "
+                         "(default 3, --quick 1)")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and short budgets: every algorithm and backend "
                          "in well under 2 minutes")
@@ -134,22 +138,35 @@ def write_plot(rows, path: str) -> None:
         raise SystemExit(f"fusedopt-bench: --plot needs matplotlib "
                          f"(pip install matplotlib): {exc}")
     optimizers = list(dict.fromkeys(r.optimizer for r in rows))
-    fig, axes = plt.subplots(1, len(optimizers), figsize=(4.2 * len(optimizers), 3.6),
+    series = list(dict.fromkeys((r.provider, r.dtype) for r in rows))
+    colors = {key: f"C{i % 10}" for i, key in enumerate(series)}  # same color everywhere
+    cols = min(3, len(optimizers))
+    nrows = -(-len(optimizers) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.4 * nrows + 0.6),
                              squeeze=False, sharey=True)
-    for ax, opt in zip(axes[0], optimizers):
+    for ax, opt in zip(axes.flat, optimizers):
         mine = [r for r in rows if r.optimizer == opt]
-        for key in dict.fromkeys((r.provider, r.dtype) for r in mine):
+        for key in series:
             pts = sorted((r.n, r.gb_per_second) for r in mine if (r.provider, r.dtype) == key)
-            ax.plot(*zip(*pts), marker="o", label=f"{key[0]} ({key[1]})",
-                    linestyle="--" if key[0] == "roofline" else "-")
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=colors[key],
+                        label=f"{key[0]} ({key[1]})",
+                        linestyle="--" if key[0] == harness.ROOFLINE else "-")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(opt)
         ax.set_xlabel("elements")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("GB/s (minimal traffic / time)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    for ax in axes.flat[len(optimizers):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("GB/s (minimal traffic / time)")
+    handles = [plt.Line2D([], [], color=colors[k], marker="o",
+                          linestyle="--" if k[0] == harness.ROOFLINE else "-")
+               for k in series]
+    fig.legend(handles, [f"{p} ({d})" for p, d in series], loc="lower center",
+               ncol=min(len(series), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (3.4 * nrows + 0.6) + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
 
 
@@ -182,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"argument --sizes: {exc}")
     if args.rounds is not None and args.rounds < 1:
         ap.error("argument --rounds: must be >= 1")
+    if args.placements is not None and args.placements < 1:
+        ap.error("argument --placements: must be >= 1")
+    placements = args.placements or (1 if args.quick or args.rounds else 3)
     budget = args.budget if args.budget is not None else (0.25 if args.quick else 2.0)
 
     from ..backends import available
@@ -196,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for i, (opt, n, dtype) in enumerate(groups):
         _progress(i, len(groups), f"{opt} {_fmt_n(n)} {dtype}")
-        rows += harness.measure_group(opt, n, dtype, names, budget, args.rounds, skipped)
+        rows += harness.measure_group(opt, n, dtype, names, budget, args.rounds, skipped,
+                                      placements)
     _progress(len(groups), len(groups), f"done in {time.perf_counter() - started:.0f} s")
 
     print(format_table(rows))

@@ -50,12 +50,7 @@ def _batch_size(step: Callable[[], None]) -> int:
     return max(1, min(10_000, math.ceil(SAMPLE_SECONDS / max(once, 1e-9))))
 
 
-def measure_group(optimizer: str, n: int, dtype, names: Iterable[str],
-                  budget: float, rounds: int | None = None,
-                  skipped: dict[str, str] | None = None) -> list[Row]:
-    """Time ``names`` (plus the NumPy baseline and the roofline, always) on one
-    (optimizer, n, dtype); unavailable providers go to ``skipped`` with the reason."""
-    names = list(dict.fromkeys([*names, BASELINE, ROOFLINE]))
+def _build(names, optimizer, n, dtype, skipped):
     steps, batches = {}, {}
     for name in names:
         try:
@@ -65,8 +60,11 @@ def measure_group(optimizer: str, n: int, dtype, names: Iterable[str],
                 skipped[name] = str(exc)
             continue
         batches[name] = _batch_size(steps[name])
+    return steps, batches
+
+
+def _time_rounds(steps, batches, samples, budget, rounds):
     order = list(steps)
-    samples: dict[str, list[float]] = {name: [] for name in order}
     deadline = time.perf_counter() + budget
     r = 0
     while r < (rounds or 1_000_000):
@@ -78,9 +76,34 @@ def measure_group(optimizer: str, n: int, dtype, names: Iterable[str],
             t0 = time.perf_counter()
             for _ in range(k):
                 step()
-            samples[name].append((time.perf_counter() - t0) / k)
+            samples.setdefault(name, []).append((time.perf_counter() - t0) / k)
         r += 1
-    del steps  # free the arrays before the next group
+
+
+def measure_group(optimizer: str, n: int, dtype, names: Iterable[str],
+                  budget: float, rounds: int | None = None,
+                  skipped: dict[str, str] | None = None,
+                  placements: int = 1) -> list[Row]:
+    """Time ``names`` (plus the NumPy baseline and the roofline, always) on one
+    (optimizer, n, dtype); unavailable providers go to ``skipped`` with the reason.
+
+    With ``placements > 1`` every implementation's arrays are allocated that many
+    times and the samples pooled. Beyond the caches, where an allocation lands in
+    physical memory moves a step by up to 1.7x on the 2-core development VM (the
+    same kernel: 7 to 12 ms at 16M elements); one allocation per implementation
+    would hand that luck to whoever drew it. The previous allocation is kept until
+    the next exists, so the allocator cannot hand back the same pages.
+    """
+    names = list(dict.fromkeys([*names, BASELINE, ROOFLINE]))
+    samples: dict[str, list[float]] = {}
+    kept = None
+    for _ in range(placements):
+        steps, batches = _build(names, optimizer, n, dtype, skipped)
+        kept = steps  # the previous placement is released only now
+        _time_rounds(steps, batches, samples, budget / placements,
+                     None if rounds is None else max(1, rounds // placements))
+    del kept, steps  # free the arrays before the next group
+    order = list(samples)
     per_elem = prov.traffic(optimizer, dtype)
     t = {name: median(s) for name, s in samples.items()}
     rows = []

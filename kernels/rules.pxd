@@ -1,0 +1,86 @@
+# cython: language_level=3
+"""The Cython mirror of src/fusedopt/rules.py: same functions, same argument order,
+same operation order. The parity tests hold both to torch.optim and to the NumPy
+oracle; change one, change the other."""
+
+from cython cimport floating
+from libc.math cimport sqrt
+
+
+cdef inline (floating, floating) sgd(
+        floating p, floating g, floating buf, floating lr, floating weight_decay,
+        floating momentum, floating buf_grad_scale,
+        bint decay, bint has_momentum, bint nesterov, bint maximize) noexcept nogil:
+    if maximize:
+        g = -g
+    if decay:
+        g = g + weight_decay * p
+    if has_momentum:
+        buf = momentum * buf + buf_grad_scale * g
+        if nesterov:
+            g = g + momentum * buf
+        else:
+            g = buf
+    p = p - lr * g
+    return p, buf
+
+
+cdef inline (floating, floating, floating, floating) adam(
+        floating p, floating g, floating m, floating v, floating vmax, floating beta1c,
+        floating beta2, floating beta2c, floating step_size, floating inv_sqrt_bc2,
+        floating eps, floating weight_decay, floating param_scale,
+        bint decay, bint decoupled, bint amsgrad, bint maximize) noexcept nogil:
+    cdef floating denom
+    if maximize:
+        g = -g
+    if decay:
+        if decoupled:
+            p = p * param_scale
+        else:
+            g = g + weight_decay * p
+    m = m + beta1c * (g - m)
+    v = beta2 * v + beta2c * g * g
+    if amsgrad:
+        if v > vmax or v != v:  # torch.maximum: a NaN wins (Python's max drops it)
+            vmax = v
+        denom = sqrt(vmax) * inv_sqrt_bc2 + eps
+    else:
+        denom = sqrt(v) * inv_sqrt_bc2 + eps
+    p = p - step_size * m / denom
+    return p, m, v, vmax
+
+
+cdef inline (floating, floating) adagrad(
+        floating p, floating g, floating acc, floating clr, floating eps,
+        floating weight_decay, bint decay, bint maximize) noexcept nogil:
+    if maximize:
+        g = -g
+    if decay:
+        g = g + weight_decay * p
+    acc = acc + g * g
+    p = p - clr * g / (sqrt(acc) + eps)
+    return p, acc
+
+
+cdef inline (floating, floating, floating, floating) rmsprop(
+        floating p, floating g, floating sq, floating gavg, floating buf, floating lr,
+        floating alpha, floating alphac, floating eps, floating weight_decay,
+        floating momentum, bint decay, bint centered, bint has_momentum,
+        bint maximize) noexcept nogil:
+    cdef floating avg
+    if maximize:
+        g = -g
+    if decay:
+        g = g + weight_decay * p
+    sq = alpha * sq + alphac * g * g
+    if centered:
+        gavg = gavg + alphac * (g - gavg)
+        avg = sqrt(sq - gavg * gavg) + eps
+    else:
+        avg = sqrt(sq) + eps
+    if has_momentum:
+        buf = momentum * buf + g / avg
+        p = p - lr * buf
+    else:
+        p = p - lr * g / avg
+    return p, sq, gavg, buf

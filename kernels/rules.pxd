@@ -4,7 +4,17 @@ same operation order. The parity tests hold both to torch.optim and to the NumPy
 oracle; change one, change the other."""
 
 from cython cimport floating
-from libc.math cimport sqrt
+from libc.math cimport sqrt as sqrt_double
+from libc.math cimport sqrtf
+
+
+cdef inline floating sqrt(floating x) noexcept nogil:
+    # libc's sqrt is double: calling it on a float would promote the whole
+    # expression to double and halve the vector width (the Numba rules' trap too).
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt_double(x)
 
 
 cdef inline (floating, floating) sgd(

@@ -10,18 +10,19 @@ import fusedopt
 from fusedopt.backends import available
 
 CPU_BACKENDS = [name for name, status in available().items() if status.ok]
+COMPILED = ("numba", "cython")
 MODES = [m for b in CPU_BACKENDS for m in ([b + "-serial", b + "-parallel"]
-                                           if b == "numba" else [b])]
+                                           if b in COMPILED else [b])]
 
 
 @pytest.fixture(params=MODES)
 def backend(request, monkeypatch):
-    """The backend name; ``numba-parallel`` lowers the parallel threshold to 0 so
-    even tiny arrays run the ``prange`` loop."""
+    """The backend name; ``<name>-parallel`` lowers the parallel threshold to 0 so
+    even tiny arrays run the parallel (``prange``) loop."""
     name, _, mode = request.param.partition("-")
-    if name == "numba":
-        from fusedopt.backends import numba_cpu
-        monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_SIZE",
+    if name in COMPILED:
+        from fusedopt.backends import policy
+        monkeypatch.setattr(policy, "PARALLEL_MIN_SIZE",
                             0 if mode == "parallel" else 1 << 62)
     return name
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from fusedopt.backends import available
 from fusedopt.bench import cli, harness
 from fusedopt.bench import providers as prov
 
@@ -32,7 +33,8 @@ def test_json_has_machine_and_every_field(run):
     assert data["command"] == ["fusedopt-bench", *argv]
     for key in ("cpu", "logical_cpus", "numpy", "numba", "fusedopt", "backends"):
         assert key in data["machine"]
-    assert len(data["rows"]) == 2 * 2 * 2 * 3  # optimizers x sizes x dtypes x providers
+    providers = len([b for b, s in available().items() if s.ok]) + 1  # + roofline
+    assert len(data["rows"]) == 2 * 2 * 2 * providers  # optimizers x sizes x dtypes
     for row in data["rows"]:
         assert set(row) == FIELDS
         assert row["rounds"] == 3
@@ -70,7 +72,7 @@ def test_markdown_table(run):
     out, _ = run
     lines = (out / "b.md").read_text().splitlines()
     assert lines[0].startswith("| optimizer | provider | n |")
-    assert len(lines) == 2 + 24
+    assert len(lines) == 2 + 2 * 2 * 2 * (len([b for b, s in available().items() if s.ok]) + 1)
 
 
 def test_traffic_is_minimal_bytes():

@@ -71,7 +71,7 @@ def test_backend_matches_float64_oracle(name, backend, data, shape, steps, seed)
 def test_serial_and_parallel_loops_are_bit_identical(name, dtype, monkeypatch):
     """Thread count and loop split never change a result: 100,003 elements (not a
     multiple of any vector width) through the serial loop and the prange loop."""
-    from fusedopt.backends import numba_cpu
+    from fusedopt.backends import policy
     cls, _, options = ALGORITHMS[name]
     kwargs = options[-1]
     rng = np.random.default_rng(7)
@@ -79,7 +79,7 @@ def test_serial_and_parallel_loops_are_bit_identical(name, dtype, monkeypatch):
     grads = [rng.standard_normal(100_003).astype(dtype) for _ in range(3)]
     results = []
     for threshold in (1 << 62, 0):
-        monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_SIZE", threshold)
+        monkeypatch.setattr(policy, "PARALLEL_MIN_SIZE", threshold)
         p = start.copy()
         train(cls, kwargs, "numba", [p], grads)
         results.append(p)

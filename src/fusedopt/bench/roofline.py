@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from ..backends import numba_cpu
+from ..backends import policy
 from ..backends.numba_cpu import JIT_OPTIONS
 
 
@@ -71,4 +71,4 @@ def bytes_per_element(n_state: int, itemsize: int) -> int:
 
 def same_traffic(p, g, *state) -> None:
     """Move exactly the bytes of one update of ``p`` with these state arrays."""
-    _KERNELS[len(state)](p, g, *state, p.size >= numba_cpu.PARALLEL_MIN_SIZE)
+    _KERNELS[len(state)](p, g, *state, p.size >= policy.PARALLEL_MIN_SIZE)

@@ -1,7 +1,11 @@
-# cython: language_level=3
+# cython: language_level=3, cdivision=True
 """The Cython mirror of src/fusedopt/rules.py: same functions, same argument order,
 same operation order. The parity tests hold both to torch.optim and to the NumPy
-oracle; change one, change the other."""
+oracle; change one, change the other.
+
+cdivision: Cython's Python-style division checks for zero and raises, a branch that
+stops GCC from vectorising any loop calling these rules (IEEE division is what torch
+and the Numba rules do: x/0 is inf or NaN)."""
 
 from cython cimport floating
 from libc.math cimport sqrt as sqrt_double

@@ -6,9 +6,11 @@ one-buffer kernels; ``fusedopt.backends.available()`` for what runs here.
 """
 
 from . import backends, functional
+from .flat import FlatParams
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "backends",
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "FlatParams", "Optimizer", "RMSprop",
+           "backends",
            "functional", "__version__"]

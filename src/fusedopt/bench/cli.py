@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and short budgets: every algorithm and backend "
                          "in well under 2 minutes")
+    ap.add_argument("--model", type=comma_list(list(prov.MODELS)), default=[],
+                    help="also time Adam float32 over whole models' tensors: "
+                         f"{', '.join(prov.MODELS)} (FlatParams vs per-tensor vs peers)")
     ap.add_argument("--json", metavar="PATH", help="write rows and machine info as JSON")
     ap.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against size "
                                                    "(needs matplotlib)")
@@ -218,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         _progress(i, len(groups), f"{opt} {_fmt_n(n)} {dtype}")
         rows += harness.measure_group(opt, n, dtype, names, budget, args.rounds, skipped,
                                       placements)
+    for model in args.model:
+        _progress(len(groups), len(groups), f"model {model}")
+        model_names = [f"fusedopt-{b}{suffix}" for b in backends if b != "numpy"
+                       for suffix in ("-flat", "")]
+        if not args.no_peers:
+            model_names += ["torch", "deepspeed"]
+        rows += harness.measure_model(model, model_names, budget, args.rounds, skipped)
     _progress(len(groups), len(groups), f"done in {time.perf_counter() - started:.0f} s")
 
     print(format_table(rows))

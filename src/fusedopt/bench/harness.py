@@ -117,6 +117,35 @@ def measure_group(optimizer: str, n: int, dtype, names: Iterable[str],
     return rows
 
 
+def measure_model(model: str, names: Iterable[str], budget: float,
+                  rounds: int | None = None,
+                  skipped: dict[str, str] | None = None) -> list[Row]:
+    """One Adam float32 step over a whole model's tensors (``providers.MODELS``), per
+    implementation, interleaved; ``n`` is the model's element count. No NumPy
+    baseline (its temporaries would need gigabytes): speedup_vs_numpy is None."""
+    names = list(dict.fromkeys([*names, ROOFLINE]))
+    steps, batches = {}, {}
+    for name in names:
+        try:
+            steps[name] = prov.make_model(name, model)
+        except prov.ProviderUnavailable as exc:
+            if skipped is not None:
+                skipped[name] = str(exc)
+            continue
+        batches[name] = _batch_size(steps[name])
+    samples: dict[str, list[float]] = {}
+    _time_rounds(steps, batches, samples, budget, rounds)
+    del steps
+    n = sum(int(np.prod(s)) for s in prov.MODELS[model]())
+    t = {name: median(v) for name, v in samples.items()}
+    return [Row(optimizer=f"adam:{model}", provider=name, n=n, dtype="float32",
+                seconds_per_step=t[name], gb_per_second=28 * n / t[name] / 1e9,
+                speedup_vs_numpy=None,
+                roofline_fraction=t[ROOFLINE] / t[name] if ROOFLINE in t else None,
+                rounds=len(samples[name]), samples=samples[name])
+            for name in samples]
+
+
 def machine() -> dict:
     """What the figures depend on: CPU, threads, library versions."""
     info = {"cpu": platform.processor() or platform.machine(),

@@ -112,3 +112,103 @@ def make(provider: str, optimizer: str, n: int, dtype=np.float32) -> Callable[[]
             raise
         raise ProviderUnavailable(f"{provider} failed: {type(exc).__name__}: {exc}") from exc
     return step
+
+
+# -- whole models: many tensors, one Adam step ------------------------------------
+
+def gpt2_small_shapes() -> list[tuple[int, ...]]:
+    """GPT-2 small (124M): token and position embeddings, 12 blocks of layer norms,
+    attention and MLP weights and biases, the final layer norm: 148 tensors."""
+    d = 768
+    shapes = [(50257, d), (1024, d)]
+    for _ in range(12):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,),
+                   (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+def many_small_shapes(count: int = 500, seed: int = 0) -> list[tuple[int, ...]]:
+    """``count`` tensors of 256 to 4096 elements (small MLPs, RL policies, norms)."""
+    rng = np.random.default_rng(seed)
+    return [(int(n),) for n in rng.integers(256, 4097, size=count)]
+
+
+MODELS = {"gpt2-small": gpt2_small_shapes, "many-small": many_small_shapes}
+
+
+def _model_arrays(shapes, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(s, dtype=np.float32).astype(dtype, copy=False)
+            for s in shapes]
+
+
+def _model_fusedopt(backend: str, flat: bool) -> Callable:
+    def make(shapes):
+        import fusedopt
+        params = _model_arrays(shapes)
+        if flat:
+            fp = fusedopt.FlatParams.from_arrays(params)
+            for gv in fp.grad_views:
+                gv[...] = 0.01
+            opt = fusedopt.Adam(fp, lr=1e-3, backend=backend)
+            return opt.step
+        grads = [np.full_like(p, 0.01) for p in params]
+        opt = fusedopt.Adam(params, lr=1e-3, backend=backend)
+        return lambda: opt.step(grads)
+    return make
+
+
+def _model_torch_params(shapes):
+    try:
+        import torch
+    except ImportError as exc:
+        raise ProviderUnavailable(f"torch is not installed ({exc})") from exc
+    params = []
+    for a in _model_arrays(shapes):
+        p = torch.nn.Parameter(torch.from_numpy(a))
+        p.grad = torch.full_like(p, 0.01)
+        params.append(p)
+    return torch, params
+
+
+def make_model_torch(shapes):
+    torch, params = _model_torch_params(shapes)
+    return torch.optim.Adam(params, lr=1e-3, fused=True).step
+
+
+def make_model_deepspeed(shapes):
+    torch, params = _model_torch_params(shapes)
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    except Exception as exc:
+        raise ProviderUnavailable(f"DeepSpeed CPU Adam unavailable ({exc})") from exc
+    return DeepSpeedCPUAdam(params, lr=1e-3, adamw_mode=False).step
+
+
+def make_model_roofline(shapes):
+    n = sum(int(np.prod(s)) for s in shapes)
+    arrays = _arrays(n, 4, np.float32)
+    return lambda: same_traffic(*arrays)
+
+
+def model_providers() -> dict[str, Callable]:
+    from ..backends import names
+    out = {}
+    for b in names():
+        if b != "numpy":  # the textbook baseline would need GBs of temporaries
+            out[f"fusedopt-{b}-flat"] = _model_fusedopt(b, flat=True)
+            out[f"fusedopt-{b}"] = _model_fusedopt(b, flat=False)
+    out.update(torch=make_model_torch, deepspeed=make_model_deepspeed,
+               roofline=make_model_roofline)
+    return out
+
+
+def make_model(provider: str, model: str) -> Callable[[], None]:
+    """A warmed-up Adam step over ``model``'s shapes; ProviderUnavailable if not here."""
+    from ..backends import BackendUnavailable
+    try:
+        step = model_providers()[provider](MODELS[model]())
+        step()
+    except (ProviderUnavailable, BackendUnavailable) as exc:
+        raise ProviderUnavailable(str(exc)) from exc
+    return step

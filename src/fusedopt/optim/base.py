@@ -13,9 +13,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .. import _checks
+from .. import flat as _flat
 from ..backends import select
+from ..flat import FlatParams
 
-ParamsT = Iterable[np.ndarray] | Iterable[Mapping[str, Any]]
+ParamsT = Iterable[np.ndarray] | Iterable[Mapping[str, Any]] | FlatParams
 
 
 class Optimizer:
@@ -36,6 +38,10 @@ class Optimizer:
         self.state: dict[int, dict[str, Any]] = {}
         self._params: list[np.ndarray] = []
         self._flat: list[np.ndarray] = []
+        #: set when every parameter is a view of this FlatParams (see _setup_flat)
+        self.flat_params: FlatParams | None = None
+        if isinstance(params, FlatParams):
+            params = [{"params": params.views}]
         if isinstance(params, np.ndarray) or isinstance(params, Mapping):
             raise TypeError("params: expected a list of arrays or of param-group dicts, "
                             f"got a single {type(params).__name__}; wrap it in a list")
@@ -47,6 +53,38 @@ class Optimizer:
         for group in groups:
             self.add_param_group(group)
         self.backend, self._impl = select(backend, "cpu")
+        self._setup_flat()
+
+    def _setup_flat(self) -> None:
+        """Flat mode, when every parameter is one of the ``views`` of one FlatParams:
+        each group becomes contiguous segments of its buffers, stepped with one
+        backend call each, and the state lives in buffers of the same layout
+        (``state[i]`` holds views of them)."""
+        fp = _flat.owner(self._params[0])
+        if fp is None or any(_flat.owner(p) is not fp for p in self._params):
+            return
+        index = {id(v): j for j, v in enumerate(fp.views)}
+        if any(id(p) not in index for p in self._params):
+            return  # views of the buffer, but not the FlatParams' own tensors
+        self.flat_params = fp
+        self._flat_state: dict[str, dict[np.dtype, np.ndarray]] = {}
+        self._segments: list[dict[str, Any]] = []
+        where: dict[int, tuple[dict, int, int]] = {}  # tensor -> (segment, start, stop)
+        i = 0
+        for k, group in enumerate(self.param_groups):
+            members = {index[id(p)]: i + j for j, p in enumerate(group["params"])}
+            for dt, a, b in _flat.segments(fp, list(members)):
+                seg = {"group": k, "dtype": dt, "start": a, "stop": b,
+                       "param": fp.buffers[dt][a:b], "grad": fp.grad_buffers[dt][a:b],
+                       "state": {"step": 0}}
+                self._segments.append(seg)
+                for t, opt_i in members.items():
+                    tdt, ta, tb = fp.offsets[t]
+                    if tdt == dt and a <= ta < b:
+                        where[opt_i] = (seg, ta, tb)
+            i += len(group["params"])
+        self._where = where
+        self.state = _FlatState(self)
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Append a group; missing hyperparameters take the constructor's defaults."""
@@ -74,13 +112,19 @@ class Optimizer:
         self._params.extend(params)
         self._flat.extend(flats)
 
-    def step(self, grads: Sequence[np.ndarray]) -> None:
+    def step(self, grads: Sequence[np.ndarray] | None = None) -> None:
         """One update of every parameter, in place. ``grads`` holds one array per
         parameter, in the order the parameters were given (group by group), each of
-        the parameter's shape and dtype. Everything is checked before the first write:
+        the parameter's shape and dtype; a FlatParams optimizer steps without it, from
+        the FlatParams' gradient buffer. Everything is checked before the first write:
         on an exception nothing has changed. Non-finite gradients propagate, as in
         torch: a NaN or inf in ``grads[i][j]`` reaches ``params[i][j]`` and its state,
         and no other element."""
+        if self.flat_params is not None:
+            return self._step_flat(grads)
+        if grads is None:
+            raise TypeError("grads: expected a list of arrays, one per parameter (only "
+                            "an optimizer over a FlatParams steps without them)")
         flat_grads = self._check_grads(grads)
         hypers = [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
         impl, i = self._impl, 0
@@ -97,6 +141,34 @@ class Optimizer:
                         fresh = True
                 self._update(impl, self._flat[i], flat_grads[i], state, hyper, fresh)
                 i += 1
+
+    def _step_flat(self, grads) -> None:
+        """One backend call per segment; no Python work per tensor unless ``grads``
+        are given, which are then copied into the gradient buffer first."""
+        if grads is not None:
+            checked = self._check_grads(grads)
+        hypers = [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
+        if grads is not None:
+            for i, g in enumerate(checked):
+                seg, a, b = self._where[i]
+                seg["grad"][a - seg["start"]:b - seg["start"]] = g
+        impl = self._impl
+        for seg in self._segments:
+            hyper = hypers[seg["group"]]
+            state, fresh = seg["state"], False
+            for name, init in self._state_spec(hyper):
+                if name not in state:
+                    state[name] = self._flat_state_buffer(name, seg["dtype"])[
+                        seg["start"]:seg["stop"]]
+                    state[name].fill(init)
+                    fresh = True
+            self._update(impl, seg["param"], seg["grad"], state, hyper, fresh)
+
+    def _flat_state_buffer(self, name: str, dtype) -> np.ndarray:
+        per_dtype = self._flat_state.setdefault(name, {})
+        if dtype not in per_dtype:
+            per_dtype[dtype] = np.zeros_like(self.flat_params.buffers[dtype])
+        return per_dtype[dtype]
 
     def _check_grads(self, grads) -> list[np.ndarray]:
         if not isinstance(grads, (list, tuple)) and (
@@ -164,9 +236,39 @@ class Optimizer:
                 raise ValueError(f"{label}: expected a parameter index in "
                                  f"[0, {len(self._params)})")
             new_state[int(key)] = self._load_param_state(st, self._params[key], label)
+        if self.flat_params is not None:
+            self._check_flat_steps(new_state)
         for group, merged in zip(self.param_groups, new_groups):
             group.update(merged)
-        self.state = new_state
+        if self.flat_params is None:
+            self.state = new_state
+            return
+        for seg in self._segments:  # copy into the flat state, segment by segment
+            seg["state"] = {"step": 0}
+        for i, st in new_state.items():
+            seg, a, b = self._where[i]
+            seg["state"]["step"] = st["step"]
+            for name, value in st.items():
+                if name != "step":
+                    if name not in seg["state"]:
+                        seg["state"][name] = self._flat_state_buffer(
+                            name, seg["dtype"])[seg["start"]:seg["stop"]]
+                        seg["state"][name].fill(0)
+                    seg["state"][name][a - seg["start"]:b - seg["start"]] = value
+
+    def _check_flat_steps(self, new_state: Mapping[int, Mapping[str, Any]]) -> None:
+        """A segment steps as one: its tensors must come with the same step and the
+        same state arrays (all or none)."""
+        seen: dict[int, tuple] = {}
+        for i in range(len(self._params)):
+            seg = self._where[i][0]
+            st = new_state.get(i, {"step": 0})
+            key = (st["step"], tuple(sorted(k for k in st if k != "step")))
+            if seen.setdefault(id(seg), key) != key:
+                raise ValueError(
+                    f"state_dict['state'][{i}]: a FlatParams optimizer steps each "
+                    f"segment as one, but this tensor's step/state {key} differs from "
+                    f"its segment's {seen[id(seg)]}")
 
     def _load_param_state(self, st, param: np.ndarray, label: str) -> dict[str, Any]:
         if not isinstance(st, Mapping):
@@ -209,9 +311,36 @@ class Optimizer:
         raise NotImplementedError
 
     def __repr__(self) -> str:
+        mode = (f", flat: {len(self._segments)} segments" if self.flat_params is not None
+                else "")
         groups = "".join(
             f"\n  group {k}: {len(g['params'])} params, "
             + ", ".join(f"{key}={g[key]!r}" for key in self.defaults)
             for k, g in enumerate(self.param_groups))
-        return f"{type(self).__name__}(backend={self.backend!r}){groups}"
+        return f"{type(self).__name__}(backend={self.backend!r}{mode}){groups}"
 
+
+
+class _FlatState(Mapping):
+    """``state`` of a FlatParams optimizer: per tensor, views of the flat state and the
+    step of its segment (read-only; ``load_state_dict`` replaces state)."""
+
+    def __init__(self, opt: Optimizer) -> None:
+        self._opt = opt
+
+    def _started(self, i: int) -> bool:
+        return len(self._opt._where[i][0]["state"]) > 1
+
+    def __getitem__(self, i: int) -> Mapping[str, Any]:
+        if i not in self._opt._where or not self._started(i):
+            raise KeyError(i)
+        seg, a, b = self._opt._where[i]
+        lo, hi = a - seg["start"], b - seg["start"]
+        return {k: (v[lo:hi] if isinstance(v, np.ndarray) else v)
+                for k, v in seg["state"].items()}
+
+    def __iter__(self):
+        return (i for i in range(len(self._opt._params)) if self._started(i))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -1,0 +1,112 @@
+"""FlatParams: a whole model's parameters as views into one buffer per dtype.
+
+A step over a FlatParams is one kernel call per contiguous segment (one per param group
+and dtype when groups are contiguous), whatever the number of tensors: a Python loop
+over hundreds of small tensors costs more than their math.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import _checks
+
+# buffer id -> the FlatParams owning it, so an optimizer handed plain views (in param
+# groups) can tell that they are segments of one FlatParams.
+_OWNERS: "weakref.WeakValueDictionary[int, FlatParams]" = weakref.WeakValueDictionary()
+
+
+class FlatParams:
+    """Parameters laid out back to back in one contiguous buffer per dtype, with a
+    gradient buffer of the same layout.
+
+    ``views[i]`` is parameter ``i`` (its shape, a view into the buffer): train with
+    these arrays. ``grad_views[i]`` is where its gradient goes: write into it (``g[...]
+    = ...`` or ``np.dot(..., out=g)``), then call ``opt.step()``. Tensors keep their
+    order within each dtype's buffer.
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], dtypes=np.float32) -> None:
+        shapes = [tuple(int(d) for d in s) for s in shapes]
+        if not shapes:
+            raise ValueError("shapes: expected at least one parameter shape")
+        if isinstance(dtypes, (list, tuple)):
+            if len(dtypes) != len(shapes):
+                raise ValueError(f"dtypes: expected {len(shapes)} dtypes (one per shape), "
+                                 f"got {len(dtypes)}")
+            dtypes = [np.dtype(d) for d in dtypes]
+        else:
+            dtypes = [np.dtype(dtypes)] * len(shapes)
+        for i, dt in enumerate(dtypes):
+            if dt not in _checks.FLOAT_DTYPES:
+                raise TypeError(f"dtypes[{i}]: expected float32 or float64, got {dt}")
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        totals: dict[np.dtype, int] = {}
+        #: per tensor: (dtype, start, stop) in that dtype's buffer
+        self.offsets: list[tuple[np.dtype, int, int]] = []
+        for dt, n in zip(dtypes, sizes):
+            start = totals.get(dt, 0)
+            self.offsets.append((dt, start, start + n))
+            totals[dt] = start + n
+        self.buffers = {dt: np.zeros(n, dt) for dt, n in totals.items()}
+        self.grad_buffers = {dt: np.zeros(n, dt) for dt, n in totals.items()}
+        self.views = [self.buffers[dt][a:b].reshape(s)
+                      for (dt, a, b), s in zip(self.offsets, shapes)]
+        self.grad_views = [self.grad_buffers[dt][a:b].reshape(s)
+                           for (dt, a, b), s in zip(self.offsets, shapes)]
+        for buf in self.buffers.values():
+            _OWNERS[id(buf)] = self
+
+    @classmethod
+    def from_arrays(cls, arrays: Iterable[np.ndarray]) -> "FlatParams":
+        """Copy ``arrays`` in once; train ``views`` from then on (the originals are not
+        updated)."""
+        arrays = list(arrays)
+        for i, a in enumerate(arrays):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"arrays[{i}]: expected a numpy.ndarray, got "
+                                f"{type(a).__name__}")
+        flat = cls([a.shape for a in arrays], [a.dtype for a in arrays])
+        for view, a in zip(flat.views, arrays):
+            view[...] = a
+        return flat
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def zero_grad(self) -> None:
+        for g in self.grad_buffers.values():
+            g.fill(0)
+
+    def index_of(self, view: np.ndarray) -> int | None:
+        """The index of ``view`` among ``views`` (identity), or None."""
+        for i, v in enumerate(self.views):
+            if v is view:
+                return i
+        return None
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{dt}: {buf.size}" for dt, buf in self.buffers.items())
+        return f"FlatParams({len(self.views)} tensors; {sizes} elements)"
+
+
+def owner(array: np.ndarray) -> FlatParams | None:
+    """The FlatParams whose buffer ``array`` is a view of, if any."""
+    base = array.base if isinstance(array, np.ndarray) else None
+    return _OWNERS.get(id(base)) if base is not None else None
+
+
+def segments(flat: FlatParams, indices: Sequence[int]) -> list[tuple[np.dtype, int, int]]:
+    """Tensors ``indices`` of ``flat`` merged into maximal contiguous runs per dtype:
+    ``[(dtype, start, stop), ...]``, one kernel call each."""
+    runs: list[list] = []
+    for dt, a, b in sorted((flat.offsets[i] for i in indices),
+                           key=lambda o: (o[0].str, o[1])):
+        if runs and runs[-1][0] == dt and runs[-1][2] == a:
+            runs[-1][2] = b
+        else:
+            runs.append([dt, a, b])
+    return [tuple(r) for r in runs]

@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         _progress(len(groups), len(groups), f"model {model}")
         model_names = [f"fusedopt-{b}{suffix}" for b in backends if b != "numpy"
                        for suffix in ("-flat", "")]
+        model_names += ["fusedopt.torch-flat", "fusedopt.torch"]  # the adapter
         if not args.no_peers:
             model_names += ["torch", "deepspeed"]
         rows += harness.measure_model(model, model_names, budget, args.rounds, skipped)

@@ -176,6 +176,14 @@ def make_model_torch(shapes):
     return torch.optim.Adam(params, lr=1e-3, fused=True).step
 
 
+def _model_torch_adapter(flatten: bool) -> Callable:
+    def make(shapes):
+        _, params = _model_torch_params(shapes)
+        import fusedopt.torch as ft
+        return ft.Adam(params, lr=1e-3, flatten=flatten).step
+    return make
+
+
 def make_model_deepspeed(shapes):
     torch, params = _model_torch_params(shapes)
     try:
@@ -198,6 +206,8 @@ def model_providers() -> dict[str, Callable]:
         if b != "numpy":  # the textbook baseline would need GBs of temporaries
             out[f"fusedopt-{b}-flat"] = _model_fusedopt(b, flat=True)
             out[f"fusedopt-{b}"] = _model_fusedopt(b, flat=False)
+    out["fusedopt.torch-flat"] = _model_torch_adapter(flatten=True)
+    out["fusedopt.torch"] = _model_torch_adapter(flatten=False)
     out.update(torch=make_model_torch, deepspeed=make_model_deepspeed,
                roofline=make_model_roofline)
     return out

@@ -31,7 +31,8 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize), backend)
 
-    def _check_group(self, group, prefix):
+    @staticmethod
+    def _check_group(group, prefix):
         lr = _checks.number(group["lr"], (prefix, "lr"))
         lr_decay = _checks.number(group["lr_decay"], (prefix, "lr_decay"))
         weight_decay = _checks.number(group["weight_decay"], (prefix, "weight_decay"))
@@ -41,10 +42,12 @@ class Adagrad(Optimizer):
         maximize = _checks.flag(group["maximize"], (prefix, "maximize"))
         return lr, lr_decay, weight_decay, initial, eps, maximize
 
-    def _state_spec(self, hyper):
+    @staticmethod
+    def _state_spec(hyper):
         return (("sum", hyper[3]),)
 
-    def _update(self, impl, p, g, state, hyper, fresh):
+    @classmethod
+    def _update(cls, impl, p, g, state, hyper, fresh):
         lr, lr_decay, weight_decay, _, eps, maximize = hyper
         state["step"] = step = state["step"] + 1
         impl.adagrad(p, g, state["sum"], step, lr, lr_decay, eps, weight_decay, maximize)

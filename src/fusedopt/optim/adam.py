@@ -35,7 +35,8 @@ class Adam(Optimizer):
                                       weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize), backend)
 
-    def _check_group(self, group, prefix):
+    @staticmethod
+    def _check_group(group, prefix):
         lr = _checks.number(group["lr"], (prefix, "lr"))
         beta1, beta2 = _checks.betas(group["betas"], (prefix, "betas"))
         eps = _checks.number(group["eps"], (prefix, "eps"))
@@ -44,14 +45,16 @@ class Adam(Optimizer):
         maximize = _checks.flag(group["maximize"], (prefix, "maximize"))
         return lr, beta1, beta2, eps, weight_decay, amsgrad, maximize
 
-    def _state_spec(self, hyper):
+    @staticmethod
+    def _state_spec(hyper):
         if hyper[5]:
             return ("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("max_exp_avg_sq", 0.0)
         return ("exp_avg", 0.0), ("exp_avg_sq", 0.0)
 
-    def _update(self, impl, p, g, state, hyper, fresh):
+    @classmethod
+    def _update(cls, impl, p, g, state, hyper, fresh):
         lr, beta1, beta2, eps, weight_decay, amsgrad, maximize = hyper
         state["step"] = step = state["step"] + 1
         impl.adam(p, g, state["exp_avg"], state["exp_avg_sq"],
                   state["max_exp_avg_sq"] if amsgrad else None, step, lr, beta1, beta2,
-                  eps, weight_decay, self._decoupled, maximize)
+                  eps, weight_decay, cls._decoupled, maximize)

@@ -300,13 +300,19 @@ class Optimizer:
 
     # -- hooks --------------------------------------------------------------------
 
-    def _check_group(self, group: Mapping[str, Any], where: int | str) -> tuple:
+    # The hooks take no instance: the PyTorch adapter (fusedopt.torch) runs the same
+    # algorithm definitions on NumPy views of tensors.
+
+    @staticmethod
+    def _check_group(group: Mapping[str, Any], where: int | str) -> tuple:
         raise NotImplementedError
 
-    def _state_spec(self, hyper: tuple) -> tuple[tuple[str, float], ...]:
+    @staticmethod
+    def _state_spec(hyper: tuple) -> tuple[tuple[str, float], ...]:
         raise NotImplementedError
 
-    def _update(self, impl, p: np.ndarray, g: np.ndarray, state: dict, hyper: tuple,
+    @classmethod
+    def _update(cls, impl, p: np.ndarray, g: np.ndarray, state: dict, hyper: tuple,
                 fresh: bool) -> None:
         raise NotImplementedError
 

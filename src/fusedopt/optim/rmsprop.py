@@ -34,7 +34,8 @@ class RMSprop(Optimizer):
                                       weight_decay=weight_decay, momentum=momentum,
                                       centered=centered, maximize=maximize), backend)
 
-    def _check_group(self, group, prefix):
+    @staticmethod
+    def _check_group(group, prefix):
         lr = _checks.number(group["lr"], (prefix, "lr"))
         alpha = _checks.number(group["alpha"], (prefix, "alpha"), high=1.0)
         eps = _checks.number(group["eps"], (prefix, "eps"))
@@ -44,7 +45,8 @@ class RMSprop(Optimizer):
         maximize = _checks.flag(group["maximize"], (prefix, "maximize"))
         return lr, alpha, eps, weight_decay, momentum, centered, maximize
 
-    def _state_spec(self, hyper):
+    @staticmethod
+    def _state_spec(hyper):
         spec = [("square_avg", 0.0)]
         if hyper[5]:
             spec.append(("grad_avg", 0.0))
@@ -52,7 +54,8 @@ class RMSprop(Optimizer):
             spec.append(("momentum_buffer", 0.0))
         return tuple(spec)
 
-    def _update(self, impl, p, g, state, hyper, fresh):
+    @classmethod
+    def _update(cls, impl, p, g, state, hyper, fresh):
         lr, alpha, eps, weight_decay, momentum, centered, maximize = hyper
         state["step"] += 1
         impl.rmsprop(p, g, state["square_avg"], state["grad_avg"] if centered else None,

@@ -36,7 +36,8 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize), backend)
 
-    def _check_group(self, group, prefix):
+    @staticmethod
+    def _check_group(group, prefix):
         lr = _checks.number(group["lr"], (prefix, "lr"))
         momentum = _checks.number(group["momentum"], (prefix, "momentum"))
         dampening = _checks.number(group["dampening"], (prefix, "dampening"),
@@ -51,10 +52,12 @@ class SGD(Optimizer):
                              f"dampening={dampening}")
         return lr, momentum, dampening, weight_decay, nesterov, maximize
 
-    def _state_spec(self, hyper):
+    @staticmethod
+    def _state_spec(hyper):
         return (("momentum_buffer", 0.0),) if hyper[1] != 0 else ()
 
-    def _update(self, impl, p, g, state, hyper, fresh):
+    @classmethod
+    def _update(cls, impl, p, g, state, hyper, fresh):
         lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
         state["step"] += 1
         buf = state["momentum_buffer"] if momentum != 0 else None

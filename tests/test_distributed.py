@@ -1,0 +1,95 @@
+"""fusedopt.torch beyond one process: the per-rank optimizer under DDP, and the
+optimizer_class of ZeroRedundancyOptimizer (ZeRO-style sharded state), on 2 gloo
+ranks on 127.0.0.1, each against the same training in a single process."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available():
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+
+STEPS, BATCH, TIMEOUT_S = 12, 16, 120
+
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(),
+                               torch.nn.Linear(8, 2)).double()
+
+
+def make_data():
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(BATCH, 5, generator=gen, dtype=torch.float64),
+             torch.randn(BATCH, 2, generator=gen, dtype=torch.float64))
+            for _ in range(STEPS)]
+
+
+def worker(rank, world, port, mode, out_path):
+    from datetime import timedelta
+
+    import fusedopt.torch as ft
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=TIMEOUT_S))
+    try:
+        model = DDP(make_model())
+        if mode == "ddp":
+            opt = ft.Adam(model.parameters(), lr=0.01, weight_decay=0.1)
+        else:
+            opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=ft.Adam,
+                                          lr=0.01, weight_decay=0.1)
+        half = BATCH // world
+        for x, y in make_data():  # each rank its half; DDP averages the gradients
+            opt.zero_grad()
+            xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+            torch.nn.functional.mse_loss(model(xs), ys).backward()
+            opt.step()
+        if rank == 0:
+            torch.save([p.detach().clone() for p in model.module.parameters()], out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def single_process():
+    import fusedopt.torch as ft
+    model = make_model()
+    opt = ft.Adam(model.parameters(), lr=0.01, weight_decay=0.1)
+    for x, y in make_data():
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    return list(model.parameters())
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero"])
+def test_two_ranks_match_a_single_process(mode, tmp_path):
+    out = tmp_path / "params.pt"
+    ctx = torch.multiprocessing.start_processes(
+        worker, args=(2, free_port(), mode, str(out)), nprocs=2, join=False,
+        start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not ctx.join(timeout=1):
+            assert time.monotonic() < deadline, f"{mode}: ranks still running"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+    ranks = torch.load(out)
+    for a, b in zip(ranks, single_process()):
+        err = ((a - b).abs() / (b.abs() + 1e-3)).max().item()
+        assert err <= 1e-10, f"{mode}: relative error {err}"

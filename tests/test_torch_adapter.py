@@ -1,0 +1,220 @@
+"""fusedopt.torch against torch.optim: training, checkpoints both ways, schedulers,
+GradScaler, clipping, closures, flattening, and the refusals."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fusedopt.torch as ft  # noqa: E402
+from cases import ALGORITHMS, CASES, case_id  # noqa: E402
+
+TOL = 1e-9
+
+
+def mlp(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(),
+                               torch.nn.Linear(12, 12), torch.nn.Tanh(),
+                               torch.nn.Linear(12, 3)).to(dtype)
+
+
+def batches(steps, seed=1, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 6, generator=gen, dtype=dtype),
+             torch.randn(16, 3, generator=gen, dtype=dtype)) for _ in range(steps)]
+
+
+def train(model, opt, data, scheduler=None):
+    for x, y in data:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def max_diff(m1, m2):
+    """The contract's measure: max |ours - ref| / (|ref| + 1e-3)."""
+    return max(((a - b).abs() / (b.abs() + 1e-3)).max().item()
+               for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+def pair(name, kwargs, **ours):
+    torch_name = ALGORITHMS[name][1]
+    m1, m2 = mlp(), mlp()
+    return (m1, getattr(ft, torch_name)(m1.parameters(), **kwargs, **ours),
+            m2, getattr(torch.optim, torch_name)(m2.parameters(), **kwargs))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_training_matches_torch(case, backend):
+    name, kwargs = case
+    m1, o1, m2, o2 = pair(name, kwargs, backend=backend)
+    data = batches(40)
+    train(m1, o1, data)
+    train(m2, o2, data)
+    assert max_diff(m1, m2) <= TOL
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_flatten_matches_torch(name):
+    kwargs = ALGORITHMS[name][2][-1]
+    m1, o1, m2, o2 = pair(name, kwargs, flatten=True)
+    assert o1._flat is not None and len(o1._flat.segments) == 1
+    data = batches(40)
+    train(m1, o1, data)
+    train(m2, o2, data)
+    assert max_diff(m1, m2) <= TOL
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_checkpoints_move_both_ways(name, flatten):
+    """20 steps in one library, a checkpoint into the other, 20 more in each: the
+    same parameters as 40 steps in either."""
+    kwargs = ALGORITHMS[name][2][-1]
+    torch_name = ALGORITHMS[name][1]
+    data = batches(40)
+    ref, ref_opt = mlp(), None
+    ref_opt = getattr(torch.optim, torch_name)(ref.parameters(), **kwargs)
+    train(ref, ref_opt, data)
+    for first, second in ((ft, torch.optim), (torch.optim, ft)):
+        m = mlp()
+        extra = {"flatten": flatten} if first is ft else {}
+        o = getattr(first, torch_name)(m.parameters(), **kwargs, **extra)
+        train(m, o, data[:20])
+        ckpt = copy.deepcopy(o.state_dict())
+        m2 = mlp()
+        m2.load_state_dict(m.state_dict())
+        extra = {"flatten": flatten} if second is ft else {}
+        o2 = getattr(second, torch_name)(m2.parameters(), **kwargs, **extra)
+        o2.load_state_dict(ckpt)
+        train(m2, o2, data[20:])
+        assert max_diff(m2, ref) <= TOL, (first.__name__, second.__name__)
+
+
+def test_state_dict_has_torchs_keys():
+    m1, o1, m2, o2 = pair("adam", dict(lr=0.01, amsgrad=True))
+    data = batches(2)
+    train(m1, o1, data)
+    train(m2, o2, data)
+    ours, theirs = o1.state_dict(), o2.state_dict()
+    assert ours["state"].keys() == theirs["state"].keys()
+    for i in theirs["state"]:
+        assert ours["state"][i].keys() == theirs["state"][i].keys()
+        assert ours["state"][i]["step"].dtype == theirs["state"][i]["step"].dtype
+        assert ours["state"][i]["step"].item() == 2.0
+
+
+def test_scheduler_drives_the_learning_rate():
+    m1, o1, m2, o2 = pair("sgd", dict(lr=0.1, momentum=0.9))
+    s1 = torch.optim.lr_scheduler.CosineAnnealingLR(o1, T_max=10)
+    s2 = torch.optim.lr_scheduler.CosineAnnealingLR(o2, T_max=10)
+    data = batches(25)
+    train(m1, o1, data, s1)
+    train(m2, o2, data, s2)
+    assert s1.get_last_lr() == s2.get_last_lr()
+    assert max_diff(m1, m2) <= TOL
+
+
+def test_grad_scaler_and_clipping():
+    runs = []
+    for lib in (ft, torch.optim):
+        model = mlp(dtype=torch.float32)
+        opt = lib.Adam(model.parameters(), lr=0.01)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        for x, y in batches(15, dtype=torch.float32):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.1)
+            scaler.step(opt)
+            scaler.update()
+        runs.append(model)
+    assert max_diff(*runs) <= 2e-6
+
+
+def test_closure_is_called_and_its_loss_returned():
+    model = mlp()
+    opt = ft.SGD(model.parameters(), lr=0.1)
+    x, y = batches(1)[0]
+    calls = []
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        calls.append(loss.item())
+        return loss
+
+    loss = opt.step(closure)
+    assert calls and loss.item() == calls[0]
+
+
+def test_params_without_grad_are_skipped():
+    model = mlp()
+    frozen = model[0].weight
+    frozen.requires_grad_(False)
+    before = frozen.clone()
+    opt = ft.Adam(model.parameters(), lr=0.1)
+    train(model, opt, batches(3))
+    assert torch.equal(frozen, before) and frozen not in opt.state
+
+
+def test_sparse_gradients_are_refused_before_any_write():
+    emb = torch.nn.Embedding(10, 4, sparse=True).double()
+    lin = torch.nn.Linear(4, 1).double()
+    opt = ft.Adam([*lin.parameters(), *emb.parameters()], lr=0.1)
+    before = [p.clone() for p in (*lin.parameters(), *emb.parameters())]
+    lin(emb(torch.tensor([1, 2]))).sum().backward()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+    for p, b in zip((*lin.parameters(), *emb.parameters()), before):
+        assert torch.equal(p, b)
+    assert len(opt.state) == 0
+
+
+def test_bad_hyperparameters_are_named():
+    with pytest.raises(ValueError, match=r"^lr: expected a finite number"):
+        ft.Adam(mlp().parameters(), lr=-1.0)
+    opt = ft.Adam(mlp().parameters())
+    opt.param_groups[0]["betas"] = (0.9, 1.5)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['betas'\]"):
+        opt.step()
+
+
+def test_flatten_makes_views_of_one_buffer_and_keeps_grads_there():
+    model = mlp(dtype=torch.float32)
+    opt = ft.AdamW(model.parameters(), lr=0.01, flatten=True)
+    (buf,) = opt._flat.buffers.values()
+    (gbuf,) = opt._flat.grad_buffers.values()
+    for p in model.parameters():
+        assert p.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
+    train(model, opt, batches(3, dtype=torch.float32))
+    for p in model.parameters():
+        assert p.grad.untyped_storage().data_ptr() == gbuf.untyped_storage().data_ptr()
+    # a gradient replaced behind the optimizer's back is copied in, not lost
+    p0 = next(model.parameters())
+    p0.grad = torch.ones_like(p0)
+    opt.step()
+    assert p0.grad.untyped_storage().data_ptr() == gbuf.untyped_storage().data_ptr()
+
+
+def test_flat_checkpoint_with_unequal_steps_is_refused_unchanged():
+    model = mlp()
+    opt = ft.Adam(model.parameters(), flatten=True)
+    train(model, opt, batches(2))
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][1]["step"] = torch.tensor(9.0)
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=r"flatten=True steps each segment as one"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    for i in before["state"]:
+        for k, v in before["state"][i].items():
+            assert torch.equal(after["state"][i][k], v)

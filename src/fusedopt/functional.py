@@ -19,6 +19,11 @@ from .backends import select
 __all__ = ["adagrad_step", "adam_step", "adamw_step", "rmsprop_step", "sgd_step"]
 
 
+def _sign(maximize) -> float:
+    """The gradient's scale in the backend contract: -1 ascends (``maximize``)."""
+    return -1.0 if _checks.flag(maximize, "maximize") else 1.0
+
+
 def _state(x, param, name):
     return _checks.like_param(x, param, name, "param", writeable=True)
 
@@ -46,7 +51,7 @@ def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | 
     _, impl = select(backend, "cpu")
     impl.sgd(p, g, buf, step == 1, _checks.number(lr, "lr"), momentum, dampening,
              _checks.number(weight_decay, "weight_decay"), nesterov,
-             _checks.flag(maximize, "maximize"))
+             _sign(maximize))
 
 
 def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
@@ -68,7 +73,7 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
               _checks.number(beta1, "beta1", 0.0, 1.0, high_open=True),
               _checks.number(beta2, "beta2", 0.0, 1.0, high_open=True),
               _checks.number(eps, "eps"), _checks.number(weight_decay, "weight_decay"),
-              _checks.flag(decoupled, "decoupled"), _checks.flag(maximize, "maximize"))
+              _checks.flag(decoupled, "decoupled"), _sign(maximize))
 
 
 def adamw_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
@@ -93,8 +98,7 @@ def adagrad_step(param: np.ndarray, grad: np.ndarray, state_sum: np.ndarray, *,
     _, impl = select(backend, "cpu")
     impl.adagrad(p, g, s, _checks.step_count(step, "step"), _checks.number(lr, "lr"),
                  _checks.number(lr_decay, "lr_decay"), _checks.number(eps, "eps"),
-                 _checks.number(weight_decay, "weight_decay"),
-                 _checks.flag(maximize, "maximize"))
+                 _checks.number(weight_decay, "weight_decay"), _sign(maximize))
 
 
 def rmsprop_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
@@ -119,4 +123,4 @@ def rmsprop_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
     impl.rmsprop(p, g, sq, mu, buf, _checks.number(lr, "lr"),
                  _checks.number(alpha, "alpha", 0.0, 1.0), _checks.number(eps, "eps"),
                  _checks.number(weight_decay, "weight_decay"), momentum,
-                 _checks.flag(maximize, "maximize"))
+                 _sign(maximize))

@@ -6,7 +6,9 @@ new ``(param, *state)``. The scalars are computed once per step on the host
 so a float32 rule runs in float32 end to end (a Python float or an integer literal
 here would promote the expression to float64 and halve the SIMD width: measured
 3.5x slower at 1M elements). Boolean options are loop-invariant; LLVM unswitches
-them out of the kernel loop.
+them out of the kernel loop. ``grad_scale`` multiplies the gradient first: -1 for
+``maximize``, times the clipping coefficient (torch scales the gradients in place
+before the step; here it costs no extra pass), exactly 1.0 otherwise.
 
 The Numba CPU kernels (``backends/numba_cpu.py``) and CUDA kernels call these
 functions; ``kernels/rules.pxd`` mirrors them line by line for the Cython backend.
@@ -36,11 +38,10 @@ def _cast_like_impl(x, arr):
 
 @register_jitable
 def sgd(p, g, buf, lr, weight_decay, momentum, buf_grad_scale,
-        decay, has_momentum, nesterov, maximize):
+        decay, has_momentum, nesterov, grad_scale):
     """SGD. ``buf_grad_scale`` is 1 on the first step (the buffer starts as the
     gradient, as in torch) and ``1 - dampening`` afterwards."""
-    if maximize:
-        g = -g
+    g = grad_scale * g
     if decay:
         g = g + weight_decay * p
     if has_momentum:
@@ -55,12 +56,11 @@ def sgd(p, g, buf, lr, weight_decay, momentum, buf_grad_scale,
 
 @register_jitable
 def adam(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
-         weight_decay, param_scale, decay, decoupled, amsgrad, maximize):
+         weight_decay, param_scale, decay, decoupled, amsgrad, grad_scale):
     """Adam / AdamW. ``beta1c = 1 - beta1``, ``beta2c = 1 - beta2``,
     ``step_size = lr / (1 - beta1**t)``, ``inv_sqrt_bc2 = 1 / sqrt(1 - beta2**t)``,
     ``param_scale = 1 - lr * weight_decay`` (decoupled decay, AdamW)."""
-    if maximize:
-        g = -g
+    g = grad_scale * g
     if decay:
         if decoupled:
             p = p * param_scale
@@ -79,10 +79,9 @@ def adam(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
 
 
 @register_jitable
-def adagrad(p, g, acc, clr, eps, weight_decay, decay, maximize):
+def adagrad(p, g, acc, clr, eps, weight_decay, decay, grad_scale):
     """Adagrad. ``clr = lr / (1 + (t - 1) * lr_decay)``."""
-    if maximize:
-        g = -g
+    g = grad_scale * g
     if decay:
         g = g + weight_decay * p
     acc = acc + g * g
@@ -92,10 +91,9 @@ def adagrad(p, g, acc, clr, eps, weight_decay, decay, maximize):
 
 @register_jitable
 def rmsprop(p, g, sq, gavg, buf, lr, alpha, alphac, eps, weight_decay, momentum,
-            decay, centered, has_momentum, maximize):
+            decay, centered, has_momentum, grad_scale):
     """RMSprop. ``alphac = 1 - alpha``."""
-    if maximize:
-        g = -g
+    g = grad_scale * g
     if decay:
         g = g + weight_decay * p
     sq = alpha * sq + alphac * g * g

@@ -11,6 +11,7 @@ of ``policy.PARALLEL_MIN_SIZE`` elements or more take the parallel one.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from .. import rules, scalars
@@ -21,7 +22,7 @@ from ..rules import cast_like
 #: this file only, not on the rules it calls: pinning the rules' hash here makes any
 #: change to rules.py change this file too, so stale machine code is never loaded.
 #: tests/test_types.py fails with the new value when the two disagree.
-RULES_SHA256 = "256821d691f57bdd"
+RULES_SHA256 = "6a8d32c5e821ea6f"
 
 # error_model="numpy": the "python" model checks every division for zero and blocks
 # vectorisation (2x slower). "contract" lets LLVM fuse multiply-adds; no flag that
@@ -32,37 +33,40 @@ _jit = njit(**JIT_OPTIONS)
 
 
 @_jit
-def _sgd(p, g, lr, weight_decay, decay, maximize, parallel):
+def _sgd(p, g, lr, weight_decay, decay, grad_scale, parallel):
+    grad_scale = cast_like(grad_scale, p)
     lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
     zero = cast_like(0.0, p)
     if parallel:
         for i in prange(p.size):
             p[i], _ = rules.sgd(p[i], g[i], zero, lr, weight_decay, zero, zero,
-                                decay, False, False, maximize)
+                                decay, False, False, grad_scale)
     else:
         for i in range(p.size):
             p[i], _ = rules.sgd(p[i], g[i], zero, lr, weight_decay, zero, zero,
-                                decay, False, False, maximize)
+                                decay, False, False, grad_scale)
 
 
 @_jit
 def _sgd_momentum(p, g, buf, lr, weight_decay, momentum, buf_grad_scale,
-                  decay, nesterov, maximize, parallel):
+                  decay, nesterov, grad_scale, parallel):
+    grad_scale = cast_like(grad_scale, p)
     lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
     momentum, buf_grad_scale = cast_like(momentum, p), cast_like(buf_grad_scale, p)
     if parallel:
         for i in prange(p.size):
             p[i], buf[i] = rules.sgd(p[i], g[i], buf[i], lr, weight_decay, momentum,
-                                     buf_grad_scale, decay, True, nesterov, maximize)
+                                     buf_grad_scale, decay, True, nesterov, grad_scale)
     else:
         for i in range(p.size):
             p[i], buf[i] = rules.sgd(p[i], g[i], buf[i], lr, weight_decay, momentum,
-                                     buf_grad_scale, decay, True, nesterov, maximize)
+                                     buf_grad_scale, decay, True, nesterov, grad_scale)
 
 
 @_jit
 def _adam(p, g, m, v, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
-          weight_decay, param_scale, decay, decoupled, maximize, parallel):
+          weight_decay, param_scale, decay, decoupled, grad_scale, parallel):
+    grad_scale = cast_like(grad_scale, p)
     beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
     step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
@@ -72,18 +76,19 @@ def _adam(p, g, m, v, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
             p[i], m[i], v[i], _ = rules.adam(
                 p[i], g[i], m[i], v[i], zero, beta1c, beta2, beta2c, step_size,
                 inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False,
-                maximize)
+                grad_scale)
     else:
         for i in range(p.size):
             p[i], m[i], v[i], _ = rules.adam(
                 p[i], g[i], m[i], v[i], zero, beta1c, beta2, beta2c, step_size,
                 inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False,
-                maximize)
+                grad_scale)
 
 
 @_jit
 def _adam_amsgrad(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2,
-                  eps, weight_decay, param_scale, decay, decoupled, maximize, parallel):
+                  eps, weight_decay, param_scale, decay, decoupled, grad_scale, parallel):
+    grad_scale = cast_like(grad_scale, p)
     beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
     step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
@@ -93,33 +98,35 @@ def _adam_amsgrad(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_b
             p[i], m[i], v[i], vmax[i] = rules.adam(
                 p[i], g[i], m[i], v[i], vmax[i], beta1c, beta2, beta2c, step_size,
                 inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True,
-                maximize)
+                grad_scale)
     else:
         for i in range(p.size):
             p[i], m[i], v[i], vmax[i] = rules.adam(
                 p[i], g[i], m[i], v[i], vmax[i], beta1c, beta2, beta2c, step_size,
                 inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True,
-                maximize)
+                grad_scale)
 
 
 @_jit
-def _adagrad(p, g, acc, clr, eps, weight_decay, decay, maximize, parallel):
+def _adagrad(p, g, acc, clr, eps, weight_decay, decay, grad_scale, parallel):
+    grad_scale = cast_like(grad_scale, p)
     clr, eps, weight_decay = cast_like(clr, p), cast_like(eps, p), cast_like(weight_decay, p)
     if parallel:
         for i in prange(p.size):
             p[i], acc[i] = rules.adagrad(p[i], g[i], acc[i], clr, eps, weight_decay,
-                                         decay, maximize)
+                                         decay, grad_scale)
     else:
         for i in range(p.size):
             p[i], acc[i] = rules.adagrad(p[i], g[i], acc[i], clr, eps, weight_decay,
-                                         decay, maximize)
+                                         decay, grad_scale)
 
 
 # RMSprop has four state layouts (centered adds grad_avg, momentum adds a buffer);
 # one kernel each, so no kernel reads or writes an array it does not need.
 @_jit
 def _rmsprop(p, g, sq, lr, alpha, alphac, eps, weight_decay, momentum,
-             decay, maximize, parallel):
+             decay, grad_scale, parallel):
+    grad_scale = cast_like(grad_scale, p)
     lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
     momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
@@ -127,17 +134,18 @@ def _rmsprop(p, g, sq, lr, alpha, alphac, eps, weight_decay, momentum,
         for i in prange(p.size):
             p[i], sq[i], _, _ = rules.rmsprop(
                 p[i], g[i], sq[i], zero, zero, lr, alpha, alphac, eps, weight_decay,
-                momentum, decay, False, False, maximize)
+                momentum, decay, False, False, grad_scale)
     else:
         for i in range(p.size):
             p[i], sq[i], _, _ = rules.rmsprop(
                 p[i], g[i], sq[i], zero, zero, lr, alpha, alphac, eps, weight_decay,
-                momentum, decay, False, False, maximize)
+                momentum, decay, False, False, grad_scale)
 
 
 @_jit
 def _rmsprop_centered(p, g, sq, gavg, lr, alpha, alphac, eps, weight_decay, momentum,
-                      decay, maximize, parallel):
+                      decay, grad_scale, parallel):
+    grad_scale = cast_like(grad_scale, p)
     lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
     momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
@@ -145,17 +153,18 @@ def _rmsprop_centered(p, g, sq, gavg, lr, alpha, alphac, eps, weight_decay, mome
         for i in prange(p.size):
             p[i], sq[i], gavg[i], _ = rules.rmsprop(
                 p[i], g[i], sq[i], gavg[i], zero, lr, alpha, alphac, eps, weight_decay,
-                momentum, decay, True, False, maximize)
+                momentum, decay, True, False, grad_scale)
     else:
         for i in range(p.size):
             p[i], sq[i], gavg[i], _ = rules.rmsprop(
                 p[i], g[i], sq[i], gavg[i], zero, lr, alpha, alphac, eps, weight_decay,
-                momentum, decay, True, False, maximize)
+                momentum, decay, True, False, grad_scale)
 
 
 @_jit
 def _rmsprop_momentum(p, g, sq, buf, lr, alpha, alphac, eps, weight_decay, momentum,
-                      decay, maximize, parallel):
+                      decay, grad_scale, parallel):
+    grad_scale = cast_like(grad_scale, p)
     lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
     momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
@@ -163,17 +172,18 @@ def _rmsprop_momentum(p, g, sq, buf, lr, alpha, alphac, eps, weight_decay, momen
         for i in prange(p.size):
             p[i], sq[i], _, buf[i] = rules.rmsprop(
                 p[i], g[i], sq[i], zero, buf[i], lr, alpha, alphac, eps, weight_decay,
-                momentum, decay, False, True, maximize)
+                momentum, decay, False, True, grad_scale)
     else:
         for i in range(p.size):
             p[i], sq[i], _, buf[i] = rules.rmsprop(
                 p[i], g[i], sq[i], zero, buf[i], lr, alpha, alphac, eps, weight_decay,
-                momentum, decay, False, True, maximize)
+                momentum, decay, False, True, grad_scale)
 
 
 @_jit
 def _rmsprop_centered_momentum(p, g, sq, gavg, buf, lr, alpha, alphac, eps,
-                               weight_decay, momentum, decay, maximize, parallel):
+                               weight_decay, momentum, decay, grad_scale, parallel):
+    grad_scale = cast_like(grad_scale, p)
     lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
     momentum = cast_like(momentum, p)
@@ -181,63 +191,85 @@ def _rmsprop_centered_momentum(p, g, sq, gavg, buf, lr, alpha, alphac, eps,
         for i in prange(p.size):
             p[i], sq[i], gavg[i], buf[i] = rules.rmsprop(
                 p[i], g[i], sq[i], gavg[i], buf[i], lr, alpha, alphac, eps,
-                weight_decay, momentum, decay, True, True, maximize)
+                weight_decay, momentum, decay, True, True, grad_scale)
     else:
         for i in range(p.size):
             p[i], sq[i], gavg[i], buf[i] = rules.rmsprop(
                 p[i], g[i], sq[i], gavg[i], buf[i], lr, alpha, alphac, eps,
-                weight_decay, momentum, decay, True, True, maximize)
+                weight_decay, momentum, decay, True, True, grad_scale)
+
+
+@_jit
+def _grad_stats(g, parallel):
+    # float64 sums: a norm over 100M float32 squares accumulated in float32 loses
+    # digits; the pass is memory-bound, so the narrower SIMD costs nothing.
+    sumsq, bad = 0.0, 0
+    if parallel:
+        for i in prange(g.size):
+            x = np.float64(g[i])
+            sumsq += x * x
+            bad += (x - x) != 0.0  # NaN or inf
+    else:
+        for i in range(g.size):
+            x = np.float64(g[i])
+            sumsq += x * x
+            bad += (x - x) != 0.0
+    return sumsq, bad
 
 
 # -- the backend contract: flat arrays, raw hyperparameters -------------------------
 
 def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
-        nesterov, maximize):
+        nesterov, grad_scale):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     decay = weight_decay != 0.0
     if momentum_buffer is None:
-        _sgd(param, grad, lr, weight_decay, decay, maximize, par)
+        _sgd(param, grad, lr, weight_decay, decay, grad_scale, par)
     else:
         lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
             fresh_buffer, lr, momentum, dampening, weight_decay)
         _sgd_momentum(param, grad, momentum_buffer, lr, weight_decay, momentum,
-                      buf_grad_scale, decay, nesterov, maximize, par)
+                      buf_grad_scale, decay, nesterov, grad_scale, par)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-         weight_decay, decoupled, maximize):
+         weight_decay, decoupled, grad_scale):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     decay = weight_decay != 0.0
     s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     if max_exp_avg_sq is None:
-        _adam(param, grad, exp_avg, exp_avg_sq, *s, decay, decoupled, maximize, par)
+        _adam(param, grad, exp_avg, exp_avg_sq, *s, decay, decoupled, grad_scale, par)
     else:
         _adam_amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *s,
-                      decay, decoupled, maximize, par)
+                      decay, decoupled, grad_scale, par)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, maximize):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
-    _adagrad(param, grad, state_sum, *s, weight_decay != 0.0, maximize, par)
+    _adagrad(param, grad, state_sum, *s, weight_decay != 0.0, grad_scale, par)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, maximize):
+            weight_decay, momentum, grad_scale):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     decay = weight_decay != 0.0
     s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
     if grad_avg is None and momentum_buffer is None:
-        _rmsprop(param, grad, square_avg, *s, decay, maximize, par)
+        _rmsprop(param, grad, square_avg, *s, decay, grad_scale, par)
     elif momentum_buffer is None:
-        _rmsprop_centered(param, grad, square_avg, grad_avg, *s, decay, maximize, par)
+        _rmsprop_centered(param, grad, square_avg, grad_avg, *s, decay, grad_scale, par)
     elif grad_avg is None:
         _rmsprop_momentum(param, grad, square_avg, momentum_buffer, *s, decay,
-                          maximize, par)
+                          grad_scale, par)
     else:
         _rmsprop_centered_momentum(param, grad, square_avg, grad_avg, momentum_buffer,
-                                   *s, decay, maximize, par)
+                                   *s, decay, grad_scale, par)
 
 
 KERNELS = (_sgd, _sgd_momentum, _adam, _adam_amsgrad, _adagrad, _rmsprop,
            _rmsprop_centered, _rmsprop_momentum, _rmsprop_centered_momentum)
+
+
+def grad_stats(grad, parallel):
+    return _grad_stats(grad, parallel)

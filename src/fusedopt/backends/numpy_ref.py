@@ -13,10 +13,10 @@ import numpy as np
 
 
 def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
-        nesterov, maximize):
+        nesterov, grad_scale):
     # Sutskever et al. 2013 as written in torch.optim.SGD: d = g + wd * theta;
     # b_1 = d, b_t = mu * b_{t-1} + (1 - tau) * d; nesterov: d = d + mu * b_t.
-    d = -grad if maximize else grad
+    d = grad_scale * grad
     if weight_decay != 0:
         d = d + weight_decay * param
     if momentum_buffer is not None:
@@ -30,10 +30,10 @@ def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, wei
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-         weight_decay, decoupled, maximize):
+         weight_decay, decoupled, grad_scale):
     # Kingma & Ba 2015, Algorithm 1; AdamW: Loshchilov & Hutter 2019 (decay scaled by lr
     # as torch does); AMSGrad: Reddi et al. 2018 with torch's bias-corrected max.
-    g = -grad if maximize else grad
+    g = grad_scale * grad
     if weight_decay != 0:
         if decoupled:
             param[...] = param - lr * weight_decay * param
@@ -51,9 +51,9 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
     param[...] = param - lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, maximize):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale):
     # Duchi et al. 2011, with torch's learning-rate decay lr / (1 + (t - 1) * decay).
-    g = -grad if maximize else grad
+    g = grad_scale * grad
     if weight_decay != 0:
         g = g + weight_decay * param
     s = state_sum + g ** 2
@@ -63,9 +63,9 @@ def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, maxim
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, maximize):
+            weight_decay, momentum, grad_scale):
     # Hinton's lecture 6e; centered form of Graves 2013 (variance instead of second moment).
-    g = -grad if maximize else grad
+    g = grad_scale * grad
     if weight_decay != 0:
         g = g + weight_decay * param
     v = alpha * square_avg + (1 - alpha) * g ** 2
@@ -80,3 +80,8 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
         momentum_buffer[...] = b
         update = b
     param[...] = param - lr * update
+
+
+def grad_stats(grad, parallel):
+    # the plain definitions: sum of squares and the count of non-finite entries
+    return float(np.sum(grad.astype(np.float64) ** 2)), int(np.sum(~np.isfinite(grad)))

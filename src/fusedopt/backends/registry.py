@@ -4,15 +4,20 @@ Every backend module implements the same four functions over flat, C-contiguous
 arrays with raw hyperparameters (see ``numpy_ref`` for the plainest statement):
 
     sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening,
-        weight_decay, nesterov, maximize)
+        weight_decay, nesterov, grad_scale)
     adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
-         eps, weight_decay, decoupled, maximize)
-    adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, maximize)
+         eps, weight_decay, decoupled, grad_scale)
+    adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale)
     rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, maximize)
+            weight_decay, momentum, grad_scale)
 
 Optional state is ``None`` when the option that needs it is off (amsgrad, momentum,
-centered). Callers validate; backends trust their arguments.
+centered). ``grad_scale`` multiplies the gradient before anything else: -1.0 for
+maximize, times a clipping coefficient. And one reduction:
+
+    grad_stats(grad, parallel) -> (sum of squares in float64, count of non-finite)
+
+Callers validate; backends trust their arguments.
 """
 
 from __future__ import annotations

@@ -313,7 +313,8 @@ class Optimizer:
 
     @classmethod
     def _update(cls, impl, p: np.ndarray, g: np.ndarray, state: dict, hyper: tuple,
-                fresh: bool) -> None:
+                fresh: bool, scale: float = 1.0) -> None:
+        """One backend call; ``scale`` multiplies the gradient (gradient clipping)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

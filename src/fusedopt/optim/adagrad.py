@@ -26,10 +26,12 @@ class Adagrad(Optimizer):
     def __init__(self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
                  eps: float = 1e-10, *, maximize: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", nonfinite: str = "propagate",
+                 max_grad_norm: float | None = None) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize), backend)
+                                      eps=eps, maximize=maximize),
+                         backend, nonfinite, max_grad_norm)
 
     @staticmethod
     def _check_group(group, prefix):

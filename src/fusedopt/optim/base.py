@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+import math
+
 import numpy as np
 
 from .. import _checks
 from .. import flat as _flat
-from ..backends import select
+from ..backends import policy, select
 from ..flat import FlatParams
 
 ParamsT = Iterable[np.ndarray] | Iterable[Mapping[str, Any]] | FlatParams
+
+
+#: nonfinite= policies: "propagate" (torch's behaviour: a NaN or inf gradient element
+#: reaches its parameter and state elements, and no others), "skip" (leave parameters
+#: and state untouched, count it in ``skipped_steps``, set ``last_step_skipped``, like
+#: GradScaler with found_inf), "raise" (FloatingPointError before any write).
+NONFINITE = ("propagate", "skip", "raise")
 
 
 class Optimizer:
@@ -31,8 +40,20 @@ class Optimizer:
 
     _state_names: tuple[str, ...] = ()  # every array name the algorithm may keep
 
-    def __init__(self, params: ParamsT, defaults: dict[str, Any], backend: str = "auto"):
+    def __init__(self, params: ParamsT, defaults: dict[str, Any], backend: str = "auto",
+                 nonfinite: str = "propagate", max_grad_norm: float | None = None):
         self._check_group(defaults, "")
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite: expected one of {list(NONFINITE)}, got "
+                             f"{nonfinite!r}")
+        #: what a step does when a gradient holds NaN or inf (see NONFINITE)
+        self.nonfinite = nonfinite
+        #: clip the global L2 norm of the step's gradients to this (torch's
+        #: clip_grad_norm_), or None
+        self.max_grad_norm = (None if max_grad_norm is None else _checks.number(
+            max_grad_norm, "max_grad_norm", low=1e-300))
+        #: steps skipped by nonfinite="skip", and whether the last one was
+        self.skipped_steps, self.last_step_skipped = 0, False
         self.defaults = defaults
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
@@ -127,6 +148,9 @@ class Optimizer:
                             "an optimizer over a FlatParams steps without them)")
         flat_grads = self._check_grads(grads)
         hypers = [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
+        scale = self._grad_scale(flat_grads, lambda i: f"grads[{i}]")
+        if scale is None:
+            return
         impl, i = self._impl, 0
         for group, hyper in zip(self.param_groups, hypers):
             spec = self._state_spec(hyper)
@@ -139,7 +163,8 @@ class Optimizer:
                     if state.get(name) is None:
                         state[name] = np.full_like(self._flat[i], init)
                         fresh = True
-                self._update(impl, self._flat[i], flat_grads[i], state, hyper, fresh)
+                self._update(impl, self._flat[i], flat_grads[i], state, hyper, fresh,
+                             scale)
                 i += 1
 
     def _step_flat(self, grads) -> None:
@@ -152,6 +177,11 @@ class Optimizer:
             for i, g in enumerate(checked):
                 seg, a, b = self._where[i]
                 seg["grad"][a - seg["start"]:b - seg["start"]] = g
+        scale = self._grad_scale(
+            [seg["grad"] for seg in self._segments],
+            lambda j: f"the gradient buffer of param_groups[{self._segments[j]['group']}]")
+        if scale is None:
+            return
         impl = self._impl
         for seg in self._segments:
             hyper = hypers[seg["group"]]
@@ -162,7 +192,33 @@ class Optimizer:
                         seg["start"]:seg["stop"]]
                     state[name].fill(init)
                     fresh = True
-            self._update(impl, seg["param"], seg["grad"], state, hyper, fresh)
+            self._update(impl, seg["param"], seg["grad"], state, hyper, fresh, scale)
+
+    def _grad_scale(self, grads: list[np.ndarray], name) -> float | None:
+        """The factor every gradient is multiplied by this step (clipping), or None
+        to skip the step. One read of each gradient (``grad_stats``), and only with a
+        policy other than "propagate" or with max_grad_norm."""
+        self.last_step_skipped = False
+        if self.nonfinite == "propagate" and self.max_grad_norm is None:
+            return 1.0
+        sumsq = 0.0
+        for i, g in enumerate(grads):
+            s, bad = self._impl.grad_stats(g, g.size >= policy.PARALLEL_MIN_SIZE)
+            if bad and self.nonfinite == "raise":
+                raise FloatingPointError(
+                    f"{name(i)}: {bad} non-finite values (NaN or inf); nonfinite='raise' "
+                    "refused the step before any write")
+            if bad and self.nonfinite == "skip":
+                self.skipped_steps += 1
+                self.last_step_skipped = True
+                return None
+            sumsq += s
+        if self.max_grad_norm is None:
+            return 1.0
+        # torch's clip_grad_norm_: max_norm / (total + 1e-6), clamped at 1; a
+        # non-finite total (nonfinite="propagate") makes every update NaN, as there.
+        coef = self.max_grad_norm / (math.sqrt(sumsq) + 1e-6)
+        return coef if (coef < 1.0 or coef != coef) else 1.0
 
     def _flat_state_buffer(self, name: str, dtype) -> np.ndarray:
         per_dtype = self._flat_state.setdefault(name, {})

@@ -29,10 +29,12 @@ class RMSprop(Optimizer):
     def __init__(self, params: ParamsT, lr: float = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
                  centered: bool = False, *, maximize: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", nonfinite: str = "propagate",
+                 max_grad_norm: float | None = None) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps,
                                       weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize), backend)
+                                      centered=centered, maximize=maximize),
+                         backend, nonfinite, max_grad_norm)
 
     @staticmethod
     def _check_group(group, prefix):

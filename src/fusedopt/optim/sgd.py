@@ -31,10 +31,12 @@ class SGD(Optimizer):
     def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, *, maximize: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", nonfinite: str = "propagate",
+                 max_grad_norm: float | None = None) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), backend)
+                                      maximize=maximize),
+                         backend, nonfinite, max_grad_norm)
 
     @staticmethod
     def _check_group(group, prefix):

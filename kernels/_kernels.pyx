@@ -24,6 +24,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 cimport rules
+from libc.float cimport DBL_MAX
+from libc.math cimport fabs
 
 cnp.import_array()
 
@@ -356,13 +358,26 @@ def rmsprop(p, g, sq, gavg, buf, double lr, double alpha, double alphac, double 
 
 cdef void _grad_stats_span(floating* g, Py_ssize_t lo, Py_ssize_t hi, double* sumsq,
                            Py_ssize_t* bad) noexcept nogil:
-    cdef double s = 0, x
-    cdef Py_ssize_t i, b = 0
-    for i in range(lo, hi):
+    # Eight independent partial sums: GCC keeps a float sum in order unless allowed
+    # to reassociate (-ffast-math would also change the update kernels), so the lanes
+    # are written out; measured 11 ms -> ~3 ms at 16M float32. Non-finite is a
+    # comparison that NaN and inf fail.
+    cdef double acc[8]
+    cdef double x
+    cdef Py_ssize_t i, k, b = 0, end = lo + (hi - lo) // 8 * 8
+    for k in range(8):
+        acc[k] = 0
+    for i in range(lo, end, 8):
+        for k in range(8):
+            x = g[i + k]
+            acc[k] += x * x
+            b += not (fabs(x) <= DBL_MAX)
+    for i in range(end, hi):
         x = g[i]
-        s += x * x
-        b += (x - x) != 0  # NaN or inf
-    sumsq[0] = s
+        acc[0] += x * x
+        b += not (fabs(x) <= DBL_MAX)
+    sumsq[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) +
+                                                          (acc[6] + acc[7]))
     bad[0] = b
 
 

@@ -31,6 +31,10 @@ def make_data():
 
 
 def worker(rank, world, port, mode, out_path):
+    import faulthandler
+    import sys
+    # a rank that hangs prints where, and exits, before the test's own deadline
+    faulthandler.dump_traceback_later(TIMEOUT_S - 10, exit=True, file=sys.stderr)
     from datetime import timedelta
 
     import fusedopt.torch as ft
@@ -54,6 +58,7 @@ def worker(rank, world, port, mode, out_path):
             opt.step()
         if rank == 0:
             torch.save([p.detach().clone() for p in model.module.parameters()], out_path)
+        dist.barrier()  # neither rank tears gloo down while the other still talks
     finally:
         dist.destroy_process_group()
 

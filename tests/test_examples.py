@@ -49,3 +49,27 @@ def test_torch_dropin_trains(flatten):
     pytest.importorskip("torch")
     out = run("torch_dropin.py", "--steps", "200", *flatten)
     assert last_number(out, "final loss:") <= 0.02, out
+
+
+def test_digits_mlp_reads_mnist_idx_files(tmp_path):
+    """--mnist reads the IDX format (gzip or not): a tiny synthetic set in it."""
+    import gzip
+
+    import numpy as np
+    rng = np.random.default_rng(0)
+
+    def idx(path, array, opener=open):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(
+            d.to_bytes(4, "big") for d in array.shape)
+        with opener(path, "wb") as f:
+            f.write(header + array.astype(np.uint8).tobytes())
+
+    for split, n in (("train", 64), ("t10k", 16)):
+        labels = rng.integers(0, 10, n)
+        images = np.zeros((n, 28, 28), np.uint8)
+        for i, y in enumerate(labels):  # a bright column per class: learnable
+            images[i, :, 2 * y + 4] = 255
+        idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images, gzip.open)
+        idx(tmp_path / f"{split}-labels-idx1-ubyte", labels)
+    out = run("digits_mlp.py", "--mnist", str(tmp_path), "--epochs", "15")
+    assert last_number(out, "test accuracy:") >= 0.9, out

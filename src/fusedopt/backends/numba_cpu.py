@@ -199,21 +199,24 @@ def _rmsprop_centered_momentum(p, g, sq, gavg, buf, lr, alpha, alphac, eps,
                 weight_decay, momentum, decay, True, True, grad_scale)
 
 
-@_jit
+@njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})
 def _grad_stats(g, parallel):
-    # float64 sums: a norm over 100M float32 squares accumulated in float32 loses
-    # digits; the pass is memory-bound, so the narrower SIMD costs nothing.
+    # Sums in float64 (a norm of 100M float32 squares accumulated in float32 loses
+    # digits). "reassoc" for this kernel only: a strict left-to-right float sum does
+    # not vectorise (measured 2.0x a plain Adam step at 16M instead of ~1.15x), and a
+    # norm summed in another order is still the norm. Non-finite is a comparison,
+    # which no reassociation can fold: NaN and inf fail it.
     sumsq, bad = 0.0, 0
     if parallel:
         for i in prange(g.size):
             x = np.float64(g[i])
             sumsq += x * x
-            bad += (x - x) != 0.0  # NaN or inf
+            bad += not (abs(x) <= 1.7976931348623157e308)
     else:
         for i in range(g.size):
             x = np.float64(g[i])
             sumsq += x * x
-            bad += (x - x) != 0.0
+            bad += not (abs(x) <= 1.7976931348623157e308)
     return sumsq, bad
 
 

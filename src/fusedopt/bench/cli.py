@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default {DEFAULT_SIZES}; --quick: {QUICK_SIZES})")
     ap.add_argument("--dtype", type=comma_list(["float32", "float64"]),
                     default=["float32"], help="float32 and/or float64 (default float32)")
+    ap.add_argument("--guarded", action="store_true",
+                    help="also time each backend with nonfinite='skip' and "
+                         "max_grad_norm (the reliability options' cost)")
     ap.add_argument("--no-peers", action="store_true",
                     help="skip torch and DeepSpeed even when importable")
     ap.add_argument("--budget", type=float, default=None,
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     status = available()
     backends = args.backend or [b for b, s in status.items() if s.ok]
     names = [f"fusedopt-{b}" for b in backends]
+    if args.guarded:
+        names += [f"fusedopt-{b}-guarded" for b in backends if b != "numpy"]
     if not args.no_peers:
         names += ["torch", "deepspeed"]
 

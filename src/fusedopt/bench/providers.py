@@ -43,12 +43,15 @@ def _arrays(n: int, count: int, dtype) -> list[np.ndarray]:
     return [rng.standard_normal(n).astype(dtype) for _ in range(count)]
 
 
-def _fusedopt(backend: str) -> Callable:
+def _fusedopt(backend: str, guarded: bool = False) -> Callable:
+    """``guarded``: with nonfinite="skip" and max_grad_norm=1.0 (one more read of the
+    gradient per step, the clipping factor folded into the update)."""
     def make(optimizer, n, dtype):
         import fusedopt
         name, kwargs, _ = CONFIGS[optimizer]
         p, g = _arrays(n, 2, dtype)
-        opt = getattr(fusedopt, name)([p], **kwargs, backend=backend)
+        extra = dict(nonfinite="skip", max_grad_norm=1.0) if guarded else {}
+        opt = getattr(fusedopt, name)([p], **kwargs, **extra, backend=backend)
         grads = [g]
         return lambda: opt.step(grads)
     return make
@@ -95,6 +98,8 @@ def providers() -> dict[str, Callable]:
     """Every provider name, fusedopt backends first (in registry order)."""
     from ..backends import names
     out = {f"fusedopt-{b}": _fusedopt(b) for b in names()}
+    out.update({f"fusedopt-{b}-guarded": _fusedopt(b, guarded=True) for b in names()
+                if b != "numpy"})
     out.update(torch=make_torch, deepspeed=make_deepspeed, roofline=make_roofline)
     return out
 

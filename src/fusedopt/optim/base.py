@@ -59,6 +59,10 @@ class Optimizer:
         self.state: dict[int, dict[str, Any]] = {}
         self._params: list[np.ndarray] = []
         self._flat: list[np.ndarray] = []
+        # memory owner id -> (name, array) of every parameter and state array: a
+        # gradient is checked against these only when it shares their owner (one set
+        # lookup per gradient instead of a pairwise overlap test)
+        self._guard: dict[int, list[tuple[str, np.ndarray]]] = {}
         #: set when every parameter is a view of this FlatParams (see _setup_flat)
         self.flat_params: FlatParams | None = None
         if isinstance(params, FlatParams):
@@ -127,11 +131,25 @@ class Optimizer:
             if any(p is q for q in self._params) or any(p is q for q in params[:j]):
                 raise ValueError(f"{name}: the same array appears twice in the "
                                  "optimizer's parameters")
+            for other, q in self._guard.get(_owner(p), ()):
+                if np.may_share_memory(p, q):
+                    raise ValueError(f"{name}: overlaps {other} in memory; each "
+                                     "parameter must own its elements")
+            for q_name, q in zip((f"params[{len(self._params) + i}]" for i in range(j)),
+                                 params[:j]):
+                if _owner(q) == _owner(p) and np.may_share_memory(p, q):
+                    raise ValueError(f"{name}: overlaps {q_name} in memory; each "
+                                     "parameter must own its elements")
         self._check_group(group, k)
         group["params"] = params
         self.param_groups.append(group)
+        for j, p in enumerate(params):
+            self._guard_add(f"params[{len(self._params) + j}]", p)
         self._params.extend(params)
         self._flat.extend(flats)
+
+    def _guard_add(self, name: str, array: np.ndarray) -> None:
+        self._guard.setdefault(_owner(array), []).append((name, array))
 
     def step(self, grads: Sequence[np.ndarray] | None = None) -> None:
         """One update of every parameter, in place. ``grads`` holds one array per
@@ -162,6 +180,7 @@ class Optimizer:
                 for name, init in spec:
                     if state.get(name) is None:
                         state[name] = np.full_like(self._flat[i], init)
+                        self._guard_add(f"state[{i}][{name!r}]", state[name])
                         fresh = True
                 self._update(impl, self._flat[i], flat_grads[i], state, hyper, fresh,
                              scale)
@@ -224,6 +243,7 @@ class Optimizer:
         per_dtype = self._flat_state.setdefault(name, {})
         if dtype not in per_dtype:
             per_dtype[dtype] = np.zeros_like(self.flat_params.buffers[dtype])
+            self._guard_add(f"the flat {name!r} state", per_dtype[dtype])
         return per_dtype[dtype]
 
     def _check_grads(self, grads) -> list[np.ndarray]:
@@ -235,8 +255,22 @@ class Optimizer:
             raise ValueError(f"grads: expected {len(self._params)} arrays (one per "
                              f"parameter), got {len(grads)}")
         like = _checks.like_param
-        return [like(g, p, ("grads", i), ("params", i))
+        flat = [like(g, p, ("grads", i), ("params", i))
                 for i, (g, p) in enumerate(zip(grads, self._params))]
+        seen: dict[int, list[int]] = {}
+        guard = self._guard
+        for i, g in enumerate(grads):
+            owner = _owner(g)
+            for name, q in guard.get(owner, ()):  # a gradient is read while these
+                if np.may_share_memory(g, q):    # are written: refuse any overlap
+                    raise ValueError(f"grads[{i}]: shares memory with {name}; pass a "
+                                     "separate array")
+            for j in seen.get(owner, ()):
+                if np.may_share_memory(g, grads[j]):
+                    raise ValueError(f"grads[{i}]: shares memory with grads[{j}]; each "
+                                     "gradient must be its own array")
+            seen.setdefault(owner, []).append(i)
+        return flat
 
     # -- state_dict ---------------------------------------------------------------
 
@@ -382,6 +416,11 @@ class Optimizer:
             for k, g in enumerate(self.param_groups))
         return f"{type(self).__name__}(backend={self.backend!r}{mode}){groups}"
 
+
+
+def _owner(array: np.ndarray) -> int:
+    """The id of the object owning ``array``'s memory (NumPy collapses view chains)."""
+    return id(array if array.base is None else array.base)
 
 
 class _FlatState(Mapping):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from cases import CASES, case_id
-from conftest import TOL
 
 cython_backend = pytest.importorskip("fusedopt.backends.cython",
                                      reason="the compiled extension is not installed")

@@ -95,8 +95,7 @@ BAD_HYPER = {
 
 
 def bad_hyper_cases():
-    for name, (_, _, options) in ALGORITHMS.items():
-        cls = ALGORITHMS[name][0]
+    for name, (cls, _, _) in ALGORITHMS.items():
         opt_keys = set(cls.__init__.__code__.co_varnames)
         for key, values in BAD_HYPER.items():
             if key in opt_keys:

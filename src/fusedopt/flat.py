@@ -81,13 +81,6 @@ class FlatParams:
         for g in self.grad_buffers.values():
             g.fill(0)
 
-    def index_of(self, view: np.ndarray) -> int | None:
-        """The index of ``view`` among ``views`` (identity), or None."""
-        for i, v in enumerate(self.views):
-            if v is view:
-                return i
-        return None
-
     def __repr__(self) -> str:
         sizes = ", ".join(f"{dt}: {buf.size}" for dt, buf in self.buffers.items())
         return f"FlatParams({len(self.views)} tensors; {sizes} elements)"

@@ -285,7 +285,7 @@ class _FlatTorch:
                     seg["arrays"][name].zero_()
                 seg["arrays"][name][a - seg["start"]:b - seg["start"]].copy_(
                     value.reshape(-1))
-        for j, p in enumerate(self.params):
+        for p in self.params:
             self.opt.state[p] = {}
         for seg in self.segments:
             seg["views"] = {n: t.numpy() for n, t in seg["arrays"].items()}
@@ -328,7 +328,7 @@ class Adam(_Fused):
                                       maximize=maximize), backend, flatten)
 
 
-class AdamW(_Fused):
+class AdamW(Adam):
     __doc__ = (_optim.AdamW.__doc__ or "") + _NOTE
     _algorithm = _optim.AdamW
 
@@ -337,9 +337,9 @@ class AdamW(_Fused):
                  weight_decay: float = 1e-2, amsgrad: bool = False, *,
                  maximize: bool = False, backend: str = "auto",
                  flatten: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
-                                      weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize), backend, flatten)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize, backend=backend,
+                         flatten=flatten)
 
 
 class Adagrad(_Fused):

@@ -142,7 +142,7 @@ def write_plot(rows, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise SystemExit(f"fusedopt-bench: --plot needs matplotlib "
-                         f"(pip install matplotlib): {exc}")
+                         f"(pip install matplotlib): {exc}") from None
     optimizers = list(dict.fromkeys(r.optimizer for r in rows))
     series = list(dict.fromkeys((r.provider, r.dtype) for r in rows))
     colors = {key: f"C{i % 10}" for i, key in enumerate(series)}  # same color everywhere

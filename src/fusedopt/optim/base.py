@@ -8,9 +8,8 @@ returns references to the live state, not copies.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
-
 import math
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,9 +32,11 @@ class Optimizer:
     """Base class. Subclasses define the algorithm through three hooks:
 
     ``_check_group(group, where)`` validates one group's hyperparameters and returns
-    them as a tuple (``where``: the group's index, or a label for messages); ``_state_spec(hyper)`` names the state arrays the step needs with
-    their initial value; ``_update(impl, p, g, state, hyper, fresh)`` runs one backend
-    call (``fresh``: a state array was created for this step).
+    them as a tuple (``where``: the group's index, or a label for messages);
+    ``_state_spec(hyper)`` names the state arrays the step needs with their initial
+    value; ``_update(impl, p, g, state, hyper, fresh, scale)`` runs one backend call
+    (``fresh``: a state array was created for this step; ``scale``: the gradient's
+    clipping factor).
     """
 
     _state_names: tuple[str, ...] = ()  # every array name the algorithm may keep
@@ -72,7 +73,8 @@ class Optimizer:
                             f"got a single {type(params).__name__}; wrap it in a list")
         groups = list(params)
         if not groups:
-            raise ValueError("params: got an empty list; the optimizer has nothing to update")
+            raise ValueError("params: got an empty list; the optimizer has nothing to "
+                             "update")
         if not isinstance(groups[0], Mapping):
             groups = [{"params": groups}]
         for group in groups:

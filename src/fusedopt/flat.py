@@ -92,14 +92,17 @@ def owner(array: np.ndarray) -> FlatParams | None:
     return _OWNERS.get(id(base)) if base is not None else None
 
 
-def segments(flat: FlatParams, indices: Sequence[int]) -> list[tuple[np.dtype, int, int]]:
+def segments(flat: FlatParams, indices: Sequence[int]
+             ) -> list[tuple[np.dtype, int, int, list[int]]]:
     """Tensors ``indices`` of ``flat`` merged into maximal contiguous runs per dtype:
-    ``[(dtype, start, stop), ...]``, one kernel call each."""
+    ``[(dtype, start, stop, members), ...]``, one kernel call each; ``members`` are
+    the indices (from ``indices``) lying in that run."""
     runs: list[list] = []
-    for dt, a, b in sorted((flat.offsets[i] for i in indices),
-                           key=lambda o: (o[0].str, o[1])):
+    for i in sorted(indices, key=lambda i: (flat.offsets[i][0].str, flat.offsets[i][1])):
+        dt, a, b = flat.offsets[i]
         if runs and runs[-1][0] == dt and runs[-1][2] == a:
             runs[-1][2] = b
+            runs[-1][3].append(i)
         else:
-            runs.append([dt, a, b])
+            runs.append([dt, a, b, [i]])
     return [tuple(r) for r in runs]

@@ -182,15 +182,14 @@ class _FlatTorch:
         i = 0
         for k, group in enumerate(opt.param_groups):
             members = list(range(i, i + len(group["params"])))
-            for dt, a, b in _flat.segments(layout, members):
+            for dt, a, b, run in _flat.segments(layout, members):
                 seg = {"group": k, "dtype": dt, "start": a, "stop": b,
                        "param": self.buffers[dt][a:b].numpy(),
                        "grad": self.grad_buffers[dt][a:b].numpy(),
                        "step": torch.tensor(0.0, dtype=torch.float32), "arrays": {}}
                 self.segments.append(seg)
-                for j in members:
-                    if layout.offsets[j][0] == dt and a <= layout.offsets[j][1] < b:
-                        self.segment_of[j] = seg
+                for j in run:
+                    self.segment_of[j] = seg
             i += len(group["params"])
         self.offsets = layout.offsets
         self.state_buffers: dict[str, dict[np.dtype, torch.Tensor]] = {}

@@ -100,15 +100,13 @@ class Optimizer:
         i = 0
         for k, group in enumerate(self.param_groups):
             members = {index[id(p)]: i + j for j, p in enumerate(group["params"])}
-            for dt, a, b in _flat.segments(fp, list(members)):
+            for dt, a, b, run in _flat.segments(fp, list(members)):
                 seg = {"group": k, "dtype": dt, "start": a, "stop": b,
                        "param": fp.buffers[dt][a:b], "grad": fp.grad_buffers[dt][a:b],
                        "state": {"step": 0}}
                 self._segments.append(seg)
-                for t, opt_i in members.items():
-                    tdt, ta, tb = fp.offsets[t]
-                    if tdt == dt and a <= ta < b:
-                        where[opt_i] = (seg, ta, tb)
+                for t in run:
+                    where[members[t]] = (seg, *fp.offsets[t][1:])
             i += len(group["params"])
         self._where = where
         self.state = _FlatState(self)

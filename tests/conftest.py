@@ -3,13 +3,21 @@ imports here; the Numba backend twice, serial and forced parallel (its prange lo
 
 from __future__ import annotations
 
-import numpy as np
+import os
+
+# The CUDA tests run on Numba's CUDA simulator unless told otherwise: on a machine
+# with a GPU, NUMBA_ENABLE_CUDASIM=0 runs them on the device. Set before numba.cuda
+# is first imported.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 
 import fusedopt
 from fusedopt.backends import available
 
-CPU_BACKENDS = [name for name, status in available().items() if status.ok]
+CPU_BACKENDS = [name for name, status in available().items()
+                if status.ok and name != "cuda"]  # test_cuda.py tests that one
 COMPILED = ("numba", "cython")
 MODES = [m for b in CPU_BACKENDS for m in ([b + "-serial", b + "-parallel"]
                                            if b in COMPILED else [b])]

@@ -14,7 +14,8 @@ def param_array(x, name: str) -> np.ndarray:
     """A parameter the optimizer will update in place: a writeable, C-contiguous
     float32/float64 ndarray. Returns its flat view (no copy)."""
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+        raise TypeError(f"{name}: expected a numpy.ndarray or a CUDA array (with "
+                        f"__cuda_array_interface__), got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
     if not x.flags.writeable:
@@ -52,6 +53,11 @@ def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
     if np.may_share_memory(x, param):
         raise ValueError(f"{name}: shares memory with {param_name}; pass a separate array")
     return x if x.ndim == 1 else x.reshape(-1)  # an ndarray subclass that passed
+
+
+def full_like(a: np.ndarray, value: float) -> np.ndarray:
+    """New state for ``a`` (the device-array twin is ``_device.full_like``)."""
+    return np.full_like(a, value)
 
 
 def _name(name) -> str:

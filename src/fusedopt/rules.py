@@ -17,13 +17,16 @@ The NumPy reference (``backends/numpy_ref.py``) is written independently on purp
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba.extending import overload, register_jitable
 
 
 def cast_like(x, arr):
-    """Return the scalar ``x`` converted to the dtype of ``arr`` (jitted code only)."""
-    raise NotImplementedError("cast_like is only callable from Numba-compiled code")
+    """Return the scalar ``x`` converted to the dtype of ``arr``. Compiled code uses
+    the overload below; this body runs under Numba's CUDA simulator."""
+    return np.dtype(arr.dtype).type(x)
 
 
 @overload(cast_like, target="generic")
@@ -32,6 +35,22 @@ def _cast_like_impl(x, arr):
 
     def impl(x, arr):
         return to_dtype(x)
+
+    return impl
+
+
+def sqrt(x):
+    """The square root in ``x``'s own precision, NaN below zero. Compiled code uses
+    ``math.sqrt`` (CPU and CUDA lower it to the hardware instruction; NumPy's ufunc
+    has no CUDA lowering); this body runs under Numba's CUDA simulator."""
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(x)
+
+
+@overload(sqrt, target="generic")
+def _sqrt_impl(x):
+    def impl(x):
+        return math.sqrt(x)
 
     return impl
 
@@ -71,9 +90,9 @@ def adam(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
     if amsgrad:
         if v > vmax or v != v:  # torch.maximum: a NaN wins (Python's max drops it)
             vmax = v
-        denom = np.sqrt(vmax) * inv_sqrt_bc2 + eps
+        denom = sqrt(vmax) * inv_sqrt_bc2 + eps
     else:
-        denom = np.sqrt(v) * inv_sqrt_bc2 + eps
+        denom = sqrt(v) * inv_sqrt_bc2 + eps
     p = p - step_size * m / denom
     return p, m, v, vmax
 
@@ -85,7 +104,7 @@ def adagrad(p, g, acc, clr, eps, weight_decay, decay, grad_scale):
     if decay:
         g = g + weight_decay * p
     acc = acc + g * g
-    p = p - clr * g / (np.sqrt(acc) + eps)
+    p = p - clr * g / (sqrt(acc) + eps)
     return p, acc
 
 
@@ -99,9 +118,9 @@ def rmsprop(p, g, sq, gavg, buf, lr, alpha, alphac, eps, weight_decay, momentum,
     sq = alpha * sq + alphac * g * g
     if centered:
         gavg = gavg + alphac * (g - gavg)
-        avg = np.sqrt(sq - gavg * gavg) + eps
+        avg = sqrt(sq - gavg * gavg) + eps
     else:
-        avg = np.sqrt(sq) + eps
+        avg = sqrt(sq) + eps
     if has_momentum:
         buf = momentum * buf + g / avg
         p = p - lr * buf

@@ -24,7 +24,16 @@ def _describe_cython(module) -> str:
     return f"compiled kernels, {isa}, {threads}"
 
 
+def _describe_cuda(module) -> str:
+    from .. import _device
+
+    if _device.simulated():
+        return "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): correctness only, slow"
+    return f"Numba CUDA on {_device.describe()['name']}"
+
+
 register(Backend("numba", ("cpu",), "fusedopt.backends.numba_cpu", _describe_numba))
+register(Backend("cuda", ("cuda",), "fusedopt.backends.numba_cuda", _describe_cuda))
 register(Backend("cython", ("cpu",), "fusedopt.backends.cython", _describe_cython))
 register(Backend("numpy", ("cpu",), "fusedopt.backends.numpy_ref",
                  lambda module: "naive NumPy reference (temporaries; oracle and baseline)"))

@@ -60,8 +60,9 @@ def register(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
 
 
-def names() -> list[str]:
-    return list(_REGISTRY)
+def names(device: str | None = None) -> list[str]:
+    """Registered backends (for ``device`` only, when given), in "auto" order."""
+    return [n for n, b in _REGISTRY.items() if device is None or device in b.devices]
 
 
 def load(name: str) -> ModuleType:

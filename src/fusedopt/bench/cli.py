@@ -210,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     placements = args.placements or (1 if args.quick or args.rounds else 3)
     budget = args.budget if args.budget is not None else (0.25 if args.quick else 2.0)
 
-    from ..backends import available
+    from ..backends import available, names as backend_names
     status = available()
-    backends = args.backend or [b for b, s in status.items() if s.ok]
+    backends = args.backend or [b for b in backend_names("cpu") if status[b].ok]
     names = [f"fusedopt-{b}" for b in backends]
     if args.guarded:
         names += [f"fusedopt-{b}-guarded" for b in backends if b != "numpy"]

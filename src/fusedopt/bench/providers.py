@@ -97,9 +97,9 @@ def make_roofline(optimizer, n, dtype):
 def providers() -> dict[str, Callable]:
     """Every provider name, fusedopt backends first (in registry order)."""
     from ..backends import names
-    out = {f"fusedopt-{b}": _fusedopt(b) for b in names()}
-    out.update({f"fusedopt-{b}-guarded": _fusedopt(b, guarded=True) for b in names()
-                if b != "numpy"})
+    out = {f"fusedopt-{b}": _fusedopt(b) for b in names("cpu")}
+    out.update({f"fusedopt-{b}-guarded": _fusedopt(b, guarded=True)
+                for b in names("cpu") if b != "numpy"})
     out.update(torch=make_torch, deepspeed=make_deepspeed, roofline=make_roofline)
     return out
 
@@ -207,7 +207,7 @@ def make_model_roofline(shapes):
 def model_providers() -> dict[str, Callable]:
     from ..backends import names
     out = {}
-    for b in names():
+    for b in names("cpu"):
         if b != "numpy":  # the textbook baseline would need GBs of temporaries
             out[f"fusedopt-{b}-flat"] = _model_fusedopt(b, flat=True)
             out[f"fusedopt-{b}"] = _model_fusedopt(b, flat=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _checks
 from .base import Optimizer, ParamsT
 
@@ -25,13 +27,10 @@ class Adagrad(Optimizer):
 
     def __init__(self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
-                 eps: float = 1e-10, *, maximize: bool = False,
-                 backend: str = "auto", nonfinite: str = "propagate",
-                 max_grad_norm: float | None = None) -> None:
+                 eps: float = 1e-10, *, maximize: bool = False, **options: Any) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize),
-                         backend, nonfinite, max_grad_norm)
+                                      eps=eps, maximize=maximize), **options)
 
     @staticmethod
     def _check_group(group, prefix):

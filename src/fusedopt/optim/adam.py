@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _checks
 from .base import Optimizer, ParamsT
 
@@ -30,13 +32,10 @@ class Adam(Optimizer):
     def __init__(self, params: ParamsT, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 maximize: bool = False, backend: str = "auto",
-                 nonfinite: str = "propagate",
-                 max_grad_norm: float | None = None) -> None:
+                 maximize: bool = False, **options: Any) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize),
-                         backend, nonfinite, max_grad_norm)
+                                      maximize=maximize), **options)
 
     @staticmethod
     def _check_group(group, prefix):

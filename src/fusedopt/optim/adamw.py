@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .adam import Adam
 from .base import ParamsT
 
@@ -22,8 +24,6 @@ class AdamW(Adam):
     def __init__(self, params: ParamsT, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False, backend: str = "auto",
-                 nonfinite: str = "propagate", max_grad_norm: float | None = None) -> None:
+                 maximize: bool = False, **options: Any) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, backend=backend,
-                         nonfinite=nonfinite, max_grad_norm=max_grad_norm)
+                         amsgrad=amsgrad, maximize=maximize, **options)

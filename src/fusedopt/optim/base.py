@@ -8,17 +8,18 @@ returns references to the live state, not copies.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .. import _checks
+from .. import _checks, _device
 from .. import flat as _flat
 from ..backends import policy, select
 from ..flat import FlatParams
 
-ParamsT = Iterable[np.ndarray] | Iterable[Mapping[str, Any]] | FlatParams
+ParamsT = Iterable[Any] | Iterable[Mapping[str, Any]] | FlatParams
 
 
 #: nonfinite= policies: "propagate" (torch's behaviour: a NaN or inf gradient element
@@ -37,12 +38,28 @@ class Optimizer:
     value; ``_update(impl, p, g, state, hyper, fresh, scale)`` runs one backend call
     (``fresh``: a state array was created for this step; ``scale``: the gradient's
     clipping factor).
+
+    Options every optimizer takes (keyword-only):
+
+    - ``backend``: "auto" (``cuda`` for CUDA arrays; for host arrays ``numba``, else
+      ``cython``, else ``numpy``), or a name from ``fusedopt.backends.available()``.
+    - ``nonfinite``: what a step does with NaN/inf gradients (see ``NONFINITE``).
+    - ``max_grad_norm``: clip the global L2 norm of each step's gradients to this.
+    - ``stream``: CUDA arrays only: the stream the kernels are launched on (a Numba
+      stream, ``torch.cuda.Stream``, ``cupy.cuda.Stream`` or a raw handle); None is
+      the default stream. May be reassigned between steps.
+
+    Parameters are NumPy arrays, or CUDA arrays (anything with
+    ``__cuda_array_interface__``: Numba device arrays, CuPy arrays, PyTorch CUDA
+    tensors, given as ``tensor.detach()``), all on one device; state is allocated
+    next to them.
     """
 
     _state_names: tuple[str, ...] = ()  # every array name the algorithm may keep
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any], backend: str = "auto",
-                 nonfinite: str = "propagate", max_grad_norm: float | None = None):
+                 nonfinite: str = "propagate", max_grad_norm: float | None = None,
+                 stream: Any = None):
         self._check_group(defaults, "")
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite: expected one of {list(NONFINITE)}, got "
@@ -58,8 +75,13 @@ class Optimizer:
         self.defaults = defaults
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
-        self._params: list[np.ndarray] = []
-        self._flat: list[np.ndarray] = []
+        self._params: list[Any] = []
+        self._flat: list[Any] = []  # flat views (NumPy) or flat device arrays (CUDA)
+        self._shapes: list[tuple[int, ...]] = []
+        #: "cpu" or "cuda", from the first parameter; every other array must match
+        self.device: str | None = None
+        self._space: Any = None  # _checks (host arrays) or _device (CUDA arrays)
+        self._spans = _device.Spans()  # CUDA mode: the _guard of device memory
         # memory owner id -> (name, array) of every parameter and state array: a
         # gradient is checked against these only when it shares their owner (one set
         # lookup per gradient instead of a pairwise overlap test)
@@ -79,7 +101,12 @@ class Optimizer:
             groups = [{"params": groups}]
         for group in groups:
             self.add_param_group(group)
-        self.backend, self._impl = select(backend, "cpu")
+        self.backend, self._impl = select(backend, self.device)
+        if stream is not None and self.device != "cuda":
+            raise ValueError("stream: only CUDA arrays run on a stream; these parameters "
+                             "are host arrays")
+        #: CUDA mode: the stream the step's kernels are launched on (None: default)
+        self.stream = stream
         self._setup_flat()
 
     def _setup_flat(self) -> None:
@@ -123,14 +150,28 @@ class Optimizer:
                              f"expected some of {sorted(self.defaults)}")
         group = {**self.defaults, **param_group}
         params = group["params"]
-        params = [params] if isinstance(params, np.ndarray) else list(params)
-        flats = []
+        params = [params] if (isinstance(params, np.ndarray) or
+                              _device.is_device_array(params)) else list(params)
+        space = self._space
+        flats, spans = [], _device.Spans(self._spans)
         for j, p in enumerate(params):
             name = f"params[{len(self._params) + j}]"
-            flats.append(_checks.param_array(p, name))
+            here = _device if _device.is_device_array(p) else _checks
+            if space is None:
+                space = here
+            elif here is not space:
+                raise ValueError(
+                    f"{name}: a {'CUDA' if here is _device else 'host'} array, but "
+                    f"params[0] is a {'CUDA' if space is _device else 'host'} array; one "
+                    "optimizer updates arrays on one device")
+            flats.append(space.param_array(p, name))
             if any(p is q for q in self._params) or any(p is q for q in params[:j]):
                 raise ValueError(f"{name}: the same array appears twice in the "
                                  "optimizer's parameters")
+            if space is _device:
+                self._claim_device(spans, name, p, params[0] if not self._params
+                                   else self._params[0])
+                continue
             for other, q in self._guard.get(_owner(p), ()):
                 if np.may_share_memory(p, q):
                     raise ValueError(f"{name}: overlaps {other} in memory; each "
@@ -143,13 +184,32 @@ class Optimizer:
         self._check_group(group, k)
         group["params"] = params
         self.param_groups.append(group)
+        self._space, self.device = space, "cuda" if space is _device else "cpu"
+        self._spans = spans
         for j, p in enumerate(params):
-            self._guard_add(f"params[{len(self._params) + j}]", p)
+            if space is _checks:
+                self._guard_add(f"params[{len(self._params) + j}]", p)
         self._params.extend(params)
         self._flat.extend(flats)
+        self._shapes.extend(tuple(int(n) for n in p.shape) for p in params)
 
-    def _guard_add(self, name: str, array: np.ndarray) -> None:
-        self._guard.setdefault(_owner(array), []).append((name, array))
+    @staticmethod
+    def _claim_device(spans: _device.Spans, name: str, p, first) -> None:
+        """Refuse a CUDA parameter on another device than ``first`` or overlapping an
+        array in ``spans``; then record it there."""
+        info = _device.info(p, name)
+        _device.same_device(info, _device.info(first, "params[0]"), name, "params[0]")
+        other = spans.find(info)
+        if other is not None:
+            raise ValueError(f"{name}: overlaps {other} in memory; each parameter must "
+                             "own its elements")
+        spans.add(name, info)
+
+    def _guard_add(self, name: str, array) -> None:
+        if self._space is _device:
+            self._spans.add(name, _device.info(array, name))
+        else:
+            self._guard.setdefault(_owner(array), []).append((name, array))
 
     def step(self, grads: Sequence[np.ndarray] | None = None) -> None:
         """One update of every parameter, in place. ``grads`` holds one array per
@@ -166,9 +226,18 @@ class Optimizer:
                             "an optimizer over a FlatParams steps without them)")
         flat_grads = self._check_grads(grads)
         hypers = [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
-        scale = self._grad_scale(flat_grads, lambda i: f"grads[{i}]")
-        if scale is None:
-            return
+        with self._on_stream():
+            scale = self._grad_scale(flat_grads, lambda i: f"grads[{i}]")
+            if scale is not None:
+                self._step_tensors(flat_grads, hypers, scale)
+
+    def _on_stream(self):
+        """CUDA mode: launch on ``self.stream`` inside."""
+        if self.device == "cuda":
+            return self._impl.on_stream(self.stream)
+        return contextlib.nullcontext()
+
+    def _step_tensors(self, flat_grads, hypers, scale: float) -> None:
         impl, i = self._impl, 0
         for group, hyper in zip(self.param_groups, hypers):
             spec = self._state_spec(hyper)
@@ -179,7 +248,7 @@ class Optimizer:
                 fresh = False
                 for name, init in spec:
                     if state.get(name) is None:
-                        state[name] = np.full_like(self._flat[i], init)
+                        state[name] = self._space.full_like(self._flat[i], init)
                         self._guard_add(f"state[{i}][{name!r}]", state[name])
                         fresh = True
                 self._update(impl, self._flat[i], flat_grads[i], state, hyper, fresh,
@@ -254,6 +323,8 @@ class Optimizer:
         if len(grads) != len(self._params):
             raise ValueError(f"grads: expected {len(self._params)} arrays (one per "
                              f"parameter), got {len(grads)}")
+        if self._space is _device:
+            return self._check_device_grads(grads)
         like = _checks.like_param
         flat = [like(g, p, ("grads", i), ("params", i))
                 for i, (g, p) in enumerate(zip(grads, self._params))]
@@ -272,16 +343,31 @@ class Optimizer:
             seen.setdefault(owner, []).append(i)
         return flat
 
+    def _check_device_grads(self, grads) -> list:
+        flat = [_device.like_param(g, p, ("grads", i), ("params", i))
+                for i, (g, p) in enumerate(zip(grads, self._params))]
+        seen = _device.Spans()
+        for i, g in enumerate(grads):
+            info = _device.info(g, ("grads", i))
+            for spans in (self._spans, seen):  # read while these are written: refuse
+                other = spans.find(info)      # any overlap
+                if other is not None:
+                    raise ValueError(f"grads[{i}]: shares memory with {other}; pass a "
+                                     "separate array")
+            seen.add(f"grads[{i}]", info)
+        return flat
+
     # -- state_dict ---------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """``{"state": {i: {"step": int, <name>: array}}, "param_groups": [...]}``.
         Arrays have their parameter's shape and are views of the live state (as in
-        torch): copy them if you keep them while training goes on."""
+        torch): copy them if you keep them while training goes on. With CUDA
+        parameters they are host copies (NumPy arrays), taken after the last step."""
         state = {}
         for i, st in self.state.items():
-            shape = self._params[i].shape
-            state[i] = {k: (v.reshape(shape) if isinstance(v, np.ndarray) else v)
+            shape = self._shapes[i]
+            state[i] = {k: (v if k == "step" else self._host(v).reshape(shape))
                         for k, v in st.items()}
         groups, i = [], 0
         for group in self.param_groups:
@@ -325,12 +411,24 @@ class Optimizer:
                     0 <= key < len(self._params)):
                 raise ValueError(f"{label}: expected a parameter index in "
                                  f"[0, {len(self._params)})")
-            new_state[int(key)] = self._load_param_state(st, self._params[key], label)
+            new_state[int(key)] = self._load_param_state(
+                st, self._shapes[key], self._flat[key].dtype, label)
         if self.flat_params is not None:
             self._check_flat_steps(new_state)
         for group, merged in zip(self.param_groups, new_groups):
             group.update(merged)
         if self.flat_params is None:
+            if self._space is _device:  # validated on the host, then moved over;
+                spans = _device.Spans()   # the old state's memory is freed: forget it
+                for i, p in enumerate(self._params):
+                    spans.add(f"params[{i}]", _device.info(p, f"params[{i}]"))
+                for i, st in new_state.items():
+                    for name in st:
+                        if name != "step":
+                            st[name] = _device.to_device(st[name])
+                            spans.add(f"state[{i}][{name!r}]",
+                                      _device.info(st[name], name))
+                self._spans = spans
             self.state = new_state
             return
         for seg in self._segments:  # copy into the flat state, segment by segment
@@ -360,7 +458,11 @@ class Optimizer:
                     f"segment as one, but this tensor's step/state {key} differs from "
                     f"its segment's {seen[id(seg)]}")
 
-    def _load_param_state(self, st, param: np.ndarray, label: str) -> dict[str, Any]:
+    def _host(self, a):
+        return _device.to_host(a) if self._space is _device else a
+
+    def _load_param_state(self, st, shape: tuple[int, ...], dtype: np.dtype,
+                          label: str) -> dict[str, Any]:
         if not isinstance(st, Mapping):
             raise TypeError(f"{label}: expected a dict of state, got {type(st).__name__}")
         unknown = set(st) - {"step", *self._state_names}
@@ -382,10 +484,10 @@ class Optimizer:
             if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
                 raise TypeError(f"{label}[{name!r}]: expected a float array, got "
                                 f"{getattr(value, 'dtype', type(value).__name__)}")
-            if value.shape != param.shape:
-                raise ValueError(f"{label}[{name!r}]: expected shape {param.shape} (that "
+            if value.shape != shape:
+                raise ValueError(f"{label}[{name!r}]: expected shape {shape} (that "
                                  f"of its parameter), got {value.shape}")
-            out[name] = np.array(value, dtype=param.dtype, order="C").reshape(-1)
+            out[name] = np.array(value, dtype=dtype, order="C").reshape(-1)
         return out
 
     # -- hooks --------------------------------------------------------------------

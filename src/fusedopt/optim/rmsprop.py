@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _checks
 from .base import Optimizer, ParamsT
 
@@ -28,13 +30,10 @@ class RMSprop(Optimizer):
 
     def __init__(self, params: ParamsT, lr: float = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
-                 centered: bool = False, *, maximize: bool = False,
-                 backend: str = "auto", nonfinite: str = "propagate",
-                 max_grad_norm: float | None = None) -> None:
+                 centered: bool = False, *, maximize: bool = False, **options: Any) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps,
                                       weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize),
-                         backend, nonfinite, max_grad_norm)
+                                      centered=centered, maximize=maximize), **options)
 
     @staticmethod
     def _check_group(group, prefix):

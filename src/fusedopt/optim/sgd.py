@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 from .. import _checks
@@ -30,13 +32,10 @@ class SGD(Optimizer):
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0,
-                 nesterov: bool = False, *, maximize: bool = False,
-                 backend: str = "auto", nonfinite: str = "propagate",
-                 max_grad_norm: float | None = None) -> None:
+                 nesterov: bool = False, *, maximize: bool = False, **options: Any) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize),
-                         backend, nonfinite, max_grad_norm)
+                                      maximize=maximize), **options)
 
     @staticmethod
     def _check_group(group, prefix):

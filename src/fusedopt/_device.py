@@ -1,0 +1,239 @@
+"""CUDA arrays: checks, zero-copy wrapping and host transfers for the ``cuda`` backend.
+
+Any object exporting ``__cuda_array_interface__`` (a Numba device array, a CuPy array,
+a PyTorch CUDA tensor) is read through that interface: its pointer, shape, dtype,
+strides and read-only flag are checked here, with messages naming the argument, and
+the object is then wrapped once, without a copy, as a Numba device array. Under
+Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) "device" memory is host memory:
+the same interface is wrapped as the simulator's array over that memory, so the
+checks and kernels run unchanged.
+
+``numba.cuda`` is imported on first use only: host-only programs never load it.
+Functions mirror ``_checks.param_array`` / ``_checks.like_param`` so callers pick
+one module or the other by the kind of array they were given.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._checks import FLOAT_DTYPES, _name
+
+
+def simulated() -> bool:
+    """Numba's CUDA simulator is on (``NUMBA_ENABLE_CUDASIM=1``)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def _cuda():
+    from numba import cuda
+
+    return cuda
+
+
+def _sim_array_type():
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    return FakeCUDAArray
+
+
+def is_device_array(x) -> bool:
+    """``x`` lives in CUDA memory: it exports ``__cuda_array_interface__`` (or is a
+    simulator device array)."""
+    if isinstance(x, np.ndarray):
+        return False
+    if hasattr(type(x), "__cuda_array_interface__"):
+        return True
+    return simulated() and type(x).__name__ == "FakeCUDAArray"
+
+
+class Info(NamedTuple):
+    """What the interface says of one array."""
+
+    ptr: int
+    nbytes: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    readonly: bool
+    contiguous: bool
+    device: int | None  # the CUDA device ordinal, where the object says
+
+
+def info(x, name) -> Info:
+    """Read ``x``'s CUDA array interface; TypeError naming ``name`` if it has none."""
+    if simulated() and type(x).__name__ == "FakeCUDAArray":
+        a = x._ary
+        return Info(a.ctypes.data, a.nbytes, a.shape, a.dtype,
+                    not a.flags.writeable, a.flags.c_contiguous, 0)
+    try:
+        cai = x.__cuda_array_interface__
+    except AttributeError:
+        raise TypeError(f"{_name(name)}: expected a CUDA array (an object with "
+                        f"__cuda_array_interface__), got {type(x).__name__}") from None
+    except Exception as exc:  # torch: a tensor that requires grad refuses export
+        raise TypeError(f"{_name(name)}: its __cuda_array_interface__ failed ({exc}); "
+                        "pass tensor.detach(), which shares its memory") from None
+    shape = tuple(int(n) for n in cai["shape"])
+    dtype = np.dtype(cai["typestr"])
+    ptr, readonly = cai["data"]
+    size = int(np.prod(shape, dtype=np.int64))
+    strides = cai.get("strides")
+    contiguous = strides is None or size <= 1 or tuple(strides) == _c_strides(shape,
+                                                                            dtype)
+    return Info(int(ptr or 0), size * dtype.itemsize, shape, dtype, bool(readonly),
+                contiguous, _device_ordinal(x))
+
+
+def _c_strides(shape, dtype) -> tuple[int, ...]:
+    strides, step = [], dtype.itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _device_ordinal(x) -> int | None:
+    device = getattr(x, "device", None)
+    if device is not None:
+        if getattr(device, "type", None) == "cuda":  # torch
+            return device.index
+        if isinstance(getattr(device, "id", None), int):  # cupy
+            return device.id
+    context = getattr(getattr(x, "gpu_data", None), "context", None)  # numba
+    return getattr(getattr(context, "device", None), "id", None)
+
+
+def param_array(x, name: str):
+    """A CUDA parameter updated in place: writeable, C-contiguous, float32/float64.
+    Returns its flat Numba device array (no copy)."""
+    i = info(x, name)
+    if i.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {i.dtype}")
+    if i.readonly:
+        raise ValueError(f"{name}: the array is read-only; an optimizer updates its "
+                         "parameters in place")
+    if not i.contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array; updating a copy would "
+                         "leave yours unchanged, so make it contiguous once and train "
+                         "that array")
+    return wrap(x, i)
+
+
+def like_param(x, param, name, param_name, writeable: bool = False):
+    """A CUDA gradient or state array matching ``param`` (a CUDA parameter): same
+    shape, dtype, layout and device, no overlap. Returns its flat device array."""
+    p, i = info(param, param_name), info(x, name) if is_device_array(x) else None
+    if i is None:
+        raise TypeError(f"{_name(name)}: expected a CUDA array like {_name(param_name)}, "
+                        f"got {type(x).__name__}; host and device arrays do not mix in "
+                        "one step")
+    if i.shape != p.shape:
+        raise ValueError(f"{_name(name)}: expected shape {p.shape} (that of "
+                         f"{_name(param_name)}), got {i.shape}")
+    if i.dtype != p.dtype:
+        raise TypeError(f"{_name(name)}: expected dtype {p.dtype} (that of "
+                        f"{_name(param_name)}), got {i.dtype}")
+    if not i.contiguous:
+        raise ValueError(f"{_name(name)}: expected a C-contiguous array")
+    if writeable and i.readonly:
+        raise ValueError(f"{_name(name)}: the array is read-only; it is updated in place")
+    same_device(i, p, name, param_name)
+    if overlaps(i, p):
+        raise ValueError(f"{_name(name)}: shares memory with {_name(param_name)}; pass a "
+                         "separate array")
+    return wrap(x, i)
+
+
+def same_device(a: Info, b: Info, name, other) -> None:
+    if a.device is not None and b.device is not None and a.device != b.device:
+        raise ValueError(f"{_name(name)}: on CUDA device {a.device}, but "
+                         f"{_name(other)} is on device {b.device}; one step runs on one "
+                         "device")
+
+
+def overlaps(a: Info, b: Info) -> bool:
+    return a.nbytes > 0 and b.nbytes > 0 and a.ptr < b.ptr + b.nbytes and \
+        b.ptr < a.ptr + a.nbytes
+
+
+def wrap(x, i: Info):
+    """The flat Numba device array over ``x``'s memory; no copy, no synchronisation
+    (numba#7706: the interface's stream is the caller's business, see ``stream``)."""
+    if simulated():
+        if type(x).__name__ == "FakeCUDAArray":
+            return x.reshape(-1) if len(i.shape) != 1 else x
+        buf = (ctypes.c_char * i.nbytes).from_address(i.ptr) if i.nbytes else b""
+        host = np.frombuffer(buf, dtype=i.dtype) if i.nbytes else np.empty(0, i.dtype)
+        return _sim_array_type()(host)
+    flat = _cuda().as_cuda_array(x, sync=False)
+    return flat.reshape(-1) if flat.ndim != 1 else flat
+
+
+def stream(s):
+    """A Numba stream for ``s``: None (the default stream), a Numba stream, a raw
+    ``cudaStream_t`` handle (int), or an object carrying one (torch's ``.cuda_stream``,
+    CuPy's ``.ptr``)."""
+    cuda = _cuda()
+    if s is None:
+        return cuda.default_stream()
+    if type(s).__module__.startswith("numba"):
+        return s
+    handle = s if isinstance(s, int) else getattr(s, "cuda_stream", getattr(s, "ptr", None))
+    if not isinstance(handle, int) or isinstance(handle, bool):
+        raise TypeError("stream: expected None, a Numba stream, an int handle or a "
+                        f"torch/CuPy stream, got {type(s).__name__}")
+    if simulated():
+        return cuda.default_stream()  # the simulator runs everything synchronously
+    return cuda.external_stream(handle)
+
+
+def full_like(a, value: float):
+    """A new device array of ``a``'s shape and dtype, filled with ``value``."""
+    from .backends import numba_cuda
+
+    out = _cuda().device_array(a.shape, dtype=a.dtype)
+    numba_cuda.fill(out, value)
+    return out
+
+
+def to_host(a) -> np.ndarray:
+    return a.copy_to_host()
+
+
+def to_device(a: np.ndarray):
+    return _cuda().to_device(np.ascontiguousarray(a))
+
+
+class Spans:
+    """Byte ranges of device arrays that must not overlap (parameters and state), kept
+    sorted: finding what a new array overlaps costs one bisection. Ranges added
+    here never overlap each other (each is checked first)."""
+
+    def __init__(self, copy: "Spans | None" = None) -> None:
+        self._starts: list[int] = list(copy._starts) if copy else []
+        self._spans: list[tuple[int, int, str]] = list(copy._spans) if copy else []
+
+    def find(self, i: Info) -> str | None:
+        """The name of a recorded array ``i`` overlaps, or None."""
+        k = bisect.bisect_left(self._starts, i.ptr + i.nbytes)
+        if k and i.nbytes and self._spans[k - 1][1] > i.ptr:
+            return self._spans[k - 1][2]
+        return None
+
+    def add(self, name: str, i: Info) -> None:
+        if i.nbytes:
+            k = bisect.bisect_left(self._starts, i.ptr)
+            self._starts.insert(k, i.ptr)
+            self._spans.insert(k, (i.ptr, i.ptr + i.nbytes, name))
+
+
+def describe() -> dict[str, Any]:
+    """The current device's name, for reports."""
+    device = _cuda().get_current_device()
+    name = getattr(device, "name", "CUDA device")
+    return {"name": name.decode() if isinstance(name, bytes) else str(name)}

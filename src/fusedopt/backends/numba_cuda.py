@@ -1,0 +1,118 @@
+"""Numba CUDA backend: launches the grid-stride kernels of ``cuda_kernels``.
+
+Same contract as the CPU backends, over flat Numba device arrays (``fusedopt._device``
+wraps Numba, CuPy and PyTorch arrays once, without a copy). Hyperparameters are
+runtime scalars, so a new lr never recompiles: one specialisation per dtype.
+
+Launches go to the stream set by ``on_stream`` (the optimizer's ``stream=``), else
+the default stream. ``grad_stats`` reads its two numbers back, which waits for that
+stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+
+import numpy as np
+from numba import cuda
+
+from .. import _device, scalars
+from .cuda_kernels import (_adagrad, _adam, _fill, _grad_stats, _rmsprop, _sgd,
+                           _sgd_momentum)
+
+if not cuda.is_available():
+    raise ImportError("no CUDA GPU visible to Numba (numba.cuda.is_available() is "
+                      "False); NUMBA_ENABLE_CUDASIM=1 runs the kernels on Numba's "
+                      "CUDA simulator")
+
+THREADS = 16 if _device.simulated() else 256
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def on_stream(stream):
+    """Launch this thread's kernels on ``stream`` (see ``_device.stream``) inside."""
+    previous = getattr(_local, "stream", None)
+    _local.stream = _device.stream(stream)
+    try:
+        yield _local.stream
+    finally:
+        _local.stream = previous
+
+
+def _stream():
+    s = getattr(_local, "stream", None)
+    return cuda.default_stream() if s is None else s
+
+
+def _launch(kernel, n: int):
+    """``kernel[blocks, THREADS, stream]``: enough blocks to fill the GPU, and the
+    grid-stride loop covers the rest."""
+    blocks = max(1, min(math.ceil(n / THREADS), _max_blocks()))
+    return kernel[blocks, THREADS, _stream()]
+
+
+def _max_blocks() -> int:
+    if _device.simulated():
+        return 2  # two blocks: the grid-stride loop runs, and Python threads stay few
+    device = cuda.get_current_device()
+    return 32 * device.MULTIPROCESSOR_COUNT
+
+
+# -- the backend contract: flat device arrays, raw hyperparameters ------------------
+
+def _or(a, like):
+    """Optional state: a kernel argument of the right type even when absent."""
+    return like if a is None else a
+
+
+def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
+        nesterov, grad_scale):
+    decay = weight_decay != 0.0
+    if momentum_buffer is None:
+        _launch(_sgd, param.size)(param, grad, lr, weight_decay, decay, grad_scale)
+    else:
+        lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
+            fresh_buffer, lr, momentum, dampening, weight_decay)
+        _launch(_sgd_momentum, param.size)(
+            param, grad, momentum_buffer, lr, weight_decay, momentum, buf_grad_scale,
+            decay, nesterov, grad_scale)
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+         weight_decay, decoupled, grad_scale):
+    s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
+    _launch(_adam, param.size)(
+        param, grad, exp_avg, exp_avg_sq, _or(max_exp_avg_sq, exp_avg_sq), *s,
+        weight_decay != 0.0, decoupled, max_exp_avg_sq is not None, grad_scale)
+
+
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale):
+    s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
+    _launch(_adagrad, param.size)(param, grad, state_sum, *s, weight_decay != 0.0,
+                                  grad_scale)
+
+
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
+            weight_decay, momentum, grad_scale):
+    s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
+    _launch(_rmsprop, param.size)(
+        param, grad, square_avg, _or(grad_avg, square_avg),
+        _or(momentum_buffer, square_avg), *s, weight_decay != 0.0,
+        grad_avg is not None, momentum_buffer is not None, grad_scale)
+
+
+def grad_stats(grad, parallel=True):
+    s = _stream()
+    out = cuda.to_device(np.zeros(2, dtype=np.float64), stream=s)
+    _launch(_grad_stats, grad.size)(grad, out)
+    sumsq, bad = out.copy_to_host(stream=s)
+    s.synchronize()
+    return float(sumsq), int(bad)
+
+
+def fill(a, value: float) -> None:
+    _launch(_fill, a.size)(a, float(value))
+

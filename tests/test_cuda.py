@@ -1,0 +1,335 @@
+"""The ``cuda`` backend: every algorithm and option against the float64 NumPy oracle,
+CUDA arrays of every kind updated in place, state on the device, and the error paths.
+
+Runs on Numba's CUDA simulator (``conftest`` sets ``NUMBA_ENABLE_CUDASIM=1`` unless
+the environment says otherwise); ``NUMBA_ENABLE_CUDASIM=0`` runs it on a GPU. Under
+the simulator, "device" memory is host memory: ``Foreign`` below exports only
+``__cuda_array_interface__`` over a NumPy buffer, which is how CuPy arrays and
+PyTorch CUDA tensors reach fusedopt.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import fusedopt
+from fusedopt import _device, functional
+from cases import ALGORITHMS, CASES, case_id
+from conftest import TOL, relative_error
+
+pytest.importorskip("numba_cuda", reason="numba-cuda is not installed")
+from numba import cuda  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not fusedopt.backends.available()["cuda"].ok,
+    reason=f"cuda backend: {fusedopt.backends.available()['cuda'].detail}")
+
+SIM = _device.simulated()
+SHAPES = [(100,), (3, 5), (1,)]  # 100 > the simulator's grid: the stride loop runs
+STEPS = 8
+
+
+class Foreign:
+    """A CUDA array known only through ``__cuda_array_interface__`` (like a CuPy
+    array or a PyTorch CUDA tensor), over ``host`` memory (simulator only)."""
+
+    def __init__(self, host, readonly=False, strides=None, device=None, shape=None):
+        self.host, self.readonly, self.strides = host, readonly, strides
+        self.shape = host.shape if shape is None else shape
+        if device is not None:  # torch's spelling of the device
+            self.device = types.SimpleNamespace(type="cuda", index=device)
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": self.host.dtype.str,
+                "data": (self.host.ctypes.data, self.readonly),
+                "strides": self.strides, "version": 3}
+
+
+needs_sim = pytest.mark.skipif(not SIM, reason="Foreign wraps host memory: simulator "
+                               "only (CuPy/torch arrays stand in for it on a GPU)")
+
+
+def host(a) -> np.ndarray:
+    return a.host.copy() if isinstance(a, Foreign) else a.copy_to_host()
+
+
+def run_pair(name, kwargs, dtype, steps=STEPS, seed=0, **options):
+    """The same steps on CUDA arrays (cuda backend) and on host arrays (oracle)."""
+    cls = ALGORITHMS[name][0]
+    rng = np.random.default_rng(seed)
+    ref_params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    dev_params = [cuda.to_device(p) for p in ref_params]
+    ours = cls(dev_params, **kwargs, **options)
+    oracle = cls(ref_params, **kwargs, **options, backend="numpy")
+    for _ in range(steps):
+        grads = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+        ours.step([cuda.to_device(g) for g in grads])
+        oracle.step(grads)
+    return dev_params, ref_params, ours, oracle
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_numpy_oracle(case, dtype):
+    name, kwargs = case
+    dev_params, ref_params, ours, oracle = run_pair(name, kwargs, dtype)
+    assert ours.backend == "cuda" and ours.device == "cuda"
+    tol = TOL[dtype]
+    for i, (d, r) in enumerate(zip(dev_params, ref_params)):
+        out = host(d)
+        assert out.dtype == dtype
+        assert relative_error(out, r) <= tol, f"params[{i}]"
+    ours_sd, oracle_sd = ours.state_dict(), oracle.state_dict()
+    for i, st in oracle_sd["state"].items():
+        assert set(ours_sd["state"][i]) == set(st)
+        for key, value in st.items():
+            if key == "step":
+                assert ours_sd["state"][i][key] == value
+            else:
+                assert isinstance(ours_sd["state"][i][key], np.ndarray)  # host copy
+                assert relative_error(ours_sd["state"][i][key], value) <= tol, key
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_functional_step_matches_oracle(name):
+    rng = np.random.default_rng(3)
+    p, g = rng.standard_normal(40), rng.standard_normal(40)
+    n_state = {"sgd": 1, "adam": 2, "adamw": 2, "adagrad": 1, "rmsprop": 1}[name]
+    kwargs = {"sgd": dict(momentum=0.9, step=1), "adam": dict(step=1),
+              "adamw": dict(step=1), "adagrad": dict(step=1), "rmsprop": {}}[name]
+    ref = [p.copy(), g, *[np.zeros(40) for _ in range(n_state)]]
+    dev = [cuda.to_device(a) for a in ref]
+    fn = getattr(functional, f"{name}_step")
+    fn(*dev, **kwargs, stream=cuda.stream())
+    fn(*ref, **kwargs, backend="numpy")
+    for d, r in zip(dev, ref):
+        assert relative_error(d.copy_to_host(), r) <= 1e-12
+
+
+@needs_sim
+def test_foreign_arrays_are_updated_in_place_without_copies():
+    rng = np.random.default_rng(0)
+    buf = rng.standard_normal(64)
+    before = buf.copy()
+    p = Foreign(buf)
+    opt = fusedopt.AdamW([p], lr=0.1)  # backend "auto"
+    assert opt.backend == "cuda"
+    opt.step([Foreign(np.ones(64))])
+    assert not np.array_equal(buf, before)  # the caller's own memory moved
+    expected = before.copy()
+    fusedopt.AdamW([expected], lr=0.1, backend="numpy").step([np.ones(64)])
+    np.testing.assert_allclose(buf, expected, rtol=1e-14)
+
+
+def test_grad_clipping_and_nonfinite_policies_on_device():
+    rng = np.random.default_rng(1)
+    params = [rng.standard_normal(50), rng.standard_normal(7)]
+    dev = [cuda.to_device(p) for p in params]
+    grads = [10 * rng.standard_normal(50), 10 * rng.standard_normal(7)]
+    ours = fusedopt.SGD(dev, lr=0.1, momentum=0.9, max_grad_norm=1.0,
+                        nonfinite="skip")
+    oracle = fusedopt.SGD(params, lr=0.1, momentum=0.9, max_grad_norm=1.0,
+                          nonfinite="skip", backend="numpy")
+    ours.step([cuda.to_device(g) for g in grads])
+    oracle.step(grads)
+    for d, p in zip(dev, params):
+        assert relative_error(d.copy_to_host(), p) <= 1e-12
+    bad = [grads[0], grads[1].copy()]
+    bad[1][3] = np.nan
+    before = [d.copy_to_host() for d in dev]
+    ours.step([cuda.to_device(g) for g in bad])
+    assert ours.last_step_skipped and ours.skipped_steps == 1
+    for d, b in zip(dev, before):
+        np.testing.assert_array_equal(d.copy_to_host(), b)
+    ours.nonfinite = "raise"
+    with pytest.raises(FloatingPointError, match=r"grads\[1\]: 1 non-finite"):
+        ours.step([cuda.to_device(g) for g in bad])
+
+
+def test_state_dict_is_host_and_loads_back_to_device():
+    rng = np.random.default_rng(2)
+    params = [rng.standard_normal((4, 5))]
+    grads = [[rng.standard_normal((4, 5))] for _ in range(6)]
+    dev = [cuda.to_device(params[0])]
+    opt = fusedopt.Adam(dev, lr=0.01, amsgrad=True)
+    for g in grads[:3]:
+        opt.step([cuda.to_device(g[0])])
+    sd = opt.state_dict()
+    assert sd["state"][0]["exp_avg"].shape == (4, 5)
+    assert all(isinstance(v, np.ndarray) for k, v in sd["state"][0].items()
+               if k != "step")
+    # resume on the host from the device checkpoint, and on the device again
+    host_params = [dev[0].copy_to_host()]
+    on_host = fusedopt.Adam(host_params, backend="numpy")
+    on_host.load_state_dict(sd)
+    dev2 = [cuda.to_device(host_params[0])]
+    again = fusedopt.Adam(dev2)
+    again.load_state_dict(on_host.state_dict())
+    for g in grads[3:]:
+        opt.step([cuda.to_device(g[0])])
+        on_host.step(g)
+        again.step([cuda.to_device(g[0])])
+    assert relative_error(dev[0].copy_to_host(), host_params[0]) <= 1e-12
+    np.testing.assert_array_equal(dev[0].copy_to_host(), dev2[0].copy_to_host())
+
+
+# -- error paths: a clear exception before any write ----------------------------------
+
+def _snapshot(opt, dev):
+    return [host(d) for d in dev], {i: {k: (v if k == "step" else v.copy())
+                                        for k, v in st.items()}
+                                    for i, st in opt.state_dict()["state"].items()}
+
+
+def _assert_unchanged(opt, dev, snap):
+    params, state = _snapshot(opt, dev)
+    for a, b in zip(params, snap[0]):
+        np.testing.assert_array_equal(a, b)
+    assert state.keys() == snap[1].keys()
+    for i in state:
+        for k in state[i]:
+            np.testing.assert_array_equal(state[i][k], snap[1][i][k])
+
+
+BAD_GRADS = {
+    "host grad": (lambda g: g.copy_to_host(), TypeError,
+                  r"grads\[1\]: expected a CUDA array.*host and device"),
+    "wrong shape": (lambda g: cuda.to_device(np.zeros(3)), ValueError,
+                    r"grads\[1\]: expected shape \(5,\)"),
+    "wrong dtype": (lambda g: cuda.to_device(np.zeros(5, np.float32)), TypeError,
+                    r"grads\[1\]: expected dtype float64"),
+    "not an array": (lambda g: [0.0] * 5, TypeError, r"grads\[1\]: expected a CUDA"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GRADS))
+def test_bad_grads_change_nothing(case):
+    make, exc, match = BAD_GRADS[case]
+    dev = [cuda.to_device(np.ones(4)), cuda.to_device(np.ones(5))]
+    opt = fusedopt.Adam(dev, lr=0.1)
+    opt.step([cuda.to_device(np.ones(4)), cuda.to_device(np.ones(5))])
+    snap = _snapshot(opt, dev)
+    g1 = cuda.to_device(np.ones(5))
+    with pytest.raises(exc, match=match):
+        opt.step([cuda.to_device(np.ones(4)), make(g1)])
+    _assert_unchanged(opt, dev, snap)
+
+
+@needs_sim
+def test_foreign_errors_change_nothing():
+    a, b = np.ones(6), np.ones(6)
+    opt = fusedopt.RMSprop([Foreign(a, device=0), Foreign(b, device=0)], lr=0.1,
+                           momentum=0.9)
+    opt.step([Foreign(np.ones(6)), Foreign(np.ones(6))])
+    snap = _snapshot(opt, [Foreign(a), Foreign(b)])
+    grad_buf = np.ones(12)
+    cases = [
+        ([Foreign(np.ones(6)), Foreign(a)], r"grads\[1\]: shares memory with params\[0\]"),
+        ([Foreign(grad_buf[:6]), Foreign(grad_buf[3:9])],
+         r"grads\[1\]: shares memory with grads\[0\]"),
+        ([Foreign(np.ones(6)), Foreign(np.ones(6), device=1)],
+         r"grads\[1\]: on CUDA device 1"),
+        ([Foreign(np.ones(6)), Foreign(np.ones(12), strides=(16,), shape=(6,))],
+         r"grads\[1\]: expected a C-contiguous"),
+    ]
+    for grads, match in cases:
+        with pytest.raises(ValueError, match=match):
+            opt.step(grads)
+        _assert_unchanged(opt, [Foreign(a), Foreign(b)], snap)
+
+
+@needs_sim
+def test_bad_params_refused():
+    buf = np.ones(10)
+    with pytest.raises(ValueError, match=r"params\[1\]: a host array, but params\[0\] "
+                       r"is a CUDA array"):
+        fusedopt.SGD([Foreign(np.ones(3)), np.ones(3)], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\]: a CUDA array, but params\[0\] "
+                       r"is a host array"):
+        fusedopt.SGD([np.ones(3), Foreign(np.ones(3))], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\]: overlaps params\[0\]"):
+        fusedopt.SGD([Foreign(buf[:6]), Foreign(buf[4:])], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\]: on CUDA device 1, but "
+                       r"params\[0\] is on device 0"):
+        fusedopt.SGD([Foreign(np.ones(3), device=0), Foreign(np.ones(3), device=1)],
+                     lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[0\]: the array is read-only"):
+        fusedopt.SGD([Foreign(np.ones(3), readonly=True)], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[0\]: expected a C-contiguous"):
+        fusedopt.SGD([Foreign(np.ones(6), strides=(16,), shape=(3,))], lr=0.1)
+    with pytest.raises(TypeError, match=r"params\[0\]: expected dtype float32 or "
+                       r"float64, got int64"):
+        fusedopt.SGD([Foreign(np.ones(3, np.int64))], lr=0.1)
+
+    class RequiresGrad:  # torch refuses to export a tensor that requires grad
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that "
+                               "requires grad")
+    with pytest.raises(TypeError, match=r"params\[0\].*tensor\.detach\(\)"):
+        fusedopt.SGD([RequiresGrad()], lr=0.1)
+
+
+def test_backend_and_stream_mismatches_are_named():
+    with pytest.raises(fusedopt.backends.BackendUnavailable,
+                       match="runs on cpu arrays, but the parameters are cuda arrays"):
+        fusedopt.Adam([cuda.to_device(np.ones(3))], backend="numba")
+    with pytest.raises(fusedopt.backends.BackendUnavailable,
+                       match="runs on cuda arrays, but the parameters are cpu arrays"):
+        fusedopt.Adam([np.ones(3)], backend="cuda")
+    with pytest.raises(ValueError, match="stream: only CUDA arrays run on a stream"):
+        fusedopt.Adam([np.ones(3)], stream=cuda.stream())
+    with pytest.raises(ValueError, match="stream: only CUDA arrays"):
+        functional.sgd_step(np.ones(3), np.ones(3), lr=0.1, stream=cuda.stream())
+    p = cuda.to_device(np.ones(3))
+    opt = fusedopt.Adam([p], stream="fast")
+    with pytest.raises(TypeError, match="stream: expected None, a Numba stream"):
+        opt.step([cuda.to_device(np.ones(3))])
+    np.testing.assert_array_equal(p.copy_to_host(), np.ones(3))
+
+
+def test_kernels_compile_for_the_gpu_in_their_dtype():
+    """The real CUDA target (not the simulator) types and compiles every kernel, for
+    float32 and float64, and a float32 kernel does no float64 arithmetic. Needs
+    NVVM (the ``nvidia-nvvm`` wheel or a CUDA toolkit), not a GPU."""
+    code = r"""
+import re, types
+import numba.cuda.dispatcher as d
+from numba import cuda, float32, float64, boolean
+from numba.core import types as nt
+# no GPU here: device functions (the rules) ask the current device for its
+# compute capability; answer for an H100
+d.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
+from fusedopt.backends import cuda_kernels as k
+f, b = float64, boolean
+for dt in (float32, float64):
+    A = nt.Array(dt, 1, "C")
+    sigs = {
+        k._fill: (A, f), k._sgd: (A, A, f, f, b, f),
+        k._sgd_momentum: (A, A, A, f, f, f, f, b, b, f),
+        k._adam: (A,) * 5 + (f,) * 8 + (b, b, b, f),
+        k._adagrad: (A, A, A, f, f, f, b, f),
+        k._rmsprop: (A,) * 5 + (f,) * 6 + (b, b, b, f),
+        k._grad_stats: (A, nt.Array(float64, 1, "C")),
+    }
+    assert set(sigs) == set(k.KERNELS)
+    for kernel, sig in sigs.items():
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        if dt is float32 and kernel is not k._grad_stats:
+            math64 = re.findall(r"\b(?:add|sub|mul|div|fma|sqrt|neg|setp)\.\S*f64", ptx)
+            assert not math64, (kernel.__name__, math64[:5])
+print("ok")
+"""
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=600)
+    if "NvvmSupportError" in out.stderr or "libNVVM cannot be found" in out.stderr:
+        pytest.skip("NVVM is not installed (pip install nvidia-nvvm)")
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -333,3 +333,21 @@ print("ok")
     if "NvvmSupportError" in out.stderr or "libNVVM cannot be found" in out.stderr:
         pytest.skip("NVVM is not installed (pip install nvidia-nvvm)")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_gpu_bench_reports_every_provider(tmp_path, capsys):
+    """The GPU harness end to end at a tiny size (timings mean nothing under the
+    simulator; the rows, fractions and files are what is checked)."""
+    import json
+
+    from fusedopt.bench import cli
+    assert cli.main(["--device", "cuda", "--sizes", "64", "--rounds", "2",
+                     "--json", str(tmp_path / "g.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| 64 | fusedopt-cuda |" in out and "| 64 | copy |" in out
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    by = {r["provider"]: r for r in rows}
+    assert by["copy"]["copy_fraction"] == pytest.approx(1.0)
+    assert by["fusedopt-cuda"]["rounds"] == 2 and by["fusedopt-cuda"]["gb_per_second"] > 0
+    if "torch-fused" not in by:
+        assert "skipped torch-fused" in out

@@ -234,6 +234,8 @@ class Spans:
 
 def describe() -> dict[str, Any]:
     """The current device's name, for reports."""
+    if simulated():
+        return {"name": "Numba CUDA simulator (no GPU: timings are meaningless)"}
     device = _cuda().get_current_device()
     name = getattr(device, "name", "CUDA device")
     return {"name": name.decode() if isinstance(name, bytes) else str(name)}

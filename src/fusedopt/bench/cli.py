@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", type=comma_list(list(prov.MODELS)), default=[],
                     help="also time Adam float32 over whole models' tensors: "
                          f"{', '.join(prov.MODELS)} (FlatParams vs per-tensor vs peers)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: Adam float32 on the GPU against torch's fused CUDA Adam "
+                         "and the device-to-device copy bandwidth (--sizes, --rounds, "
+                         "--json, --markdown apply)")
     ap.add_argument("--json", metavar="PATH", help="write rows and machine info as JSON")
     ap.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against size "
                                                    "(needs matplotlib)")
@@ -207,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("argument --rounds: must be >= 1")
     if args.placements is not None and args.placements < 1:
         ap.error("argument --placements: must be >= 1")
+    if args.device == "cuda":
+        return _main_cuda(args, sizes, argv)
     placements = args.placements or (1 if args.quick or args.rounds else 3)
     budget = args.budget if args.budget is not None else (0.25 if args.quick else 2.0)
 
@@ -249,6 +255,35 @@ def main(argv: list[str] | None = None) -> int:
             f.write(format_markdown(rows))
     if args.plot:
         write_plot(rows, args.plot)
+    return 0
+
+
+def _main_cuda(args, sizes: list[int], argv) -> int:
+    from .. import _device
+    from ..backends import available
+    from . import gpu
+
+    status = available()["cuda"]
+    if not status.ok:
+        print(f"fusedopt-bench: the cuda backend is not available: {status.detail}",
+              file=sys.stderr)
+        return 2
+    device = _device.describe()["name"]
+    skipped: dict[str, str] = {}
+    rows = gpu.measure(sizes, rounds=args.rounds or 20, skipped=skipped)
+    table = gpu.markdown(rows, device)
+    print(table)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": {**harness.machine(), "gpu": device},
+                       "command": ["fusedopt-bench", *(argv if argv is not None
+                                                      else sys.argv[1:])],
+                       "rows": rows}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
     return 0
 
 

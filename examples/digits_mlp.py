@@ -98,23 +98,25 @@ class MLP:
         return float((self.logits(x).argmax(axis=1) == y).mean())
 
 
-def make_optimizer(name: str, model: MLP, lr: float):
+def make_optimizer(name: str, model: MLP, lr: float, state_dtype: str | None = None):
     params = model.flat  # biases without weight decay for the decoupled variant
     if name == "sgd":
-        return fusedopt.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+        return fusedopt.SGD(params, lr=lr, momentum=0.9, nesterov=True,
+                            state_dtype=state_dtype)
     if name == "adamw":
         w1, b1, w2, b2 = model.flat.views
         return fusedopt.AdamW([{"params": [w1, w2]},
-                               {"params": [b1, b2], "weight_decay": 0.0}], lr=lr)
+                               {"params": [b1, b2], "weight_decay": 0.0}], lr=lr,
+                              state_dtype=state_dtype)
     return {"adam": fusedopt.Adam, "adagrad": fusedopt.Adagrad,
-            "rmsprop": fusedopt.RMSprop}[name](params, lr=lr)
+            "rmsprop": fusedopt.RMSprop}[name](params, lr=lr, state_dtype=state_dtype)
 
 
 def train(data, optimizer: str, epochs: int, batch: int, lr: float, hidden: int,
-          seed: int, verbose: bool = True):
+          seed: int, verbose: bool = True, state_dtype: str | None = None):
     x_train, y_train, x_test, y_test = data
     model = MLP(x_train.shape[1], hidden, int(y_train.max()) + 1, seed)
-    opt = make_optimizer(optimizer, model, lr)
+    opt = make_optimizer(optimizer, model, lr, state_dtype)
     steps_per_epoch = -(-len(x_train) // batch)
     warmup = min(steps_per_epoch, 100)
     sched = schedules.WarmupThen(
@@ -147,6 +149,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--state-dtype", choices=["bfloat16"], default=None,
+                    help="keep the optimizer state in bfloat16 (math stays float32)")
     ap.add_argument("--mnist", metavar="DIR", help="train on the MNIST IDX files in DIR")
     ap.add_argument("--compare", metavar="PNG",
                     help="train with every optimizer and plot their loss curves")
@@ -175,8 +179,8 @@ def main(argv=None) -> int:
 
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     model, _ = train(data, args.optimizer, args.epochs, args.batch, lr, args.hidden,
-                     args.seed)
-    print(f"test accuracy: {model.accuracy(data[2], data[3]):.3f}")
+                     args.seed, state_dtype=args.state_dtype)
+    print(f"test accuracy: {model.accuracy(data[2], data[3]):.4f}")
     return 0
 
 

@@ -8,6 +8,17 @@ import math
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+try:  # bfloat16 arrays (ml_dtypes, as in JAX): kernels see their bits as uint16
+    from ml_dtypes import bfloat16 as _bfloat16
+    BF16: np.dtype | None = np.dtype(_bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    BF16 = None
+PARAM_DTYPES = FLOAT_DTYPES + ((BF16,) if BF16 is not None else ())
+
+
+def kernel_view(flat: np.ndarray) -> np.ndarray:
+    """What a kernel is handed: bf16 arrays as the uint16 view of their bits."""
+    return flat.view(np.uint16) if flat.dtype == BF16 else flat
 
 
 def param_array(x, name: str) -> np.ndarray:
@@ -16,8 +27,9 @@ def param_array(x, name: str) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray or a CUDA array (with "
                         f"__cuda_array_interface__), got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+    if x.dtype not in PARAM_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32, float64 or bfloat16, got "
+                        f"{x.dtype}")
     if not x.flags.writeable:
         raise ValueError(f"{name}: the array is read-only; an optimizer updates its "
                          "parameters in place")
@@ -25,7 +37,7 @@ def param_array(x, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a C-contiguous array; updating a copy would "
                          "leave yours unchanged, so pass np.ascontiguousarray(...) and "
                          "train that array")
-    return x if x.ndim == 1 else x.reshape(-1)
+    return kernel_view(x if x.ndim == 1 else x.reshape(-1))
 
 
 def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
@@ -36,7 +48,7 @@ def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
     if (type(x) is np.ndarray and x.dtype is param.dtype and x.shape == param.shape
             and x.flags.c_contiguous and (x.flags.writeable or not writeable)
             and not np.may_share_memory(x, param)):
-        return x if x.ndim == 1 else x.reshape(-1)  # the common case, first and fast
+        return kernel_view(x if x.ndim == 1 else x.reshape(-1))  # the common case
     name, param_name = _name(name), _name(param_name)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
@@ -52,12 +64,29 @@ def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
         raise ValueError(f"{name}: the array is read-only; it is updated in place")
     if np.may_share_memory(x, param):
         raise ValueError(f"{name}: shares memory with {param_name}; pass a separate array")
-    return x if x.ndim == 1 else x.reshape(-1)  # an ndarray subclass that passed
+    return kernel_view(x if x.ndim == 1 else x.reshape(-1))  # a subclass that passed
 
 
-def full_like(a: np.ndarray, value: float) -> np.ndarray:
-    """New state for ``a`` (the device-array twin is ``_device.full_like``)."""
-    return np.full_like(a, value)
+def user_view(a: np.ndarray) -> np.ndarray:
+    """The inverse of ``kernel_view``: uint16 bits shown as bfloat16."""
+    return a.view(BF16) if a.dtype == np.uint16 else a
+
+
+def fill(a: np.ndarray, value: float) -> None:
+    """``a.fill(value)``, rounding into bf16 bits for uint16 kernel views."""
+    if a.dtype == np.uint16:
+        a[...] = np.array(value, BF16).view(np.uint16)
+    else:
+        a.fill(value)
+
+
+def full_like(a: np.ndarray, value: float, dtype=None) -> np.ndarray:
+    """New state for ``a`` in ``dtype`` (default: ``a``'s; bf16 as uint16 bits). The
+    device-array twin is ``_device.full_like``."""
+    dtype = a.dtype if dtype is None else np.dtype(dtype)
+    if dtype == BF16 or dtype == np.uint16:
+        return np.full(a.shape, value, BF16).view(np.uint16)
+    return np.full(a.shape, value, dtype)
 
 
 def _name(name) -> str:

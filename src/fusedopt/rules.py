@@ -24,14 +24,20 @@ from numba.extending import overload, register_jitable
 
 
 def cast_like(x, arr):
-    """Return the scalar ``x`` converted to the dtype of ``arr``. Compiled code uses
+    """Return the scalar ``x`` converted to the compute dtype of ``arr`` (its own, or
+    float32 for bf16 bits stored as uint16). Compiled code uses
     the overload below; this body runs under Numba's CUDA simulator."""
-    return np.dtype(arr.dtype).type(x)
+    return _compute_dtype(np.dtype(arr.dtype))(x)
+
+
+def _compute_dtype(dtype: np.dtype):
+    """float32 for bf16 storage (uint16 bits, see ``lowbit``), else the array's."""
+    return np.float32 if dtype == np.uint16 else dtype.type
 
 
 @overload(cast_like, target="generic")
 def _cast_like_impl(x, arr):
-    to_dtype = np.dtype(str(arr.dtype)).type
+    to_dtype = _compute_dtype(np.dtype(str(arr.dtype)))
 
     def impl(x, arr):
         return to_dtype(x)

@@ -38,3 +38,13 @@ def adagrad(step: int, lr: float, lr_decay: float, eps: float, weight_decay: flo
 def rmsprop(lr: float, alpha: float, eps: float, weight_decay: float, momentum: float):
     """``(lr, alpha, 1-alpha, eps, weight_decay, momentum)``."""
     return lr, alpha, 1.0 - alpha, eps, weight_decay, momentum
+
+
+def rounding_seed(seed: int, step: int, index: int) -> int:
+    """The 32-bit seed of one tensor's (or segment's) stochastic rounding at ``step``:
+    distinct tensors and steps draw unrelated bits."""
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9
+         + index * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 32)) & 0xFFFFFFFF

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .. import _checks, _device
+from .. import _checks, _device, scalars
 from .. import flat as _flat
 from ..backends import policy, select
 from ..flat import FlatParams
@@ -48,6 +48,13 @@ class Optimizer:
     - ``stream``: CUDA arrays only: the stream the kernels are launched on (a Numba
       stream, ``torch.cuda.Stream``, ``cupy.cuda.Stream`` or a raw handle); None is
       the default stream. May be reassigned between steps.
+    - ``state_dtype``: None (the parameters' dtype), "bfloat16" (state stored in
+      bf16, math in float32, rounded to nearest even on store: Adam moves 20 bytes
+      per element instead of 28) or "float32" (with bf16 parameters). bf16 runs on the
+      numba backend, for float32 or bfloat16 parameters.
+    - ``seed``: bfloat16 parameters (``ml_dtypes.bfloat16`` arrays) are updated with
+      stochastic rounding; its random bits are a function of (seed, step, parameter
+      index, element index) only, so runs are reproducible whatever the threads.
 
     Parameters are NumPy arrays, or CUDA arrays (anything with
     ``__cuda_array_interface__``: Numba device arrays, CuPy arrays, PyTorch CUDA
@@ -59,7 +66,7 @@ class Optimizer:
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any], backend: str = "auto",
                  nonfinite: str = "propagate", max_grad_norm: float | None = None,
-                 stream: Any = None):
+                 stream: Any = None, state_dtype: str | None = None, seed: int = 0):
         self._check_group(defaults, "")
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite: expected one of {list(NONFINITE)}, got "
@@ -107,7 +114,44 @@ class Optimizer:
                              "are host arrays")
         #: CUDA mode: the stream the step's kernels are launched on (None: default)
         self.stream = stream
+        self.state_dtype, self.seed = self._check_lowbit(state_dtype, seed)
         self._setup_flat()
+
+    def _check_lowbit(self, state_dtype, seed) -> tuple[np.dtype | None, int]:
+        """Validate ``state_dtype`` and ``seed`` against the parameters and backend."""
+        if state_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError("state_dtype: expected None, 'float32' or 'bfloat16', got "
+                             f"{state_dtype!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+        dtypes = {f.dtype for f in self._flat}
+        bf16 = state_dtype == "bfloat16" or np.dtype(np.uint16) in dtypes
+        if not bf16:
+            if state_dtype == "float32" and dtypes != {np.dtype(np.float32)}:
+                raise ValueError("state_dtype: 'float32' state is for bfloat16 "
+                                 f"parameters; these are {sorted(map(str, dtypes))}")
+            return (None if state_dtype is None else np.dtype(state_dtype)), int(seed)
+        if not getattr(self._impl, "BF16", False):
+            raise ValueError(f"state_dtype/params: bfloat16 storage runs on the numba "
+                             f"backend; backend {self.backend!r} keeps float32/float64 "
+                             "only")
+        if np.dtype(np.float64) in dtypes:
+            raise ValueError("state_dtype: bfloat16 state is for float32 or bfloat16 "
+                             "parameters, and some parameters are float64")
+        return (None if state_dtype is None else np.dtype(
+            _checks.BF16 if state_dtype == "bfloat16" else state_dtype)), int(seed)
+
+    def _new_state(self, flat, init: float):
+        """A state array for the kernel view ``flat``, in the state dtype."""
+        if self._space is _device:
+            return _device.full_like(flat, init)
+        return _checks.full_like(flat, init, self.state_dtype)
+
+    def _seed(self, flat, state, index: int) -> int:
+        """The stochastic-rounding seed of this step (bf16 parameters), else 0."""
+        if flat.dtype != np.uint16:
+            return 0
+        return scalars.rounding_seed(self.seed, state["step"] + 1, index)
 
     def _setup_flat(self) -> None:
         """Flat mode, when every parameter is one of the ``views`` of one FlatParams:
@@ -129,7 +173,8 @@ class Optimizer:
             members = {index[id(p)]: i + j for j, p in enumerate(group["params"])}
             for dt, a, b, run in _flat.segments(fp, list(members)):
                 seg = {"group": k, "dtype": dt, "start": a, "stop": b,
-                       "param": fp.buffers[dt][a:b], "grad": fp.grad_buffers[dt][a:b],
+                       "param": _checks.kernel_view(fp.buffers[dt][a:b]),
+                       "grad": _checks.kernel_view(fp.grad_buffers[dt][a:b]),
                        "state": {"step": 0}}
                 self._segments.append(seg)
                 for t in run:
@@ -248,11 +293,11 @@ class Optimizer:
                 fresh = False
                 for name, init in spec:
                     if state.get(name) is None:
-                        state[name] = self._space.full_like(self._flat[i], init)
+                        state[name] = self._new_state(self._flat[i], init)
                         self._guard_add(f"state[{i}][{name!r}]", state[name])
                         fresh = True
                 self._update(impl, self._flat[i], flat_grads[i], state, hyper, fresh,
-                             scale)
+                             scale, self._seed(self._flat[i], state, i))
                 i += 1
 
     def _step_flat(self, grads) -> None:
@@ -271,16 +316,17 @@ class Optimizer:
         if scale is None:
             return
         impl = self._impl
-        for seg in self._segments:
+        for k, seg in enumerate(self._segments):
             hyper = hypers[seg["group"]]
             state, fresh = seg["state"], False
             for name, init in self._state_spec(hyper):
                 if name not in state:
                     state[name] = self._flat_state_buffer(name, seg["dtype"])[
                         seg["start"]:seg["stop"]]
-                    state[name].fill(init)
+                    _checks.fill(state[name], init)
                     fresh = True
-            self._update(impl, seg["param"], seg["grad"], state, hyper, fresh, scale)
+            self._update(impl, seg["param"], seg["grad"], state, hyper, fresh, scale,
+                         self._seed(seg["param"], state, k))
 
     def _grad_scale(self, grads: list[np.ndarray], name) -> float | None:
         """The factor every gradient is multiplied by this step (clipping), or None
@@ -311,7 +357,8 @@ class Optimizer:
     def _flat_state_buffer(self, name: str, dtype) -> np.ndarray:
         per_dtype = self._flat_state.setdefault(name, {})
         if dtype not in per_dtype:
-            per_dtype[dtype] = np.zeros_like(self.flat_params.buffers[dtype])
+            per_dtype[dtype] = self._new_state(
+                _checks.kernel_view(self.flat_params.buffers[dtype]), 0.0)
             self._guard_add(f"the flat {name!r} state", per_dtype[dtype])
         return per_dtype[dtype]
 
@@ -367,8 +414,8 @@ class Optimizer:
         state = {}
         for i, st in self.state.items():
             shape = self._shapes[i]
-            state[i] = {k: (v if k == "step" else self._host(v).reshape(shape))
-                        for k, v in st.items()}
+            state[i] = {k: (v if k == "step" else _checks.user_view(
+                self._host(v)).reshape(shape)) for k, v in st.items()}
         groups, i = [], 0
         for group in self.param_groups:
             n = len(group["params"])
@@ -412,7 +459,7 @@ class Optimizer:
                 raise ValueError(f"{label}: expected a parameter index in "
                                  f"[0, {len(self._params)})")
             new_state[int(key)] = self._load_param_state(
-                st, self._shapes[key], self._flat[key].dtype, label)
+                st, self._shapes[key], self._state_dtype_of(self._flat[key]), label)
         if self.flat_params is not None:
             self._check_flat_steps(new_state)
         for group, merged in zip(self.param_groups, new_groups):
@@ -458,6 +505,11 @@ class Optimizer:
                     f"segment as one, but this tensor's step/state {key} differs from "
                     f"its segment's {seen[id(seg)]}")
 
+    def _state_dtype_of(self, flat) -> np.dtype:
+        """The dtype of ``flat``'s state (bf16 as uint16 bits, as kernels see it)."""
+        dtype = flat.dtype if self.state_dtype is None else self.state_dtype
+        return np.dtype(np.uint16) if dtype == _checks.BF16 else dtype
+
     def _host(self, a):
         return _device.to_host(a) if self._space is _device else a
 
@@ -481,13 +533,18 @@ class Optimizer:
             value = st.get(name)
             if value is None:
                 continue
-            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+            if not isinstance(value, np.ndarray) or not (
+                    value.dtype.kind == "f" or value.dtype == _checks.BF16):
                 raise TypeError(f"{label}[{name!r}]: expected a float array, got "
                                 f"{getattr(value, 'dtype', type(value).__name__)}")
             if value.shape != shape:
                 raise ValueError(f"{label}[{name!r}]: expected shape {shape} (that "
                                  f"of its parameter), got {value.shape}")
-            out[name] = np.array(value, dtype=dtype, order="C").reshape(-1)
+            if dtype == np.uint16:  # bf16 state: round to nearest even, keep the bits
+                out[name] = np.array(value, dtype=_checks.BF16, order="C").reshape(
+                    -1).view(np.uint16)
+            else:
+                out[name] = np.array(value, dtype=dtype, order="C").reshape(-1)
         return out
 
     # -- hooks --------------------------------------------------------------------
@@ -505,8 +562,9 @@ class Optimizer:
 
     @classmethod
     def _update(cls, impl, p: np.ndarray, g: np.ndarray, state: dict, hyper: tuple,
-                fresh: bool, scale: float = 1.0) -> None:
-        """One backend call; ``scale`` multiplies the gradient (gradient clipping)."""
+                fresh: bool, scale: float = 1.0, seed: int = 0) -> None:
+        """One backend call; ``scale`` multiplies the gradient (gradient clipping),
+        ``seed`` drives stochastic rounding into bf16 parameters."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 numba = pytest.importorskip("numba")
-from fusedopt import rules  # noqa: E402
+from fusedopt import lowbit, rules  # noqa: E402
 from fusedopt.backends import numba_cpu  # noqa: E402
 
 # double arithmetic, widening, or a call returning double (other than unboxing a
@@ -62,7 +62,8 @@ def test_float32_kernel_has_no_float64_math(kernel):
 
 def test_rules_hash_pinned_in_kernel_module():
     """Numba's cache only tracks numba_cpu.py's own content (see RULES_SHA256)."""
-    digest = hashlib.sha256(Path(rules.__file__).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(Path(rules.__file__).read_bytes()
+                            + Path(lowbit.__file__).read_bytes()).hexdigest()[:16]
     assert numba_cpu.RULES_SHA256 == digest, (
-        f"rules.py changed: set RULES_SHA256 = {digest!r} in "
-        "fusedopt/backends/numba_cpu.py, or cached kernels keep the old rules")
+        f"rules.py or lowbit.py changed: set RULES_SHA256 = {digest!r} in "
+        "fusedopt/backends/numba_cpu.py, or cached kernels keep the old code")

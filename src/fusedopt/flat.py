@@ -41,8 +41,9 @@ class FlatParams:
         else:
             dtypes = [np.dtype(dtypes)] * len(shapes)
         for i, dt in enumerate(dtypes):
-            if dt not in _checks.FLOAT_DTYPES:
-                raise TypeError(f"dtypes[{i}]: expected float32 or float64, got {dt}")
+            if dt not in _checks.PARAM_DTYPES:
+                raise TypeError(f"dtypes[{i}]: expected float32, float64 or bfloat16, "
+                                f"got {dt}")
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         totals: dict[np.dtype, int] = {}
         #: per tensor: (dtype, start, stop) in that dtype's buffer

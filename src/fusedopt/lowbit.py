@@ -52,42 +52,89 @@ def _bits_f32(typingctx, x):
     return types.float32(x), codegen
 
 
+def _i32(builder, value, ty):
+    """``value`` of integer type ``ty`` as an LLVM i32 (truncated or zero-extended)."""
+    if ty.bitwidth > 32:
+        return builder.trunc(value, ir.IntType(32))
+    if ty.bitwidth < 32:
+        return builder.zext(value, ir.IntType(32))
+    return value
+
+
+# Numba widens integer arithmetic to 64 bits, and LLVM does not narrow a multiply
+# back: a 64-bit vector multiply has no AVX2 instruction (measured: the hash alone
+# 2.5x an Adam step). The hash's steps are therefore written as 32-bit intrinsics.
+
+@intrinsic
+def _mul32(typingctx, a, b):
+    """``(a * b) mod 2**32`` as uint32, one 32-bit multiply."""
+    if not (isinstance(a, types.Integer) and isinstance(b, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.mul(_i32(builder, args[0], a), _i32(builder, args[1], b))
+
+    return types.uint32(a, b), codegen
+
+
+@intrinsic
+def _xorshift32(typingctx, x, k):
+    """``x ^ (x >> k)`` on the low 32 bits of ``x``, as uint32 (``k`` a constant)."""
+    if not (isinstance(x, types.Integer) and isinstance(k, types.IntegerLiteral)):
+        return None
+    shift = k.literal_value
+
+    def codegen(context, builder, signature, args):
+        v = _i32(builder, args[0], x)
+        return builder.xor(v, builder.lshr(v, ir.Constant(ir.IntType(32), shift)))
+
+    return types.uint32(x, k), codegen
+
+
+@intrinsic
+def _xor32(typingctx, a, b):
+    if not (isinstance(a, types.Integer) and isinstance(b, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.xor(_i32(builder, args[0], a), _i32(builder, args[1], b))
+
+    return types.uint32(a, b), codegen
+
+
 @register_jitable
 def bf16_to_f32(h):
     """Exact: a bf16 is the top half of a float32."""
-    return _bits_f32(np.uint32(h) << np.uint32(16))
+    return _bits_f32(np.uint32(np.uint32(h) << 16))
 
 
 @register_jitable
 def f32_to_bf16(x):
-    """Round to nearest, ties to even; NaN stays a (quiet) NaN."""
+    """Round to nearest, ties to even; NaN stays a (quiet) NaN. Branch-free."""
     bits = _f32_bits(x)
-    if x != x:
-        return np.uint16((bits >> np.uint32(16)) | np.uint32(0x0040))
-    bias = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-    return np.uint16((bits + bias) >> np.uint32(16))
+    bias = np.uint32(np.uint32(0x7FFF) + np.uint32((bits >> 16) & 1))
+    rounded = np.uint16(np.uint32(bits + bias) >> 16)
+    quiet = np.uint16((bits >> 16) | 0x40)
+    return quiet if x != x else rounded
 
 
 @register_jitable
 def hash32(seed, i):
     """A well-mixed 32-bit hash of (seed, i) (the "lowbias32" finaliser)."""
-    x = np.uint32(seed) ^ (np.uint32(i & 0xFFFFFFFF) * np.uint32(0x9E3779B9))
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
-    x ^= x >> np.uint32(16)
-    return x
+    x = _xor32(seed, _mul32(i, 0x9E3779B9))
+    x = _mul32(_xorshift32(x, 16), 0x7FEB352D)
+    x = _mul32(_xorshift32(x, 15), 0x846CA68B)
+    return _xorshift32(x, 16)
 
 
 @register_jitable
 def f32_to_bf16_stochastic(x, seed, i):
-    """Round up with probability equal to the discarded fraction."""
+    """Round up with probability equal to the discarded fraction. Branch-free."""
     bits = _f32_bits(x)
-    if x != x:
-        return np.uint16((bits >> np.uint32(16)) | np.uint32(0x0040))
-    noise = hash32(seed, i) & np.uint32(0xFFFF)
-    return np.uint16((bits + noise) >> np.uint32(16))
+    noise = np.uint32(hash32(seed, i) & 0xFFFF)
+    rounded = np.uint16(np.uint32(bits + noise) >> 16)  # no carry out: bits < 0xFF81
+    quiet = np.uint16((bits >> 16) | 0x40)
+    return quiet if x != x else rounded
 
 
 def load(a, i):

@@ -19,11 +19,11 @@ from . import policy
 from ..lowbit import load, store, store_param
 from ..rules import cast_like
 
-#: sha256 of rules.py (first 16 hex digits). Numba's cache is keyed on the content of
-#: this file only, not on the rules it calls: pinning the rules' hash here makes any
-#: change to rules.py change this file too, so stale machine code is never loaded.
+#: sha256 of rules.py + lowbit.py (first 16 hex digits). Numba's cache is keyed on the
+#: content of this file only, not on the functions it calls: pinning their hash here
+#: makes any change to them change this file too, so stale machine code is never loaded.
 #: tests/test_types.py fails with the new value when the two disagree.
-RULES_SHA256 = "7ccd6034e4585b18"
+RULES_SHA256 = "0699ce9d07403546"
 
 # error_model="numpy": the "python" model checks every division for zero and blocks
 # vectorisation (2x slower). "contract" lets LLVM fuse multiply-adds; no flag that

@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cuda: Adam float32 on the GPU against torch's fused CUDA Adam "
                          "and the device-to-device copy bandwidth (--sizes, --rounds, "
                          "--json, --markdown apply)")
+    ap.add_argument("--lowbit", action="store_true",
+                    help="Adam with bf16 state and bf16 params against the fp32 peers "
+                         "and DeepSpeed on bf16, at --sizes and on --model shapes (each "
+                         "row against the roofline of its own bytes per element)")
     ap.add_argument("--json", metavar="PATH", help="write rows and machine info as JSON")
     ap.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against size "
                                                    "(needs matplotlib)")
@@ -213,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("argument --placements: must be >= 1")
     if args.device == "cuda":
         return _main_cuda(args, sizes, argv)
+    if args.lowbit:
+        return _main_lowbit(args, sizes, argv)
     placements = args.placements or (1 if args.quick or args.rounds else 3)
     budget = args.budget if args.budget is not None else (0.25 if args.quick else 2.0)
 
@@ -258,6 +264,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _main_lowbit(args, sizes: list[int], argv) -> int:
+    from . import lowbit
+
+    budget = args.budget if args.budget is not None else 4.0
+    rows, skipped = [], {}
+    workloads = [(_fmt_n(n), [(n,)]) for n in sizes]
+    workloads += [(m, prov.MODELS[m]()) for m in args.model]
+    for label, shapes in workloads:
+        rows += lowbit.measure(label, shapes, budget, args.rounds, skipped)
+    table = lowbit.markdown(rows)
+    print(table)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    _write(args, argv, rows, table, harness.machine())
+    return 0
+
+
+def _write(args, argv, rows, table: str, machine: dict) -> None:
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "command": ["fusedopt-bench", *(
+                argv if argv is not None else sys.argv[1:])], "rows": rows}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+
+
 def _main_cuda(args, sizes: list[int], argv) -> int:
     from .. import _device
     from ..backends import available
@@ -275,15 +308,7 @@ def _main_cuda(args, sizes: list[int], argv) -> int:
     print(table)
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": {**harness.machine(), "gpu": device},
-                       "command": ["fusedopt-bench", *(argv if argv is not None
-                                                      else sys.argv[1:])],
-                       "rows": rows}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+    _write(args, argv, rows, table, {**harness.machine(), "gpu": device})
     return 0
 
 

@@ -299,13 +299,14 @@ def _has_nvvm() -> bool:
     try:
         from cuda.pathfinder import load_nvidia_dynamic_lib
         load_nvidia_dynamic_lib("nvvm")
+        load_nvidia_dynamic_lib("nvrtc")
     except Exception:
         return False
     return True
 
 
-@pytest.mark.skipif(not _has_nvvm(), reason="NVVM is not installed (pip install "
-                    "nvidia-nvvm); .ci/run installs it")
+@pytest.mark.skipif(not _has_nvvm(), reason="NVVM/NVRTC are not installed (pip install "
+                    "nvidia-nvvm nvidia-cuda-nvrtc); .ci/run installs them")
 def test_kernels_compile_for_the_gpu_in_their_dtype():
     """The real CUDA target (not the simulator) types and compiles every kernel, for
     float32 and float64, and a float32 kernel does no float64 arithmetic. Needs

@@ -162,5 +162,5 @@ def test_per_tensor_optimizer_without_grads_says_why():
 def test_from_arrays_validates():
     with pytest.raises(TypeError, match=r"arrays\[1\]: expected a numpy.ndarray"):
         FlatParams.from_arrays([np.zeros(2), [1.0]])
-    with pytest.raises(TypeError, match=r"dtypes\[0\]: expected float32 or float64"):
+    with pytest.raises(TypeError, match=r"dtypes\[0\]: expected float32, float64 or bfloat16"):
         FlatParams.from_arrays([np.zeros(2, np.int32)])

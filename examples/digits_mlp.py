@@ -8,6 +8,7 @@ reads the original MNIST IDX files (784-128-10).
     python examples/digits_mlp.py                        # SGD with momentum
     python examples/digits_mlp.py --optimizer adam --lr 1e-3
     python examples/digits_mlp.py --compare loss.png     # every optimizer, one plot
+    python examples/digits_mlp.py --optimizer adam --param-dtype bfloat16 --master-weights
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gzip
 import os
 import sys
 
+import ml_dtypes
 import numpy as np
 
 import fusedopt
@@ -60,25 +62,32 @@ def load_mnist(directory: str):
 
 
 class MLP:
-    """in-hidden-out with ReLU and softmax cross-entropy; weights in a FlatParams."""
+    """in-hidden-out with ReLU and softmax cross-entropy; weights in a FlatParams of
+    ``dtype`` (float32, or bfloat16 with the arithmetic in float32, as autocast does)."""
 
-    def __init__(self, n_in: int, n_hidden: int, n_out: int, seed: int) -> None:
+    def __init__(self, n_in: int, n_hidden: int, n_out: int, seed: int,
+                 dtype=np.float32) -> None:
         rng = np.random.default_rng(seed)
         he = lambda fan_in, shape: rng.normal(0, np.sqrt(2 / fan_in), shape)  # noqa: E731
-        self.flat = fusedopt.FlatParams.from_arrays([
-            he(n_in, (n_in, n_hidden)).astype(np.float32), np.zeros(n_hidden, np.float32),
-            he(n_hidden, (n_hidden, n_out)).astype(np.float32), np.zeros(n_out, np.float32)])
-        self.w1, self.b1, self.w2, self.b2 = self.flat.views
+        self.flat = fusedopt.FlatParams.from_arrays([a.astype(dtype) for a in (
+            he(n_in, (n_in, n_hidden)), np.zeros(n_hidden),
+            he(n_hidden, (n_hidden, n_out)), np.zeros(n_out))])
         self.gw1, self.gb1, self.gw2, self.gb2 = self.flat.grad_views
 
+    def weights(self):
+        """w1, b1, w2, b2 in float32 (no copy when they are float32)."""
+        return [np.asarray(v, np.float32) for v in self.flat.views]
+
     def logits(self, x):
-        return np.maximum(x @ self.w1 + self.b1, 0) @ self.w2 + self.b2
+        w1, b1, w2, b2 = self.weights()
+        return np.maximum(x @ w1 + b1, 0) @ w2 + b2
 
     def loss_and_grads(self, x, y) -> float:
         """Mean cross-entropy; writes the gradients into the FlatParams' grad views."""
-        h_pre = x @ self.w1 + self.b1
+        w1, b1, w2, b2 = self.weights()
+        h_pre = x @ w1 + b1
         h = np.maximum(h_pre, 0)
-        z = h @ self.w2 + self.b2
+        z = h @ w2 + b2
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
@@ -87,10 +96,10 @@ class MLP:
         dz = p
         dz[np.arange(n), y] -= 1
         dz /= n
-        np.dot(h.T, dz, out=self.gw2)
+        self.gw2[...] = h.T @ dz
         self.gb2[...] = dz.sum(axis=0)
-        dh = (dz @ self.w2.T) * (h_pre > 0)
-        np.dot(x.T, dh, out=self.gw1)
+        dh = (dz @ w2.T) * (h_pre > 0)
+        self.gw1[...] = x.T @ dh
         self.gb1[...] = dh.sum(axis=0)
         return float(loss)
 
@@ -98,25 +107,25 @@ class MLP:
         return float((self.logits(x).argmax(axis=1) == y).mean())
 
 
-def make_optimizer(name: str, model: MLP, lr: float, state_dtype: str | None = None):
+def make_optimizer(name: str, model: MLP, lr: float, **lowbit):
+    """``lowbit``: the optimizer's state_dtype / master_weights options."""
     params = model.flat  # biases without weight decay for the decoupled variant
     if name == "sgd":
-        return fusedopt.SGD(params, lr=lr, momentum=0.9, nesterov=True,
-                            state_dtype=state_dtype)
+        return fusedopt.SGD(params, lr=lr, momentum=0.9, nesterov=True, **lowbit)
     if name == "adamw":
         w1, b1, w2, b2 = model.flat.views
         return fusedopt.AdamW([{"params": [w1, w2]},
                                {"params": [b1, b2], "weight_decay": 0.0}], lr=lr,
-                              state_dtype=state_dtype)
+                              **lowbit)
     return {"adam": fusedopt.Adam, "adagrad": fusedopt.Adagrad,
-            "rmsprop": fusedopt.RMSprop}[name](params, lr=lr, state_dtype=state_dtype)
+            "rmsprop": fusedopt.RMSprop}[name](params, lr=lr, **lowbit)
 
 
 def train(data, optimizer: str, epochs: int, batch: int, lr: float, hidden: int,
-          seed: int, verbose: bool = True, state_dtype: str | None = None):
+          seed: int, verbose: bool = True, dtype=np.float32, **lowbit):
     x_train, y_train, x_test, y_test = data
-    model = MLP(x_train.shape[1], hidden, int(y_train.max()) + 1, seed)
-    opt = make_optimizer(optimizer, model, lr, state_dtype)
+    model = MLP(x_train.shape[1], hidden, int(y_train.max()) + 1, seed, dtype)
+    opt = make_optimizer(optimizer, model, lr, **lowbit)
     steps_per_epoch = -(-len(x_train) // batch)
     warmup = min(steps_per_epoch, 100)
     sched = schedules.WarmupThen(
@@ -151,6 +160,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--state-dtype", choices=["bfloat16"], default=None,
                     help="keep the optimizer state in bfloat16 (math stays float32)")
+    ap.add_argument("--param-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16: the weights and gradients are bf16, updated with "
+                         "stochastic rounding (or through --master-weights)")
+    ap.add_argument("--master-weights", action="store_true",
+                    help="with bf16 weights, step a float32 master copy of them")
     ap.add_argument("--mnist", metavar="DIR", help="train on the MNIST IDX files in DIR")
     ap.add_argument("--compare", metavar="PNG",
                     help="train with every optimizer and plot their loss curves")
@@ -178,8 +192,10 @@ def main(argv=None) -> int:
         return 0
 
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    dtype = ml_dtypes.bfloat16 if args.param_dtype == "bfloat16" else np.float32
     model, _ = train(data, args.optimizer, args.epochs, args.batch, lr, args.hidden,
-                     args.seed, state_dtype=args.state_dtype)
+                     args.seed, dtype=dtype, state_dtype=args.state_dtype,
+                     master_weights=args.master_weights)
     print(f"test accuracy: {model.accuracy(data[2], data[3]):.4f}")
     return 0
 

@@ -154,18 +154,25 @@ def test_bf16_state_tracks_fp32_for_every_algorithm(case):
                                     o_ref.state_dict()["state"][i][key]) < 5e-2
 
 
-def test_bf16_state_digits_mlp_accuracy_within_one_point():
+def test_bf16_digits_mlp_accuracy_within_one_point():
+    """1,035 Adam steps on the digits MLP: bf16 state, bf16 weights and gradients
+    with stochastic rounding, and bf16 weights through a float32 master copy each
+    end within 1 point of test accuracy of the float32 run."""
     pytest.importorskip("sklearn")
     script = Path(__file__).resolve().parent.parent / "examples" / "digits_mlp.py"
+    variants = {"float32": [], "bf16 state": ["--state-dtype", "bfloat16"],
+                "bf16 params": ["--param-dtype", "bfloat16"],
+                "bf16 params, master": ["--param-dtype", "bfloat16", "--master-weights"]}
     acc = {}
-    for extra in ([], ["--state-dtype", "bfloat16"]):
+    for label, extra in variants.items():
         out = subprocess.run([sys.executable, str(script), "--optimizer", "adam",
                               "--epochs", "23", *extra],  # 23 epochs: 1,035 steps
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
-        acc[bool(extra)] = float(re.findall(r"test accuracy: ([0-9.]+)", out.stdout)[-1])
-    assert acc[False] >= 0.95
-    assert abs(acc[True] - acc[False]) <= 0.01, acc
+        acc[label] = float(re.findall(r"test accuracy: ([0-9.]+)", out.stdout)[-1])
+    assert acc["float32"] >= 0.95
+    for label in variants:
+        assert abs(acc[label] - acc["float32"]) <= 0.01, acc
 
 
 def test_state_dict_carries_bf16_and_resumes_exactly():
@@ -229,6 +236,108 @@ def test_bf16_errors_change_nothing():
         fusedopt.Adam([np.ones(4, BF16)], seed=-1)
     p = np.ones(4, BF16)
     opt = fusedopt.Adam([p], lr=0.1)
+    with pytest.raises(TypeError, match=r"grads\[0\]: expected dtype bfloat16"):
+        opt.step([np.ones(4, np.float32)])
+    np.testing.assert_array_equal(p.astype(np.float32), np.ones(4))
+    assert opt.state == {}
+
+
+# -- master weights: bf16 parameters stepped through a float32 copy ----------------
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_master_weights_step_exactly_as_float32_and_round_to_nearest(case):
+    """With master_weights=True, the float32 master copy follows a float32 run fed
+    the same (bf16) gradients to float32 rounding (the two kernels may contract
+    multiply-adds differently); the bf16 parameter is exactly that copy rounded to
+    nearest even after every step. Serial and parallel loops both."""
+    name, kwargs = case
+    cls = ALGORITHMS[name][0]
+    rng = np.random.default_rng(6)
+    shapes = [(300,), (policy.PARALLEL_MIN_SIZE,)]
+    low = [rng.standard_normal(s).astype(BF16) for s in shapes]
+    ref = [p.astype(np.float32) for p in low]
+    o_low = cls(low, **kwargs, master_weights=True)
+    o_ref = cls(ref, **kwargs)
+    for _ in range(5):
+        grads = [rng.standard_normal(s).astype(BF16) for s in shapes]
+        o_low.step(grads)
+        o_ref.step([g.astype(np.float32) for g in grads])
+        for i, (p, q) in enumerate(zip(low, ref)):
+            master = o_low.state[i]["master_param"]
+            assert master.dtype == np.float32
+            np.testing.assert_allclose(master, q, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(p.view(np.uint16), master.astype(BF16).view(np.uint16))
+    for i, st in o_low.state.items():  # state follows the master: float32
+        for key, value in st.items():
+            if key != "step":
+                np.testing.assert_allclose(value, o_ref.state[i].get(key, ref[i]),
+                                           rtol=1e-5, atol=1e-6)
+
+
+def test_master_weights_with_bf16_state_mixed_params_and_flat():
+    """bf16 state on top of the master copy; a float32 parameter beside bf16 ones is
+    its own master; a FlatParams optimizer steps exactly as the per-tensor one."""
+    rng = np.random.default_rng(7)
+    values = [rng.standard_normal((40, 3)).astype(BF16),
+              rng.standard_normal(17).astype(np.float32),
+              rng.standard_normal(9).astype(BF16)]
+    flat = fusedopt.FlatParams.from_arrays(values)
+    loose = [v.copy() for v in values]
+    opts = {"lr": 0.01, "amsgrad": True, "state_dtype": "bfloat16", "master_weights": True}
+    o_flat, o_loose = fusedopt.AdamW(flat, **opts), fusedopt.AdamW(loose, **opts)
+    for _ in range(4):
+        grads = [rng.standard_normal(v.shape).astype(v.dtype) for v in values]
+        for gv, g in zip(flat.grad_views, grads):
+            gv[...] = g
+        o_flat.step()
+        o_loose.step(grads)
+    assert "master_param" not in o_loose.state[1]
+    assert o_loose.state[0]["exp_avg"].dtype == np.uint16
+    for i, (a, b) in enumerate(zip(flat.views, loose)):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+        for key, value in o_loose.state[i].items():
+            if key != "step":
+                np.testing.assert_array_equal(o_flat.state[i][key].reshape(-1), value)
+    master = o_loose.state[0]["master_param"]
+    np.testing.assert_array_equal(loose[0].reshape(-1), master.astype(BF16))
+
+
+def test_master_weights_state_dict_resumes_exactly():
+    rng = np.random.default_rng(8)
+    grads = [[rng.standard_normal(64).astype(BF16)] for _ in range(8)]
+    p = rng.standard_normal(64).astype(BF16)
+    opt = fusedopt.Adam([p], lr=0.01, master_weights=True)
+    for g in grads[:4]:
+        opt.step(g)
+    sd = opt.state_dict()
+    assert sd["state"][0]["master_param"].dtype == np.float32
+    assert sd["state"][0]["exp_avg"].dtype == np.float32
+    saved = {k: (v if k == "step" else v.copy()) for k, v in sd["state"][0].items()}
+    q = p.copy()
+    for g in grads[4:]:
+        opt.step(g)
+    again = fusedopt.Adam([q], lr=0.01, master_weights=True)
+    again.load_state_dict({"state": {0: saved}, "param_groups": sd["param_groups"]})
+    for g in grads[4:]:
+        again.step(g)
+    np.testing.assert_array_equal(p.view(np.uint16), q.view(np.uint16))
+    plain = fusedopt.Adam([q], lr=0.01)  # no master copy: refused, nothing changed
+    with pytest.raises(ValueError, match=r"unknown state \['master_param'\]"):
+        plain.load_state_dict({"state": {0: saved}, "param_groups": sd["param_groups"]})
+    assert plain.state == {}
+
+
+def test_master_weights_errors_change_nothing():
+    p32 = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"master_weights: keeps float32 master copies "
+                       r"of bfloat16 parameters, and these parameters are \['float32'\]"):
+        fusedopt.Adam([p32], master_weights=True)
+    with pytest.raises(TypeError, match="master_weights: expected a bool"):
+        fusedopt.Adam([np.ones(4, BF16)], master_weights="yes")
+    with pytest.raises(ValueError, match="bfloat16 storage runs on the numba backend"):
+        fusedopt.Adam([np.ones(4, BF16)], master_weights=True, backend="numpy")
+    p = np.ones(4, BF16)
+    opt = fusedopt.Adam([p], lr=0.1, master_weights=True)
     with pytest.raises(TypeError, match=r"grads\[0\]: expected dtype bfloat16"):
         opt.step([np.ones(4, np.float32)])
     np.testing.assert_array_equal(p.astype(np.float32), np.ones(4))

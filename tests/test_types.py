@@ -29,23 +29,37 @@ DOUBLE_MATH = re.compile(
 F64_INTRINSIC = re.compile(r"@llvm\.\w+\.(?:f64|v\d+f64)\b")
 
 
-def example_args(kernel, dtype):
-    """Arguments for one call of ``kernel``: arrays of ``dtype``, floats, bools."""
+def example_args(kernel, layout="float32"):
+    """Arguments for one call of ``kernel``: float32 arrays (``layout`` "bf16": uint16
+    bf16 bits, as bf16 parameters and state reach it; "master": a float32 parameter,
+    bf16 gradient and state, and the bf16 ``out`` of master weights), floats, bools."""
+    bf16 = np.full(64, 0x3F00, np.uint16)  # 0.5
     args = []
     for name in inspect.signature(kernel.py_func).parameters:
         if name in ("p", "g", "m", "v", "vmax", "buf", "acc", "sq", "gavg"):
-            args.append(np.full(64, 0.5, dtype=dtype))
+            args.append(np.full(64, 0.5, np.float32) if layout == "float32" or (
+                layout == "master" and name == "p") else bf16.copy())
         elif name in ("decay", "decoupled", "maximize", "nesterov", "parallel"):
             args.append(True)
+        elif name == "seed":
+            args.append(12345)
+        elif name == "out":
+            args.append(bf16.copy() if layout == "master" else None)
         else:
             args.append(0.25)
     return args
 
 
-@pytest.mark.parametrize("kernel", numba_cpu.KERNELS, ids=lambda k: k.__name__)
-def test_float32_kernel_has_no_float64_math(kernel):
+LAYOUTS = ([(k, "float32") for k in numba_cpu.KERNELS]
+           + [(k, layout) for k in (numba_cpu._sgd, numba_cpu._adam)
+              for layout in ("bf16", "master")])
+
+
+@pytest.mark.parametrize("kernel, layout", LAYOUTS,
+                         ids=lambda x: getattr(x, "__name__", x))
+def test_float32_kernel_has_no_float64_math(kernel, layout):
     fresh = numba.njit(**{**numba_cpu.JIT_OPTIONS, "cache": False})(kernel.py_func)
-    fresh(*example_args(kernel, np.float32))
+    fresh(*example_args(kernel, layout))
     (sig,) = fresh.signatures
     params = set(inspect.signature(kernel.py_func).parameters)
     typemap = fresh.overloads[sig].type_annotation.typemap

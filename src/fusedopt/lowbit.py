@@ -3,7 +3,8 @@ counter-based random bits of stochastic rounding.
 
 bf16 arrays reach the kernels as ``uint16`` views of their bits (Numba has no bf16
 type); every kernel reads elements through ``load`` and writes them through ``store``
-(state: round to nearest even) or ``store_param`` (parameters: stochastic rounding).
+(state: round to nearest even) or ``store_param`` (parameters: stochastic rounding,
+or a float32 master copy and its bf16 image rounded to nearest even).
 On float32/float64 arrays all three are plain element access, so one kernel source
 serves every storage type, and the math always runs in float32 or wider.
 
@@ -166,19 +167,28 @@ def _store_impl(a, i, x):
     return impl
 
 
-def store_param(a, i, x, seed):
-    """``a[i] = x``, rounding stochastically into bf16 storage."""
+def store_param(a, i, x, seed, out):
+    """``a[i] = x``, rounding stochastically into bf16 storage; with master weights
+    (``a`` the float32 master, ``out`` the user's bf16 parameter, else None) also
+    ``out[i] = x`` rounded to nearest even."""
     a[i] = x
+    if out is not None:
+        out[i] = x
 
 
 @overload(store_param)
-def _store_param_impl(a, i, x, seed):
+def _store_param_impl(a, i, x, seed, out):
     if a.dtype == types.uint16:
-        def impl(a, i, x, seed):
+        def write(a, i, x, seed):
             a[i] = f32_to_bf16_stochastic(x, seed, i)
-        return impl
+    else:
+        def write(a, i, x, seed):
+            a[i] = x
+    write = register_jitable(write)
+    if isinstance(out, types.NoneType):
+        return lambda a, i, x, seed, out: write(a, i, x, seed)
 
-    def impl(a, i, x, seed):
-        a[i] = x
+    def impl(a, i, x, seed, out):
+        write(a, i, x, seed)
+        out[i] = f32_to_bf16(x)
     return impl
-

@@ -43,7 +43,7 @@ OPENMP_THREADS = _k.openmp_threads()
 
 
 def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening,
-        weight_decay, nesterov, grad_scale, seed=0):
+        weight_decay, nesterov, grad_scale, seed=0, out=None):
     lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
         fresh_buffer, lr, momentum, dampening, weight_decay)
     par = param.size >= policy.PARALLEL_MIN_SIZE
@@ -52,20 +52,20 @@ def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening,
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-         weight_decay, decoupled, grad_scale, seed=0):
+         weight_decay, decoupled, grad_scale, seed=0, out=None):
     s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     _k.adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *s, weight_decay != 0.0,
             decoupled, grad_scale, param.size >= policy.PARALLEL_MIN_SIZE)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0, out=None):
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
     _k.adagrad(param, grad, state_sum, *s, weight_decay != 0.0, grad_scale,
                param.size >= policy.PARALLEL_MIN_SIZE)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, grad_scale, seed=0):
+            weight_decay, momentum, grad_scale, seed=0, out=None):
     s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
     par = param.size >= policy.PARALLEL_MIN_SIZE
     _k.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *s,

@@ -23,7 +23,7 @@ from ..rules import cast_like
 #: content of this file only, not on the functions it calls: pinning their hash here
 #: makes any change to them change this file too, so stale machine code is never loaded.
 #: tests/test_types.py fails with the new value when the two disagree.
-RULES_SHA256 = "0699ce9d07403546"
+RULES_SHA256 = "101e5418dcf223d0"
 
 # error_model="numpy": the "python" model checks every division for zero and blocks
 # vectorisation (2x slower). "contract" lets LLVM fuse multiply-adds; no flag that
@@ -34,41 +34,41 @@ _jit = njit(**JIT_OPTIONS)
 
 
 @_jit
-def _sgd(p, g, lr, weight_decay, decay, grad_scale, seed, parallel):
+def _sgd(p, g, lr, weight_decay, decay, grad_scale, seed, out, parallel):
     grad_scale = cast_like(grad_scale, p)
     lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
     zero = cast_like(0.0, p)
     if parallel:
         for i in prange(p.size):
             p_, _ = rules.sgd(load(p, i), load(g, i), zero, lr, weight_decay, zero, zero, decay, False, False, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
     else:
         for i in range(p.size):
             p_, _ = rules.sgd(load(p, i), load(g, i), zero, lr, weight_decay, zero, zero, decay, False, False, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
 
 
 @_jit
 def _sgd_momentum(p, g, buf, lr, weight_decay, momentum, buf_grad_scale,
-                  decay, nesterov, grad_scale, seed, parallel):
+                  decay, nesterov, grad_scale, seed, out, parallel):
     grad_scale = cast_like(grad_scale, p)
     lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
     momentum, buf_grad_scale = cast_like(momentum, p), cast_like(buf_grad_scale, p)
     if parallel:
         for i in prange(p.size):
             p_, buf_ = rules.sgd(load(p, i), load(g, i), load(buf, i), lr, weight_decay, momentum, buf_grad_scale, decay, True, nesterov, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(buf, i, buf_)
     else:
         for i in range(p.size):
             p_, buf_ = rules.sgd(load(p, i), load(g, i), load(buf, i), lr, weight_decay, momentum, buf_grad_scale, decay, True, nesterov, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(buf, i, buf_)
 
 
 @_jit
 def _adam(p, g, m, v, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
-          weight_decay, param_scale, decay, decoupled, grad_scale, seed, parallel):
+          weight_decay, param_scale, decay, decoupled, grad_scale, seed, out, parallel):
     grad_scale = cast_like(grad_scale, p)
     beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
     step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
@@ -77,20 +77,20 @@ def _adam(p, g, m, v, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
     if parallel:
         for i in prange(p.size):
             p_, m_, v_, _ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), zero, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(m, i, m_)
             store(v, i, v_)
     else:
         for i in range(p.size):
             p_, m_, v_, _ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), zero, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(m, i, m_)
             store(v, i, v_)
 
 
 @_jit
 def _adam_amsgrad(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2,
-                  eps, weight_decay, param_scale, decay, decoupled, grad_scale, seed, parallel):
+                  eps, weight_decay, param_scale, decay, decoupled, grad_scale, seed, out, parallel):
     grad_scale = cast_like(grad_scale, p)
     beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
     step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
@@ -99,32 +99,32 @@ def _adam_amsgrad(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_b
     if parallel:
         for i in prange(p.size):
             p_, m_, v_, vmax_ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), load(vmax, i), beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(m, i, m_)
             store(v, i, v_)
             store(vmax, i, vmax_)
     else:
         for i in range(p.size):
             p_, m_, v_, vmax_ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), load(vmax, i), beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(m, i, m_)
             store(v, i, v_)
             store(vmax, i, vmax_)
 
 
 @_jit
-def _adagrad(p, g, acc, clr, eps, weight_decay, decay, grad_scale, seed, parallel):
+def _adagrad(p, g, acc, clr, eps, weight_decay, decay, grad_scale, seed, out, parallel):
     grad_scale = cast_like(grad_scale, p)
     clr, eps, weight_decay = cast_like(clr, p), cast_like(eps, p), cast_like(weight_decay, p)
     if parallel:
         for i in prange(p.size):
             p_, acc_ = rules.adagrad(load(p, i), load(g, i), load(acc, i), clr, eps, weight_decay, decay, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(acc, i, acc_)
     else:
         for i in range(p.size):
             p_, acc_ = rules.adagrad(load(p, i), load(g, i), load(acc, i), clr, eps, weight_decay, decay, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(acc, i, acc_)
 
 
@@ -132,7 +132,7 @@ def _adagrad(p, g, acc, clr, eps, weight_decay, decay, grad_scale, seed, paralle
 # one kernel each, so no kernel reads or writes an array it does not need.
 @_jit
 def _rmsprop(p, g, sq, lr, alpha, alphac, eps, weight_decay, momentum,
-             decay, grad_scale, seed, parallel):
+             decay, grad_scale, seed, out, parallel):
     grad_scale = cast_like(grad_scale, p)
     lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
@@ -140,18 +140,18 @@ def _rmsprop(p, g, sq, lr, alpha, alphac, eps, weight_decay, momentum,
     if parallel:
         for i in prange(p.size):
             p_, sq_, _, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, False, False, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(sq, i, sq_)
     else:
         for i in range(p.size):
             p_, sq_, _, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, False, False, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(sq, i, sq_)
 
 
 @_jit
 def _rmsprop_centered(p, g, sq, gavg, lr, alpha, alphac, eps, weight_decay, momentum,
-                      decay, grad_scale, seed, parallel):
+                      decay, grad_scale, seed, out, parallel):
     grad_scale = cast_like(grad_scale, p)
     lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
@@ -159,20 +159,20 @@ def _rmsprop_centered(p, g, sq, gavg, lr, alpha, alphac, eps, weight_decay, mome
     if parallel:
         for i in prange(p.size):
             p_, sq_, gavg_, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, True, False, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(sq, i, sq_)
             store(gavg, i, gavg_)
     else:
         for i in range(p.size):
             p_, sq_, gavg_, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, True, False, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(sq, i, sq_)
             store(gavg, i, gavg_)
 
 
 @_jit
 def _rmsprop_momentum(p, g, sq, buf, lr, alpha, alphac, eps, weight_decay, momentum,
-                      decay, grad_scale, seed, parallel):
+                      decay, grad_scale, seed, out, parallel):
     grad_scale = cast_like(grad_scale, p)
     lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
@@ -180,20 +180,20 @@ def _rmsprop_momentum(p, g, sq, buf, lr, alpha, alphac, eps, weight_decay, momen
     if parallel:
         for i in prange(p.size):
             p_, sq_, _, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, False, True, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(sq, i, sq_)
             store(buf, i, buf_)
     else:
         for i in range(p.size):
             p_, sq_, _, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, False, True, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(sq, i, sq_)
             store(buf, i, buf_)
 
 
 @_jit
 def _rmsprop_centered_momentum(p, g, sq, gavg, buf, lr, alpha, alphac, eps,
-                               weight_decay, momentum, decay, grad_scale, seed, parallel):
+                               weight_decay, momentum, decay, grad_scale, seed, out, parallel):
     grad_scale = cast_like(grad_scale, p)
     lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
@@ -201,14 +201,14 @@ def _rmsprop_centered_momentum(p, g, sq, gavg, buf, lr, alpha, alphac, eps,
     if parallel:
         for i in prange(p.size):
             p_, sq_, gavg_, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, True, True, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(sq, i, sq_)
             store(gavg, i, gavg_)
             store(buf, i, buf_)
     else:
         for i in range(p.size):
             p_, sq_, gavg_, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, True, True, grad_scale)
-            store_param(p, i, p_, seed)
+            store_param(p, i, p_, seed, out)
             store(sq, i, sq_)
             store(gavg, i, gavg_)
             store(buf, i, buf_)
@@ -238,51 +238,51 @@ def _grad_stats(g, parallel):
 # -- the backend contract: flat arrays, raw hyperparameters -------------------------
 
 def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
-        nesterov, grad_scale, seed=0):
+        nesterov, grad_scale, seed=0, out=None):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     decay = weight_decay != 0.0
     if momentum_buffer is None:
-        _sgd(param, grad, lr, weight_decay, decay, grad_scale, seed, par)
+        _sgd(param, grad, lr, weight_decay, decay, grad_scale, seed, out, par)
     else:
         lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
             fresh_buffer, lr, momentum, dampening, weight_decay)
         _sgd_momentum(param, grad, momentum_buffer, lr, weight_decay, momentum,
-                      buf_grad_scale, decay, nesterov, grad_scale, seed, par)
+                      buf_grad_scale, decay, nesterov, grad_scale, seed, out, par)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-         weight_decay, decoupled, grad_scale, seed=0):
+         weight_decay, decoupled, grad_scale, seed=0, out=None):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     decay = weight_decay != 0.0
     s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     if max_exp_avg_sq is None:
-        _adam(param, grad, exp_avg, exp_avg_sq, *s, decay, decoupled, grad_scale, seed, par)
+        _adam(param, grad, exp_avg, exp_avg_sq, *s, decay, decoupled, grad_scale, seed, out, par)
     else:
         _adam_amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *s,
-                      decay, decoupled, grad_scale, seed, par)
+                      decay, decoupled, grad_scale, seed, out, par)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0, out=None):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
-    _adagrad(param, grad, state_sum, *s, weight_decay != 0.0, grad_scale, seed, par)
+    _adagrad(param, grad, state_sum, *s, weight_decay != 0.0, grad_scale, seed, out, par)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, grad_scale, seed=0):
+            weight_decay, momentum, grad_scale, seed=0, out=None):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     decay = weight_decay != 0.0
     s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
     if grad_avg is None and momentum_buffer is None:
-        _rmsprop(param, grad, square_avg, *s, decay, grad_scale, seed, par)
+        _rmsprop(param, grad, square_avg, *s, decay, grad_scale, seed, out, par)
     elif momentum_buffer is None:
-        _rmsprop_centered(param, grad, square_avg, grad_avg, *s, decay, grad_scale, seed, par)
+        _rmsprop_centered(param, grad, square_avg, grad_avg, *s, decay, grad_scale, seed, out, par)
     elif grad_avg is None:
         _rmsprop_momentum(param, grad, square_avg, momentum_buffer, *s, decay,
-                          grad_scale, seed, par)
+                          grad_scale, seed, out, par)
     else:
         _rmsprop_centered_momentum(param, grad, square_avg, grad_avg, momentum_buffer,
-                                   *s, decay, grad_scale, seed, par)
+                                   *s, decay, grad_scale, seed, out, par)
 
 
 #: bf16 storage (uint16 bits) for state and parameters; see ``fusedopt.lowbit``

@@ -69,7 +69,7 @@ def _or(a, like):
 
 
 def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
-        nesterov, grad_scale, seed=0):
+        nesterov, grad_scale, seed=0, out=None):
     decay = weight_decay != 0.0
     if momentum_buffer is None:
         _launch(_sgd, param.size)(param, grad, lr, weight_decay, decay, grad_scale)
@@ -82,21 +82,21 @@ def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, wei
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-         weight_decay, decoupled, grad_scale, seed=0):
+         weight_decay, decoupled, grad_scale, seed=0, out=None):
     s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     _launch(_adam, param.size)(
         param, grad, exp_avg, exp_avg_sq, _or(max_exp_avg_sq, exp_avg_sq), *s,
         weight_decay != 0.0, decoupled, max_exp_avg_sq is not None, grad_scale)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0, out=None):
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
     _launch(_adagrad, param.size)(param, grad, state_sum, *s, weight_decay != 0.0,
                                   grad_scale)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, grad_scale, seed=0):
+            weight_decay, momentum, grad_scale, seed=0, out=None):
     s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
     _launch(_rmsprop, param.size)(
         param, grad, square_avg, _or(grad_avg, square_avg),

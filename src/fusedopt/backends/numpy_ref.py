@@ -13,7 +13,7 @@ import numpy as np
 
 
 def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
-        nesterov, grad_scale, seed=0):
+        nesterov, grad_scale, seed=0, out=None):
     # Sutskever et al. 2013 as written in torch.optim.SGD: d = g + wd * theta;
     # b_1 = d, b_t = mu * b_{t-1} + (1 - tau) * d; nesterov: d = d + mu * b_t.
     d = grad_scale * grad
@@ -30,7 +30,7 @@ def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, wei
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-         weight_decay, decoupled, grad_scale, seed=0):
+         weight_decay, decoupled, grad_scale, seed=0, out=None):
     # Kingma & Ba 2015, Algorithm 1; AdamW: Loshchilov & Hutter 2019 (decay scaled by lr
     # as torch does); AMSGrad: Reddi et al. 2018 with torch's bias-corrected max.
     g = grad_scale * grad
@@ -51,7 +51,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
     param[...] = param - lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0, out=None):
     # Duchi et al. 2011, with torch's learning-rate decay lr / (1 + (t - 1) * decay).
     g = grad_scale * grad
     if weight_decay != 0:
@@ -63,7 +63,7 @@ def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, grad_scale, seed=0):
+            weight_decay, momentum, grad_scale, seed=0, out=None):
     # Hinton's lecture 6e; centered form of Graves 2013 (variance instead of second moment).
     g = grad_scale * grad
     if weight_decay != 0:

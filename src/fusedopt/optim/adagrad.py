@@ -48,7 +48,8 @@ class Adagrad(Optimizer):
         return (("sum", hyper[3]),)
 
     @classmethod
-    def _update(cls, impl, p, g, state, hyper, fresh, scale=1.0, seed=0):
+    def _update(cls, impl, p, g, state, hyper, fresh, scale=1.0, seed=0, out=None):
         lr, lr_decay, weight_decay, _, eps, maximize = hyper
         state["step"] = step = state["step"] + 1
-        impl.adagrad(p, g, state["sum"], step, lr, lr_decay, eps, weight_decay, -scale if maximize else scale, seed)
+        impl.adagrad(p, g, state["sum"], step, lr, lr_decay, eps, weight_decay,
+                     -scale if maximize else scale, seed, out)

@@ -54,9 +54,9 @@ class Adam(Optimizer):
         return ("exp_avg", 0.0), ("exp_avg_sq", 0.0)
 
     @classmethod
-    def _update(cls, impl, p, g, state, hyper, fresh, scale=1.0, seed=0):
+    def _update(cls, impl, p, g, state, hyper, fresh, scale=1.0, seed=0, out=None):
         lr, beta1, beta2, eps, weight_decay, amsgrad, maximize = hyper
         state["step"] = step = state["step"] + 1
         impl.adam(p, g, state["exp_avg"], state["exp_avg_sq"],
                   state["max_exp_avg_sq"] if amsgrad else None, step, lr, beta1, beta2,
-                  eps, weight_decay, cls._decoupled, -scale if maximize else scale, seed)
+                  eps, weight_decay, cls._decoupled, -scale if maximize else scale, seed, out)

@@ -56,9 +56,9 @@ class RMSprop(Optimizer):
         return tuple(spec)
 
     @classmethod
-    def _update(cls, impl, p, g, state, hyper, fresh, scale=1.0, seed=0):
+    def _update(cls, impl, p, g, state, hyper, fresh, scale=1.0, seed=0, out=None):
         lr, alpha, eps, weight_decay, momentum, centered, maximize = hyper
         state["step"] += 1
         impl.rmsprop(p, g, state["square_avg"], state["grad_avg"] if centered else None,
                      state["momentum_buffer"] if momentum > 0 else None, lr, alpha, eps,
-                     weight_decay, momentum, -scale if maximize else scale, seed)
+                     weight_decay, momentum, -scale if maximize else scale, seed, out)

@@ -58,9 +58,9 @@ class SGD(Optimizer):
         return (("momentum_buffer", 0.0),) if hyper[1] != 0 else ()
 
     @classmethod
-    def _update(cls, impl, p, g, state, hyper, fresh, scale=1.0, seed=0):
+    def _update(cls, impl, p, g, state, hyper, fresh, scale=1.0, seed=0, out=None):
         lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
         state["step"] += 1
         buf = state["momentum_buffer"] if momentum != 0 else None
         impl.sgd(p, g, buf, fresh, lr, momentum, dampening, weight_decay, nesterov,
-                 -scale if maximize else scale, seed)
+                 -scale if maximize else scale, seed, out)

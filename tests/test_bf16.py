@@ -225,10 +225,11 @@ def test_bf16_errors_change_nothing():
     with pytest.raises(ValueError, match="state_dtype: expected None, 'float32' or "
                        "'bfloat16', got 'float16'"):
         fusedopt.Adam([p32], state_dtype="float16")
-    with pytest.raises(ValueError, match="bfloat16 storage runs on the numba backend; "
-                       "backend 'numpy'"):
+    with pytest.raises(ValueError, match="state_dtype: bfloat16 state runs on the numba "
+                       "and cuda backends; backend 'numpy'"):
         fusedopt.Adam([p32], state_dtype="bfloat16", backend="numpy")
-    with pytest.raises(ValueError, match="bfloat16 storage runs on the numba backend"):
+    with pytest.raises(ValueError, match="params: bfloat16 parameters run on the numba "
+                       "backend; backend 'numpy'"):
         fusedopt.SGD([np.ones(4, BF16)], lr=0.1, backend="numpy")
     with pytest.raises(ValueError, match="some parameters are float64"):
         fusedopt.Adam([np.ones(4)], state_dtype="bfloat16")
@@ -334,7 +335,7 @@ def test_master_weights_errors_change_nothing():
         fusedopt.Adam([p32], master_weights=True)
     with pytest.raises(TypeError, match="master_weights: expected a bool"):
         fusedopt.Adam([np.ones(4, BF16)], master_weights="yes")
-    with pytest.raises(ValueError, match="bfloat16 storage runs on the numba backend"):
+    with pytest.raises(ValueError, match="bfloat16 parameters run on the numba backend"):
         fusedopt.Adam([np.ones(4, BF16)], master_weights=True, backend="numpy")
     p = np.ones(4, BF16)
     opt = fusedopt.Adam([p], lr=0.1, master_weights=True)

@@ -97,6 +97,60 @@ def test_matches_numpy_oracle(case, dtype):
                 assert relative_error(ours_sd["state"][i][key], value) <= tol, key
 
 
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_bf16_state_matches_the_numba_backend(case):
+    """state_dtype="bfloat16" on the device: the same rounding as the numba backend
+    (float32 math, round to nearest even on store). The two compilers may contract
+    multiply-adds differently, so a state element may differ by one bf16 step."""
+    name, kwargs = case
+    cls = ALGORITHMS[name][0]
+    rng = np.random.default_rng(11)
+    ref = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    dev = [cuda.to_device(p) for p in ref]
+    ours = cls(dev, **kwargs, state_dtype="bfloat16")
+    cpu = cls(ref, **kwargs, state_dtype="bfloat16", backend="numba")
+    for _ in range(STEPS):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+        ours.step([cuda.to_device(g) for g in grads])
+        cpu.step(grads)
+    for d, r in zip(dev, ref):
+        np.testing.assert_allclose(host(d), r, rtol=1e-3, atol=1e-4)
+    ours_sd, cpu_sd = ours.state_dict(), cpu.state_dict()
+    for i, st in cpu_sd["state"].items():
+        assert set(ours_sd["state"][i]) == set(st)
+        for key, value in st.items():
+            if key != "step":
+                assert ours_sd["state"][i][key].dtype == value.dtype  # bfloat16
+                np.testing.assert_allclose(ours_sd["state"][i][key].astype(np.float32),
+                                           value.astype(np.float32), rtol=2 ** -7,
+                                           atol=1e-6)
+    for st in ours.state.values():  # on the device: 2 bytes per element
+        assert all(v.dtype == np.uint16 for k, v in st.items() if k != "step")
+
+
+def test_bf16_state_resumes_on_the_device_and_refuses_bf16_params():
+    rng = np.random.default_rng(12)
+    p = rng.standard_normal(40).astype(np.float32)
+    grads = [rng.standard_normal(40).astype(np.float32) for _ in range(6)]
+    dev = cuda.to_device(p)
+    opt = fusedopt.Adam([dev], lr=0.01, state_dtype="bfloat16")
+    for g in grads[:3]:
+        opt.step([cuda.to_device(g)])
+    sd = opt.state_dict()
+    saved = {k: (v if k == "step" else v.copy()) for k, v in sd["state"][0].items()}
+    again_dev = cuda.to_device(host(dev))
+    for g in grads[3:]:
+        opt.step([cuda.to_device(g)])
+    again = fusedopt.Adam([again_dev], lr=0.01, state_dtype="bfloat16")
+    again.load_state_dict({"state": {0: saved}, "param_groups": sd["param_groups"]})
+    for g in grads[3:]:
+        again.step([cuda.to_device(g)])
+    np.testing.assert_array_equal(host(again_dev), host(dev))
+    with pytest.raises(ValueError, match="bfloat16 state is for float32 or bfloat16 "
+                       "parameters, and some parameters are float64"):
+        fusedopt.Adam([cuda.to_device(np.ones(4))], state_dtype="bfloat16")
+
+
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_functional_step_matches_oracle(name):
     rng = np.random.default_rng(3)
@@ -309,7 +363,8 @@ def _has_nvvm() -> bool:
                     "nvidia-nvvm nvidia-cuda-nvrtc); .ci/run installs them")
 def test_kernels_compile_for_the_gpu_in_their_dtype():
     """The real CUDA target (not the simulator) types and compiles every kernel, for
-    float32 and float64, and a float32 kernel does no float64 arithmetic. Needs
+    float32, float64 and bf16 state (uint16 bits beside float32 parameters), and a
+    float32 kernel does no float64 arithmetic. Needs
     NVVM (the ``nvidia-nvvm`` wheel or a CUDA toolkit), not a GPU."""
     code = r"""
 import re, types
@@ -321,14 +376,14 @@ from numba.core import types as nt
 d.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
 from fusedopt.backends import cuda_kernels as k
 f, b = float64, boolean
-for dt in (float32, float64):
-    A = nt.Array(dt, 1, "C")
+for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
+    A, S = nt.Array(dt, 1, "C"), nt.Array(st, 1, "C")  # S: state (uint16: bf16 bits)
     sigs = {
-        k._fill: (A, f), k._sgd: (A, A, f, f, b, f),
-        k._sgd_momentum: (A, A, A, f, f, f, f, b, b, f),
-        k._adam: (A,) * 5 + (f,) * 8 + (b, b, b, f),
-        k._adagrad: (A, A, A, f, f, f, b, f),
-        k._rmsprop: (A,) * 5 + (f,) * 6 + (b, b, b, f),
+        k._fill: (S, f), k._sgd: (A, A, f, f, b, f),
+        k._sgd_momentum: (A, A, S, f, f, f, f, b, b, f),
+        k._adam: (A, A) + (S,) * 3 + (f,) * 8 + (b, b, b, f),
+        k._adagrad: (A, A, S, f, f, f, b, f),
+        k._rmsprop: (A, A) + (S,) * 3 + (f,) * 6 + (b, b, b, f),
         k._grad_stats: (A, nt.Array(float64, 1, "C")),
     }
     assert set(sigs) == set(k.KERNELS)
@@ -354,7 +409,8 @@ def test_gpu_bench_reports_every_provider(tmp_path, capsys):
     assert cli.main(["--device", "cuda", "--sizes", "64", "--rounds", "2",
                      "--json", str(tmp_path / "g.json")]) == 0
     out = capsys.readouterr().out
-    assert "| 64 | fusedopt-cuda |" in out and "| 64 | copy |" in out
+    assert "| 64 | fusedopt-cuda | 28 |" in out and "| 64 | copy | 28 |" in out
+    assert "| 64 | fusedopt-cuda-bf16-state | 20 |" in out
     rows = json.loads((tmp_path / "g.json").read_text())["rows"]
     by = {r["provider"]: r for r in rows}
     assert by["copy"]["copy_fraction"] == pytest.approx(1.0)

@@ -139,12 +139,17 @@ def f32_to_bf16_stochastic(x, seed, i):
     return quiet if x != x else rounded
 
 
+# load and store also run as plain Python under Numba's CUDA simulator: their bodies
+# convert with ml_dtypes (round to nearest even too), compiled code uses the overloads.
+
 def load(a, i):
     """Element ``i`` of ``a`` in compute precision (bf16 bits -> float32)."""
+    if a.dtype == np.uint16:
+        return np.array(a[i], np.uint16).view(_bf16()).astype(np.float32)[()]
     return a[i]
 
 
-@overload(load)
+@overload(load, target="generic")
 def _load_impl(a, i):
     if a.dtype == types.uint16:
         return lambda a, i: bf16_to_f32(a[i])
@@ -153,10 +158,17 @@ def _load_impl(a, i):
 
 def store(a, i, x):
     """``a[i] = x``, rounding to nearest even into bf16 storage."""
+    if a.dtype == np.uint16:
+        x = np.array(x, np.float32).astype(_bf16()).view(np.uint16)[()]
     a[i] = x
 
 
-@overload(store)
+def _bf16():
+    from ml_dtypes import bfloat16
+    return bfloat16
+
+
+@overload(store, target="generic")
 def _store_impl(a, i, x):
     if a.dtype == types.uint16:
         def impl(a, i, x):
@@ -177,7 +189,7 @@ def store_param(a, i, x, seed, out):
         out[i] = x
 
 
-@overload(store_param)
+@overload(store_param, target="generic")
 def _store_param_impl(a, i, x, seed, out):
     if a.dtype == types.uint16:
         def write(a, i, x, seed):

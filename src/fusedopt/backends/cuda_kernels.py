@@ -2,7 +2,8 @@
 
 Importable without a GPU (``tests/test_cuda.py`` compiles them to PTX to check the
 types); ``numba_cuda`` launches them. Every kernel casts its scalars to the array
-dtype first, so a float32 kernel stays float32.
+dtype first, so a float32 kernel stays float32. State goes through ``lowbit.load``
+and ``store``, so it may be bf16 bits (uint16) beside float32 parameters.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 from numba import cuda
 
 from .. import _device, rules
+from ..lowbit import load, store
 from ..rules import cast_like
 
 _jit = cuda.jit(cache=not _device.simulated())
@@ -20,7 +22,7 @@ _jit = cuda.jit(cache=not _device.simulated())
 def _fill(a, value):
     value = cast_like(value, a)
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
-        a[i] = value
+        store(a, i, value)
 
 
 @_jit
@@ -40,8 +42,9 @@ def _sgd_momentum(p, g, buf, lr, weight_decay, momentum, buf_grad_scale,
     lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
     momentum, buf_grad_scale = cast_like(momentum, p), cast_like(buf_grad_scale, p)
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        p[i], buf[i] = rules.sgd(p[i], g[i], buf[i], lr, weight_decay, momentum,
-                                 buf_grad_scale, decay, True, nesterov, grad_scale)
+        p[i], b = rules.sgd(p[i], g[i], load(buf, i), lr, weight_decay, momentum,
+                            buf_grad_scale, decay, True, nesterov, grad_scale)
+        store(buf, i, b)
 
 
 @_jit
@@ -54,13 +57,15 @@ def _adam(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
     param_scale, zero = cast_like(param_scale, p), cast_like(0.0, p)
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        vm = vmax[i] if amsgrad else zero
-        p[i], m[i], v[i], vm = rules.adam(
-            p[i], g[i], m[i], v[i], vm, beta1c, beta2, beta2c, step_size,
+        vm = load(vmax, i) if amsgrad else zero
+        p[i], m_, v_, vm = rules.adam(
+            p[i], g[i], load(m, i), load(v, i), vm, beta1c, beta2, beta2c, step_size,
             inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, amsgrad,
             grad_scale)
+        store(m, i, m_)
+        store(v, i, v_)
         if amsgrad:
-            vmax[i] = vm
+            store(vmax, i, vm)
 
 
 @_jit
@@ -68,8 +73,9 @@ def _adagrad(p, g, acc, clr, eps, weight_decay, decay, grad_scale):
     grad_scale = cast_like(grad_scale, p)
     clr, eps, weight_decay = cast_like(clr, p), cast_like(eps, p), cast_like(weight_decay, p)
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        p[i], acc[i] = rules.adagrad(p[i], g[i], acc[i], clr, eps, weight_decay,
-                                     decay, grad_scale)
+        p[i], a = rules.adagrad(p[i], g[i], load(acc, i), clr, eps, weight_decay,
+                                decay, grad_scale)
+        store(acc, i, a)
 
 
 @_jit
@@ -80,15 +86,16 @@ def _rmsprop(p, g, sq, gavg, buf, lr, alpha, alphac, eps, weight_decay, momentum
     eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
     momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        mu = gavg[i] if centered else zero
-        b = buf[i] if has_momentum else zero
-        p[i], sq[i], mu, b = rules.rmsprop(
-            p[i], g[i], sq[i], mu, b, lr, alpha, alphac, eps, weight_decay, momentum,
-            decay, centered, has_momentum, grad_scale)
+        mu = load(gavg, i) if centered else zero
+        b = load(buf, i) if has_momentum else zero
+        p[i], s, mu, b = rules.rmsprop(
+            p[i], g[i], load(sq, i), mu, b, lr, alpha, alphac, eps, weight_decay,
+            momentum, decay, centered, has_momentum, grad_scale)
+        store(sq, i, s)
         if centered:
-            gavg[i] = mu
+            store(gavg, i, mu)
         if has_momentum:
-            buf[i] = b
+            store(buf, i, b)
 
 
 @_jit

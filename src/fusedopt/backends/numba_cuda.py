@@ -113,6 +113,10 @@ def grad_stats(grad, parallel=True):
     return float(sumsq), int(bad)
 
 
+#: bf16 storage (uint16 bits) for state beside float32 parameters (``lowbit``)
+BF16 = ("state",)
+
+
 def fill(a, value: float) -> None:
     _launch(_fill, a.size)(a, float(value))
 

@@ -13,11 +13,13 @@ arrays with raw hyperparameters (see ``numpy_ref`` for the plainest statement):
 
 Optional state is ``None`` when the option that needs it is off (amsgrad, momentum,
 centered). ``grad_scale`` multiplies the gradient before anything else: -1.0 for
-maximize, times a clipping coefficient. Every function also takes ``seed=0`` and
-``out=None``, used on backends with ``BF16 = True`` only (the others are never handed
-bf16 arrays): ``seed`` drives stochastic rounding into bf16 parameters, and ``out``,
-with master weights, is the bf16 parameter that receives the float32 ``param`` (its
-master copy) rounded to nearest even. And one reduction:
+maximize, times a clipping coefficient. A backend's ``BF16`` tuple says which arrays
+may be bf16 bits (uint16): "state" (beside float32 parameters), "params" (bf16
+parameters and gradients); the others are never handed any. Every function also
+takes ``seed=0`` and ``out=None``, used with "params" only: ``seed`` drives
+stochastic rounding into bf16 parameters, and ``out``, with master weights, is the
+bf16 parameter that receives the float32 ``param`` (its master copy) rounded to
+nearest even. And one reduction:
 
     grad_stats(grad, parallel) -> (sum of squares in float64, count of non-finite)
 

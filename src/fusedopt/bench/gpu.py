@@ -1,11 +1,12 @@
-"""``fusedopt-bench --device cuda``: Adam float32 steps on the GPU.
+"""``fusedopt-bench --device cuda``: Adam steps on float32 parameters on the GPU.
 
 Providers: ``fusedopt-cuda`` (the ``cuda`` backend on Numba device arrays),
+``fusedopt-cuda-bf16-state`` (the same with ``state_dtype="bfloat16"``),
 ``torch-fused`` (``torch.optim.Adam(fused=True)`` on CUDA tensors, when torch has
 CUDA) and ``copy``, a device-to-device copy, which sets the bandwidth ceiling. Each
-row gives the effective bandwidth of a step at 28 bytes per element (read p, g, m,
-v; write p, m, v) and its fraction of the measured copy bandwidth (a copy of B bytes
-moves 2B). Timing: the device is synchronised around a batch of steps, and the
+row gives the effective bandwidth of a step at its bytes per element (float32
+state: read p, g, m, v and write p, m, v, 28 bytes; bf16 state: 20) and its
+fraction of the measured copy bandwidth (a copy of B bytes moves 2B). Timing: the device is synchronised around a batch of steps, and the
 median over rounds of (batch time / batch size) is reported.
 """
 
@@ -18,9 +19,10 @@ from typing import Callable
 import numpy as np
 
 ADAM_BYTES = 28  # float32 Adam: 4 reads + 3 writes of 4 bytes
+BYTES = {"fusedopt-cuda-bf16-state": 20}  # the others: ADAM_BYTES
 
 
-def _fusedopt(n: int) -> Callable[[], None]:
+def _fusedopt(n: int, state_dtype: str | None = None) -> Callable[[], None]:
     from numba import cuda
 
     import fusedopt
@@ -28,7 +30,7 @@ def _fusedopt(n: int) -> Callable[[], None]:
     rng = np.random.default_rng(0)
     p = cuda.to_device(rng.standard_normal(n, dtype=np.float32))
     g = cuda.to_device(rng.standard_normal(n, dtype=np.float32))
-    opt = fusedopt.Adam([p], lr=1e-3, backend="cuda")
+    opt = fusedopt.Adam([p], lr=1e-3, backend="cuda", state_dtype=state_dtype)
     return lambda: opt.step([g])
 
 
@@ -51,7 +53,9 @@ def _copy(n: int) -> Callable[[], None]:
     return lambda: dst.copy_to_device(src)  # reads and writes n * 28 bytes
 
 
-PROVIDERS = {"fusedopt-cuda": _fusedopt, "torch-fused": _torch, "copy": _copy}
+PROVIDERS = {"fusedopt-cuda": _fusedopt,
+             "fusedopt-cuda-bf16-state": lambda n: _fusedopt(n, "bfloat16"),
+             "torch-fused": _torch, "copy": _copy}
 
 
 def _sync() -> None:
@@ -68,8 +72,8 @@ def _sync() -> None:
 
 def measure(sizes: list[int], rounds: int = 20, batch: int = 10,
             skipped: dict[str, str] | None = None) -> list[dict]:
-    """One row per (size, provider): seconds per step, GB/s at 28 B/element, and
-    the fraction of the copy's bandwidth. Providers that cannot run go to
+    """One row per (size, provider): seconds per step, GB/s at its bytes per
+    element, and the fraction of the copy's bandwidth. Providers that cannot run go to
     ``skipped`` with the reason."""
     skipped = {} if skipped is None else skipped
     rows = []
@@ -92,24 +96,27 @@ def measure(sizes: list[int], rounds: int = 20, batch: int = 10,
                 samples[name].append((time.perf_counter() - t) / batch)
         t_copy = median(samples["copy"]) if "copy" in samples else None
         for name, s in samples.items():
-            t = median(s)
+            t, nbytes = median(s), BYTES.get(name, ADAM_BYTES)
             rows.append({"provider": name, "n": n, "seconds_per_step": t,
-                         "gb_per_second": ADAM_BYTES * n / t / 1e9,
-                         "copy_fraction": t_copy / t if t_copy else None,
+                         "bytes_per_element": nbytes,
+                         "gb_per_second": nbytes * n / t / 1e9,
+                         "copy_fraction": (t_copy * nbytes / ADAM_BYTES / t if t_copy
+                                           else None),
                          "rounds": len(s)})
         del steps
     return rows
 
 
 def markdown(rows: list[dict], device: str) -> str:
-    lines = [f"Adam float32 on {device}, 28 B/element",
-             "", "| n | provider | us/step | GB/s | of copy bandwidth | vs torch-fused |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"Adam on float32 parameters, {device}",
+             "", "| n | provider | B/elem | us/step | GB/s | of copy bandwidth "
+             "| vs torch-fused |", "|---|---|---|---|---|---|---|"]
     torch_t = {r["n"]: r["seconds_per_step"] for r in rows if r["provider"] == "torch-fused"}
     for r in rows:
         vs = (f"{torch_t[r['n']] / r['seconds_per_step']:.2f}x" if r["n"] in torch_t
               else "-")
         frac = f"{r['copy_fraction']:.2f}" if r["copy_fraction"] else "-"
-        lines.append(f"| {r['n']:,} | {r['provider']} | {r['seconds_per_step'] * 1e6:.1f} "
+        lines.append(f"| {r['n']:,} | {r['provider']} | {r['bytes_per_element']} "
+                     f"| {r['seconds_per_step'] * 1e6:.1f} "
                      f"| {r['gb_per_second']:.0f} | {frac} | {vs} |")
     return "\n".join(lines)

@@ -146,10 +146,14 @@ class Optimizer:
                 raise ValueError("state_dtype: 'float32' state is for bfloat16 "
                                  f"parameters; these are {sorted(map(str, dtypes))}")
             return (None if state_dtype is None else np.dtype(state_dtype)), int(seed)
-        if not getattr(self._impl, "BF16", False):
-            raise ValueError(f"state_dtype/params: bfloat16 storage runs on the numba "
-                             f"backend; backend {self.backend!r} keeps float32/float64 "
+        kinds = getattr(self._impl, "BF16", ())
+        if state_dtype == "bfloat16" and "state" not in kinds:
+            raise ValueError("state_dtype: bfloat16 state runs on the numba and cuda "
+                             f"backends; backend {self.backend!r} keeps float32/float64 "
                              "only")
+        if np.dtype(np.uint16) in dtypes and "params" not in kinds:
+            raise ValueError("params: bfloat16 parameters run on the numba backend; "
+                             f"backend {self.backend!r} updates float32/float64 only")
         if np.dtype(np.float64) in dtypes:
             raise ValueError("state_dtype: bfloat16 state is for float32 or bfloat16 "
                              "parameters, and some parameters are float64")
@@ -159,7 +163,7 @@ class Optimizer:
     def _new_state(self, flat, init: float):
         """A state array for the kernel view ``flat``, in the state dtype."""
         if self._space is _device:
-            return _device.full_like(flat, init)
+            return _device.full_like(flat, init, self._state_dtype_of(flat))
         return _checks.full_like(flat, init, self._state_dtype_of(flat))
 
     def _mastered(self, flat) -> bool:

@@ -1,7 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, embedsignature=True
 """Cython kernels: the loops of fusedopt.backends.numba_cpu around the rules of
-kernels/rules.pxd (the mirror of fusedopt/rules.py), over float32 or float64 arrays.
+kernels/rules.pxd (the mirror of fusedopt/rules.py), over float32 or float64 arrays;
+state may also be bf16 bits (uint16) beside float32 parameters, read and written
+through kernels/lowbit.pxd (the mirror of fusedopt/lowbit.py).
 
 This file is compiled once per instruction-set level (baseline x86-64, x86-64-v3,
 x86-64-v4) as separate extension modules; ``cpu_level()`` here, compiled for the
@@ -24,6 +26,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 cimport rules
+from lowbit cimport load, state_t, store
+from libc.stdint cimport uint16_t
 from libc.float cimport DBL_MAX
 from libc.math cimport fabs
 
@@ -70,6 +74,11 @@ cdef inline bint is_float32(object a):
     return cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32
 
 
+cdef inline bint is_bf16(object a):
+    """bf16 state: uint16 bits (beside float32 parameters)."""
+    return a is not None and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_UINT16
+
+
 # -- spans: one serial loop per state layout --------------------------------------
 
 cdef void _sgd(floating* p, floating* g, Py_ssize_t lo, Py_ssize_t hi, floating lr,
@@ -81,101 +90,121 @@ cdef void _sgd(floating* p, floating* g, Py_ssize_t lo, Py_ssize_t hi, floating 
                             False, grad_scale)
 
 
-cdef void _sgd_momentum(floating* p, floating* g, floating* buf, Py_ssize_t lo,
+cdef void _sgd_momentum(floating* p, floating* g, state_t* buf, Py_ssize_t lo,
                         Py_ssize_t hi, floating lr, floating weight_decay,
                         floating momentum, floating buf_grad_scale, bint decay,
                         bint nesterov, floating grad_scale) noexcept nogil:
+    cdef floating b
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        p[i], buf[i] = rules.sgd(p[i], g[i], buf[i], lr, weight_decay, momentum,
-                                 buf_grad_scale, decay, True, nesterov, grad_scale)
+        p[i], b = rules.sgd(p[i], g[i], load(buf, i, lr), lr, weight_decay, momentum,
+                            buf_grad_scale, decay, True, nesterov, grad_scale)
+        store(buf, i, b)
 
 
-cdef void _adam(floating* p, floating* g, floating* m, floating* v, Py_ssize_t lo,
+cdef void _adam(floating* p, floating* g, state_t* m, state_t* v, Py_ssize_t lo,
                 Py_ssize_t hi, floating beta1c, floating beta2, floating beta2c,
                 floating step_size, floating inv_sqrt_bc2, floating eps,
                 floating weight_decay, floating param_scale, bint decay, bint decoupled,
                 floating grad_scale) noexcept nogil:
-    cdef floating zero = 0, w
+    cdef floating zero = 0, m_, v_, w
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        p[i], m[i], v[i], w = rules.adam(
-            p[i], g[i], m[i], v[i], zero, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2,
-            eps, weight_decay, param_scale, decay, decoupled, False, grad_scale)
+        p[i], m_, v_, w = rules.adam(
+            p[i], g[i], load(m, i, zero), load(v, i, zero), zero, beta1c, beta2, beta2c,
+            step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled,
+            False, grad_scale)
+        store(m, i, m_)
+        store(v, i, v_)
 
 
-cdef void _adam_amsgrad(floating* p, floating* g, floating* m, floating* v,
-                        floating* vmax, Py_ssize_t lo, Py_ssize_t hi, floating beta1c,
+cdef void _adam_amsgrad(floating* p, floating* g, state_t* m, state_t* v,
+                        state_t* vmax, Py_ssize_t lo, Py_ssize_t hi, floating beta1c,
                         floating beta2, floating beta2c, floating step_size,
                         floating inv_sqrt_bc2, floating eps, floating weight_decay,
                         floating param_scale, bint decay, bint decoupled,
                         floating grad_scale) noexcept nogil:
+    cdef floating m_, v_, w
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        p[i], m[i], v[i], vmax[i] = rules.adam(
-            p[i], g[i], m[i], v[i], vmax[i], beta1c, beta2, beta2c, step_size,
-            inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True,
-            grad_scale)
+        p[i], m_, v_, w = rules.adam(
+            p[i], g[i], load(m, i, eps), load(v, i, eps), load(vmax, i, eps), beta1c,
+            beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale,
+            decay, decoupled, True, grad_scale)
+        store(m, i, m_)
+        store(v, i, v_)
+        store(vmax, i, w)
 
 
-cdef void _adagrad(floating* p, floating* g, floating* acc, Py_ssize_t lo,
+cdef void _adagrad(floating* p, floating* g, state_t* acc, Py_ssize_t lo,
                    Py_ssize_t hi, floating clr, floating eps, floating weight_decay,
                    bint decay, floating grad_scale) noexcept nogil:
+    cdef floating a
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        p[i], acc[i] = rules.adagrad(p[i], g[i], acc[i], clr, eps, weight_decay, decay,
-                                     grad_scale)
+        p[i], a = rules.adagrad(p[i], g[i], load(acc, i, eps), clr, eps, weight_decay,
+                                decay, grad_scale)
+        store(acc, i, a)
 
 
-cdef void _rmsprop(floating* p, floating* g, floating* sq, floating* gavg,
-                   floating* buf, Py_ssize_t lo, Py_ssize_t hi, floating lr,
+cdef void _rmsprop(floating* p, floating* g, state_t* sq, state_t* gavg,
+                   state_t* buf, Py_ssize_t lo, Py_ssize_t hi, floating lr,
                    floating alpha, floating alphac, floating eps, floating weight_decay,
                    floating momentum, bint decay, floating grad_scale) noexcept nogil:
-    cdef floating zero = 0, a, b
+    cdef floating zero = 0, s, a, b
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        p[i], sq[i], a, b = rules.rmsprop(
-            p[i], g[i], sq[i], zero, zero, lr, alpha, alphac, eps, weight_decay,
-            momentum, decay, False, False, grad_scale)
+        p[i], s, a, b = rules.rmsprop(
+            p[i], g[i], load(sq, i, zero), zero, zero, lr, alpha, alphac, eps,
+            weight_decay, momentum, decay, False, False, grad_scale)
+        store(sq, i, s)
 
 
-cdef void _rmsprop_centered(floating* p, floating* g, floating* sq, floating* gavg,
-                            floating* buf, Py_ssize_t lo, Py_ssize_t hi, floating lr,
+cdef void _rmsprop_centered(floating* p, floating* g, state_t* sq, state_t* gavg,
+                            state_t* buf, Py_ssize_t lo, Py_ssize_t hi, floating lr,
                             floating alpha, floating alphac, floating eps,
                             floating weight_decay, floating momentum, bint decay,
                             floating grad_scale) noexcept nogil:
-    cdef floating zero = 0, b
+    cdef floating zero = 0, s, a, b
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        p[i], sq[i], gavg[i], b = rules.rmsprop(
-            p[i], g[i], sq[i], gavg[i], zero, lr, alpha, alphac, eps, weight_decay,
-            momentum, decay, True, False, grad_scale)
+        p[i], s, a, b = rules.rmsprop(
+            p[i], g[i], load(sq, i, zero), load(gavg, i, zero), zero, lr, alpha, alphac,
+            eps, weight_decay, momentum, decay, True, False, grad_scale)
+        store(sq, i, s)
+        store(gavg, i, a)
 
 
-cdef void _rmsprop_momentum(floating* p, floating* g, floating* sq, floating* gavg,
-                            floating* buf, Py_ssize_t lo, Py_ssize_t hi, floating lr,
+cdef void _rmsprop_momentum(floating* p, floating* g, state_t* sq, state_t* gavg,
+                            state_t* buf, Py_ssize_t lo, Py_ssize_t hi, floating lr,
                             floating alpha, floating alphac, floating eps,
                             floating weight_decay, floating momentum, bint decay,
                             floating grad_scale) noexcept nogil:
-    cdef floating zero = 0, a
+    cdef floating zero = 0, s, a, b
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        p[i], sq[i], a, buf[i] = rules.rmsprop(
-            p[i], g[i], sq[i], zero, buf[i], lr, alpha, alphac, eps, weight_decay,
-            momentum, decay, False, True, grad_scale)
+        p[i], s, a, b = rules.rmsprop(
+            p[i], g[i], load(sq, i, zero), zero, load(buf, i, zero), lr, alpha, alphac,
+            eps, weight_decay, momentum, decay, False, True, grad_scale)
+        store(sq, i, s)
+        store(buf, i, b)
 
 
-cdef void _rmsprop_centered_momentum(floating* p, floating* g, floating* sq,
-                                     floating* gavg, floating* buf, Py_ssize_t lo,
+cdef void _rmsprop_centered_momentum(floating* p, floating* g, state_t* sq,
+                                     state_t* gavg, state_t* buf, Py_ssize_t lo,
                                      Py_ssize_t hi, floating lr, floating alpha,
                                      floating alphac, floating eps,
                                      floating weight_decay, floating momentum,
                                      bint decay, floating grad_scale) noexcept nogil:
+    cdef floating s, a, b
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        p[i], sq[i], gavg[i], buf[i] = rules.rmsprop(
-            p[i], g[i], sq[i], gavg[i], buf[i], lr, alpha, alphac, eps, weight_decay,
-            momentum, decay, True, True, grad_scale)
+        p[i], s, a, b = rules.rmsprop(
+            p[i], g[i], load(sq, i, eps), load(gavg, i, eps), load(buf, i, eps), lr,
+            alpha, alphac, eps, weight_decay, momentum, decay, True, True, grad_scale)
+        store(sq, i, s)
+        store(gavg, i, a)
+        store(buf, i, b)
 
 
 # -- drivers: the spans, one per OpenMP thread (one in all for small arrays) -------
@@ -191,7 +220,7 @@ cdef inline Py_ssize_t _chunk(Py_ssize_t n, Py_ssize_t threads) noexcept nogil:
     return ((n + threads - 1) // threads + 15) // 16 * 16
 
 
-cdef void _sgd_drive(floating* p, floating* g, floating* buf, Py_ssize_t n,
+cdef void _sgd_drive(floating* p, floating* g, state_t* buf, Py_ssize_t n,
                         Py_ssize_t threads, floating lr, floating weight_decay,
                         floating momentum, floating scale, bint decay, bint nesterov,
                         floating grad_scale) noexcept nogil:
@@ -205,8 +234,8 @@ cdef void _sgd_drive(floating* p, floating* g, floating* buf, Py_ssize_t n,
                           momentum, scale, decay, nesterov, grad_scale)
 
 
-cdef void _adam_drive(floating* p, floating* g, floating* m, floating* v,
-                         floating* vmax, Py_ssize_t n, Py_ssize_t threads,
+cdef void _adam_drive(floating* p, floating* g, state_t* m, state_t* v,
+                         state_t* vmax, Py_ssize_t n, Py_ssize_t threads,
                          floating beta1c, floating beta2, floating beta2c,
                          floating step_size, floating inv_sqrt_bc2, floating eps,
                          floating weight_decay, floating param_scale, bint decay,
@@ -223,7 +252,7 @@ cdef void _adam_drive(floating* p, floating* g, floating* m, floating* v,
                           param_scale, decay, decoupled, grad_scale)
 
 
-cdef void _adagrad_drive(floating* p, floating* g, floating* acc, Py_ssize_t n,
+cdef void _adagrad_drive(floating* p, floating* g, state_t* acc, Py_ssize_t n,
                             Py_ssize_t threads, floating clr, floating eps,
                             floating weight_decay, bint decay,
                             floating grad_scale) noexcept nogil:
@@ -233,8 +262,8 @@ cdef void _adagrad_drive(floating* p, floating* g, floating* acc, Py_ssize_t n,
                  decay, grad_scale)
 
 
-cdef inline void _rmsprop_layout(floating* p, floating* g, floating* sq, floating* gavg,
-                                 floating* buf, Py_ssize_t lo, Py_ssize_t hi,
+cdef inline void _rmsprop_layout(floating* p, floating* g, state_t* sq, state_t* gavg,
+                                 state_t* buf, Py_ssize_t lo, Py_ssize_t hi,
                                  floating lr, floating alpha, floating alphac,
                                  floating eps, floating weight_decay,
                                  floating momentum, bint decay,
@@ -254,8 +283,8 @@ cdef inline void _rmsprop_layout(floating* p, floating* g, floating* sq, floatin
                                    weight_decay, momentum, decay, grad_scale)
 
 
-cdef void _rmsprop_drive(floating* p, floating* g, floating* sq, floating* gavg,
-                            floating* buf, Py_ssize_t n, Py_ssize_t threads,
+cdef void _rmsprop_drive(floating* p, floating* g, state_t* sq, state_t* gavg,
+                            state_t* buf, Py_ssize_t n, Py_ssize_t threads,
                             floating lr, floating alpha, floating alphac,
                             floating eps, floating weight_decay, floating momentum,
                             bint decay, floating grad_scale) noexcept nogil:
@@ -283,9 +312,13 @@ def sgd(p, g, buf, double lr, double weight_decay, double momentum,
     cdef void* pp = data(p)
     cdef void* gp = data(g)
     cdef void* bp = data(buf)
-    cdef bint f32 = is_float32(p)
+    cdef bint f32 = is_float32(p), bf16 = is_bf16(buf)
     with nogil:
-        if f32:
+        if bf16:
+            _sgd_drive(<float*>pp, <float*>gp, <uint16_t*>bp, n, t, <float>lr,
+                          <float>weight_decay, <float>momentum, <float>buf_grad_scale,
+                          decay, nesterov, <float>grad_scale)
+        elif f32:
             _sgd_drive(<float*>pp, <float*>gp, <float*>bp, n, t, <float>lr,
                           <float>weight_decay, <float>momentum, <float>buf_grad_scale,
                           decay, nesterov, <float>grad_scale)
@@ -303,9 +336,15 @@ def adam(p, g, m, v, vmax, double beta1c, double beta2, double beta2c,
     cdef void* mp = data(m)
     cdef void* vp = data(v)
     cdef void* wp = data(vmax)
-    cdef bint f32 = is_float32(p)
+    cdef bint f32 = is_float32(p), bf16 = is_bf16(m)
     with nogil:
-        if f32:
+        if bf16:
+            _adam_drive(<float*>pp, <float*>gp, <uint16_t*>mp, <uint16_t*>vp,
+                           <uint16_t*>wp, n, t, <float>beta1c, <float>beta2,
+                           <float>beta2c, <float>step_size, <float>inv_sqrt_bc2,
+                           <float>eps, <float>weight_decay, <float>param_scale, decay,
+                           decoupled, <float>grad_scale)
+        elif f32:
             _adam_drive(<float*>pp, <float*>gp, <float*>mp, <float*>vp, <float*>wp, n,
                            t, <float>beta1c, <float>beta2, <float>beta2c,
                            <float>step_size, <float>inv_sqrt_bc2, <float>eps,
@@ -324,9 +363,12 @@ def adagrad(p, g, acc, double clr, double eps, double weight_decay, bint decay,
     cdef void* pp = data(p)
     cdef void* gp = data(g)
     cdef void* ap = data(acc)
-    cdef bint f32 = is_float32(p)
+    cdef bint f32 = is_float32(p), bf16 = is_bf16(acc)
     with nogil:
-        if f32:
+        if bf16:
+            _adagrad_drive(<float*>pp, <float*>gp, <uint16_t*>ap, n, t, <float>clr,
+                              <float>eps, <float>weight_decay, decay, <float>grad_scale)
+        elif f32:
             _adagrad_drive(<float*>pp, <float*>gp, <float*>ap, n, t, <float>clr,
                               <float>eps, <float>weight_decay, decay, <float>grad_scale)
         else:
@@ -343,9 +385,14 @@ def rmsprop(p, g, sq, gavg, buf, double lr, double alpha, double alphac, double 
     cdef void* sp = data(sq)
     cdef void* ap = data(gavg)
     cdef void* bp = data(buf)
-    cdef bint f32 = is_float32(p)
+    cdef bint f32 = is_float32(p), bf16 = is_bf16(sq)
     with nogil:
-        if f32:
+        if bf16:
+            _rmsprop_drive(<float*>pp, <float*>gp, <uint16_t*>sp, <uint16_t*>ap,
+                              <uint16_t*>bp, n, t, <float>lr, <float>alpha,
+                              <float>alphac, <float>eps, <float>weight_decay,
+                              <float>momentum, decay, <float>grad_scale)
+        elif f32:
             _rmsprop_drive(<float*>pp, <float*>gp, <float*>sp, <float*>ap,
                               <float*>bp, n, t, <float>lr, <float>alpha, <float>alphac,
                               <float>eps, <float>weight_decay, <float>momentum, decay,

@@ -225,12 +225,15 @@ def test_bf16_errors_change_nothing():
     with pytest.raises(ValueError, match="state_dtype: expected None, 'float32' or "
                        "'bfloat16', got 'float16'"):
         fusedopt.Adam([p32], state_dtype="float16")
-    with pytest.raises(ValueError, match="state_dtype: bfloat16 state runs on the numba "
-                       "and cuda backends; backend 'numpy'"):
+    with pytest.raises(ValueError, match="state_dtype: bfloat16 state runs on the numba, "
+                       "cuda and cython backends; backend 'numpy'"):
         fusedopt.Adam([p32], state_dtype="bfloat16", backend="numpy")
     with pytest.raises(ValueError, match="params: bfloat16 parameters run on the numba "
                        "backend; backend 'numpy'"):
         fusedopt.SGD([np.ones(4, BF16)], lr=0.1, backend="numpy")
+    with pytest.raises(ValueError, match="params: bfloat16 parameters run on the numba "
+                       "backend; backend 'cython'"):
+        fusedopt.SGD([np.ones(4, BF16)], lr=0.1, backend="cython")
     with pytest.raises(ValueError, match="some parameters are float64"):
         fusedopt.Adam([np.ones(4)], state_dtype="bfloat16")
     with pytest.raises(ValueError, match="seed: expected an int >= 0"):

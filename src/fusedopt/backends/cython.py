@@ -72,5 +72,9 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
                weight_decay != 0.0, grad_scale, par)
 
 
+#: bf16 storage (uint16 bits) for state beside float32 parameters (kernels/lowbit.pxd)
+BF16 = ("state",)
+
+
 def grad_stats(grad, parallel):
     return _k.grad_stats(grad, parallel)

@@ -53,8 +53,9 @@ class Optimizer:
       the default stream. May be reassigned between steps.
     - ``state_dtype``: None (the parameters' dtype), "bfloat16" (state stored in
       bf16, math in float32, rounded to nearest even on store: Adam moves 20 bytes
-      per element instead of 28) or "float32" (with bf16 parameters). bf16 runs on the
-      numba backend, for float32 or bfloat16 parameters.
+      per element instead of 28) or "float32" (with bf16 parameters). bf16 state runs
+      on the numba, cython and cuda backends beside float32 parameters; bfloat16
+      parameters on the numba backend.
     - ``seed``: bfloat16 parameters (``ml_dtypes.bfloat16`` arrays) are updated with
       stochastic rounding; its random bits are a function of (seed, step, parameter
       index, element index) only, so runs are reproducible whatever the threads.
@@ -148,9 +149,9 @@ class Optimizer:
             return (None if state_dtype is None else np.dtype(state_dtype)), int(seed)
         kinds = getattr(self._impl, "BF16", ())
         if state_dtype == "bfloat16" and "state" not in kinds:
-            raise ValueError("state_dtype: bfloat16 state runs on the numba and cuda "
-                             f"backends; backend {self.backend!r} keeps float32/float64 "
-                             "only")
+            raise ValueError("state_dtype: bfloat16 state runs on the numba, cuda and "
+                             f"cython backends; backend {self.backend!r} keeps "
+                             "float32/float64 only")
         if np.dtype(np.uint16) in dtypes and "params" not in kinds:
             raise ValueError("params: bfloat16 parameters run on the numba backend; "
                              f"backend {self.backend!r} updates float32/float64 only")

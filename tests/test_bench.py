@@ -116,3 +116,22 @@ def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "fusedopt.bench", "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "--quick" in out.stdout
+
+
+def test_lowbit_reports_every_provider_with_its_bytes(tmp_path, capsys):
+    """``--lowbit`` end to end at a tiny size: every fusedopt row (numba and cython
+    bf16 state, bf16 params, master weights) with its own bytes per element and the
+    roofline of those bytes; a peer that cannot run is named with the reason."""
+    from fusedopt.bench import cli, lowbit
+    assert cli.main(["--lowbit", "--sizes", "4K", "--rounds", "2",
+                     "--json", str(tmp_path / "l.json")]) == 0
+    out = capsys.readouterr().out
+    rows = {r["provider"]: r for r in json.loads((tmp_path / "l.json").read_text())["rows"]}
+    for name in ("fusedopt", "fusedopt-bf16-state", "cython-bf16-state", "fusedopt-bf16",
+                 "fusedopt-bf16-master", "roofline-28", "roofline-20", "roofline-14"):
+        assert rows[name]["bytes_per_element"] == lowbit.BYTES[name]
+        assert rows[name]["rounds"] == 2 and rows[name]["seconds_per_step"] > 0
+        assert rows[name]["roofline_fraction"] > 0
+        assert f"| 4K | {name} | {lowbit.BYTES[name]} |" in out
+    for name in ("torch", "deepspeed", "deepspeed-bf16"):
+        assert name in rows or f"skipped {name}" in out

@@ -4,8 +4,12 @@ Providers, all one Adam step over ``n`` elements (or a model's tensors), interle
 
 - fp32 peers: ``torch`` (``torch.optim.Adam(fused=True)``), ``deepspeed``
   (``DeepSpeedCPUAdam``), and ``fusedopt`` (numba backend): 28 B/element;
-- ``fusedopt-bf16-state``: float32 params and grads, bf16 state: 20 B/element;
+- ``fusedopt-bf16-state``: float32 params and grads, bf16 state: 20 B/element (and
+  ``cython-bf16-state``, the same on the Cython backend);
 - ``fusedopt-bf16``: bf16 params, grads and state, stochastic rounding: 14 B/element;
+- ``fusedopt-bf16-master``: bf16 params and grads through a float32 master copy
+  (``master_weights=True``) with float32 state: 28 B/element (reads master, g, m, v;
+  writes master, m, v and the bf16 params);
 - ``deepspeed-bf16``: DeepSpeed's CPU Adam on bf16 params and grads with bf16 state
   (``fp32_optimizer_states=False``): 14 B/element;
 - ``roofline-28``/``-20``/``-14``: the same traffic with trivial math.
@@ -26,7 +30,8 @@ from . import providers as prov
 from .roofline import same_traffic
 
 BYTES = {"torch": 28, "deepspeed": 28, "fusedopt": 28, "fusedopt-bf16-state": 20,
-         "fusedopt-bf16": 14, "deepspeed-bf16": 14,
+         "cython-bf16-state": 20, "fusedopt-bf16": 14, "fusedopt-bf16-master": 28,
+         "deepspeed-bf16": 14,
          "roofline-28": 28, "roofline-20": 20, "roofline-14": 14}
 FP32_PEERS = ("torch", "deepspeed")
 
@@ -36,18 +41,27 @@ def _bf16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def _fusedopt(shapes, state_dtype=None, params_bf16=False) -> Callable[[], None]:
+def _fusedopt(shapes, params_bf16=False, **options) -> Callable[[], None]:
+    """``options``: the optimizer's (state_dtype, master_weights, backend)."""
     import fusedopt
+    options.setdefault("backend", "numba")
     params = prov._model_arrays(shapes, _bf16() if params_bf16 else np.float32)
     if len(shapes) == 1:
         grads = [np.full_like(params[0], 0.01)]
-        opt = fusedopt.Adam(params, lr=1e-3, state_dtype=state_dtype, backend="numba")
+        opt = fusedopt.Adam(params, lr=1e-3, **options)
         return lambda: opt.step(grads)
     fp = fusedopt.FlatParams.from_arrays(params)
     for gv in fp.grad_views:
         gv[...] = 0.01
-    opt = fusedopt.Adam(fp, lr=1e-3, state_dtype=state_dtype, backend="numba")
+    opt = fusedopt.Adam(fp, lr=1e-3, **options)
     return opt.step
+
+
+def _cython(shapes, **options) -> Callable[[], None]:
+    from .. import backends
+    if not backends.available()["cython"].ok:
+        raise prov.ProviderUnavailable(backends.available()["cython"].detail)
+    return _fusedopt(shapes, backend="cython", **options)
 
 
 def _deepspeed_bf16(shapes) -> Callable[[], None]:
@@ -79,7 +93,9 @@ MAKERS = {
     "deepspeed": prov.make_model_deepspeed,
     "fusedopt": _fusedopt,
     "fusedopt-bf16-state": lambda s: _fusedopt(s, state_dtype="bfloat16"),
+    "cython-bf16-state": lambda s: _cython(s, state_dtype="bfloat16"),
     "fusedopt-bf16": lambda s: _fusedopt(s, params_bf16=True),
+    "fusedopt-bf16-master": lambda s: _fusedopt(s, params_bf16=True, master_weights=True),
     "deepspeed-bf16": _deepspeed_bf16,
     "roofline-28": lambda s: _roofline(s, 28),
     "roofline-20": lambda s: _roofline(s, 20),

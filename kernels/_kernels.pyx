@@ -26,7 +26,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 cimport rules
-from lowbit cimport load, state_t, store
+from lowbit cimport BLOCK, Lowbit, block_begin, block_end, load, state_t, store
 from libc.stdint cimport uint16_t
 from libc.float cimport DBL_MAX
 from libc.math cimport fabs
@@ -220,84 +220,184 @@ cdef inline Py_ssize_t _chunk(Py_ssize_t n, Py_ssize_t threads) noexcept nogil:
     return ((n + threads - 1) // threads + 15) // 16 * 16
 
 
-cdef void _sgd_drive(floating* p, floating* g, state_t* buf, Py_ssize_t n,
-                        Py_ssize_t threads, floating lr, floating weight_decay,
-                        floating momentum, floating scale, bint decay, bint nesterov,
-                        floating grad_scale) noexcept nogil:
-    cdef Py_ssize_t c, size = _chunk(n, threads)
-    for c in prange((n + size - 1) // size, schedule="static", num_threads=threads):
+# Each chunk function steps ``[lo, hi)`` through its layout's span: directly, or, for
+# bf16 parameters (``lb`` not NULL), in BLOCK-sized pieces widened into float32
+# scratch on this thread's stack and stored back rounded (kernels/lowbit.pxd), so the
+# spans, and the rules inside them, exist once whatever the parameter storage.
+
+cdef inline state_t* _at(state_t* a, Py_ssize_t i) noexcept nogil:
+    return NULL if a == NULL else a + i
+
+
+cdef void _sgd_chunk(Lowbit* lb, floating* p, floating* g, state_t* buf,
+                     Py_ssize_t lo, Py_ssize_t hi, floating lr, floating weight_decay,
+                     floating momentum, floating scale, bint decay, bint nesterov,
+                     floating grad_scale) noexcept nogil:
+    cdef float sp[BLOCK]
+    cdef float sg[BLOCK]
+    cdef float* q
+    cdef Py_ssize_t a, k
+    if lb == NULL:
         if buf == NULL:
-            _sgd(p, g, c * size, min(n, (c + 1) * size), lr, weight_decay, decay,
-                 grad_scale)
+            _sgd(p, g, lo, hi, lr, weight_decay, decay, grad_scale)
         else:
-            _sgd_momentum(p, g, buf, c * size, min(n, (c + 1) * size), lr, weight_decay,
-                          momentum, scale, decay, nesterov, grad_scale)
+            _sgd_momentum(p, g, buf, lo, hi, lr, weight_decay, momentum, scale, decay,
+                          nesterov, grad_scale)
+    elif floating is float:
+        a = lo
+        while a < hi:
+            k = min(<Py_ssize_t>BLOCK, hi - a)
+            q = block_begin(lb, p, a, k, sp, sg)
+            _sgd_chunk(NULL, q, sg, _at(buf, a), 0, k, lr, weight_decay, momentum, scale,
+                       decay, nesterov, grad_scale)
+            block_end(lb, p, a, k, sp)
+            a += BLOCK
 
 
-cdef void _adam_drive(floating* p, floating* g, state_t* m, state_t* v,
-                         state_t* vmax, Py_ssize_t n, Py_ssize_t threads,
-                         floating beta1c, floating beta2, floating beta2c,
-                         floating step_size, floating inv_sqrt_bc2, floating eps,
-                         floating weight_decay, floating param_scale, bint decay,
-                         bint decoupled, floating grad_scale) noexcept nogil:
+cdef void _sgd_drive(Lowbit* lb, floating* p, floating* g, state_t* buf, Py_ssize_t n,
+                     Py_ssize_t threads, floating lr, floating weight_decay,
+                     floating momentum, floating scale, bint decay, bint nesterov,
+                     floating grad_scale) noexcept nogil:
     cdef Py_ssize_t c, size = _chunk(n, threads)
     for c in prange((n + size - 1) // size, schedule="static", num_threads=threads):
+        _sgd_chunk(lb, p, g, buf, c * size, min(n, (c + 1) * size), lr, weight_decay,
+                   momentum, scale, decay, nesterov, grad_scale)
+
+
+cdef void _adam_chunk(Lowbit* lb, floating* p, floating* g, state_t* m, state_t* v,
+                      state_t* vmax, Py_ssize_t lo, Py_ssize_t hi, floating beta1c,
+                      floating beta2, floating beta2c, floating step_size,
+                      floating inv_sqrt_bc2, floating eps, floating weight_decay,
+                      floating param_scale, bint decay, bint decoupled,
+                      floating grad_scale) noexcept nogil:
+    cdef float sp[BLOCK]
+    cdef float sg[BLOCK]
+    cdef float* q
+    cdef Py_ssize_t a, k
+    if lb == NULL:
         if vmax == NULL:
-            _adam(p, g, m, v, c * size, min(n, (c + 1) * size), beta1c, beta2, beta2c,
-                  step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay,
-                  decoupled, grad_scale)
+            _adam(p, g, m, v, lo, hi, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2,
+                  eps, weight_decay, param_scale, decay, decoupled, grad_scale)
         else:
-            _adam_amsgrad(p, g, m, v, vmax, c * size, min(n, (c + 1) * size), beta1c,
-                          beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay,
-                          param_scale, decay, decoupled, grad_scale)
+            _adam_amsgrad(p, g, m, v, vmax, lo, hi, beta1c, beta2, beta2c, step_size,
+                          inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled,
+                          grad_scale)
+    elif floating is float:
+        a = lo
+        while a < hi:
+            k = min(<Py_ssize_t>BLOCK, hi - a)
+            q = block_begin(lb, p, a, k, sp, sg)
+            _adam_chunk(NULL, q, sg, m + a, v + a, _at(vmax, a), 0, k, beta1c, beta2,
+                        beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale,
+                        decay, decoupled, grad_scale)
+            block_end(lb, p, a, k, sp)
+            a += BLOCK
 
 
-cdef void _adagrad_drive(floating* p, floating* g, state_t* acc, Py_ssize_t n,
-                            Py_ssize_t threads, floating clr, floating eps,
-                            floating weight_decay, bint decay,
-                            floating grad_scale) noexcept nogil:
+cdef void _adam_drive(Lowbit* lb, floating* p, floating* g, state_t* m, state_t* v,
+                      state_t* vmax, Py_ssize_t n, Py_ssize_t threads, floating beta1c,
+                      floating beta2, floating beta2c, floating step_size,
+                      floating inv_sqrt_bc2, floating eps, floating weight_decay,
+                      floating param_scale, bint decay, bint decoupled,
+                      floating grad_scale) noexcept nogil:
     cdef Py_ssize_t c, size = _chunk(n, threads)
     for c in prange((n + size - 1) // size, schedule="static", num_threads=threads):
-        _adagrad(p, g, acc, c * size, min(n, (c + 1) * size), clr, eps, weight_decay,
-                 decay, grad_scale)
+        _adam_chunk(lb, p, g, m, v, vmax, c * size, min(n, (c + 1) * size), beta1c,
+                    beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay,
+                    param_scale, decay, decoupled, grad_scale)
 
 
-cdef inline void _rmsprop_layout(floating* p, floating* g, state_t* sq, state_t* gavg,
-                                 state_t* buf, Py_ssize_t lo, Py_ssize_t hi,
-                                 floating lr, floating alpha, floating alphac,
-                                 floating eps, floating weight_decay,
-                                 floating momentum, bint decay,
-                                 floating grad_scale) noexcept nogil:
-    # once per span, outside the element loop
-    if gavg == NULL and buf == NULL:
-        _rmsprop(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps, weight_decay,
-                 momentum, decay, grad_scale)
-    elif buf == NULL:
-        _rmsprop_centered(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps,
-                          weight_decay, momentum, decay, grad_scale)
-    elif gavg == NULL:
-        _rmsprop_momentum(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps,
-                          weight_decay, momentum, decay, grad_scale)
-    else:
-        _rmsprop_centered_momentum(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps,
-                                   weight_decay, momentum, decay, grad_scale)
+cdef void _adagrad_chunk(Lowbit* lb, floating* p, floating* g, state_t* acc,
+                         Py_ssize_t lo, Py_ssize_t hi, floating clr, floating eps,
+                         floating weight_decay, bint decay,
+                         floating grad_scale) noexcept nogil:
+    cdef float sp[BLOCK]
+    cdef float sg[BLOCK]
+    cdef float* q
+    cdef Py_ssize_t a, k
+    if lb == NULL:
+        _adagrad(p, g, acc, lo, hi, clr, eps, weight_decay, decay, grad_scale)
+    elif floating is float:
+        a = lo
+        while a < hi:
+            k = min(<Py_ssize_t>BLOCK, hi - a)
+            q = block_begin(lb, p, a, k, sp, sg)
+            _adagrad(q, sg, acc + a, 0, k, clr, eps, weight_decay, decay, grad_scale)
+            block_end(lb, p, a, k, sp)
+            a += BLOCK
 
 
-cdef void _rmsprop_drive(floating* p, floating* g, state_t* sq, state_t* gavg,
-                            state_t* buf, Py_ssize_t n, Py_ssize_t threads,
-                            floating lr, floating alpha, floating alphac,
-                            floating eps, floating weight_decay, floating momentum,
-                            bint decay, floating grad_scale) noexcept nogil:
+cdef void _adagrad_drive(Lowbit* lb, floating* p, floating* g, state_t* acc,
+                         Py_ssize_t n, Py_ssize_t threads, floating clr, floating eps,
+                         floating weight_decay, bint decay,
+                         floating grad_scale) noexcept nogil:
     cdef Py_ssize_t c, size = _chunk(n, threads)
     for c in prange((n + size - 1) // size, schedule="static", num_threads=threads):
-        _rmsprop_layout(p, g, sq, gavg, buf, c * size, min(n, (c + 1) * size), lr, alpha,
-                        alphac, eps, weight_decay, momentum, decay, grad_scale)
+        _adagrad_chunk(lb, p, g, acc, c * size, min(n, (c + 1) * size), clr, eps,
+                       weight_decay, decay, grad_scale)
+
+
+cdef void _rmsprop_chunk(Lowbit* lb, floating* p, floating* g, state_t* sq,
+                         state_t* gavg, state_t* buf, Py_ssize_t lo, Py_ssize_t hi,
+                         floating lr, floating alpha, floating alphac, floating eps,
+                         floating weight_decay, floating momentum, bint decay,
+                         floating grad_scale) noexcept nogil:
+    cdef float sp[BLOCK]
+    cdef float sg[BLOCK]
+    cdef float* q
+    cdef Py_ssize_t a, k
+    if lb == NULL:  # the layout: once per chunk, outside the element loop
+        if gavg == NULL and buf == NULL:
+            _rmsprop(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps, weight_decay,
+                     momentum, decay, grad_scale)
+        elif buf == NULL:
+            _rmsprop_centered(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps,
+                              weight_decay, momentum, decay, grad_scale)
+        elif gavg == NULL:
+            _rmsprop_momentum(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac, eps,
+                              weight_decay, momentum, decay, grad_scale)
+        else:
+            _rmsprop_centered_momentum(p, g, sq, gavg, buf, lo, hi, lr, alpha, alphac,
+                                       eps, weight_decay, momentum, decay, grad_scale)
+    elif floating is float:
+        a = lo
+        while a < hi:
+            k = min(<Py_ssize_t>BLOCK, hi - a)
+            q = block_begin(lb, p, a, k, sp, sg)
+            _rmsprop_chunk(NULL, q, sg, sq + a, _at(gavg, a), _at(buf, a), 0, k, lr,
+                           alpha, alphac, eps, weight_decay, momentum, decay, grad_scale)
+            block_end(lb, p, a, k, sp)
+            a += BLOCK
+
+
+cdef void _rmsprop_drive(Lowbit* lb, floating* p, floating* g, state_t* sq,
+                         state_t* gavg, state_t* buf, Py_ssize_t n, Py_ssize_t threads,
+                         floating lr, floating alpha, floating alphac, floating eps,
+                         floating weight_decay, floating momentum, bint decay,
+                         floating grad_scale) noexcept nogil:
+    cdef Py_ssize_t c, size = _chunk(n, threads)
+    for c in prange((n + size - 1) // size, schedule="static", num_threads=threads):
+        _rmsprop_chunk(lb, p, g, sq, gavg, buf, c * size, min(n, (c + 1) * size), lr,
+                       alpha, alphac, eps, weight_decay, momentum, decay, grad_scale)
 
 
 # -- entry points: dtype and path dispatch, GIL released for the whole update -------
 
 cdef inline void* data(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline Lowbit* lowbit(Lowbit* lb, object p, object g, object out,
+                          unsigned int seed):
+    """``lb`` filled for bf16 parameters (uint16 ``p``, or a float32 master copy ``p``
+    with its bf16 image ``out``), whose gradients are bf16; else NULL."""
+    if not is_bf16(g):
+        return NULL
+    lb.p16 = <uint16_t*>data(p) if is_bf16(p) else NULL
+    lb.g16 = <uint16_t*>data(g)
+    lb.out = <uint16_t*>data(out)
+    lb.seed = seed
+    return lb
 
 
 cdef inline Py_ssize_t threads_for(bint parallel) noexcept nogil:
@@ -307,103 +407,113 @@ cdef inline Py_ssize_t threads_for(bint parallel) noexcept nogil:
 
 
 def sgd(p, g, buf, double lr, double weight_decay, double momentum,
-        double buf_grad_scale, bint decay, bint nesterov, double grad_scale, bint parallel):
+        double buf_grad_scale, bint decay, bint nesterov, double grad_scale, bint parallel,
+        unsigned int seed=0, out=None):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>p), t = threads_for(parallel)
-    cdef void* pp = data(p)
+    cdef Lowbit lb_
+    cdef Lowbit* lb = lowbit(&lb_, p, g, out, seed)
+    cdef void* pp = NULL if is_bf16(p) else data(p)
     cdef void* gp = data(g)
     cdef void* bp = data(buf)
-    cdef bint f32 = is_float32(p), bf16 = is_bf16(buf)
+    cdef bint f32 = lb != NULL or is_float32(p), bf16 = is_bf16(buf)
     with nogil:
         if bf16:
-            _sgd_drive(<float*>pp, <float*>gp, <uint16_t*>bp, n, t, <float>lr,
+            _sgd_drive(lb, <float*>pp, <float*>gp, <uint16_t*>bp, n, t, <float>lr,
                           <float>weight_decay, <float>momentum, <float>buf_grad_scale,
                           decay, nesterov, <float>grad_scale)
         elif f32:
-            _sgd_drive(<float*>pp, <float*>gp, <float*>bp, n, t, <float>lr,
+            _sgd_drive(lb, <float*>pp, <float*>gp, <float*>bp, n, t, <float>lr,
                           <float>weight_decay, <float>momentum, <float>buf_grad_scale,
                           decay, nesterov, <float>grad_scale)
         else:
-            _sgd_drive(<double*>pp, <double*>gp, <double*>bp, n, t, lr, weight_decay,
+            _sgd_drive(lb, <double*>pp, <double*>gp, <double*>bp, n, t, lr, weight_decay,
                           momentum, buf_grad_scale, decay, nesterov, grad_scale)
 
 
 def adam(p, g, m, v, vmax, double beta1c, double beta2, double beta2c,
          double step_size, double inv_sqrt_bc2, double eps, double weight_decay,
-         double param_scale, bint decay, bint decoupled, double grad_scale, bint parallel):
+         double param_scale, bint decay, bint decoupled, double grad_scale, bint parallel,
+         unsigned int seed=0, out=None):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>p), t = threads_for(parallel)
-    cdef void* pp = data(p)
+    cdef Lowbit lb_
+    cdef Lowbit* lb = lowbit(&lb_, p, g, out, seed)
+    cdef void* pp = NULL if is_bf16(p) else data(p)
     cdef void* gp = data(g)
     cdef void* mp = data(m)
     cdef void* vp = data(v)
     cdef void* wp = data(vmax)
-    cdef bint f32 = is_float32(p), bf16 = is_bf16(m)
+    cdef bint f32 = lb != NULL or is_float32(p), bf16 = is_bf16(m)
     with nogil:
         if bf16:
-            _adam_drive(<float*>pp, <float*>gp, <uint16_t*>mp, <uint16_t*>vp,
+            _adam_drive(lb, <float*>pp, <float*>gp, <uint16_t*>mp, <uint16_t*>vp,
                            <uint16_t*>wp, n, t, <float>beta1c, <float>beta2,
                            <float>beta2c, <float>step_size, <float>inv_sqrt_bc2,
                            <float>eps, <float>weight_decay, <float>param_scale, decay,
                            decoupled, <float>grad_scale)
         elif f32:
-            _adam_drive(<float*>pp, <float*>gp, <float*>mp, <float*>vp, <float*>wp, n,
+            _adam_drive(lb, <float*>pp, <float*>gp, <float*>mp, <float*>vp, <float*>wp, n,
                            t, <float>beta1c, <float>beta2, <float>beta2c,
                            <float>step_size, <float>inv_sqrt_bc2, <float>eps,
                            <float>weight_decay, <float>param_scale, decay, decoupled,
                            <float>grad_scale)
         else:
-            _adam_drive(<double*>pp, <double*>gp, <double*>mp, <double*>vp,
+            _adam_drive(lb, <double*>pp, <double*>gp, <double*>mp, <double*>vp,
                            <double*>wp, n, t, beta1c, beta2, beta2c, step_size,
                            inv_sqrt_bc2, eps, weight_decay, param_scale, decay,
                            decoupled, grad_scale)
 
 
 def adagrad(p, g, acc, double clr, double eps, double weight_decay, bint decay,
-            double grad_scale, bint parallel):
+            double grad_scale, bint parallel, unsigned int seed=0, out=None):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>p), t = threads_for(parallel)
-    cdef void* pp = data(p)
+    cdef Lowbit lb_
+    cdef Lowbit* lb = lowbit(&lb_, p, g, out, seed)
+    cdef void* pp = NULL if is_bf16(p) else data(p)
     cdef void* gp = data(g)
     cdef void* ap = data(acc)
-    cdef bint f32 = is_float32(p), bf16 = is_bf16(acc)
+    cdef bint f32 = lb != NULL or is_float32(p), bf16 = is_bf16(acc)
     with nogil:
         if bf16:
-            _adagrad_drive(<float*>pp, <float*>gp, <uint16_t*>ap, n, t, <float>clr,
+            _adagrad_drive(lb, <float*>pp, <float*>gp, <uint16_t*>ap, n, t, <float>clr,
                               <float>eps, <float>weight_decay, decay, <float>grad_scale)
         elif f32:
-            _adagrad_drive(<float*>pp, <float*>gp, <float*>ap, n, t, <float>clr,
+            _adagrad_drive(lb, <float*>pp, <float*>gp, <float*>ap, n, t, <float>clr,
                               <float>eps, <float>weight_decay, decay, <float>grad_scale)
         else:
-            _adagrad_drive(<double*>pp, <double*>gp, <double*>ap, n, t, clr, eps,
+            _adagrad_drive(lb, <double*>pp, <double*>gp, <double*>ap, n, t, clr, eps,
                               weight_decay, decay, grad_scale)
 
 
 def rmsprop(p, g, sq, gavg, buf, double lr, double alpha, double alphac, double eps,
             double weight_decay, double momentum, bint decay, double grad_scale,
-            bint parallel):
+            bint parallel, unsigned int seed=0, out=None):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>p), t = threads_for(parallel)
-    cdef void* pp = data(p)
+    cdef Lowbit lb_
+    cdef Lowbit* lb = lowbit(&lb_, p, g, out, seed)
+    cdef void* pp = NULL if is_bf16(p) else data(p)
     cdef void* gp = data(g)
     cdef void* sp = data(sq)
     cdef void* ap = data(gavg)
     cdef void* bp = data(buf)
-    cdef bint f32 = is_float32(p), bf16 = is_bf16(sq)
+    cdef bint f32 = lb != NULL or is_float32(p), bf16 = is_bf16(sq)
     with nogil:
         if bf16:
-            _rmsprop_drive(<float*>pp, <float*>gp, <uint16_t*>sp, <uint16_t*>ap,
+            _rmsprop_drive(lb, <float*>pp, <float*>gp, <uint16_t*>sp, <uint16_t*>ap,
                               <uint16_t*>bp, n, t, <float>lr, <float>alpha,
                               <float>alphac, <float>eps, <float>weight_decay,
                               <float>momentum, decay, <float>grad_scale)
         elif f32:
-            _rmsprop_drive(<float*>pp, <float*>gp, <float*>sp, <float*>ap,
+            _rmsprop_drive(lb, <float*>pp, <float*>gp, <float*>sp, <float*>ap,
                               <float*>bp, n, t, <float>lr, <float>alpha, <float>alphac,
                               <float>eps, <float>weight_decay, <float>momentum, decay,
                               <float>grad_scale)
         else:
-            _rmsprop_drive(<double*>pp, <double*>gp, <double*>sp, <double*>ap,
+            _rmsprop_drive(lb, <double*>pp, <double*>gp, <double*>sp, <double*>ap,
                               <double*>bp, n, t, lr, alpha, alphac, eps, weight_decay,
                               momentum, decay, grad_scale)
 
 
-cdef void _grad_stats_span(floating* g, Py_ssize_t lo, Py_ssize_t hi, double* sumsq,
+cdef void _grad_stats_span(state_t* g, Py_ssize_t lo, Py_ssize_t hi, double* sumsq,
                            Py_ssize_t* bad) noexcept nogil:
     # Eight independent partial sums: GCC keeps a float sum in order unless allowed
     # to reassociate (-ffast-math would also change the update kernels), so the lanes
@@ -416,11 +526,11 @@ cdef void _grad_stats_span(floating* g, Py_ssize_t lo, Py_ssize_t hi, double* su
         acc[k] = 0
     for i in range(lo, end, 8):
         for k in range(8):
-            x = g[i + k]
+            x = load(g, i + k, x)
             acc[k] += x * x
             b += not (fabs(x) <= DBL_MAX)
     for i in range(end, hi):
-        x = g[i]
+        x = load(g, i, x)
         acc[0] += x * x
         b += not (fabs(x) <= DBL_MAX)
     sumsq[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) +
@@ -428,7 +538,7 @@ cdef void _grad_stats_span(floating* g, Py_ssize_t lo, Py_ssize_t hi, double* su
     bad[0] = b
 
 
-cdef void _grad_stats(floating* g, Py_ssize_t n, Py_ssize_t threads, double* sumsq,
+cdef void _grad_stats(state_t* g, Py_ssize_t n, Py_ssize_t threads, double* sumsq,
                       Py_ssize_t* bad) noexcept nogil:
     cdef Py_ssize_t c, size = _chunk(n, threads), spans = (n + size - 1) // size
     cdef double s = 0, part_s
@@ -442,15 +552,19 @@ cdef void _grad_stats(floating* g, Py_ssize_t n, Py_ssize_t threads, double* sum
 
 
 def grad_stats(g, bint parallel):
-    """(sum of squares in float64, number of non-finite elements) of ``g``: the one
-    extra read of a step with a non-finite policy or gradient clipping."""
+    """(sum of squares in float64, number of non-finite elements) of ``g`` (float32,
+    float64 or bf16 bits): the one extra read of a step with a non-finite policy or
+    gradient clipping."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>g), t = threads_for(parallel)
     cdef void* gp = data(g)
     cdef bint f32 = is_float32(g)
     cdef double sumsq = 0
     cdef Py_ssize_t bad = 0
+    cdef bint bf16 = is_bf16(g)
     with nogil:
-        if f32:
+        if bf16:
+            _grad_stats(<uint16_t*>gp, n, t, &sumsq, &bad)
+        elif f32:
             _grad_stats(<float*>gp, n, t, &sumsq, &bad)
         else:
             _grad_stats(<double*>gp, n, t, &sumsq, &bad)

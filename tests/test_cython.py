@@ -70,42 +70,61 @@ assert np.allclose(p, 0.9, rtol=1e-6), p[:3]
     assert out.returncode == 0, out.stderr
 
 
+LOWBIT = {"bf16 state": (np.float32, dict(state_dtype="bfloat16")),
+          "bf16 params": (BF16, dict(seed=5)),
+          "master weights": (BF16, dict(master_weights=True, state_dtype="bfloat16"))}
+
+
+@pytest.mark.parametrize("lowbit", list(LOWBIT))
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_every_isa_variant_keeps_bf16_state_as_numba_does(case, isa):
-    """state_dtype="bfloat16" (uint16 bits, float32 math, round to nearest even):
-    kernels/lowbit.pxd against fusedopt/lowbit.py, serial and OpenMP loops. The two
-    compilers contract multiply-adds differently, so a few state elements differ by
-    a bf16 step, which reaches their parameters and the next steps' state: all but
-    0.1% of the elements agree to float32 rounding, and no state element is off by
-    more than four bf16 steps (of itself, or of 1% of its array's largest value
-    where a state cancels to near zero)."""
+def test_every_isa_variant_stores_bf16_as_numba_does(case, lowbit, isa):
+    """bf16 state (uint16 bits, float32 math, round to nearest even), bf16 parameters
+    (stochastic rounding from the counter hash) and master weights, serial and OpenMP
+    loops: kernels/lowbit.pxd stores what fusedopt/lowbit.py stores. At least 90% of
+    the stored bf16 elements are bit-identical to the numba backend's (another hash
+    or rounding would leave about half) and 95% of the float32 ones agree to 1e-5.
+    Not all: where the compilers contract multiply-adds differently (the baseline
+    ISA has no FMA), a value at a bf16 rounding boundary lands on the other side, and
+    the next steps carry it. How closely bf16 tracks float32 is test_bf16's."""
     pytest.importorskip("numba")
-    import fusedopt
     from cases import ALGORITHMS
     name, kwargs = case
     cls = ALGORITHMS[name][0]
+    dtype, options = LOWBIT[lowbit]
     rng = np.random.default_rng(9)
     shapes = [(300,), (100_000,)]  # below and above the parallel threshold
-    ref = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-    ours = [p.copy() for p in ref]
-    o_ours = cls(ours, **kwargs, state_dtype="bfloat16", backend="cython")
-    o_ref = cls(ref, **kwargs, state_dtype="bfloat16", backend="numba")
+    ours = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    ref = [p.copy() for p in ours]
+    o_ours = cls(ours, **kwargs, **options, backend="cython")
+    o_ref = cls(ref, **kwargs, **options, backend="numba")
     for _ in range(6):
-        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
         o_ours.step(grads)
         o_ref.step(grads)
 
-    def check(a, b, close, bound, floor):  # error relative to max(|b|, floor)
-        err = np.abs(a.astype(np.float64) - b) / np.maximum(np.abs(b), floor)
-        assert np.mean(err > close) <= 1e-3 and err.max() <= bound, (err.max(), name)
+    def same_as_numba(got, want, what):
+        assert got.dtype == want.dtype, what
+        if got.dtype.itemsize == 2:  # bf16 bits
+            assert np.mean(got.view(np.uint16) == want.view(np.uint16)) >= 0.9, what
+        else:
+            close = np.isclose(got, want, rtol=1e-5, atol=1e-6)
+            assert np.mean(close) >= 0.95, what
 
     for a, b in zip(ours, ref):
-        check(a, b, 1e-5, 1e-2, 1.0)  # parameters: unit scale
+        same_as_numba(a, b, name)
     for i, st in o_ref.state.items():
         for key, value in st.items():
             if key != "step":
-                got = o_ours.state[i][key]
-                assert got.dtype == np.uint16
-                want = value.view(BF16).astype(np.float32)  # scale: 1% of the largest
-                check(got.view(BF16).astype(np.float32), want, 0.0, 2 ** -5,
-                      0.01 * np.abs(want).max())
+                same_as_numba(o_ours.state[i][key], value, key)
+
+
+def test_grad_stats_reads_bf16_gradients():
+    """Clipping and the non-finite policies read bf16 gradients (uint16 bits) too."""
+    g = np.linspace(-3, 3, 70_001).astype(BF16)
+    g[[5, 9_000]] = [np.inf, np.nan]
+    sumsq, bad = cython_backend.grad_stats(g.view(np.uint16), True)
+    finite = g.astype(np.float64)[np.isfinite(g.astype(np.float64))]
+    assert bad == 2 and not np.isfinite(sumsq)
+    g[[5, 9_000]] = 0
+    sumsq, bad = cython_backend.grad_stats(g.view(np.uint16), False)
+    assert bad == 0 and sumsq == pytest.approx(float(np.sum(finite ** 2)), rel=1e-12)

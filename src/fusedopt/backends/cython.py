@@ -48,20 +48,20 @@ def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening,
         fresh_buffer, lr, momentum, dampening, weight_decay)
     par = param.size >= policy.PARALLEL_MIN_SIZE
     _k.sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, buf_grad_scale,
-           weight_decay != 0.0, nesterov, grad_scale, par)
+           weight_decay != 0.0, nesterov, grad_scale, par, seed, out)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
          weight_decay, decoupled, grad_scale, seed=0, out=None):
     s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     _k.adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *s, weight_decay != 0.0,
-            decoupled, grad_scale, param.size >= policy.PARALLEL_MIN_SIZE)
+            decoupled, grad_scale, param.size >= policy.PARALLEL_MIN_SIZE, seed, out)
 
 
 def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0, out=None):
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
     _k.adagrad(param, grad, state_sum, *s, weight_decay != 0.0, grad_scale,
-               param.size >= policy.PARALLEL_MIN_SIZE)
+               param.size >= policy.PARALLEL_MIN_SIZE, seed, out)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
@@ -69,11 +69,11 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
     s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
     par = param.size >= policy.PARALLEL_MIN_SIZE
     _k.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *s,
-               weight_decay != 0.0, grad_scale, par)
+               weight_decay != 0.0, grad_scale, par, seed, out)
 
 
-#: bf16 storage (uint16 bits) for state beside float32 parameters (kernels/lowbit.pxd)
-BF16 = ("state",)
+#: bf16 storage (uint16 bits) for state and parameters (kernels/lowbit.pxd)
+BF16 = ("state", "params")
 
 
 def grad_stats(grad, parallel):

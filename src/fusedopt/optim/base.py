@@ -55,7 +55,7 @@ class Optimizer:
       bf16, math in float32, rounded to nearest even on store: Adam moves 20 bytes
       per element instead of 28) or "float32" (with bf16 parameters). bf16 state runs
       on the numba, cython and cuda backends beside float32 parameters; bfloat16
-      parameters on the numba backend.
+      parameters on the numba and cython backends.
     - ``seed``: bfloat16 parameters (``ml_dtypes.bfloat16`` arrays) are updated with
       stochastic rounding; its random bits are a function of (seed, step, parameter
       index, element index) only, so runs are reproducible whatever the threads.
@@ -153,8 +153,9 @@ class Optimizer:
                              f"cython backends; backend {self.backend!r} keeps "
                              "float32/float64 only")
         if np.dtype(np.uint16) in dtypes and "params" not in kinds:
-            raise ValueError("params: bfloat16 parameters run on the numba backend; "
-                             f"backend {self.backend!r} updates float32/float64 only")
+            raise ValueError("params: bfloat16 parameters run on the numba and cython "
+                             f"backends; backend {self.backend!r} updates float32/float64 "
+                             "only")
         if np.dtype(np.float64) in dtypes:
             raise ValueError("state_dtype: bfloat16 state is for float32 or bfloat16 "
                              "parameters, and some parameters are float64")

@@ -58,7 +58,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
             decoupled, grad_scale, param.size >= policy.PARALLEL_MIN_SIZE, seed, out)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0, out=None):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
+            seed=0, out=None):
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
     _k.adagrad(param, grad, state_sum, *s, weight_decay != 0.0, grad_scale,
                param.size >= policy.PARALLEL_MIN_SIZE, seed, out)

@@ -256,13 +256,15 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
     decay = weight_decay != 0.0
     s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     if max_exp_avg_sq is None:
-        _adam(param, grad, exp_avg, exp_avg_sq, *s, decay, decoupled, grad_scale, seed, out, par)
+        _adam(param, grad, exp_avg, exp_avg_sq, *s, decay, decoupled, grad_scale, seed,
+              out, par)
     else:
         _adam_amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *s,
                       decay, decoupled, grad_scale, seed, out, par)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0, out=None):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
+            seed=0, out=None):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
     _adagrad(param, grad, state_sum, *s, weight_decay != 0.0, grad_scale, seed, out, par)
@@ -276,7 +278,8 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
     if grad_avg is None and momentum_buffer is None:
         _rmsprop(param, grad, square_avg, *s, decay, grad_scale, seed, out, par)
     elif momentum_buffer is None:
-        _rmsprop_centered(param, grad, square_avg, grad_avg, *s, decay, grad_scale, seed, out, par)
+        _rmsprop_centered(param, grad, square_avg, grad_avg, *s, decay, grad_scale, seed,
+                          out, par)
     elif grad_avg is None:
         _rmsprop_momentum(param, grad, square_avg, momentum_buffer, *s, decay,
                           grad_scale, seed, out, par)

@@ -89,7 +89,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
         weight_decay != 0.0, decoupled, max_exp_avg_sq is not None, grad_scale)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0, out=None):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
+            seed=0, out=None):
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
     _launch(_adagrad, param.size)(param, grad, state_sum, *s, weight_decay != 0.0,
                                   grad_scale)

@@ -51,7 +51,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
     param[...] = param - lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale, seed=0, out=None):
+def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
+            seed=0, out=None):
     # Duchi et al. 2011, with torch's learning-rate decay lr / (1 + (t - 1) * decay).
     g = grad_scale * grad
     if weight_decay != 0:

@@ -6,8 +6,9 @@ Providers: ``fusedopt-cuda`` (the ``cuda`` backend on Numba device arrays),
 CUDA) and ``copy``, a device-to-device copy, which sets the bandwidth ceiling. Each
 row gives the effective bandwidth of a step at its bytes per element (float32
 state: read p, g, m, v and write p, m, v, 28 bytes; bf16 state: 20) and its
-fraction of the measured copy bandwidth (a copy of B bytes moves 2B). Timing: the device is synchronised around a batch of steps, and the
-median over rounds of (batch time / batch size) is reported.
+fraction of the measured copy bandwidth (a copy of B bytes moves 2B). Timing: the
+device is synchronised around a batch of steps, and the median over rounds of
+(batch time / batch size) is reported.
 """
 
 from __future__ import annotations

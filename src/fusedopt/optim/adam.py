@@ -59,4 +59,5 @@ class Adam(Optimizer):
         state["step"] = step = state["step"] + 1
         impl.adam(p, g, state["exp_avg"], state["exp_avg_sq"],
                   state["max_exp_avg_sq"] if amsgrad else None, step, lr, beta1, beta2,
-                  eps, weight_decay, cls._decoupled, -scale if maximize else scale, seed, out)
+                  eps, weight_decay, cls._decoupled, -scale if maximize else scale, seed,
+                  out)

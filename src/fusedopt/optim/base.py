@@ -164,9 +164,7 @@ class Optimizer:
 
     def _new_state(self, flat, init: float):
         """A state array for the kernel view ``flat``, in the state dtype."""
-        if self._space is _device:
-            return _device.full_like(flat, init, self._state_dtype_of(flat))
-        return _checks.full_like(flat, init, self._state_dtype_of(flat))
+        return self._space.full_like(flat, init, self._state_dtype_of(flat))
 
     def _mastered(self, flat) -> bool:
         """Whether the kernel view ``flat`` is stepped through a float32 master copy."""

@@ -217,3 +217,51 @@ def test_flat_checkpoint_with_unequal_steps_is_refused_unchanged():
     for i in before["state"]:
         for k, v in before["state"][i].items():
             assert torch.equal(after["state"][i][k], v)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_bf16_model_steps_as_fusedopt_does_and_checkpoints_to_torch(backend):
+    """A bfloat16 model: the same bits as fusedopt.AdamW on the ml_dtypes arrays of
+    its parameters and gradients (float32 math, stochastic rounding with the same
+    seed, bf16 state); the state is torch.bfloat16 with torch's keys, so the
+    checkpoint loads into torch.optim.AdamW."""
+    np = pytest.importorskip("numpy")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import fusedopt
+    pytest.importorskip(f"fusedopt.backends.{'numba_cpu' if backend == 'numba' else backend}")
+    model = mlp(dtype=torch.bfloat16)
+    params = [p.detach().to(torch.float32).numpy().astype(ml_dtypes.bfloat16)
+              for p in model.parameters()]
+    opt = ft.AdamW(model.parameters(), lr=1e-2, amsgrad=True, backend=backend, seed=7)
+    ref = fusedopt.AdamW(params, lr=1e-2, amsgrad=True, backend=backend, seed=7)
+    for x, y in batches(5, dtype=torch.bfloat16):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        ref.step([p.grad.to(torch.float32).numpy().astype(ml_dtypes.bfloat16)
+                  for p in model.parameters()])
+        opt.step()
+    for p, q in zip(model.parameters(), params):
+        assert p.dtype == torch.bfloat16
+        np.testing.assert_array_equal(p.detach().view(torch.int16).numpy().view(np.uint16),
+                                      q.view(np.uint16).reshape(p.shape))
+    sd = opt.state_dict()
+    assert sd["state"][0]["exp_avg"].dtype == torch.bfloat16
+    twin = mlp(dtype=torch.bfloat16)
+    theirs = torch.optim.AdamW(twin.parameters(), lr=1e-2, amsgrad=True)
+    theirs.load_state_dict(sd)
+    assert torch.equal(theirs.state_dict()["state"][0]["max_exp_avg_sq"],
+                       sd["state"][0]["max_exp_avg_sq"])
+
+
+def test_bf16_is_refused_by_name_where_the_backend_has_no_bf16():
+    model = mlp(dtype=torch.bfloat16)
+    opt = ft.SGD(model.parameters(), lr=0.1, backend="numpy")
+    torch.nn.functional.mse_loss(model(torch.ones(2, 6, dtype=torch.bfloat16)),
+                                 torch.zeros(2, 3, dtype=torch.bfloat16)).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match=r"bfloat16 on the numba and cython backends; "
+                       r"this is 'numpy'"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="seed: expected an int >= 0"):
+        ft.AdamW(model.parameters(), seed=-1)

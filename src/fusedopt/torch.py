@@ -12,7 +12,11 @@ has torch's keys and types (``step`` a float32 tensor, ``exp_avg``, ``exp_avg_sq
 checkpoint moves between ``fusedopt.torch.X`` and ``torch.optim.X`` both ways.
 
 CPU tensors are updated zero-copy through NumPy views, by the algorithm definitions
-of ``fusedopt.optim`` (no second copy of any update rule).
+of ``fusedopt.optim`` (no second copy of any update rule). ``torch.bfloat16``
+parameters (numba and cython backends) keep bf16 state, as torch does, but the math
+runs in float32 and the parameters are stored with stochastic rounding, drawn from
+``seed=`` (default 0), the step and the parameter's position: reproducible whatever
+the thread count.
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ import torch
 
 from . import flat as _flat
 from . import optim as _optim
+from . import scalars
 from .backends import select
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    """A flat NumPy view of a contiguous CPU tensor (shares its memory)."""
+    """A flat NumPy view of a contiguous CPU tensor (shares its memory); bf16 as the
+    uint16 view of its bits, as the kernels take it."""
+    if t.dtype == torch.bfloat16:
+        return t.detach().view(torch.int16).numpy().view(np.uint16).reshape(-1)
     return t.detach().numpy().reshape(-1)
 
 
@@ -39,12 +47,18 @@ class _Fused(torch.optim.Optimizer):
     _has_step = True  # torch's SGD keeps no step
 
     def __init__(self, params, defaults: dict[str, Any], backend: str,
-                 flatten: bool) -> None:
+                 flatten: bool, seed: int = 0) -> None:
         self._algorithm._check_group(defaults, "")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
         super().__init__(params, defaults)
         for k, group in enumerate(self.param_groups):
             self._algorithm._check_group(group, k)
         self.backend, self._impl = select(backend, "cpu")
+        #: the stochastic-rounding seed of bf16 parameters
+        self.seed = seed
+        self._dtypes = _FLOAT_DTYPES + (
+            (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ())
         self._views: dict[int, dict[str, Any]] = {}  # id(param) -> views (holds param)
         self._flat = _FlatTorch(self) if flatten else None
 
@@ -60,18 +74,19 @@ class _Fused(torch.optim.Optimizer):
         if self._flat is not None:
             self._flat.step()
             return loss
-        algo, work = self._algorithm, []
+        algo, work, index = self._algorithm, [], 0
         for k, group in enumerate(self.param_groups):
             hyper = algo._check_group(group, k)
             for p in group["params"]:
                 if p.grad is not None:
-                    _check_tensor(p, type(self).__name__)
-                    work.append((p, hyper))
-        for p, hyper in work:
-            self._step_param(p, hyper)
+                    _check_tensor(p, type(self).__name__, self._dtypes, self.backend)
+                    work.append((p, hyper, index))
+                index += 1
+        for p, hyper, index in work:
+            self._step_param(p, hyper, index)
         return loss
 
-    def _step_param(self, p: torch.Tensor, hyper: tuple) -> None:
+    def _step_param(self, p: torch.Tensor, hyper: tuple, index: int) -> None:
         algo = self._algorithm
         spec = algo._state_spec(hyper)
         # NumPy views of the parameter, its state and its step, made once: building
@@ -96,7 +111,10 @@ class _Fused(torch.optim.Optimizer):
         step_view = views["step_view"]
         work = {name: views[name] for name, _ in spec}
         work["step"] = int(step_view) if step_view is not None else 0
-        algo._update(self._impl, views["param"], _np(p.grad), work, hyper, fresh)
+        seed = (scalars.rounding_seed(self.seed, work["step"] + 1, index)
+                if views["param"].dtype == np.uint16 else 0)
+        algo._update(self._impl, views["param"], _np(p.grad), work, hyper, fresh, 1.0,
+                     seed)
         if step_view is not None:
             step_view[...] = work["step"]
 
@@ -123,10 +141,11 @@ class _Fused(torch.optim.Optimizer):
             self._flat.adopt_state()
 
 
-def _check_tensor(p: torch.Tensor, owner: str) -> None:
-    """Everything a parameter and its gradient need, raised before any write."""
+def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str) -> None:
+    """Everything a parameter and its gradient need, raised before any write;
+    ``dtypes``: the parameter dtypes the backend steps."""
     g = p.grad
-    if (p.is_cpu and g.is_cpu and not g.is_sparse and p.dtype in _FLOAT_DTYPES
+    if (p.is_cpu and g.is_cpu and not g.is_sparse and p.dtype in dtypes
             and g.dtype == p.dtype and p.is_contiguous() and g.is_contiguous()):
         return  # the common case, first and fast (~1 us, paid per tensor and step)
     if g.is_sparse:
@@ -135,8 +154,9 @@ def _check_tensor(p: torch.Tensor, owner: str) -> None:
     if not (p.is_cpu and g.is_cpu):
         raise RuntimeError(f"{owner}: parameter on {p.device}, gradient on {g.device}; "
                            "fusedopt.torch steps CPU tensors")
-    if p.dtype not in _FLOAT_DTYPES or g.dtype != p.dtype:
-        raise TypeError(f"{owner}: expected float32 or float64 parameters with "
+    if p.dtype not in dtypes or g.dtype != p.dtype:
+        raise TypeError(f"{owner}: expected float32 or float64 parameters (bfloat16 on "
+                        f"the numba and cython backends; this is {backend!r}) with "
                         f"gradients of the same dtype, got {p.dtype} and {g.dtype}")
     raise ValueError(f"{owner}: parameters and gradients must be contiguous (a fused "
                      "kernel updates them in place through one flat view)")
@@ -213,7 +233,7 @@ class _FlatTorch:
                     if p.grad is not gview]  # set_to_none, or assigned: copy it in
         for p, _ in replaced:
             if p.grad is not None:
-                _check_tensor(p, type(opt).__name__)
+                _check_tensor(p, type(opt).__name__, _FLOAT_DTYPES, opt.backend)
         for p, gview in replaced:
             if p.grad is None:
                 gview.zero_()
@@ -296,7 +316,8 @@ class _FlatTorch:
 
 _NOTE = ("\n\nRun by fusedopt's fused kernels with torch.optim's arguments and defaults. "
          "``backend``: 'auto' | 'numba' | 'cython' | 'numpy'; ``flatten=True``: the "
-         "parameters become views of one buffer, one kernel call per group.")
+         "parameters become views of one buffer, one kernel call per group; "
+         "``seed``: stochastic rounding of bfloat16 parameters.")
 
 
 class SGD(_Fused):
@@ -307,10 +328,10 @@ class SGD(_Fused):
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, *, maximize: bool = False,
-                 backend: str = "auto", flatten: bool = False) -> None:
+                 backend: str = "auto", flatten: bool = False, seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), backend, flatten)
+                                      maximize=maximize), backend, flatten, seed)
 
 
 class Adam(_Fused):
@@ -321,10 +342,10 @@ class Adam(_Fused):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *,
                  maximize: bool = False, backend: str = "auto",
-                 flatten: bool = False) -> None:
+                 flatten: bool = False, seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize), backend, flatten)
+                                      maximize=maximize), backend, flatten, seed)
 
 
 class AdamW(Adam):
@@ -335,10 +356,10 @@ class AdamW(Adam):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, *,
                  maximize: bool = False, backend: str = "auto",
-                 flatten: bool = False) -> None:
+                 flatten: bool = False, seed: int = 0) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, backend=backend,
-                         flatten=flatten)
+                         flatten=flatten, seed=seed)
 
 
 class Adagrad(_Fused):
@@ -348,10 +369,10 @@ class Adagrad(_Fused):
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
                  eps: float = 1e-10, *, maximize: bool = False, backend: str = "auto",
-                 flatten: bool = False) -> None:
+                 flatten: bool = False, seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize), backend, flatten)
+                                      eps=eps, maximize=maximize), backend, flatten, seed)
 
 
 class RMSprop(_Fused):
@@ -361,11 +382,11 @@ class RMSprop(_Fused):
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
                  *, maximize: bool = False, backend: str = "auto",
-                 flatten: bool = False) -> None:
+                 flatten: bool = False, seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps,
                                       weight_decay=weight_decay, momentum=momentum,
                                       centered=centered, maximize=maximize),
-                         backend, flatten)
+                         backend, flatten, seed)
 
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]

@@ -123,6 +123,13 @@ def number(x, name, low: float = 0.0, high: float = math.inf,
     return x
 
 
+def seed(x, name) -> int:
+    """A stochastic-rounding seed: an int >= 0 (a bool is refused)."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 0:
+        raise ValueError(f"{_name(name)}: expected an int >= 0, got {x!r}")
+    return int(x)
+
+
 def flag(x, name) -> bool:
     if x is True or x is False:
         return x

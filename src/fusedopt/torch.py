@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import _checks
 from . import flat as _flat
 from . import optim as _optim
 from . import scalars
@@ -49,8 +50,7 @@ class _Fused(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict[str, Any], backend: str,
                  flatten: bool, seed: int = 0) -> None:
         self._algorithm._check_group(defaults, "")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+        seed = _checks.seed(seed, "seed")
         super().__init__(params, defaults)
         for k, group in enumerate(self.param_groups):
             self._algorithm._check_group(group, k)

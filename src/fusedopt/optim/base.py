@@ -134,8 +134,7 @@ class Optimizer:
         if state_dtype not in (None, "float32", "bfloat16"):
             raise ValueError("state_dtype: expected None, 'float32' or 'bfloat16', got "
                              f"{state_dtype!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+        seed = _checks.seed(seed, "seed")
         dtypes = {f.dtype for f in self._flat}
         if self.master_weights and np.dtype(np.uint16) not in dtypes:
             raise ValueError("master_weights: keeps float32 master copies of bfloat16 "
@@ -146,7 +145,7 @@ class Optimizer:
             if state_dtype == "float32" and dtypes != {np.dtype(np.float32)}:
                 raise ValueError("state_dtype: 'float32' state is for bfloat16 "
                                  f"parameters; these are {sorted(map(str, dtypes))}")
-            return (None if state_dtype is None else np.dtype(state_dtype)), int(seed)
+            return (None if state_dtype is None else np.dtype(state_dtype)), seed
         kinds = getattr(self._impl, "BF16", ())
         if state_dtype == "bfloat16" and "state" not in kinds:
             raise ValueError("state_dtype: bfloat16 state runs on the numba, cuda and "
@@ -160,7 +159,7 @@ class Optimizer:
             raise ValueError("state_dtype: bfloat16 state is for float32 or bfloat16 "
                              "parameters, and some parameters are float64")
         return (None if state_dtype is None else np.dtype(
-            _checks.BF16 if state_dtype == "bfloat16" else state_dtype)), int(seed)
+            _checks.BF16 if state_dtype == "bfloat16" else state_dtype)), seed
 
     def _new_state(self, flat, init: float):
         """A state array for the kernel view ``flat``, in the state dtype."""

@@ -135,3 +135,37 @@ def test_lowbit_reports_every_provider_with_its_bytes(tmp_path, capsys):
         assert f"| 4K | {name} | {lowbit.BYTES[name]} |" in out
     for name in ("torch", "deepspeed", "deepspeed-bf16"):
         assert name in rows or f"skipped {name}" in out
+
+
+def test_time_placements_pools_fresh_builds_and_keeps_the_previous_alive():
+    """Every placement is a fresh build, timed and pooled; a build's arrays live until
+    the next build exists (so the allocator cannot hand back the same pages)."""
+    import weakref
+    built, alive_at_build = [], []
+
+    class Arrays:
+        def step(self):
+            pass
+
+    def build():
+        alive_at_build.append([ref() is not None for ref in built])
+        arrays = Arrays()
+        built.append(weakref.ref(arrays))
+        return {"a": arrays.step, "b": arrays.step}, {"a": 1, "b": 2}
+
+    samples = harness.time_placements(build, budget=1.0, rounds=6, placements=3)
+    assert len(built) == 3
+    assert alive_at_build == [[], [True], [False, True]]
+    assert {k: len(v) for k, v in samples.items()} == {"a": 6, "b": 6}
+    assert all(ref() is None for ref in built)
+
+
+def test_lowbit_pools_placements_for_sizes_not_models(monkeypatch):
+    from fusedopt.bench import lowbit
+    seen = []
+    monkeypatch.setattr(lowbit, "measure", lambda label, shapes, budget, rounds, skipped,
+                        placements: seen.append((label, placements)) or [])
+    monkeypatch.setattr(harness, "machine", lambda: {})
+    assert cli.main(["--lowbit", "--sizes", "4K", "--placements", "4",
+                     "--model", "gpt2-small"]) == 0
+    assert seen == [("4K", 4), ("gpt2-small", 1)]

@@ -80,6 +80,29 @@ def _time_rounds(steps, batches, samples, budget, rounds):
         r += 1
 
 
+def time_placements(build: Callable[[], tuple[dict, dict]], budget: float,
+                    rounds: int | None, placements: int) -> dict[str, list[float]]:
+    """Samples of the steps ``build()`` returns (``(steps, batches)``), interleaved,
+    over ``placements`` fresh builds with the samples pooled (budget and rounds split
+    between them).
+
+    Beyond the caches, where an allocation lands in physical memory moves a step by up
+    to 1.7x on the 2-core development VM (the same kernel: 7 to 12 ms at 16M
+    elements); one allocation per implementation would hand that luck to whoever drew
+    it. The previous build is kept until the next exists, so the allocator cannot hand
+    back the same pages.
+    """
+    samples: dict[str, list[float]] = {}
+    kept = None
+    for _ in range(placements):
+        steps, batches = build()
+        kept = steps  # the previous placement is released only now
+        _time_rounds(steps, batches, samples, budget / placements,
+                     None if rounds is None else max(1, rounds // placements))
+    del kept, steps  # free the arrays before the next group
+    return samples
+
+
 def measure_group(optimizer: str, n: int, dtype, names: Iterable[str],
                   budget: float, rounds: int | None = None,
                   skipped: dict[str, str] | None = None,
@@ -87,22 +110,11 @@ def measure_group(optimizer: str, n: int, dtype, names: Iterable[str],
     """Time ``names`` (plus the NumPy baseline and the roofline, always) on one
     (optimizer, n, dtype); unavailable providers go to ``skipped`` with the reason.
 
-    With ``placements > 1`` every implementation's arrays are allocated that many
-    times and the samples pooled. Beyond the caches, where an allocation lands in
-    physical memory moves a step by up to 1.7x on the 2-core development VM (the
-    same kernel: 7 to 12 ms at 16M elements); one allocation per implementation
-    would hand that luck to whoever drew it. The previous allocation is kept until
-    the next exists, so the allocator cannot hand back the same pages.
+    ``placements``: see ``time_placements``.
     """
     names = list(dict.fromkeys([*names, BASELINE, ROOFLINE]))
-    samples: dict[str, list[float]] = {}
-    kept = None
-    for _ in range(placements):
-        steps, batches = _build(names, optimizer, n, dtype, skipped)
-        kept = steps  # the previous placement is released only now
-        _time_rounds(steps, batches, samples, budget / placements,
-                     None if rounds is None else max(1, rounds // placements))
-    del kept, steps  # free the arrays before the next group
+    samples = time_placements(lambda: _build(names, optimizer, n, dtype, skipped),
+                              budget, rounds, placements)
     order = list(samples)
     per_elem = prov.traffic(optimizer, dtype)
     t = {name: median(s) for name, s in samples.items()}

@@ -103,9 +103,7 @@ MAKERS = {
 }
 
 
-def measure(label: str, shapes, budget: float, rounds: int | None,
-            skipped: dict[str, str]) -> list[dict]:
-    """Rows for one workload (``label``: a size or a model name)."""
+def _build(shapes, skipped: dict[str, str]):
     steps, batches = {}, {}
     for name, make in MAKERS.items():
         try:
@@ -115,8 +113,15 @@ def measure(label: str, shapes, budget: float, rounds: int | None,
             skipped[name] = str(exc)
             continue
         batches[name] = harness._batch_size(steps[name])
-    samples: dict[str, list[float]] = {}
-    harness._time_rounds(steps, batches, samples, budget, rounds)
+    return steps, batches
+
+
+def measure(label: str, shapes, budget: float, rounds: int | None,
+            skipped: dict[str, str], placements: int = 1) -> list[dict]:
+    """Rows for one workload (``label``: a size or a model name), over ``placements``
+    allocations of every provider's arrays (``harness.time_placements``)."""
+    samples = harness.time_placements(lambda: _build(shapes, skipped), budget, rounds,
+                                      placements)
     n = sum(int(np.prod(s)) for s in shapes)
     t = {name: median(s) for name, s in samples.items()}
     peer = min((t[p] for p in FP32_PEERS if p in t), default=None)

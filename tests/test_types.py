@@ -50,13 +50,19 @@ def example_args(kernel, layout="float32"):
     return args
 
 
-LAYOUTS = ([(k, "float32") for k in numba_cpu.KERNELS]
-           + [(k, layout) for k in (numba_cpu._sgd, numba_cpu._adam)
+def all_options_on(factory):
+    """The kernel with every boolean option on (the most code in its loop)."""
+    return factory(*[True] * len(factory.flags))
+
+
+LAYOUTS = ([(all_options_on(k), "float32") for k in numba_cpu.KERNELS]
+           + [(all_options_on(k), layout) for k in (numba_cpu._sgd, numba_cpu._adam)
               for layout in ("bf16", "master")])
 
 
 @pytest.mark.parametrize("kernel, layout", LAYOUTS,
-                         ids=lambda x: getattr(x, "__name__", x))
+                         ids=lambda x: getattr(x, "py_func", x).__qualname__.split(".")[0]
+                         if hasattr(x, "py_func") else x)
 def test_float32_kernel_has_no_float64_math(kernel, layout):
     fresh = numba.njit(**{**numba_cpu.JIT_OPTIONS, "cache": False})(kernel.py_func)
     fresh(*example_args(kernel, layout))
@@ -66,7 +72,7 @@ def test_float32_kernel_has_no_float64_math(kernel, layout):
     leaked = {name: str(t) for name, t in typemap.items()
               if "float64" in str(t) and name.removeprefix("arg.") not in params
               and not name.startswith("$const")}
-    assert not leaked, f"float64 values in {kernel.__name__}: {leaked}"
+    assert not leaked, f"float64 values in {kernel.py_func.__qualname__}: {leaked}"
     llvm = fresh.inspect_llvm(sig)
     assert "parfor" in llvm  # the prange loop's body is part of what is checked
     assert not DOUBLE_MATH.findall(llvm), DOUBLE_MATH.findall(llvm)[:3]

@@ -3,13 +3,17 @@
 Every kernel takes flat, C-contiguous arrays of one dtype (float32 or float64) and the
 step's scalars as Python floats, cast to the array dtype inside the kernel (building
 NumPy scalars in Python costs ~3 us per call; a cast inside costs nothing). Changing
-any hyperparameter therefore never recompiles: one specialisation per dtype.
+a hyperparameter's value therefore never recompiles. Its boolean options (weight
+decay on or off, decoupled, Nesterov) are compiled in instead (``_unswitched``): one
+specialisation per dtype and combination in use.
 
 Each kernel holds a serial loop and a ``prange`` loop over the same rule call; arrays
 of ``policy.PARALLEL_MIN_SIZE`` elements or more take the parallel one.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 from numba import njit, prange
@@ -33,185 +37,223 @@ JIT_OPTIONS = dict(parallel=True, cache=True, nogil=True, error_model="numpy",
 _jit = njit(**JIT_OPTIONS)
 
 
-@_jit
-def _sgd(p, g, lr, weight_decay, decay, grad_scale, seed, out, parallel):
-    grad_scale = cast_like(grad_scale, p)
-    lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
-    zero = cast_like(0.0, p)
-    if parallel:
-        for i in prange(p.size):
-            p_, _ = rules.sgd(load(p, i), load(g, i), zero, lr, weight_decay, zero, zero, decay, False, False, grad_scale)
-            store_param(p, i, p_, seed, out)
-    else:
-        for i in range(p.size):
-            p_, _ = rules.sgd(load(p, i), load(g, i), zero, lr, weight_decay, zero, zero, decay, False, False, grad_scale)
-            store_param(p, i, p_, seed, out)
+def _unswitched(template):
+    """``template(*flags)`` returns a kernel whose boolean options are the closure's
+    ``flags``. Numba freezes closure variables as constants, so each combination
+    compiles (and caches: the cache key hashes them) a loop with the options' branches
+    removed. Passed as arguments, they stay in the vectorised loop as selects on
+X the time of a bf16-state Adam step in
+    cache. ``_adam(decay, decoupled)`` is the compiled kernel; ``kernels`` holds those
+    compiled so far, ``flags`` names the options."""
+    kernels = {}
+
+    def kernel(*flags):
+        k = kernels.get(flags)
+        if k is None:  # NumPy bools find the same entry; the closure gets Python's
+            k = kernels[flags] = _jit(template(*map(bool, flags)))
+        return k
+    kernel.kernels, kernel.flags = kernels, tuple(inspect.signature(template).parameters)
+    kernel.__name__ = template.__name__
+    return kernel
 
 
-@_jit
-def _sgd_momentum(p, g, buf, lr, weight_decay, momentum, buf_grad_scale,
-                  decay, nesterov, grad_scale, seed, out, parallel):
-    grad_scale = cast_like(grad_scale, p)
-    lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
-    momentum, buf_grad_scale = cast_like(momentum, p), cast_like(buf_grad_scale, p)
-    if parallel:
-        for i in prange(p.size):
-            p_, buf_ = rules.sgd(load(p, i), load(g, i), load(buf, i), lr, weight_decay, momentum, buf_grad_scale, decay, True, nesterov, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(buf, i, buf_)
-    else:
-        for i in range(p.size):
-            p_, buf_ = rules.sgd(load(p, i), load(g, i), load(buf, i), lr, weight_decay, momentum, buf_grad_scale, decay, True, nesterov, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(buf, i, buf_)
+@_unswitched
+def _sgd(decay):
+    def kernel(p, g, lr, weight_decay, grad_scale, seed, out, parallel):
+        grad_scale = cast_like(grad_scale, p)
+        lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
+        zero = cast_like(0.0, p)
+        if parallel:
+            for i in prange(p.size):
+                p_, _ = rules.sgd(load(p, i), load(g, i), zero, lr, weight_decay, zero, zero, decay, False, False, grad_scale)
+                store_param(p, i, p_, seed, out)
+        else:
+            for i in range(p.size):
+                p_, _ = rules.sgd(load(p, i), load(g, i), zero, lr, weight_decay, zero, zero, decay, False, False, grad_scale)
+                store_param(p, i, p_, seed, out)
+    return kernel
 
 
-@_jit
-def _adam(p, g, m, v, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
-          weight_decay, param_scale, decay, decoupled, grad_scale, seed, out, parallel):
-    grad_scale = cast_like(grad_scale, p)
-    beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
-    step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
-    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
-    param_scale, zero = cast_like(param_scale, p), cast_like(0.0, p)
-    if parallel:
-        for i in prange(p.size):
-            p_, m_, v_, _ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), zero, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(m, i, m_)
-            store(v, i, v_)
-    else:
-        for i in range(p.size):
-            p_, m_, v_, _ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), zero, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(m, i, m_)
-            store(v, i, v_)
+@_unswitched
+def _sgd_momentum(decay, nesterov):
+    def kernel(p, g, buf, lr, weight_decay, momentum, buf_grad_scale, grad_scale, seed,
+               out, parallel):
+        grad_scale = cast_like(grad_scale, p)
+        lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
+        momentum, buf_grad_scale = cast_like(momentum, p), cast_like(buf_grad_scale, p)
+        if parallel:
+            for i in prange(p.size):
+                p_, buf_ = rules.sgd(load(p, i), load(g, i), load(buf, i), lr, weight_decay, momentum, buf_grad_scale, decay, True, nesterov, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(buf, i, buf_)
+        else:
+            for i in range(p.size):
+                p_, buf_ = rules.sgd(load(p, i), load(g, i), load(buf, i), lr, weight_decay, momentum, buf_grad_scale, decay, True, nesterov, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(buf, i, buf_)
+    return kernel
 
 
-@_jit
-def _adam_amsgrad(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2,
-                  eps, weight_decay, param_scale, decay, decoupled, grad_scale, seed, out, parallel):
-    grad_scale = cast_like(grad_scale, p)
-    beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
-    step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
-    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
-    param_scale = cast_like(param_scale, p)
-    if parallel:
-        for i in prange(p.size):
-            p_, m_, v_, vmax_ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), load(vmax, i), beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(m, i, m_)
-            store(v, i, v_)
-            store(vmax, i, vmax_)
-    else:
-        for i in range(p.size):
-            p_, m_, v_, vmax_ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), load(vmax, i), beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(m, i, m_)
-            store(v, i, v_)
-            store(vmax, i, vmax_)
+@_unswitched
+def _adam(decay, decoupled):
+    def kernel(p, g, m, v, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
+               weight_decay, param_scale, grad_scale, seed, out, parallel):
+        grad_scale = cast_like(grad_scale, p)
+        beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
+        step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
+        eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+        param_scale, zero = cast_like(param_scale, p), cast_like(0.0, p)
+        if parallel:
+            for i in prange(p.size):
+                p_, m_, v_, _ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), zero, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(m, i, m_)
+                store(v, i, v_)
+        else:
+            for i in range(p.size):
+                p_, m_, v_, _ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), zero, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, False, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(m, i, m_)
+                store(v, i, v_)
+    return kernel
 
 
-@_jit
-def _adagrad(p, g, acc, clr, eps, weight_decay, decay, grad_scale, seed, out, parallel):
-    grad_scale = cast_like(grad_scale, p)
-    clr, eps, weight_decay = cast_like(clr, p), cast_like(eps, p), cast_like(weight_decay, p)
-    if parallel:
-        for i in prange(p.size):
-            p_, acc_ = rules.adagrad(load(p, i), load(g, i), load(acc, i), clr, eps, weight_decay, decay, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(acc, i, acc_)
-    else:
-        for i in range(p.size):
-            p_, acc_ = rules.adagrad(load(p, i), load(g, i), load(acc, i), clr, eps, weight_decay, decay, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(acc, i, acc_)
+@_unswitched
+def _adam_amsgrad(decay, decoupled):
+    def kernel(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
+               weight_decay, param_scale, grad_scale, seed, out, parallel):
+        grad_scale = cast_like(grad_scale, p)
+        beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
+        step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
+        eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+        param_scale = cast_like(param_scale, p)
+        if parallel:
+            for i in prange(p.size):
+                p_, m_, v_, vmax_ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), load(vmax, i), beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(m, i, m_)
+                store(v, i, v_)
+                store(vmax, i, vmax_)
+        else:
+            for i in range(p.size):
+                p_, m_, v_, vmax_ = rules.adam( load(p, i), load(g, i), load(m, i), load(v, i), load(vmax, i), beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, True, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(m, i, m_)
+                store(v, i, v_)
+                store(vmax, i, vmax_)
+    return kernel
+
+
+@_unswitched
+def _adagrad(decay):
+    def kernel(p, g, acc, clr, eps, weight_decay, grad_scale, seed, out, parallel):
+        grad_scale = cast_like(grad_scale, p)
+        clr, eps, weight_decay = cast_like(clr, p), cast_like(eps, p), cast_like(weight_decay, p)
+        if parallel:
+            for i in prange(p.size):
+                p_, acc_ = rules.adagrad(load(p, i), load(g, i), load(acc, i), clr, eps, weight_decay, decay, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(acc, i, acc_)
+        else:
+            for i in range(p.size):
+                p_, acc_ = rules.adagrad(load(p, i), load(g, i), load(acc, i), clr, eps, weight_decay, decay, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(acc, i, acc_)
+    return kernel
 
 
 # RMSprop has four state layouts (centered adds grad_avg, momentum adds a buffer);
 # one kernel each, so no kernel reads or writes an array it does not need.
-@_jit
-def _rmsprop(p, g, sq, lr, alpha, alphac, eps, weight_decay, momentum,
-             decay, grad_scale, seed, out, parallel):
-    grad_scale = cast_like(grad_scale, p)
-    lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
-    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
-    momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
-    if parallel:
-        for i in prange(p.size):
-            p_, sq_, _, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, False, False, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(sq, i, sq_)
-    else:
-        for i in range(p.size):
-            p_, sq_, _, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, False, False, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(sq, i, sq_)
+@_unswitched
+def _rmsprop(decay):
+    def kernel(p, g, sq, lr, alpha, alphac, eps, weight_decay, momentum, grad_scale,
+               seed, out, parallel):
+        grad_scale = cast_like(grad_scale, p)
+        lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
+        eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+        momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
+        if parallel:
+            for i in prange(p.size):
+                p_, sq_, _, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, False, False, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(sq, i, sq_)
+        else:
+            for i in range(p.size):
+                p_, sq_, _, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, False, False, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(sq, i, sq_)
+    return kernel
 
 
-@_jit
-def _rmsprop_centered(p, g, sq, gavg, lr, alpha, alphac, eps, weight_decay, momentum,
-                      decay, grad_scale, seed, out, parallel):
-    grad_scale = cast_like(grad_scale, p)
-    lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
-    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
-    momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
-    if parallel:
-        for i in prange(p.size):
-            p_, sq_, gavg_, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, True, False, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(sq, i, sq_)
-            store(gavg, i, gavg_)
-    else:
-        for i in range(p.size):
-            p_, sq_, gavg_, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, True, False, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(sq, i, sq_)
-            store(gavg, i, gavg_)
+@_unswitched
+def _rmsprop_centered(decay):
+    def kernel(p, g, sq, gavg, lr, alpha, alphac, eps, weight_decay, momentum,
+               grad_scale, seed, out, parallel):
+        grad_scale = cast_like(grad_scale, p)
+        lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
+        eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+        momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
+        if parallel:
+            for i in prange(p.size):
+                p_, sq_, gavg_, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, True, False, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(sq, i, sq_)
+                store(gavg, i, gavg_)
+        else:
+            for i in range(p.size):
+                p_, sq_, gavg_, _ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), zero, lr, alpha, alphac, eps, weight_decay, momentum, decay, True, False, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(sq, i, sq_)
+                store(gavg, i, gavg_)
+    return kernel
 
 
-@_jit
-def _rmsprop_momentum(p, g, sq, buf, lr, alpha, alphac, eps, weight_decay, momentum,
-                      decay, grad_scale, seed, out, parallel):
-    grad_scale = cast_like(grad_scale, p)
-    lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
-    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
-    momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
-    if parallel:
-        for i in prange(p.size):
-            p_, sq_, _, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, False, True, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(sq, i, sq_)
-            store(buf, i, buf_)
-    else:
-        for i in range(p.size):
-            p_, sq_, _, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, False, True, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(sq, i, sq_)
-            store(buf, i, buf_)
+@_unswitched
+def _rmsprop_momentum(decay):
+    def kernel(p, g, sq, buf, lr, alpha, alphac, eps, weight_decay, momentum,
+               grad_scale, seed, out, parallel):
+        grad_scale = cast_like(grad_scale, p)
+        lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
+        eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+        momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
+        if parallel:
+            for i in prange(p.size):
+                p_, sq_, _, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, False, True, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(sq, i, sq_)
+                store(buf, i, buf_)
+        else:
+            for i in range(p.size):
+                p_, sq_, _, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), zero, load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, False, True, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(sq, i, sq_)
+                store(buf, i, buf_)
+    return kernel
 
 
-@_jit
-def _rmsprop_centered_momentum(p, g, sq, gavg, buf, lr, alpha, alphac, eps,
-                               weight_decay, momentum, decay, grad_scale, seed, out, parallel):
-    grad_scale = cast_like(grad_scale, p)
-    lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
-    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
-    momentum = cast_like(momentum, p)
-    if parallel:
-        for i in prange(p.size):
-            p_, sq_, gavg_, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, True, True, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(sq, i, sq_)
-            store(gavg, i, gavg_)
-            store(buf, i, buf_)
-    else:
-        for i in range(p.size):
-            p_, sq_, gavg_, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, True, True, grad_scale)
-            store_param(p, i, p_, seed, out)
-            store(sq, i, sq_)
-            store(gavg, i, gavg_)
-            store(buf, i, buf_)
+@_unswitched
+def _rmsprop_centered_momentum(decay):
+    def kernel(p, g, sq, gavg, buf, lr, alpha, alphac, eps, weight_decay, momentum,
+               grad_scale, seed, out, parallel):
+        grad_scale = cast_like(grad_scale, p)
+        lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
+        eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
+        momentum = cast_like(momentum, p)
+        if parallel:
+            for i in prange(p.size):
+                p_, sq_, gavg_, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, True, True, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(sq, i, sq_)
+                store(gavg, i, gavg_)
+                store(buf, i, buf_)
+        else:
+            for i in range(p.size):
+                p_, sq_, gavg_, buf_ = rules.rmsprop( load(p, i), load(g, i), load(sq, i), load(gavg, i), load(buf, i), lr, alpha, alphac, eps, weight_decay, momentum, decay, True, True, grad_scale)
+                store_param(p, i, p_, seed, out)
+                store(sq, i, sq_)
+                store(gavg, i, gavg_)
+                store(buf, i, buf_)
+    return kernel
 
 
 @njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})
@@ -242,12 +284,13 @@ def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, wei
     par = param.size >= policy.PARALLEL_MIN_SIZE
     decay = weight_decay != 0.0
     if momentum_buffer is None:
-        _sgd(param, grad, lr, weight_decay, decay, grad_scale, seed, out, par)
+        _sgd(decay)(param, grad, lr, weight_decay, grad_scale, seed, out, par)
     else:
         lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
             fresh_buffer, lr, momentum, dampening, weight_decay)
-        _sgd_momentum(param, grad, momentum_buffer, lr, weight_decay, momentum,
-                      buf_grad_scale, decay, nesterov, grad_scale, seed, out, par)
+        _sgd_momentum(decay, nesterov)(param, grad, momentum_buffer, lr, weight_decay,
+                                       momentum, buf_grad_scale, grad_scale, seed, out,
+                                       par)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
@@ -256,18 +299,18 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
     decay = weight_decay != 0.0
     s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     if max_exp_avg_sq is None:
-        _adam(param, grad, exp_avg, exp_avg_sq, *s, decay, decoupled, grad_scale, seed,
-              out, par)
+        _adam(decay, decoupled)(param, grad, exp_avg, exp_avg_sq, *s, grad_scale, seed,
+                                out, par)
     else:
-        _adam_amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *s,
-                      decay, decoupled, grad_scale, seed, out, par)
+        _adam_amsgrad(decay, decoupled)(param, grad, exp_avg, exp_avg_sq,
+                                        max_exp_avg_sq, *s, grad_scale, seed, out, par)
 
 
 def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
             seed=0, out=None):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
-    _adagrad(param, grad, state_sum, *s, weight_decay != 0.0, grad_scale, seed, out, par)
+    _adagrad(weight_decay != 0.0)(param, grad, state_sum, *s, grad_scale, seed, out, par)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
@@ -276,16 +319,16 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
     decay = weight_decay != 0.0
     s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
     if grad_avg is None and momentum_buffer is None:
-        _rmsprop(param, grad, square_avg, *s, decay, grad_scale, seed, out, par)
+        _rmsprop(decay)(param, grad, square_avg, *s, grad_scale, seed, out, par)
     elif momentum_buffer is None:
-        _rmsprop_centered(param, grad, square_avg, grad_avg, *s, decay, grad_scale, seed,
-                          out, par)
+        _rmsprop_centered(decay)(param, grad, square_avg, grad_avg, *s, grad_scale, seed,
+                                 out, par)
     elif grad_avg is None:
-        _rmsprop_momentum(param, grad, square_avg, momentum_buffer, *s, decay,
-                          grad_scale, seed, out, par)
+        _rmsprop_momentum(decay)(param, grad, square_avg, momentum_buffer, *s,
+                                 grad_scale, seed, out, par)
     else:
-        _rmsprop_centered_momentum(param, grad, square_avg, grad_avg, momentum_buffer,
-                                   *s, decay, grad_scale, seed, out, par)
+        _rmsprop_centered_momentum(decay)(param, grad, square_avg, grad_avg,
+                                          momentum_buffer, *s, grad_scale, seed, out, par)
 
 
 #: bf16 storage (uint16 bits) for state and parameters; see ``fusedopt.lowbit``

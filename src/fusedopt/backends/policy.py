@@ -3,6 +3,6 @@ Cython backend works without it)."""
 
 #: Arrays with at least this many elements are updated by all threads. Entering a
 #: parallel region costs 2-4 us, more than a small tensor's whole update: measured on
-#: 2 Zen 4 cores, float32 Adam (Numba), 1.4 us serial vs 3.0 us parallel at 1K
+#: 2 Zen 3 cores, float32 Adam (Numba), 1.4 us serial vs 3.0 us parallel at 1K
 #: elements, 6.7 vs 6.2 at 16K, 13.4 vs 10.8 at 32K, 512 vs 256 at 1M.
 PARALLEL_MIN_SIZE = 32768

@@ -43,8 +43,8 @@ def _unswitched(template):
     compiles (and caches: the cache key hashes them) a loop with the options' branches
     removed. Passed as arguments, they stay in the vectorised loop as selects on
     both branches' results: measured 1.13-1.23x the time of a bf16-state Adam step in
-    cache (float32: no change). ``_adam(decay, decoupled)`` is the compiled kernel; ``kernels`` holds those
-    compiled so far, ``flags`` names the options."""
+    cache (float32: no change). ``_adam(decay, decoupled)`` is the compiled kernel;
+    ``kernels`` holds those compiled so far, ``flags`` names the options."""
     kernels = {}
 
     def kernel(*flags):

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import CPU_BACKENDS
@@ -151,7 +152,7 @@ def test_time_placements_pools_fresh_builds_and_keeps_the_previous_alive():
         alive_at_build.append([ref() is not None for ref in built])
         arrays = Arrays()
         built.append(weakref.ref(arrays))
-        return {"a": arrays.step, "b": arrays.step}, {"a": 1, "b": 2}
+        return {"a": arrays.step, "b": arrays.step}, {"a": 1, "b": 2}, None
 
     samples = harness.time_placements(build, budget=1.0, rounds=6, placements=3)
     assert len(built) == 3
@@ -160,7 +161,70 @@ def test_time_placements_pools_fresh_builds_and_keeps_the_previous_alive():
     assert all(ref() is None for ref in built)
 
 
-def test_lowbit_pools_placements_for_sizes_not_models(monkeypatch):
+def test_time_rounds_resets_before_each_implementations_untimed_step():
+    """Implementations sharing arrays: ``reset`` runs before each one's samples, so
+    the untimed step and the timed batch of every sample follow it directly."""
+    log = []
+    steps = {"a": lambda: log.append("a"), "b": lambda: log.append("b")}
+    samples = {}
+    harness._time_rounds(steps, {"a": 2, "b": 1}, samples, budget=0.0, rounds=2,
+                         reset=lambda: log.append("reset"))
+    assert log == ["reset", "a", "a", "a", "reset", "b", "b",   # round 0: a, b
+                   "reset", "b", "b", "reset", "a", "a", "a"]   # round 1: rotated
+    assert {k: len(v) for k, v in samples.items()} == {"a": 2, "b": 2}
+
+
+LOWBIT_PARAMS = {  # provider: (role of the params it steps, params bf16, state bf16)
+    "torch": ("param", False, False), "deepspeed": ("param", False, False),
+    "fusedopt": ("param", False, False), "fusedopt-bf16-state": ("param", False, True),
+    "cython-bf16-state": ("param", False, True), "fusedopt-bf16": ("param", True, True),
+    "fusedopt-bf16-master": ("bf16_param", True, False),
+    "deepspeed-bf16": ("param", True, True)}
+
+
+@pytest.mark.parametrize("name", sorted(LOWBIT_PARAMS))
+def test_lowbit_providers_step_the_shared_arena(name):
+    """Every ``--lowbit`` provider reads and writes the arena's memory, not arrays of
+    its own: after a reset (params 0.5, grads 0.01, state 0 in both float32 and bf16
+    views) one Adam step leaves, in the arena, each param at 0.5 - lr (the first step
+    moves by lr along -sign(g)) and each first moment at 0.1 * g, in that provider's
+    dtypes; the float32 master copy moves by lr as well."""
+    from fusedopt.bench import lowbit
+    from fusedopt.bench.providers import ProviderUnavailable
+    arena = lowbit.Arena([(40,), (3, 5)])
+    arena.reset()
+    try:
+        step = lowbit.MAKERS[name](arena)
+    except ProviderUnavailable as exc:
+        pytest.skip(str(exc))
+    role, bf16_params, bf16_state = LOWBIT_PARAMS[name]
+
+    def read(role, bf16):
+        return (arena.flat(role, True).view(lowbit._bf16()).astype(np.float32) if bf16
+                else arena.flat(role).copy())
+    p0, g, master0 = read(role, bf16_params), read("grad", bf16_params), read("param", False)
+    step()
+    tol = 2 ** -8 if bf16_params else 1e-6  # bf16 params: within one bf16 step
+    np.testing.assert_allclose(read(role, bf16_params), p0 - lowbit.LR, rtol=0, atol=tol)
+    np.testing.assert_allclose(read("exp_avg", bf16_state), 0.1 * g,
+                               rtol=2 ** -7 if bf16_state else 1e-6)
+    if name == "fusedopt-bf16-master":
+        np.testing.assert_allclose(read("param", False), master0 - lowbit.LR, atol=1e-6)
+
+
+def test_lowbit_arena_reset_reads_the_same_in_float32_and_bf16():
+    from fusedopt.bench import lowbit
+    arena = lowbit.Arena([(6,), (2, 3)])
+    arena.reset()
+    for role, x in lowbit.Arena.ROLES.items():
+        as_bf16 = arena.flat(role, True).view(lowbit._bf16()).astype(np.float32)
+        np.testing.assert_allclose(as_bf16, x, rtol=2 ** -8)
+        np.testing.assert_allclose(arena.flat(role), x, rtol=2 ** -7)
+    assert [v.shape for v in arena.views("grad")] == [(6,), (2, 3)]
+    assert [v.shape for v in arena.views("grad", True, shaped=False)] == [(6,), (6,)]
+
+
+def test_lowbit_pools_placements_for_sizes_and_models(monkeypatch):
     from fusedopt.bench import lowbit
     seen = []
     monkeypatch.setattr(lowbit, "measure", lambda label, shapes, budget, rounds, skipped,
@@ -168,4 +232,4 @@ def test_lowbit_pools_placements_for_sizes_not_models(monkeypatch):
     monkeypatch.setattr(harness, "machine", lambda: {})
     assert cli.main(["--lowbit", "--sizes", "4K", "--placements", "4",
                      "--model", "gpt2-small"]) == 0
-    assert seen == [("4K", 4), ("gpt2-small", 1)]
+    assert seen == [("4K", 4), ("gpt2-small", 4)]

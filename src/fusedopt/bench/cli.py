@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--placements", type=int, default=None,
                     help="fresh allocations per implementation, samples pooled: "
                          "physical placement moves DRAM-bound steps by up to 1.7x "
-                         "(default 3, --quick 1; --lowbit: sizes only, models 1)")
+                         "(default 3, --quick 1; --lowbit: one arena shared by every "
+                         "implementation per placement)")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and short budgets: every algorithm and backend "
                          "in well under 2 minutes")
@@ -270,12 +271,10 @@ def _main_lowbit(args, sizes: list[int], argv) -> int:
     budget = args.budget if args.budget is not None else 4.0
     placements = args.placements or (1 if args.rounds else 3)
     rows, skipped = [], {}
-    # a model's arrays span gigabytes, over which placement averages out; two of its
-    # allocations of every provider at once would not fit in memory
-    workloads = [(_fmt_n(n), [(n,)], placements) for n in sizes]
-    workloads += [(m, prov.MODELS[m](), 1) for m in args.model]
-    for label, shapes, k in workloads:
-        rows += lowbit.measure(label, shapes, budget, args.rounds, skipped, k)
+    workloads = [(_fmt_n(n), [(n,)]) for n in sizes]
+    workloads += [(m, prov.MODELS[m]()) for m in args.model]
+    for label, shapes in workloads:
+        rows += lowbit.measure(label, shapes, budget, args.rounds, skipped, placements)
     table = lowbit.markdown(rows)
     print(table)
     for name, why in skipped.items():

@@ -60,10 +60,12 @@ def _build(names, optimizer, n, dtype, skipped):
                 skipped[name] = str(exc)
             continue
         batches[name] = _batch_size(steps[name])
-    return steps, batches
+    return steps, batches, None
 
 
-def _time_rounds(steps, batches, samples, budget, rounds):
+def _time_rounds(steps, batches, samples, budget, rounds, reset=None):
+    """``reset``: called before each implementation's untimed step, when the
+    implementations share arrays (``lowbit.Arena``)."""
     order = list(steps)
     deadline = time.perf_counter() + budget
     r = 0
@@ -72,6 +74,8 @@ def _time_rounds(steps, batches, samples, budget, rounds):
             break
         for name in order[r % len(order):] + order[:r % len(order)]:
             step, k = steps[name], batches[name]
+            if reset is not None:
+                reset()
             step()  # untimed: brings this implementation's arrays back into cache
             t0 = time.perf_counter()
             for _ in range(k):
@@ -80,11 +84,12 @@ def _time_rounds(steps, batches, samples, budget, rounds):
         r += 1
 
 
-def time_placements(build: Callable[[], tuple[dict, dict]], budget: float,
-                    rounds: int | None, placements: int) -> dict[str, list[float]]:
-    """Samples of the steps ``build()`` returns (``(steps, batches)``), interleaved,
-    over ``placements`` fresh builds with the samples pooled (budget and rounds split
-    between them).
+def time_placements(build: Callable[[], tuple[dict, dict, Callable | None]],
+                    budget: float, rounds: int | None,
+                    placements: int) -> dict[str, list[float]]:
+    """Samples of the steps ``build()`` returns (``(steps, batches, reset)``, see
+    ``_time_rounds``), interleaved, over ``placements`` fresh builds with the samples
+    pooled (budget and rounds split between them).
 
     Beyond the caches, where an allocation lands in physical memory moves a step by up
     to 1.7x on the 2-core development VM (the same kernel: 7 to 12 ms at 16M
@@ -95,10 +100,10 @@ def time_placements(build: Callable[[], tuple[dict, dict]], budget: float,
     samples: dict[str, list[float]] = {}
     kept = None
     for _ in range(placements):
-        steps, batches = build()
+        steps, batches, reset = build()
         kept = steps  # the previous placement is released only now
         _time_rounds(steps, batches, samples, budget / placements,
-                     None if rounds is None else max(1, rounds // placements))
+                     None if rounds is None else max(1, rounds // placements), reset)
     del kept, steps  # free the arrays before the next group
     return samples
 

@@ -80,34 +80,34 @@ class Arena:
         region = self.regions[role]
         return region.view(np.uint16)[:region.size] if bf16 else region
 
-    def views(self, role: str, bf16: bool = False, shaped: bool = True) -> list[np.ndarray]:
-        """One array per shape (``shaped``, else 1-d): float32, or bf16 bits (uint16)."""
+    def views(self, role: str, bf16: bool = False) -> list[np.ndarray]:
+        """One array per shape: float32, or bf16 bits (uint16)."""
         flat = self.flat(role, bf16)
-        return [flat[a:b].reshape(s if shaped else -1)
+        return [flat[a:b].reshape(s)
                 for a, b, s in zip(self.bounds[:-1], self.bounds[1:], self.shapes)]
 
 
 def _fusedopt(arena: Arena, bf16_params: bool = False, **options) -> Callable[[], None]:
-    """``options``: the optimizer's (state_dtype, master_weights, backend). The state
-    is the arena's, given before the first step (which then creates none). A model's
-    tensors are stepped one call each, not as a FlatParams (whose buffers are its
-    own): this costs fusedopt the Python work per tensor, a few microseconds each."""
+    """``options``: the optimizer's (state_dtype, master_weights, backend).
+
+    A model is stepped as a FlatParams steps it: one kernel call over its tensors laid
+    back to back (here the arena's regions; a FlatParams' buffers are its own). The
+    state is the arena's too, given before the first step, which then creates none."""
     import fusedopt
     from ..optim.base import MASTER
     options.setdefault("backend", "numba")
     master = options.get("master_weights", False)
-    bf16 = _bf16()
-    role = "bf16_param" if master else "param"
-    params = [a.view(bf16) if bf16_params else a for a in arena.views(role, bf16_params)]
-    grads = [a.view(bf16) if bf16_params else a for a in arena.views("grad", bf16_params)]
-    opt = fusedopt.Adam(params, lr=LR, **options)
-    # the optimizer's own state arrays are 1-d, bf16 as its bits (uint16)
+
+    def user(a):  # bf16 params and grads are given as ml_dtypes arrays
+        return a.view(_bf16()) if bf16_params else a
+    param = user(arena.flat("bf16_param" if master else "param", bf16_params))
+    grads = [user(arena.flat("grad", bf16_params))]
+    opt = fusedopt.Adam([param], lr=LR, **options)
     bf16_state = options.get("state_dtype") == "bfloat16" or (bf16_params and not master)
-    ms, vs = (arena.views(r, bf16_state, shaped=False) for r in ("exp_avg", "exp_avg_sq"))
-    for i, (m, v, w) in enumerate(zip(ms, vs, arena.views("param", shaped=False))):
-        opt.state[i] = {"step": 0, "exp_avg": m, "exp_avg_sq": v}
-        if master:
-            opt.state[i][MASTER] = w
+    opt.state[0] = {"step": 0, "exp_avg": arena.flat("exp_avg", bf16_state),
+                    "exp_avg_sq": arena.flat("exp_avg_sq", bf16_state)}
+    if master:
+        opt.state[0][MASTER] = arena.flat("param")
     return lambda: opt.step(grads)
 
 

@@ -32,7 +32,7 @@ def test_json_has_machine_and_every_field(run):
     out, argv = run
     data = json.loads((out / "b.json").read_text())
     assert data["command"] == ["fusedopt-bench", *argv]
-    for key in ("cpu", "logical_cpus", "numpy", "numba", "fusedopt", "backends"):
+    for key in ("cpu", "logical_cpus", "numpy", "numba", "fusedopt", "backends", "llvm_cpu"):
         assert key in data["machine"]
     providers = len(CPU_BACKENDS) + 1  # + roofline
     assert len(data["rows"]) == 2 * 2 * 2 * providers  # optimizers x sizes x dtypes
@@ -72,8 +72,21 @@ def test_json_round_trips(run, tmp_path):
 def test_markdown_table(run):
     out, _ = run
     lines = (out / "b.md").read_text().splitlines()
-    assert lines[0].startswith("| optimizer | provider | n |")
-    assert len(lines) == 2 + 2 * 2 * 2 * (len(CPU_BACKENDS) + 1)
+    machine, _ = cli.load_json(str(out / "b.json"))
+    assert lines[:2] == [f"Measured on: {harness.describe(machine)}", ""]
+    assert lines[2].startswith("| optimizer | provider | n |")
+    assert len(lines) == 4 + 2 * 2 * 2 * (len(CPU_BACKENDS) + 1)
+
+
+def test_machine_names_the_instruction_set():
+    flags = "fpu sse2 avx avx2 fma avx512f avx512bw".split()
+    assert harness.widest_simd(flags) == "avx512f"
+    assert harness.widest_simd(flags[:4]) == "avx2"
+    assert harness.widest_simd(["fpu"]) == "none"
+    info = {"cpu": "AMD EPYC", "cpu_family": 26, "llvm_cpu": "znver5", "simd": "avx512f",
+            "logical_cpus": 2, "numba": "0.68.1", "torch": None}
+    assert harness.describe(info) == ("AMD EPYC (family 26, znver5, avx512f), 2 logical "
+                                      "CPUs; numba 0.68.1")
 
 
 def test_traffic_is_minimal_bytes():

@@ -141,7 +141,7 @@ def format_table(rows) -> str:
 def format_markdown(rows) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_cells(rows)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def write_plot(rows, path: str) -> None:
@@ -252,14 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": harness.machine(), "command": ["fusedopt-bench", *(
-                argv if argv is not None else sys.argv[1:])],
-                "rows": harness.rows_to_dicts(rows)}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(format_markdown(rows))
+    _write(args, argv, harness.rows_to_dicts(rows), format_markdown(rows),
+           harness.machine())
     if args.plot:
         write_plot(rows, args.plot)
     return 0
@@ -288,9 +282,9 @@ def _write(args, argv, rows, table: str, machine: dict) -> None:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "command": ["fusedopt-bench", *(
                 argv if argv is not None else sys.argv[1:])], "rows": rows}, f, indent=1)
-    if args.markdown:
+    if args.markdown:  # the machine first: figures mean little without it
         with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+            f.write(f"Measured on: {harness.describe(machine)}\n\n{table}\n")
 
 
 def _main_cuda(args, sizes: list[int], argv) -> int:

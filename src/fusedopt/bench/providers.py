@@ -141,10 +141,9 @@ def many_small_shapes(count: int = 500, seed: int = 0) -> list[tuple[int, ...]]:
 MODELS = {"gpt2-small": gpt2_small_shapes, "many-small": many_small_shapes}
 
 
-def _model_arrays(shapes, dtype=np.float32):
+def _model_arrays(shapes):
     rng = np.random.default_rng(0)
-    return [rng.standard_normal(s, dtype=np.float32).astype(dtype, copy=False)
-            for s in shapes]
+    return [rng.standard_normal(s, dtype=np.float32) for s in shapes]
 
 
 def _model_fusedopt(backend: str, flat: bool) -> Callable:

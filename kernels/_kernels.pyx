@@ -216,8 +216,9 @@ cdef void _rmsprop_centered_momentum(floating* p, floating* g, state_t* sq,
 
 cdef inline Py_ssize_t _chunk(Py_ssize_t n, Py_ssize_t threads) noexcept nogil:
     """An equal share per thread rounded up to 16 elements (one 64-byte line of
-    float32), so no two threads write the same cache line."""
-    return ((n + threads - 1) // threads + 15) // 16 * 16
+    float32), so no two threads write the same cache line; at least 16, so an empty
+    array gives zero chunks instead of a division by zero."""
+    return max(16, ((n + threads - 1) // threads + 15) // 16 * 16)
 
 
 # Each chunk function steps ``[lo, hi)`` through its layout's span: directly, or, for

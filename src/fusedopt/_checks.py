@@ -44,10 +44,10 @@ def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
                ) -> np.ndarray:
     """An array that must match ``param`` (a gradient or a state buffer) in shape,
     dtype and layout. Returns its flat view (no copy). Names may be lazy (see
-    ``_name``): ``("grads", 3)`` names ``grads[3]``."""
+    ``_name``): ``("grads", 3)`` names ``grads[3]``. Overlap with other arrays is
+    checked by the caller over everything the step touches (``_guard``)."""
     if (type(x) is np.ndarray and x.dtype is param.dtype and x.shape == param.shape
-            and x.flags.c_contiguous and (x.flags.writeable or not writeable)
-            and not np.may_share_memory(x, param)):
+            and x.flags.c_contiguous and (x.flags.writeable or not writeable)):
         return kernel_view(x if x.ndim == 1 else x.reshape(-1))  # the common case
     name, param_name = _name(name), _name(param_name)
     if not isinstance(x, np.ndarray):
@@ -62,9 +62,58 @@ def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
         raise ValueError(f"{name}: expected a C-contiguous array")
     if writeable and not x.flags.writeable:
         raise ValueError(f"{name}: the array is read-only; it is updated in place")
-    if np.may_share_memory(x, param):
-        raise ValueError(f"{name}: shares memory with {param_name}; pass a separate array")
     return kernel_view(x if x.ndim == 1 else x.reshape(-1))  # a subclass that passed
+
+
+def state_array(x, size: int, dtype: np.dtype, name) -> np.ndarray:
+    """A live state array the kernel will update in place: ``size`` elements of
+    ``dtype`` (the kernel dtype: uint16 for bf16 state, whose ``ml_dtypes.bfloat16``
+    arrays are accepted too), C-contiguous and writeable, any shape. Returns its flat
+    kernel view (no copy). Read from ``opt.state`` on every step: an entry a user
+    replaced is checked like a loaded one."""
+    if (type(x) is np.ndarray and x.dtype is dtype and x.size == size
+            and x.flags.c_contiguous and x.flags.writeable):
+        return x if x.ndim == 1 else x.reshape(-1)  # the common case
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{_name(name)}: expected a numpy.ndarray of state, got "
+                        f"{type(x).__name__}")
+    shown = BF16 if dtype == np.uint16 else dtype
+    if x.dtype != dtype and x.dtype != shown:
+        raise TypeError(f"{_name(name)}: expected dtype {shown} (the state dtype of its "
+                        f"parameter), got {x.dtype}")
+    if x.size != size:
+        raise ValueError(f"{_name(name)}: expected {size} elements (those of its "
+                         f"parameter), got {x.size} (shape {x.shape})")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{_name(name)}: expected a C-contiguous array (the kernel "
+                         "updates it in place through one flat view)")
+    if not x.flags.writeable:
+        raise ValueError(f"{_name(name)}: the array is read-only; state is updated in "
+                         "place")
+    return kernel_view(x.reshape(-1))
+
+
+#: the largest step a state may hold: counts stay exact in float64 (torch keeps them
+#: as float32 tensors) and ``step + 1`` fits every integer type the kernels use
+MAX_STEP = 2 ** 53 - 2
+
+
+def state_step(x, name) -> int:
+    """A state's ``step``: an integral count in ``[0, MAX_STEP]``, as a Python int
+    (NumPy integers, integral floats and 0-d arrays are accepted, as torch checkpoints
+    hold them)."""
+    if type(x) is int and 0 <= x <= MAX_STEP:
+        return x  # the common case
+    if isinstance(x, np.ndarray) and x.shape == ():
+        x = x.item()
+    if isinstance(x, (float, np.floating)) and math.isfinite(x) and float(x).is_integer():
+        x = int(x)
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or not (
+            0 <= x <= MAX_STEP):
+        raise ValueError(f"{_name(name)}: expected an int >= 0 (a step count, at most "
+                         "2**53 - 2), "
+                         f"got {x!r}")
+    return int(x)
 
 
 def user_view(a: np.ndarray) -> np.ndarray:

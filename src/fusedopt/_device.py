@@ -15,7 +15,6 @@ one module or the other by the kind of array they were given.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import os
 from typing import Any, NamedTuple
@@ -143,10 +142,34 @@ def like_param(x, param, name, param_name, writeable: bool = False):
     if writeable and i.readonly:
         raise ValueError(f"{_name(name)}: the array is read-only; it is updated in place")
     same_device(i, p, name, param_name)
-    if overlaps(i, p):
-        raise ValueError(f"{_name(name)}: shares memory with {_name(param_name)}; pass a "
-                         "separate array")
     return wrap(x, i)
+
+
+def state_array(x, size: int, dtype: np.dtype, name):
+    """A live CUDA state array (see ``_checks.state_array``): ``size`` elements of
+    ``dtype``, C-contiguous, writeable. Returns its flat device array (no copy)."""
+    i = info(x, name) if is_device_array(x) else None
+    if i is None:
+        raise TypeError(f"{_name(name)}: expected a CUDA array of state, got "
+                        f"{type(x).__name__}")
+    if i.dtype != dtype:
+        raise TypeError(f"{_name(name)}: expected dtype {dtype} (the state dtype of its "
+                        f"parameter), got {i.dtype}")
+    if i.nbytes != size * i.dtype.itemsize:
+        raise ValueError(f"{_name(name)}: expected {size} elements (those of its "
+                         f"parameter), got shape {i.shape}")
+    if not i.contiguous:
+        raise ValueError(f"{_name(name)}: expected a C-contiguous array")
+    if i.readonly:
+        raise ValueError(f"{_name(name)}: the array is read-only; state is updated in "
+                         "place")
+    return wrap(x, i)
+
+
+def span(x, name) -> tuple[int, int]:
+    """The byte range ``[start, stop)`` of a contiguous CUDA array."""
+    i = info(x, name)
+    return i.ptr, i.ptr + i.nbytes
 
 
 def same_device(a: Info, b: Info, name, other) -> None:
@@ -154,11 +177,6 @@ def same_device(a: Info, b: Info, name, other) -> None:
         raise ValueError(f"{_name(name)}: on CUDA device {a.device}, but "
                          f"{_name(other)} is on device {b.device}; one step runs on one "
                          "device")
-
-
-def overlaps(a: Info, b: Info) -> bool:
-    return a.nbytes > 0 and b.nbytes > 0 and a.ptr < b.ptr + b.nbytes and \
-        b.ptr < a.ptr + a.nbytes
 
 
 def wrap(x, i: Info):
@@ -208,29 +226,6 @@ def to_host(a) -> np.ndarray:
 
 def to_device(a: np.ndarray):
     return _cuda().to_device(np.ascontiguousarray(a))
-
-
-class Spans:
-    """Byte ranges of device arrays that must not overlap (parameters and state), kept
-    sorted: finding what a new array overlaps costs one bisection. Ranges added
-    here never overlap each other (each is checked first)."""
-
-    def __init__(self, copy: "Spans | None" = None) -> None:
-        self._starts: list[int] = list(copy._starts) if copy else []
-        self._spans: list[tuple[int, int, str]] = list(copy._spans) if copy else []
-
-    def find(self, i: Info) -> str | None:
-        """The name of a recorded array ``i`` overlaps, or None."""
-        k = bisect.bisect_left(self._starts, i.ptr + i.nbytes)
-        if k and i.nbytes and self._spans[k - 1][1] > i.ptr:
-            return self._spans[k - 1][2]
-        return None
-
-    def add(self, name: str, i: Info) -> None:
-        if i.nbytes:
-            k = bisect.bisect_left(self._starts, i.ptr)
-            self._starts.insert(k, i.ptr)
-            self._spans.insert(k, (i.ptr, i.ptr + i.nbytes, name))
 
 
 def describe() -> dict[str, Any]:

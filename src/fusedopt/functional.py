@@ -18,7 +18,7 @@ import numpy as np
 
 import contextlib
 
-from . import _checks, _device
+from . import _checks, _device, _guard
 from .backends import select
 
 __all__ = ["adagrad_step", "adam_step", "adamw_step", "rmsprop_step", "sgd_step"]
@@ -38,8 +38,18 @@ def _state(chk, x, param, name):
     return chk.like_param(x, param, name, "param", writeable=True)
 
 
-def _run(backend: str, device: str, stream):
-    """The backend module for ``device``, and the context its call runs in."""
+def _run(backend: str, device: str, stream, **arrays):
+    """The backend module for ``device``, and the context its call runs in; first,
+    no two of ``arrays`` (flat kernel views, None for absent state) share memory."""
+    touched = _guard.Touched()
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        if device == "cuda":
+            touched.add_span(*_device.span(a, name), name)
+        else:
+            touched.add(a, name)
+    touched.check()
     _, impl = select(backend, device)
     if device == "cuda":
         return impl, impl.on_stream(stream)
@@ -70,7 +80,7 @@ def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | 
         if momentum_buffer is None:
             raise ValueError("momentum_buffer: expected an array when momentum != 0")
         buf = _state(chk, momentum_buffer, param, "momentum_buffer")
-    impl, context = _run(backend, device, stream)
+    impl, context = _run(backend, device, stream, param=p, momentum_buffer=buf, grad=g)
     with context:
         impl.sgd(p, g, buf, step == 1, _checks.number(lr, "lr"), momentum, dampening,
                  _checks.number(weight_decay, "weight_decay"), nesterov,
@@ -91,7 +101,8 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
     v = _state(chk, exp_avg_sq, param, "exp_avg_sq")
     vmax = None if max_exp_avg_sq is None else _state(chk, max_exp_avg_sq, param,
                                                       "max_exp_avg_sq")
-    impl, context = _run(backend, device, stream)
+    impl, context = _run(backend, device, stream, param=p, exp_avg=m, exp_avg_sq=v,
+                          max_exp_avg_sq=vmax, grad=g)
     with context:
         impl.adam(p, g, m, v, vmax, _checks.step_count(step, "step"),
                   _checks.number(lr, "lr"),
@@ -122,7 +133,7 @@ def adagrad_step(param: np.ndarray, grad: np.ndarray, state_sum: np.ndarray, *,
     p = chk.param_array(param, "param")
     g = chk.like_param(grad, param, "grad", "param")
     s = _state(chk, state_sum, param, "state_sum")
-    impl, context = _run(backend, device, stream)
+    impl, context = _run(backend, device, stream, param=p, state_sum=s, grad=g)
     with context:
         impl.adagrad(p, g, s, _checks.step_count(step, "step"), _checks.number(lr, "lr"),
                      _checks.number(lr_decay, "lr_decay"), _checks.number(eps, "eps"),
@@ -148,7 +159,8 @@ def rmsprop_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
         if momentum_buffer is None:
             raise ValueError("momentum_buffer: expected an array when momentum > 0")
         buf = _state(chk, momentum_buffer, param, "momentum_buffer")
-    impl, context = _run(backend, device, stream)
+    impl, context = _run(backend, device, stream, param=p, square_avg=sq, grad_avg=mu,
+                          momentum_buffer=buf, grad=g)
     with context:
         impl.rmsprop(p, g, sq, mu, buf, _checks.number(lr, "lr"),
                      _checks.number(alpha, "alpha", 0.0, 1.0), _checks.number(eps, "eps"),

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterable, Mapping, Sequence
+import operator
+import threading
+from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 
 import numpy as np
 
-from .. import _checks, _device, scalars
+from .. import _checks, _device, _guard, scalars
 from .. import flat as _flat
 from ..backends import policy, select
 from ..flat import FlatParams
@@ -78,15 +80,11 @@ class Optimizer:
                  stream: Any = None, state_dtype: str | None = None, seed: int = 0,
                  master_weights: bool = False):
         self._check_group(defaults, "")
-        if nonfinite not in NONFINITE:
-            raise ValueError(f"nonfinite: expected one of {list(NONFINITE)}, got "
-                             f"{nonfinite!r}")
-        #: what a step does when a gradient holds NaN or inf (see NONFINITE)
+        # one step at a time: a second thread's step waits for the first (state is
+        # allocated once, and the two updates apply one after the other)
+        self._lock = threading.Lock()
         self.nonfinite = nonfinite
-        #: clip the global L2 norm of the step's gradients to this (torch's
-        #: clip_grad_norm_), or None
-        self.max_grad_norm = (None if max_grad_norm is None else _checks.number(
-            max_grad_norm, "max_grad_norm", low=1e-300))
+        self.max_grad_norm = max_grad_norm
         #: steps skipped by nonfinite="skip", and whether the last one was
         self.skipped_steps, self.last_step_skipped = 0, False
         self.defaults = defaults
@@ -95,14 +93,12 @@ class Optimizer:
         self._params: list[Any] = []
         self._flat: list[Any] = []  # flat views (NumPy) or flat device arrays (CUDA)
         self._shapes: list[tuple[int, ...]] = []
+        # per group, the parameter objects add_param_group took: a step refuses
+        # param_groups whose lists were edited since (see _check_live)
+        self._registered: list[tuple[Any, ...]] = []
         #: "cpu" or "cuda", from the first parameter; every other array must match
         self.device: str | None = None
         self._space: Any = None  # _checks (host arrays) or _device (CUDA arrays)
-        self._spans = _device.Spans()  # CUDA mode: the _guard of device memory
-        # memory owner id -> (name, array) of every parameter and state array: a
-        # gradient is checked against these only when it shares their owner (one set
-        # lookup per gradient instead of a pairwise overlap test)
-        self._guard: dict[int, list[tuple[str, np.ndarray]]] = {}
         #: set when every parameter is a view of this FlatParams (see _setup_flat)
         self.flat_params: FlatParams | None = None
         if isinstance(params, FlatParams):
@@ -128,6 +124,39 @@ class Optimizer:
         self.master_weights = _checks.flag(master_weights, "master_weights")
         self.state_dtype, self.seed = self._check_lowbit(state_dtype, seed)
         self._setup_flat()
+
+    @property
+    def nonfinite(self) -> str:
+        """What a step does when a gradient holds NaN or inf (see ``NONFINITE``);
+        checked when set."""
+        return self._nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, value: str) -> None:
+        if not (isinstance(value, str) and value in NONFINITE):
+            raise ValueError(f"nonfinite: expected one of {list(NONFINITE)}, got "
+                             f"{value!r}")
+        self._nonfinite = value
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        """Clip the global L2 norm of each step's gradients to this (torch's
+        ``clip_grad_norm_``), or None; checked when set (a positive finite number)."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value: float | None) -> None:
+        self._max_grad_norm = (None if value is None else _checks.number(
+            value, "max_grad_norm", low=1e-300))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]  # a lock does not pickle; each copy gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _check_lowbit(self, state_dtype, seed) -> tuple[np.dtype | None, int]:
         """Validate ``state_dtype`` and ``seed`` against the parameters and backend."""
@@ -213,6 +242,11 @@ class Optimizer:
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Append a group; missing hyperparameters take the constructor's defaults."""
         k = len(self.param_groups)
+        if self.flat_params is not None:
+            raise ValueError("add_param_group: this optimizer steps a FlatParams segment "
+                             "by segment, and a new group would not be one of them; "
+                             "build one optimizer over all groups (or a FlatParams "
+                             "holding every parameter)")
         if not isinstance(param_group, Mapping) or "params" not in param_group:
             raise TypeError(f"param_groups[{k}]: expected a dict with a 'params' list, "
                             f"got {type(param_group).__name__}")
@@ -224,8 +258,7 @@ class Optimizer:
         params = group["params"]
         params = [params] if (isinstance(params, np.ndarray) or
                               _device.is_device_array(params)) else list(params)
-        space = self._space
-        flats, spans = [], _device.Spans(self._spans)
+        space, flats = self._space, []
         for j, p in enumerate(params):
             name = f"params[{len(self._params) + j}]"
             here = _device if _device.is_device_array(p) else _checks
@@ -241,67 +274,84 @@ class Optimizer:
                 raise ValueError(f"{name}: the same array appears twice in the "
                                  "optimizer's parameters")
             if space is _device:
-                self._claim_device(spans, name, p, params[0] if not self._params
-                                   else self._params[0])
-                continue
-            for other, q in self._guard.get(_owner(p), ()):
-                if np.may_share_memory(p, q):
-                    raise ValueError(f"{name}: overlaps {other} in memory; each "
-                                     "parameter must own its elements")
-            for q_name, q in zip((f"params[{len(self._params) + i}]" for i in range(j)),
-                                 params[:j]):
-                if _owner(q) == _owner(p) and np.may_share_memory(p, q):
-                    raise ValueError(f"{name}: overlaps {q_name} in memory; each "
-                                     "parameter must own its elements")
+                first = params[0] if not self._params else self._params[0]
+                _device.same_device(_device.info(p, name), _device.info(first, "params[0]"),
+                                    name, "params[0]")
         self._check_group(group, k)
+        touched = _guard.Touched()  # each parameter owns its elements
+        for i, f in enumerate(self._flat + flats):
+            self._touch(touched, f, ("params", i), space)
+        touched.check()
         group["params"] = params
         self.param_groups.append(group)
+        self._registered.append(tuple(params))
         self._space, self.device = space, "cuda" if space is _device else "cpu"
-        self._spans = spans
-        for j, p in enumerate(params):
-            if space is _checks:
-                self._guard_add(f"params[{len(self._params) + j}]", p)
         self._params.extend(params)
         self._flat.extend(flats)
         self._shapes.extend(tuple(int(n) for n in p.shape) for p in params)
 
-    @staticmethod
-    def _claim_device(spans: _device.Spans, name: str, p, first) -> None:
-        """Refuse a CUDA parameter on another device than ``first`` or overlapping an
-        array in ``spans``; then record it there."""
-        info = _device.info(p, name)
-        _device.same_device(info, _device.info(first, "params[0]"), name, "params[0]")
-        other = spans.find(info)
-        if other is not None:
-            raise ValueError(f"{name}: overlaps {other} in memory; each parameter must "
-                             "own its elements")
-        spans.add(name, info)
-
-    def _guard_add(self, name: str, array) -> None:
-        if self._space is _device:
-            self._spans.add(name, _device.info(array, name))
+    def _touch(self, touched: _guard.Touched, array, name, space=None) -> None:
+        """Record ``array`` (a kernel view) as touched by this step."""
+        if (space or self._space) is _device:
+            touched.add_span(*_device.span(array, name), name)
         else:
-            self._guard.setdefault(_owner(array), []).append((name, array))
+            touched.add(array, name)
+
+    def _check_live(self) -> None:
+        """What a step will update is what the optimizer registered: ``param_groups``
+        lists edited in place (a parameter appended or replaced) are refused, since
+        their new arrays were never checked and have no state slot."""
+        if not isinstance(self.state, Mapping):
+            raise TypeError(f"state: expected a dict {{param index: state}}, got "
+                            f"{type(self.state).__name__}")
+        if self.flat_params is not None and not isinstance(self.state, _FlatState):
+            raise ValueError("state: a FlatParams optimizer keeps its state in flat "
+                             "buffers and cannot adopt a replaced state; change it "
+                             "with load_state_dict()")
+        groups = self.param_groups
+        if len(groups) != len(self._registered):
+            raise ValueError(f"param_groups: {len(groups)} groups, but "
+                             f"{len(self._registered)} were added; add groups with "
+                             "add_param_group()")
+        for k, (group, params) in enumerate(zip(groups, self._registered)):
+            live = group.get("params") if isinstance(group, Mapping) else None
+            if live is params:
+                continue
+            if (not isinstance(live, (list, tuple)) or len(live) != len(params)
+                    or any(map(operator.is_not, live, params))):
+                raise ValueError(
+                    f"param_groups[{k}]['params']: changed since the group was added "
+                    f"({len(params)} arrays then); parameters are added with "
+                    "add_param_group(), and an array is updated in place, never "
+                    "replaced")
 
     def step(self, grads: Sequence[np.ndarray] | None = None) -> None:
         """One update of every parameter, in place. ``grads`` holds one array per
         parameter, in the order the parameters were given (group by group), each of
         the parameter's shape and dtype; a FlatParams optimizer steps without it, from
-        the FlatParams' gradient buffer. Everything is checked before the first write:
-        on an exception nothing has changed. Non-finite gradients propagate, as in
-        torch: a NaN or inf in ``grads[i][j]`` reaches ``params[i][j]`` and its state,
-        and no other element."""
-        if self.flat_params is not None:
-            return self._step_flat(grads)
-        if grads is None:
-            raise TypeError("grads: expected a list of arrays, one per parameter (only "
-                            "an optimizer over a FlatParams steps without them)")
-        flat_grads = self._check_grads(grads)
-        hypers = [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
-        with self._on_stream():
-            scale = self._grad_scale(flat_grads, lambda i: f"grads[{i}]")
-            if scale is not None:
-                self._step_tensors(flat_grads, hypers, scale)
+        the FlatParams' gradient buffer. Everything is checked before the first write
+        (every array the kernels will touch, read from the live ``param_groups`` and
+        ``state``, and their overlap in memory) and first-step state is allocated
+        before it too: on an exception nothing has changed. Non-finite gradients
+        propagate, as in torch: a NaN or inf in ``grads[i][j]`` reaches
+        ``params[i][j]`` and its state, and no other element. Steps from two threads
+        run one after the other."""
+        with self._lock:
+            self._check_live()
+            if self.flat_params is not None:
+                return self._step_flat(grads)
+            if grads is None:
+                raise TypeError("grads: expected a list of arrays, one per parameter "
+                                "(only an optimizer over a FlatParams steps without "
+                                "them)")
+            flat_grads = self._check_grads(grads)
+            hypers = [self._check_group(group, k)
+                      for k, group in enumerate(self.param_groups)]
+            plans = self._plan(flat_grads, hypers)
+            with self._on_stream():
+                scale = self._grad_scale(flat_grads, lambda i: f"grads[{i}]")
+                if scale is not None:
+                    self._run(plans, flat_grads, scale)
 
     def _on_stream(self):
         """CUDA mode: launch on ``self.stream`` inside."""
@@ -309,36 +359,92 @@ class Optimizer:
             return self._impl.on_stream(self.stream)
         return contextlib.nullcontext()
 
-    def _step_tensors(self, flat_grads, hypers, scale: float) -> None:
-        impl, i = self._impl, 0
+    def _plan(self, flat_grads, hypers) -> list[tuple]:
+        """Per tensor, its kernel call's arguments ``(hyper, p, out, work, new,
+        fresh)``: ``work`` holds the flat views of its live state (checked) and
+        ``new`` the first-step state allocated here, committed to ``state`` only
+        when every check has passed. Then the overlap of everything touched."""
+        plans, i = [], 0
         for group, hyper in zip(self.param_groups, hypers):
             spec = self._state_spec(hyper)
             for _ in group["params"]:
-                state = self.state.get(i)
-                if state is None:
-                    state = self.state[i] = {"step": 0}
-                p, out = self._flat[i], None
-                if self._mastered(p):
-                    if state.get(MASTER) is None:
-                        state[MASTER] = self._master_copy(p)
-                        self._guard_add(f"state[{i}][{MASTER!r}]", state[MASTER])
-                    p, out = state[MASTER], p
-                fresh = False
-                for name, init in spec:
-                    if state.get(name) is None:
-                        state[name] = self._new_state(self._flat[i], init)
-                        self._guard_add(f"state[{i}][{name!r}]", state[name])
-                        fresh = True
-                self._update(impl, p, flat_grads[i], state, hyper, fresh, scale,
-                             self._seed(p, state, i), out)
+                plans.append((hyper, *self._plan_tensor(i, spec)))
                 i += 1
+        touched = _guard.Touched()  # parameters, state, gradients: errors name the later
+        for i, (_, p, out, work, _, _) in enumerate(plans):
+            self._touch(touched, self._flat[i], ("params", i))
+        for i, (_, _, _, work, _, _) in enumerate(plans):
+            for name, a in work.items():
+                if name != "step":
+                    self._touch(touched, a, (f"state[{i}]", name))
+        for i, g in enumerate(flat_grads):
+            self._touch(touched, g, ("grads", i))
+        touched.check()
+        return plans
+
+    def _plan_tensor(self, i: int, spec) -> tuple:
+        label, flat = f"state[{i}]", self._flat[i]
+        live = self.state.get(i)
+        if live is None:
+            live = {}
+        elif not isinstance(live, MutableMapping):
+            raise TypeError(f"{label}: expected a dict of state, got "
+                            f"{type(live).__name__}")
+        if "step" in live:
+            step = _checks.state_step(live["step"], (label, "step"))
+        elif any(v is not None for v in live.values()):
+            raise ValueError(f"{label}: holds state arrays but no 'step'; set "
+                             f"state[{i}] = {{}} to start this parameter afresh")
+        else:
+            step = 0
+        space, work, new, fresh = self._space, {"step": step}, {}, False
+        p, out = flat, None
+        if self._mastered(flat):
+            master = live.get(MASTER)
+            if master is None:
+                master = new[MASTER] = self._master_copy(flat)
+            else:
+                master = space.state_array(master, flat.size, np.dtype(np.float32),
+                                           (label, MASTER))
+            work[MASTER], p, out = master, master, flat
+        dtype = self._state_dtype_of(flat)
+        for name, init in spec:
+            a = live.get(name)
+            if a is None:
+                a = new[name] = self._new_state(flat, init)
+                fresh = True
+            else:
+                a = space.state_array(a, flat.size, dtype, (label, name))
+            work[name] = a
+        return p, out, work, new, fresh
+
+    def _run(self, plans, flat_grads, scale: float) -> None:
+        """The kernel calls of a checked plan; first-step state joins ``state``."""
+        impl = self._impl
+        for i, (hyper, p, out, work, new, fresh) in enumerate(plans):
+            live = self.state.get(i)
+            if live is None:
+                live = self.state[i] = {}
+            live.update(new)
+            self._update(impl, p, flat_grads[i], work, hyper, fresh, scale,
+                         self._seed(p, work, i), out)
+            live["step"] = work["step"]
 
     def _step_flat(self, grads) -> None:
         """One backend call per segment; no Python work per tensor unless ``grads``
-        are given, which are then copied into the gradient buffer first."""
+        are given, which are then copied into the gradient buffer first. The flat
+        state buffers a step needs are allocated before the first write."""
         if grads is not None:
             checked = self._check_grads(grads)
         hypers = [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
+        needed = []
+        for seg in self._segments:
+            names = [name for name, _ in self._state_spec(hypers[seg["group"]])]
+            if self._mastered(seg["param"]):
+                names.insert(0, MASTER)
+            needed.append([name for name in names if name not in seg["state"]])
+            for name in needed[-1]:
+                self._flat_state_buffer(name, seg["dtype"])
         if grads is not None:
             for i, g in enumerate(checked):
                 seg, a, b = self._where[i]
@@ -349,21 +455,17 @@ class Optimizer:
         if scale is None:
             return
         impl = self._impl
-        for k, seg in enumerate(self._segments):
-            hyper = hypers[seg["group"]]
-            state, fresh = seg["state"], False
+        for k, (seg, missing) in enumerate(zip(self._segments, needed)):
+            hyper, state = hypers[seg["group"]], seg["state"]
+            for name in missing:
+                state[name] = self._flat_state_buffer(name, seg["dtype"])[
+                    seg["start"]:seg["stop"]]
+                if name != MASTER:
+                    _checks.fill(state[name], dict(self._state_spec(hyper))[name])
             p, out = seg["param"], None
             if self._mastered(p):
-                if MASTER not in state:
-                    state[MASTER] = self._flat_state_buffer(MASTER, seg["dtype"])[
-                        seg["start"]:seg["stop"]]
                 p, out = state[MASTER], p
-            for name, init in self._state_spec(hyper):
-                if name not in state:
-                    state[name] = self._flat_state_buffer(name, seg["dtype"])[
-                        seg["start"]:seg["stop"]]
-                    _checks.fill(state[name], init)
-                    fresh = True
+            fresh = any(name != MASTER for name in missing)
             self._update(impl, p, seg["grad"], state, hyper, fresh, scale,
                          self._seed(p, state, k), out)
 
@@ -399,10 +501,11 @@ class Optimizer:
             like = _checks.kernel_view(self.flat_params.buffers[dtype])
             per_dtype[dtype] = (self._master_copy(like) if name == MASTER
                                 else self._new_state(like, 0.0))
-            self._guard_add(f"the flat {name!r} state", per_dtype[dtype])
         return per_dtype[dtype]
 
     def _check_grads(self, grads) -> list[np.ndarray]:
+        """Each gradient matches its parameter (shape, dtype, layout); overlaps are
+        checked with everything else the step touches (``_plan``)."""
         if not isinstance(grads, (list, tuple)) and (
                 isinstance(grads, np.ndarray) or not isinstance(grads, Sequence)):
             raise TypeError("grads: expected a list of arrays, one per parameter, got "
@@ -410,39 +513,9 @@ class Optimizer:
         if len(grads) != len(self._params):
             raise ValueError(f"grads: expected {len(self._params)} arrays (one per "
                              f"parameter), got {len(grads)}")
-        if self._space is _device:
-            return self._check_device_grads(grads)
-        like = _checks.like_param
-        flat = [like(g, p, ("grads", i), ("params", i))
+        like = _device.like_param if self._space is _device else _checks.like_param
+        return [like(g, p, ("grads", i), ("params", i))
                 for i, (g, p) in enumerate(zip(grads, self._params))]
-        seen: dict[int, list[int]] = {}
-        guard = self._guard
-        for i, g in enumerate(grads):
-            owner = _owner(g)
-            for name, q in guard.get(owner, ()):  # a gradient is read while these
-                if np.may_share_memory(g, q):    # are written: refuse any overlap
-                    raise ValueError(f"grads[{i}]: shares memory with {name}; pass a "
-                                     "separate array")
-            for j in seen.get(owner, ()):
-                if np.may_share_memory(g, grads[j]):
-                    raise ValueError(f"grads[{i}]: shares memory with grads[{j}]; each "
-                                     "gradient must be its own array")
-            seen.setdefault(owner, []).append(i)
-        return flat
-
-    def _check_device_grads(self, grads) -> list:
-        flat = [_device.like_param(g, p, ("grads", i), ("params", i))
-                for i, (g, p) in enumerate(zip(grads, self._params))]
-        seen = _device.Spans()
-        for i, g in enumerate(grads):
-            info = _device.info(g, ("grads", i))
-            for spans in (self._spans, seen):  # read while these are written: refuse
-                other = spans.find(info)      # any overlap
-                if other is not None:
-                    raise ValueError(f"grads[{i}]: shares memory with {other}; pass a "
-                                     "separate array")
-            seen.add(f"grads[{i}]", info)
-        return flat
 
     # -- state_dict ---------------------------------------------------------------
 
@@ -478,7 +551,7 @@ class Optimizer:
             raise ValueError(f"state_dict['param_groups']: expected "
                              f"{len(self.param_groups)} groups, got "
                              f"{len(saved_groups) if isinstance(saved_groups, Sequence) else saved_groups!r}")
-        new_groups = []
+        new_groups, spec_of = [], []  # spec_of[i]: the state parameter i's group needs
         for k, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             label = f"state_dict['param_groups'][{k}]"
             if not isinstance(saved, Mapping) or len(saved.get("params", ())) != len(
@@ -486,8 +559,9 @@ class Optimizer:
                 raise ValueError(f"{label}: expected a group of {len(group['params'])} "
                                  "parameters")
             merged = {**group, **{key: saved[key] for key in self.defaults if key in saved}}
-            self._check_group(merged, label)
+            spec = self._state_spec(self._check_group(merged, label))
             new_groups.append(merged)
+            spec_of.extend([spec] * len(group["params"]))
         saved_state = state_dict["state"]
         if not isinstance(saved_state, Mapping):
             raise TypeError("state_dict['state']: expected a dict {param index: state}")
@@ -499,25 +573,27 @@ class Optimizer:
                 raise ValueError(f"{label}: expected a parameter index in "
                                  f"[0, {len(self._params)})")
             new_state[int(key)] = self._load_param_state(
-                st, self._shapes[key], self._state_dtype_of(self._flat[key]), label)
-        if self.flat_params is not None:
-            self._check_flat_steps(new_state)
-        for group, merged in zip(self.param_groups, new_groups):
-            group.update(merged)
+                st, self._shapes[key], self._state_dtype_of(self._flat[key]),
+                spec_of[key], label)
+        # everything is valid: allocate what the new state needs, then swap it in (an
+        # allocation failing leaves the optimizer as it was)
         if self.flat_params is None:
-            if self._space is _device:  # validated on the host, then moved over;
-                spans = _device.Spans()   # the old state's memory is freed: forget it
-                for i, p in enumerate(self._params):
-                    spans.add(f"params[{i}]", _device.info(p, f"params[{i}]"))
-                for i, st in new_state.items():
+            if self._space is _device:  # validated on the host, then moved over
+                for st in new_state.values():
                     for name in st:
                         if name != "step":
                             st[name] = _device.to_device(st[name])
-                            spans.add(f"state[{i}][{name!r}]",
-                                      _device.info(st[name], name))
-                self._spans = spans
+            for group, merged in zip(self.param_groups, new_groups):
+                group.update(merged)
             self.state = new_state
             return
+        self._check_flat_steps(new_state)
+        for i, st in new_state.items():
+            for name in st:
+                if name != "step":
+                    self._flat_state_buffer(name, self._where[i][0]["dtype"])
+        for group, merged in zip(self.param_groups, new_groups):
+            group.update(merged)
         for seg in self._segments:  # copy into the flat state, segment by segment
             seg["state"] = {"step": 0}
         for i, st in new_state.items():
@@ -556,8 +632,11 @@ class Optimizer:
     def _host(self, a):
         return _device.to_host(a) if self._space is _device else a
 
-    def _load_param_state(self, st, shape: tuple[int, ...], dtype: np.dtype,
+    def _load_param_state(self, st, shape: tuple[int, ...], dtype: np.dtype, spec,
                           label: str) -> dict[str, Any]:
+        """One parameter's saved state, checked in full and copied: a known name for
+        every entry, and a started state (one holding any array) complete, with its
+        'step' and every array its group's options need (``spec``)."""
         if not isinstance(st, Mapping):
             raise TypeError(f"{label}: expected a dict of state, got {type(st).__name__}")
         names = self._state_names + ((MASTER,) if self.master_weights else ())
@@ -565,18 +644,19 @@ class Optimizer:
         if unknown:
             raise ValueError(f"{label}: unknown state {sorted(unknown)}; this optimizer "
                              f"keeps 'step' and {list(names)}")
-        step = st.get("step", 0)
-        if isinstance(step, np.ndarray) and step.shape == ():
-            step = step.item()
-        if isinstance(step, float) and step.is_integer():
-            step = int(step)
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"{label}['step']: expected an int >= 0, got {step!r}")
-        out: dict[str, Any] = {"step": int(step)}
-        for name in names:
-            value = st.get(name)
-            if value is None:
-                continue
+        arrays = [name for name in names if st.get(name) is not None]
+        if arrays:
+            missing = [name for name, _ in spec if st.get(name) is None]
+            if "step" not in st:
+                missing.insert(0, "step")
+            if missing:
+                raise ValueError(f"{label}: incomplete state, missing {missing} beside "
+                                 f"{arrays}; a parameter's state is loaded whole (or "
+                                 "left out, to start it afresh)")
+        out: dict[str, Any] = {"step": _checks.state_step(st.get("step", 0),
+                                                          f"{label}['step']")}
+        for name in arrays:
+            value = st[name]
             if not isinstance(value, np.ndarray) or not (
                     value.dtype.kind == "f" or value.dtype == _checks.BF16):
                 raise TypeError(f"{label}[{name!r}]: expected a float array, got "
@@ -623,11 +703,6 @@ class Optimizer:
             for k, g in enumerate(self.param_groups))
         return f"{type(self).__name__}(backend={self.backend!r}{mode}){groups}"
 
-
-
-def _owner(array: np.ndarray) -> int:
-    """The id of the object owning ``array``'s memory (NumPy collapses view chains)."""
-    return id(array if array.base is None else array.base)
 
 
 class _FlatState(Mapping):

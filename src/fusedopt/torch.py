@@ -21,18 +21,21 @@ the thread count.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import operator
+import threading
+from typing import Any, Callable, MutableMapping
 
 import numpy as np
 import torch
 
-from . import _checks
+from . import _checks, _guard
 from . import flat as _flat
 from . import optim as _optim
 from . import scalars
 from .backends import select
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_STEP_DTYPES = (torch.float32, torch.float64, torch.int64, torch.int32)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -43,6 +46,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().reshape(-1)
 
 
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The byte range of a contiguous tensor."""
+    start = t.data_ptr()
+    return start, start + t.numel() * t.element_size()
+
+
 class _Fused(torch.optim.Optimizer):
     _algorithm: type[_optim.Optimizer]
     _has_step = True  # torch's SGD keeps no step
@@ -51,6 +60,7 @@ class _Fused(torch.optim.Optimizer):
                  flatten: bool, seed: int = 0) -> None:
         self._algorithm._check_group(defaults, "")
         seed = _checks.seed(seed, "seed")
+        self._flat = None
         super().__init__(params, defaults)
         for k, group in enumerate(self.param_groups):
             self._algorithm._check_group(group, k)
@@ -59,64 +69,121 @@ class _Fused(torch.optim.Optimizer):
         self.seed = seed
         self._dtypes = _FLOAT_DTYPES + (
             (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ())
-        self._views: dict[int, dict[str, Any]] = {}  # id(param) -> views (holds param)
+        # NumPy views of parameters and state tensors: id -> (tensor, data_ptr, numel,
+        # dtype, view). Building one costs ~2 us; each step reuses it only while the
+        # live tensor still has that pointer, size and dtype, and keeps only the
+        # entries it used (a replaced tensor is let go).
+        self._views: dict[int, tuple] = {}
+        # one step (or load) at a time: a second thread's waits
+        self._lock = threading.Lock()
         self._flat = _FlatTorch(self) if flatten else None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "_flat", None) is not None:
+            raise ValueError("add_param_group: with flatten=True the parameters live in "
+                             "flat buffers laid out at construction; build the optimizer "
+                             "with every group (or use flatten=False)")
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """One update of every parameter that has a gradient (as torch, parameters
-        whose ``grad`` is None are skipped). Checks everything first; an exception
-        leaves parameters and state untouched."""
+        whose ``grad`` is None are skipped). Every tensor the kernels will touch is
+        read from the live ``param_groups`` and ``state`` and checked (device, dtype,
+        size, layout, overlap in memory), and first-step state is allocated, before
+        the first write: an exception leaves parameters and state untouched."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._flat is not None:
-            self._flat.step()
-            return loss
-        algo, work, index = self._algorithm, [], 0
-        for k, group in enumerate(self.param_groups):
-            hyper = algo._check_group(group, k)
-            for p in group["params"]:
-                if p.grad is not None:
-                    _check_tensor(p, type(self).__name__, self._dtypes, self.backend)
-                    work.append((p, hyper, index))
-                index += 1
-        for p, hyper, index in work:
-            self._step_param(p, hyper, index)
+        with self._lock:
+            if self._flat is not None:
+                self._flat.step()
+                return loss
+            self._run(self._plan())
         return loss
 
-    def _step_param(self, p: torch.Tensor, hyper: tuple, index: int) -> None:
+    def _plan(self) -> list[tuple]:
+        algo, views, owner = self._algorithm, {}, type(self).__name__
+        touched, plans, index = _guard.Touched(), [], 0
+        for k, group in enumerate(self.param_groups):
+            hyper = algo._check_group(group, k)
+            spec = algo._state_spec(hyper)
+            for p in group["params"]:
+                if p.grad is not None:
+                    _check_tensor(p, owner, self._dtypes, self.backend)
+                    plans.append(self._plan_param(p, hyper, spec, index, views, touched))
+                index += 1
+        touched.check()
+        self._views = views
+        return plans
+
+    def _view(self, t: torch.Tensor, views: dict) -> np.ndarray:
+        key, ptr = id(t), t.data_ptr()
+        c = self._views.get(key)
+        if c is None or c[0] is not t or c[1] != ptr or c[2] != t.numel() or (
+                c[3] is not t.dtype):
+            c = (t, ptr, t.numel(), t.dtype, _np(t))
+        views[key] = c
+        return c[4]
+
+    def _plan_param(self, p, hyper, spec, index: int, views: dict,
+                    touched: _guard.Touched) -> tuple:
+        label = f"state[params[{index}]]"
+        live = self.state.get(p)
+        if live is None:
+            live = {}
+        elif not isinstance(live, MutableMapping):
+            raise TypeError(f"{label}: expected a dict of state, got "
+                            f"{type(live).__name__}")
+        step_t = None
+        if self._has_step:
+            step_t = live.get("step")
+            if step_t is None and any(isinstance(v, torch.Tensor) for v in live.values()):
+                raise ValueError(f"{label}: holds state tensors but no 'step'; set "
+                                 "opt.state[p] = {} to start this parameter afresh")
+        new, work, fresh = {}, {}, False
+        touched.add_span(*_span(p), ("params", index))
+        touched.add_span(*_span(p.grad), ("grads", index))
+        for name, init in spec:
+            t = live.get(name)
+            if t is None:
+                t = new[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
+                fresh = True
+            else:
+                _check_state(t, p, (label, name))
+                touched.add_span(*_span(t), (label, name))
+            work[name] = self._view(t, views)
+        step, step_view = 0, None
+        if isinstance(step_t, torch.Tensor):
+            if step_t.numel() != 1 or not step_t.is_cpu:
+                raise ValueError(f"{label}['step']: expected a one-element CPU tensor, "
+                                 f"got shape {tuple(step_t.shape)} on {step_t.device}")
+            if step_t.dtype in _STEP_DTYPES:
+                step_view = self._view(step_t, views)
+                step = _checks.state_step(step_view.reshape(()), (label, "step"))
+            else:  # replaced by a float32 tensor after the step, as a number is
+                step = _checks.state_step(step_t.item(), (label, "step"))
+        elif step_t is not None:  # a number (older checkpoints): a tensor from now on
+            step = _checks.state_step(step_t, (label, "step"))
+        return p, self._view(p, views), hyper, index, new, work, fresh, step, step_view
+
+    def _run(self, plans) -> None:
         algo = self._algorithm
-        spec = algo._state_spec(hyper)
-        # NumPy views of the parameter, its state and its step, made once: building
-        # them costs ~10 us per tensor and step (the gradient may be a new tensor
-        # every step, so its view is made each time). Rebuilt when the parameter's
-        # storage moved, the state needed changed, or load_state_dict replaced it.
-        # Keyed by id: hashing a tensor is a Python-level call (~1 us).
-        views, fresh = self._views.get(id(p)), False
-        if views is None or views["ptr"] != p.data_ptr() or views["spec"] != spec:
-            state = self.state[p]
-            if self._has_step and "step" not in state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            for name, init in spec:
-                if state.get(name) is None:
-                    state[name] = torch.full_like(p, init,
-                                                  memory_format=torch.preserve_format)
-                    fresh = True
-            views = {name: _np(state[name]) for name, _ in spec}
-            views.update(param=_np(p), ptr=p.data_ptr(), spec=spec, tensor=p,
-                         step_view=state["step"].numpy() if self._has_step else None)
-            self._views[id(p)] = views
-        step_view = views["step_view"]
-        work = {name: views[name] for name, _ in spec}
-        work["step"] = int(step_view) if step_view is not None else 0
-        seed = (scalars.rounding_seed(self.seed, work["step"] + 1, index)
-                if views["param"].dtype == np.uint16 else 0)
-        algo._update(self._impl, views["param"], _np(p.grad), work, hyper, fresh, 1.0,
-                     seed)
-        if step_view is not None:
-            step_view[...] = work["step"]
+        for p, param, hyper, index, new, work, fresh, step, step_view in plans:
+            live = self.state.get(p)
+            if live is None:
+                live = self.state[p] = {}
+            live.update(new)
+            if self._has_step and step_view is None:
+                live["step"] = torch.tensor(float(step), dtype=torch.float32)
+                step_view = live["step"].numpy()
+            work["step"] = step
+            seed = (scalars.rounding_seed(self.seed, step + 1, index)
+                    if param.dtype == np.uint16 else 0)
+            algo._update(self._impl, param, _np(p.grad), work, hyper, fresh, 1.0, seed)
+            if step_view is not None:
+                step_view[...] = work["step"]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if self._flat is not None:
@@ -133,12 +200,93 @@ class _Fused(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self._flat is not None:
-            self._flat.check_loadable(state_dict)
-        super().load_state_dict(state_dict)
-        self._views.clear()  # the state tensors were replaced
-        if self._flat is not None:
-            self._flat.adopt_state()
+        """torch's load, then every loaded entry checked against its parameter (size,
+        dtype, a complete state, a step that is a count), older formats converted as
+        torch converts them (a number ``step`` becomes a float32 tensor) and
+        non-contiguous state made contiguous (the loaded tensor is a copy either
+        way). All or nothing: on an exception the optimizer is as it was."""
+        with self._lock:
+            before = self.state, self.param_groups
+            if self._flat is not None:
+                self._flat.check_loadable(state_dict)
+            super().load_state_dict(state_dict)
+            try:
+                self._adopt_loaded()
+                if self._flat is not None:
+                    self._flat.adopt_state()
+            except BaseException:
+                self.state, self.param_groups = before
+                raise
+            self._views.clear()  # the state tensors were replaced
+
+    def _adopt_loaded(self) -> None:
+        algo, index = self._algorithm, 0
+        for k, group in enumerate(self.param_groups):
+            spec = algo._state_spec(algo._check_group(group, k))
+            for p in group["params"]:
+                st = self.state.get(p)
+                label = f"state_dict['state'][{index}]"
+                index += 1
+                if st is None:
+                    continue
+                if not isinstance(st, MutableMapping):
+                    raise TypeError(f"{label}: expected a dict of state, got "
+                                    f"{type(st).__name__}")
+                tensors = [n for n in algo._state_names
+                           if isinstance(st.get(n), torch.Tensor)]
+                if tensors:
+                    missing = [n for n, _ in spec if st.get(n) is None]
+                    if self._has_step and "step" not in st:
+                        missing.insert(0, "step")
+                    if missing:
+                        raise ValueError(f"{label}: incomplete state, missing {missing} "
+                                         f"beside {tensors}; a parameter's state is "
+                                         "loaded whole (or left out, to start it afresh)")
+                for name in algo._state_names:
+                    t = st.get(name)
+                    if t is None:
+                        continue
+                    if not isinstance(t, torch.Tensor):
+                        raise TypeError(f"{label}[{name!r}]: expected a tensor, got "
+                                        f"{type(t).__name__}")
+                    if t.shape != p.shape:
+                        raise ValueError(f"{label}[{name!r}]: expected shape "
+                                         f"{tuple(p.shape)} (that of its parameter), got "
+                                         f"{tuple(t.shape)}")
+                    st[name] = t.contiguous()
+                if self._has_step and "step" in st:
+                    step = st["step"]
+                    if isinstance(step, torch.Tensor):
+                        if step.numel() != 1 or step.is_complex():
+                            raise ValueError(f"{label}['step']: expected a one-element "
+                                             f"tensor, got shape {tuple(step.shape)}")
+                        step = step.item()
+                    step = _checks.state_step(step, f"{label}['step']")
+                    st["step"] = torch.tensor(float(step), dtype=torch.float32)
+
+
+def _check_state(t, p: torch.Tensor, name) -> None:
+    """A live state tensor the kernel will update in place beside ``p``."""
+    if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.is_cpu
+            and t.numel() == p.numel() and t.is_contiguous() and not t.is_sparse):
+        return  # the common case
+    where = _checks._name(name)
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{where}: expected a tensor, got {type(t).__name__}")
+    if t.dtype != p.dtype:
+        raise TypeError(f"{where}: expected dtype {p.dtype} (that of its parameter), got "
+                        f"{t.dtype}; torch.optim refuses mixed dtypes too (after "
+                        "model.double() or .half(), build a new optimizer or load a "
+                        "state_dict, which casts)")
+    if not t.is_cpu or t.is_sparse:
+        raise ValueError(f"{where}: expected a dense CPU tensor, got {t.layout} on "
+                         f"{t.device}")
+    if t.numel() != p.numel():
+        raise ValueError(f"{where}: expected {p.numel()} elements (shape "
+                         f"{tuple(p.shape)}, that of its parameter), got shape "
+                         f"{tuple(t.shape)}")
+    raise ValueError(f"{where}: expected a contiguous tensor (the kernel updates it in "
+                     "place through one flat view)")
 
 
 def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str) -> None:
@@ -146,7 +294,8 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str) -> N
     ``dtypes``: the parameter dtypes the backend steps."""
     g = p.grad
     if (p.is_cpu and g.is_cpu and not g.is_sparse and p.dtype in dtypes
-            and g.dtype == p.dtype and p.is_contiguous() and g.is_contiguous()):
+            and g.dtype == p.dtype and p.is_contiguous() and g.is_contiguous()
+            and g.numel() == p.numel()):
         return  # the common case, first and fast (~1 us, paid per tensor and step)
     if g.is_sparse:
         raise RuntimeError(f"{owner} does not support sparse gradients (fusedopt's "
@@ -158,6 +307,9 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str) -> N
         raise TypeError(f"{owner}: expected float32 or float64 parameters (bfloat16 on "
                         f"the numba and cython backends; this is {backend!r}) with "
                         f"gradients of the same dtype, got {p.dtype} and {g.dtype}")
+    if g.numel() != p.numel():
+        raise ValueError(f"{owner}: a gradient of shape {tuple(g.shape)} for a parameter "
+                         f"of shape {tuple(p.shape)} (was p.data replaced?)")
     raise ValueError(f"{owner}: parameters and gradients must be contiguous (a fused "
                      "kernel updates them in place through one flat view)")
 
@@ -170,7 +322,15 @@ class _FlatTorch:
     ``zero_grad`` zeroes the gradient buffer instead of setting gradients to None, so
     autograd keeps accumulating into it; a gradient that was replaced anyway is copied
     in. A parameter with no gradient is stepped with a zero one (torch's behaviour
-    with ``zero_grad(set_to_none=False)``).
+    with ``zero_grad(set_to_none=False)``). Parameters with ``requires_grad=False``
+    when the optimizer is built stay out of the buffers and are never stepped, as
+    torch never steps a parameter that gets no gradient.
+
+    Each step first checks that the layout still holds (the same parameters, each
+    still a view of its place in the buffer, the state in ``opt.state`` still the
+    flat views), and refuses before any write when it does not: a parameter
+    re-pointed by ``p.data = ...``, ``model.to(...)`` or ``model.double()`` after
+    construction would otherwise silently stop training.
     """
 
     def __init__(self, opt: _Fused) -> None:
@@ -180,14 +340,28 @@ class _FlatTorch:
             if p.device.type != "cpu" or p.dtype not in _FLOAT_DTYPES:
                 raise TypeError(f"flatten=True: expected float32/float64 CPU parameters, "
                                 f"got {p.dtype} on {p.device}")
-        shapes = [tuple(p.shape) for p in params]
-        dtypes = [np.dtype(str(p.dtype).removeprefix("torch.")) for p in params]
-        layout = _flat.FlatParams(shapes, dtypes)  # offsets only; buffers are torch's
+        self.params = params
+        #: indices of the parameters in the buffers (requires_grad at construction)
+        self.members = [j for j, p in enumerate(params) if p.requires_grad]
+        self.frozen = [j for j, p in enumerate(params) if not p.requires_grad]
+        self.buffers: dict[np.dtype, torch.Tensor] = {}
+        self.grad_buffers: dict[np.dtype, torch.Tensor] = {}
+        self.grad_views: dict[int, torch.Tensor] = {}
+        self.offsets: dict[int, tuple] = {}
+        self.layout: dict[int, tuple] = {}  # j -> (data_ptr, numel, dtype) it must keep
+        self.segments: list[dict[str, Any]] = []
+        self.segment_of: dict[int, dict[str, Any]] = {}
+        self.state_buffers: dict[str, dict[np.dtype, torch.Tensor]] = {}
+        if not self.members:
+            return
+        members = [params[j] for j in self.members]
+        layout = _flat.FlatParams([tuple(p.shape) for p in members],
+                                  [np.dtype(str(p.dtype).removeprefix("torch."))
+                                   for p in members])  # offsets only; buffers are torch's
         self.buffers = {dt: torch.from_numpy(b) for dt, b in layout.buffers.items()}
         self.grad_buffers = {dt: torch.from_numpy(b)
                              for dt, b in layout.grad_buffers.items()}
-        self.grad_views = []
-        for p, (dt, a, b) in zip(params, layout.offsets):
+        for m, (j, p, (dt, a, b)) in enumerate(zip(self.members, members, layout.offsets)):
             view = self.buffers[dt][a:b].view_as(p)
             view.copy_(p.detach())
             p.data = view
@@ -195,24 +369,26 @@ class _FlatTorch:
             if p.grad is not None:
                 gview.copy_(p.grad)
             p.grad = gview
-            self.grad_views.append(gview)
-        self.params = params
-        self.segments: list[dict[str, Any]] = []
-        self.segment_of: list[dict[str, Any]] = [None] * len(params)
-        i = 0
+            self.grad_views[j] = gview
+            self.offsets[j] = (dt, a, b)
+            self.layout[j] = (p.data_ptr(), p.numel(), p.dtype)
+        position = {j: m for m, j in enumerate(self.members)}
+        first = 0
         for k, group in enumerate(opt.param_groups):
-            members = list(range(i, i + len(group["params"])))
-            for dt, a, b, run in _flat.segments(layout, members):
+            indices = [j for j in range(first, first + len(group["params"]))
+                       if j in position]
+            first += len(group["params"])
+            for dt, a, b, run in _flat.segments(layout, [position[j] for j in indices]):
                 seg = {"group": k, "dtype": dt, "start": a, "stop": b,
                        "param": self.buffers[dt][a:b].numpy(),
                        "grad": self.grad_buffers[dt][a:b].numpy(),
-                       "step": torch.tensor(0.0, dtype=torch.float32), "arrays": {}}
+                       "step": torch.tensor(0.0, dtype=torch.float32), "arrays": {},
+                       "members": [self.members[m] for m in run]}
                 self.segments.append(seg)
-                for j in run:
-                    self.segment_of[j] = seg
-            i += len(group["params"])
-        self.offsets = layout.offsets
-        self.state_buffers: dict[str, dict[np.dtype, torch.Tensor]] = {}
+                for m in run:
+                    self.segment_of[self.members[m]] = seg
+        #: per member, the entries of opt.state[p] that are views of the flat state
+        self.exposed: dict[int, dict[str, Any]] = {j: {} for j in self.members}
 
     def _state_buffer(self, name: str, dt) -> torch.Tensor:
         per_dtype = self.state_buffers.setdefault(name, {})
@@ -223,27 +399,70 @@ class _FlatTorch:
     def zero_grad(self) -> None:
         for gbuf in self.grad_buffers.values():
             gbuf.zero_()
-        for p, gview in zip(self.params, self.grad_views):
-            p.grad = gview
+        for j, gview in self.grad_views.items():
+            self.params[j].grad = gview
+
+    def check_layout(self) -> None:
+        """Refuse, before any write, a step the flat layout no longer describes."""
+        opt, params = self.opt, self.params
+        live = [p for group in opt.param_groups for p in group["params"]]
+        if len(live) != len(params) or any(map(operator.is_not, live, params)):
+            raise ValueError("param_groups: changed since the optimizer was built; with "
+                             "flatten=True the parameters live in flat buffers laid out "
+                             "at construction, so build a new optimizer (or use "
+                             "flatten=False)")
+        for j in self.frozen:
+            if params[j].grad is not None:
+                raise ValueError(f"params[{j}]: has a gradient, but had "
+                                 "requires_grad=False when the optimizer was built, so "
+                                 "flatten=True left it out of the flat buffers; build "
+                                 "the optimizer after unfreezing (or use flatten=False)")
+        state = opt.state
+        for j, (ptr, numel, dtype) in self.layout.items():
+            p = params[j]
+            if (p.data_ptr() != ptr or p.numel() != numel or p.dtype is not dtype
+                    or not p.is_contiguous()):
+                raise ValueError(
+                    f"params[{j}]: no longer a view of its place in the flat buffer "
+                    "(p.data was replaced, e.g. by model.to(), .double() or "
+                    "channels_last after the optimizer was built); flatten=True would "
+                    "step the old memory, so build the optimizer after moving the "
+                    "model (or use flatten=False)")
+            exposed, st = self.exposed[j], state.get(p)
+            if exposed:
+                if st is None or any(st.get(n) is not t for n, t in exposed.items()):
+                    raise ValueError(
+                        f"state[params[{j}]]: replaced; with flatten=True the state is "
+                        "views of flat buffers: change it in place (e.g. "
+                        "opt.state[p]['exp_avg'].zero_()) or with load_state_dict()")
+            elif st:
+                raise ValueError(f"state[params[{j}]]: set before the first step; with "
+                                 "flatten=True state is created by the step or loaded "
+                                 "with load_state_dict()")
 
     def step(self) -> None:
         opt, algo = self.opt, self.opt._algorithm
+        self.check_layout()
         hypers = [algo._check_group(group, k) for k, group in enumerate(opt.param_groups)]
-        replaced = [(p, gview) for p, gview in zip(self.params, self.grad_views)
-                    if p.grad is not gview]  # set_to_none, or assigned: copy it in
+        replaced = [(self.params[j], gview) for j, gview in self.grad_views.items()
+                    if self.params[j].grad is not gview]  # set_to_none, or assigned
         for p, _ in replaced:
             if p.grad is not None:
                 _check_tensor(p, type(opt).__name__, _FLOAT_DTYPES, opt.backend)
+        specs = [algo._state_spec(hypers[seg["group"]]) for seg in self.segments]
+        for seg, spec in zip(self.segments, specs):  # allocate before any write
+            for name, _ in spec:
+                self._state_buffer(name, seg["dtype"])
         for p, gview in replaced:
             if p.grad is None:
                 gview.zero_()
             else:
                 gview.copy_(p.grad)
             p.grad = gview
-        for seg in self.segments:
+        for seg, spec in zip(self.segments, specs):
             hyper = hypers[seg["group"]]
             fresh = False
-            for name, init in algo._state_spec(hyper):
+            for name, init in spec:
                 if name not in seg["arrays"]:
                     buf = self._state_buffer(name, seg["dtype"])[seg["start"]:seg["stop"]]
                     buf.fill_(init)
@@ -261,41 +480,66 @@ class _FlatTorch:
     def _expose(self, seg: dict[str, Any], name: str | None) -> None:
         """``opt.state[p]`` entries as views of the flat state (and the segment's step
         tensor), so torch's state_dict sees per-parameter state."""
-        for j, p in enumerate(self.params):
-            if self.segment_of[j] is not seg:
-                continue
+        for j in seg["members"]:
+            p = self.params[j]
             st = self.opt.state[p]
             if self.opt._has_step and "step" not in st:
-                st["step"] = seg["step"]
+                st["step"] = self.exposed[j]["step"] = seg["step"]
             if name is not None:
                 _, a, b = self.offsets[j]
-                st[name] = seg["arrays"][name][a - seg["start"]:b - seg["start"]].view_as(p)
+                st[name] = self.exposed[j][name] = seg["arrays"][name][
+                    a - seg["start"]:b - seg["start"]].view_as(p)
 
     def check_loadable(self, state_dict: dict[str, Any]) -> None:
-        """A segment steps as one: its parameters' saved steps must agree."""
-        saved = state_dict.get("state", {})
+        """Before torch's load: what the flat state cannot take is refused (the
+        load then changes nothing). A segment steps as one, so its parameters' saved
+        steps must agree; each saved tensor must have its parameter's size."""
+        saved = state_dict.get("state", {}) if isinstance(state_dict, dict) else {}
+        groups = state_dict.get("param_groups", []) if isinstance(state_dict, dict) else []
+        ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", ())]
         steps: dict[int, float] = {}
-        for j in range(len(self.params)):
-            st = saved.get(j, {})
-            step = float(st["step"]) if "step" in st else 0.0
+        for j, key in zip(self.members, [ids[j] if j < len(ids) else j
+                                         for j in self.members]):
+            st = saved.get(key, {})
+            if not isinstance(st, dict):
+                continue  # refused after torch's load, with the other checks
+            p = self.params[j]
+            for name, value in st.items():
+                if (name != "step" and isinstance(value, torch.Tensor)
+                        and value.numel() != p.numel()):
+                    raise ValueError(f"state_dict['state'][{key!r}][{name!r}]: expected "
+                                     f"{p.numel()} elements (shape {tuple(p.shape)}, "
+                                     f"that of its parameter), got shape "
+                                     f"{tuple(value.shape)}")
+            step = st.get("step", 0.0)
+            try:
+                step = float(step)
+            except (TypeError, ValueError, RuntimeError):
+                continue  # refused after torch's load, with the other checks
             seg = id(self.segment_of[j])
             if steps.setdefault(seg, step) != step:
-                raise ValueError(f"state_dict['state'][{j}]['step']: flatten=True steps "
-                                 f"each segment as one, but this parameter's step {step} "
-                                 f"differs from its segment's {steps[seg]}")
+                raise ValueError(f"state_dict['state'][{key!r}]['step']: flatten=True "
+                                 f"steps each segment as one, but this parameter's step "
+                                 f"{step} differs from its segment's {steps[seg]}")
 
     def adopt_state(self) -> None:
-        """After torch's load_state_dict: copy the loaded tensors into the flat state
-        and point ``opt.state`` back at views of it."""
+        """After torch's load (checked): copy the loaded tensors into the flat state
+        and point ``opt.state`` back at views of it. Buffers are allocated first, so
+        a failure leaves the flat state as it was."""
+        loaded = {j: self.opt.state.get(self.params[j], {}) for j in self.members}
+        for j, st in loaded.items():
+            for name, value in st.items():
+                if name != "step" and isinstance(value, torch.Tensor):
+                    self._state_buffer(name, self.segment_of[j]["dtype"])
         for seg in self.segments:
             seg["arrays"] = {}
-        for j, p in enumerate(self.params):
-            loaded = self.opt.state.get(p, {})
+            seg["step"] = torch.tensor(0.0, dtype=torch.float32)
+        for j, st in loaded.items():
             seg = self.segment_of[j]
-            if "step" in loaded:
-                seg["step"].fill_(float(loaded["step"]))
+            if "step" in st:
+                seg["step"].fill_(float(st["step"]))
             _, a, b = self.offsets[j]
-            for name, value in loaded.items():
+            for name, value in st.items():
                 if name == "step" or not isinstance(value, torch.Tensor):
                     continue
                 if name not in seg["arrays"]:
@@ -304,8 +548,9 @@ class _FlatTorch:
                     seg["arrays"][name].zero_()
                 seg["arrays"][name][a - seg["start"]:b - seg["start"]].copy_(
                     value.reshape(-1))
-        for p in self.params:
-            self.opt.state[p] = {}
+        for j in self.members:
+            self.opt.state[self.params[j]] = {}
+            self.exposed[j] = {}
         for seg in self.segments:
             seg["views"] = {n: t.numpy() for n, t in seg["arrays"].items()}
             if seg["arrays"] or seg["step"].item() > 0:

@@ -14,7 +14,9 @@ of ``policy.PARALLEL_MIN_SIZE`` elements or more take the parallel one.
 from __future__ import annotations
 
 import inspect
+import threading
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -279,18 +281,37 @@ def _grad_stats(g, parallel):
 
 # -- the backend contract: flat arrays, raw hyperparameters -------------------------
 
+# Numba's workqueue threading layer (what Numba uses where neither OpenMP nor TBB is
+# available) is not thread-safe: two threads entering parallel regions at once abort
+# the whole process. Parallel calls take this lock until the layer in use is known to
+# be another one (known after the first parallel call).
+_PARALLEL_LOCK = threading.Lock()
+_layer: str | None = None
+
+
+def _call(kernel, *args):
+    """``kernel(*args)``, whose last argument says whether it runs in parallel."""
+    global _layer
+    if not args[-1] or (_layer is not None and _layer != "workqueue"):
+        return kernel(*args)
+    with _PARALLEL_LOCK:
+        result = kernel(*args)
+        if _layer is None:
+            _layer = numba.threading_layer()
+    return result
+
+
 def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
         nesterov, grad_scale, seed=0, out=None):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     decay = weight_decay != 0.0
     if momentum_buffer is None:
-        _sgd(decay)(param, grad, lr, weight_decay, grad_scale, seed, out, par)
+        _call(_sgd(decay), param, grad, lr, weight_decay, grad_scale, seed, out, par)
     else:
         lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
             fresh_buffer, lr, momentum, dampening, weight_decay)
-        _sgd_momentum(decay, nesterov)(param, grad, momentum_buffer, lr, weight_decay,
-                                       momentum, buf_grad_scale, grad_scale, seed, out,
-                                       par)
+        _call(_sgd_momentum(decay, nesterov), param, grad, momentum_buffer, lr,
+              weight_decay, momentum, buf_grad_scale, grad_scale, seed, out, par)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
@@ -299,18 +320,19 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
     decay = weight_decay != 0.0
     s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     if max_exp_avg_sq is None:
-        _adam(decay, decoupled)(param, grad, exp_avg, exp_avg_sq, *s, grad_scale, seed,
-                                out, par)
+        _call(_adam(decay, decoupled), param, grad, exp_avg, exp_avg_sq, *s, grad_scale,
+              seed, out, par)
     else:
-        _adam_amsgrad(decay, decoupled)(param, grad, exp_avg, exp_avg_sq,
-                                        max_exp_avg_sq, *s, grad_scale, seed, out, par)
+        _call(_adam_amsgrad(decay, decoupled), param, grad, exp_avg, exp_avg_sq,
+              max_exp_avg_sq, *s, grad_scale, seed, out, par)
 
 
 def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
             seed=0, out=None):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
-    _adagrad(weight_decay != 0.0)(param, grad, state_sum, *s, grad_scale, seed, out, par)
+    _call(_adagrad(weight_decay != 0.0), param, grad, state_sum, *s, grad_scale, seed, out,
+          par)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
@@ -319,16 +341,16 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
     decay = weight_decay != 0.0
     s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
     if grad_avg is None and momentum_buffer is None:
-        _rmsprop(decay)(param, grad, square_avg, *s, grad_scale, seed, out, par)
+        _call(_rmsprop(decay), param, grad, square_avg, *s, grad_scale, seed, out, par)
     elif momentum_buffer is None:
-        _rmsprop_centered(decay)(param, grad, square_avg, grad_avg, *s, grad_scale, seed,
-                                 out, par)
+        _call(_rmsprop_centered(decay), param, grad, square_avg, grad_avg, *s, grad_scale,
+              seed, out, par)
     elif grad_avg is None:
-        _rmsprop_momentum(decay)(param, grad, square_avg, momentum_buffer, *s,
-                                 grad_scale, seed, out, par)
+        _call(_rmsprop_momentum(decay), param, grad, square_avg, momentum_buffer, *s,
+              grad_scale, seed, out, par)
     else:
-        _rmsprop_centered_momentum(decay)(param, grad, square_avg, grad_avg,
-                                          momentum_buffer, *s, grad_scale, seed, out, par)
+        _call(_rmsprop_centered_momentum(decay), param, grad, square_avg, grad_avg,
+              momentum_buffer, *s, grad_scale, seed, out, par)
 
 
 #: bf16 storage (uint16 bits) for state and parameters; see ``fusedopt.lowbit``
@@ -339,4 +361,4 @@ KERNELS = (_sgd, _sgd_momentum, _adam, _adam_amsgrad, _adagrad, _rmsprop,
 
 
 def grad_stats(grad, parallel):
-    return _grad_stats(grad, parallel)
+    return _call(_grad_stats, grad, parallel)

@@ -194,9 +194,9 @@ class _Fused(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         if self._flat is not None:  # per-parameter step tensors, never one shared
-            for st in sd["state"].values():
+            for key, st in sd["state"].items():  # (torch's entries are the live dicts)
                 if "step" in st:
-                    st["step"] = st["step"].clone()
+                    sd["state"][key] = {**st, "step": st["step"].clone()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -511,11 +511,12 @@ class _FlatTorch:
                                      f"{p.numel()} elements (shape {tuple(p.shape)}, "
                                      f"that of its parameter), got shape "
                                      f"{tuple(value.shape)}")
-            step = st.get("step", 0.0)
             try:
-                step = float(step)
-            except (TypeError, ValueError, RuntimeError):
+                step = float(st.get("step", 0.0))
+            except (TypeError, ValueError, RuntimeError, OverflowError):
                 continue  # refused after torch's load, with the other checks
+            if "step" not in st and any(isinstance(v, torch.Tensor) for v in st.values()):
+                continue  # incomplete: likewise
             seg = id(self.segment_of[j])
             if steps.setdefault(seg, step) != step:
                 raise ValueError(f"state_dict['state'][{key!r}]['step']: flatten=True "

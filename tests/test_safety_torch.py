@@ -1,0 +1,423 @@
+"""Never corrupt, never half-write, never train silently wrong: fusedopt.torch.
+
+The PyTorch half of tests/test_safety.py: each test asserts torch.optim's behaviour
+(run on a twin) or a clean exception after which parameters, gradients, state and a
+canary tensor carved from the same storage are bit-identical; cases that could crash
+the interpreter run in a subprocess.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fusedopt.torch as ft  # noqa: E402
+
+from test_safety import BACKENDS, run_isolated  # noqa: E402
+
+
+def t_snapshot(opt, tensors):
+    def clone(v):
+        return v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+    return ([clone(t) for t in tensors], [clone(getattr(t, "grad", None)) for t in tensors],
+            {id(p): {k: clone(v) for k, v in st.items()} for p, st in opt.state.items()})
+
+
+def assert_t_unchanged(opt, tensors, snap):
+    def same(a, b):
+        if isinstance(a, torch.Tensor):
+            assert isinstance(b, torch.Tensor) and a.dtype == b.dtype
+            assert a.shape == b.shape and torch.equal(
+                a.contiguous().view(-1).view(torch.uint8),
+                b.contiguous().view(-1).view(torch.uint8))
+        else:
+            assert a == b
+    for t, before in zip(tensors, snap[0]):
+        same(t.detach(), before)
+    for t, before in zip(tensors, snap[1]):
+        if before is not None:
+            same(t.grad, before)
+    assert {id(p) for p in opt.state} == set(snap[2])
+    for p, st in opt.state.items():
+        assert set(st) == set(snap[2][id(p)])
+        for k, v in st.items():
+            same(v, snap[2][id(p)][k])
+
+
+def torch_setup(cls="Adam", backend="numba", flatten=False, dtype=torch.float32,
+                steps=2, **kw):
+    """Two parameters and a canary carved from one storage, trained ``steps``."""
+    gen = torch.Generator().manual_seed(0)
+    block = torch.randn(3 * 64, generator=gen, dtype=dtype)
+    params = [torch.nn.Parameter(block[:64].clone()), torch.nn.Parameter(block[64:128])]
+    canary = block[128:]
+    opt = getattr(ft, cls)(params, lr=0.1, backend=backend, flatten=flatten, **kw)
+    for _ in range(steps):
+        for k, p in enumerate(params):
+            p.grad = torch.full_like(p, 0.5 + k)
+        opt.step()
+    return opt, params, canary
+
+
+def twin(cls, params, **kw):
+    return getattr(torch.optim, cls)(params, lr=0.1, foreach=False, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_wrong_size_state_load_is_refused(backend):
+    out = run_isolated(f"""
+        import copy, torch, fusedopt.torch as ft
+        block = torch.randn(3 * 64)
+        params = [torch.nn.Parameter(block[:64].clone()), torch.nn.Parameter(block[64:128])]
+        canary = block[128:].clone()
+        opt = ft.Adam(params, lr=0.1, backend={backend!r})
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        sd = copy.deepcopy(opt.state_dict())
+        before = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in params]
+        for bad in (torch.zeros(4), torch.zeros(1 << 16), torch.zeros(8, 8)):
+            sd["state"][1]["exp_avg"] = bad
+            try:
+                opt.load_state_dict(sd)
+            except ValueError as exc:
+                assert "state_dict['state'][1]['exp_avg']: expected shape (64,)" in str(exc), exc
+            else:
+                raise AssertionError("loaded")
+            now = opt.state_dict()
+            for i in (0, 1):
+                for k, v in before[0]["state"][i].items():
+                    assert torch.equal(now["state"][i][k], v), (i, k)
+        opt.step()
+        assert torch.equal(block[128:], canary)
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_repointed_parameter_is_checked_against_its_state(backend):
+    out = run_isolated(f"""
+        import torch, fusedopt.torch as ft
+        block = torch.randn(3 * 64)
+        params = [torch.nn.Parameter(block[:64].clone()), torch.nn.Parameter(block[64:128])]
+        canary = block[128:].clone()
+        opt = ft.Adam(params, lr=0.1, backend={backend!r})
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        state = {{k: v.clone() for k, v in opt.state[params[1]].items()}}
+        params[1].data = torch.randn(1 << 16)    # larger, gradient still the old size
+        big = params[1].detach().clone()
+        for grad in (None, torch.ones(1 << 16)):
+            if grad is not None:
+                params[1].grad = grad
+            try:
+                opt.step()
+            except ValueError as exc:
+                assert "params[1]" in str(exc) or "Adam:" in str(exc), exc
+            else:
+                raise AssertionError("stepped")
+            assert torch.equal(params[1].detach(), big)
+            for k, v in state.items():
+                assert torch.equal(opt.state[params[1]][k], v), k
+        assert torch.equal(block[128:], canary)
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_model_double_after_steps_raises_like_torch(backend):
+    out = run_isolated(f"""
+        import torch, fusedopt.torch as ft
+        for make in (lambda m: ft.Adam(m.parameters(), backend={backend!r}),
+                     lambda m: torch.optim.Adam(m.parameters(), foreach=False)):
+            torch.manual_seed(0)
+            model = torch.nn.Linear(8, 4)
+            opt = make(model)
+            model(torch.randn(3, 8)).sum().backward()
+            opt.step()
+            model.double()
+            model(torch.randn(3, 8, dtype=torch.float64)).sum().backward()
+            before = [p.detach().clone() for p in model.parameters()]
+            state = [{{k: v.clone() for k, v in opt.state[p].items()}} for p in model.parameters()]
+            try:
+                opt.step()
+            except (TypeError, RuntimeError) as exc:
+                print(type(opt).__module__.split(".")[0], type(exc).__name__)
+            else:
+                raise AssertionError("stepped float64 params with float32 state")
+            if isinstance(opt, torch.optim.Adam):
+                continue  # torch raises too (after counting the step): not our contract
+            for p, b, st in zip(model.parameters(), before, state):
+                assert torch.equal(p.detach(), b)
+                for k, v in st.items():
+                    assert torch.equal(opt.state[p][k], v)
+    """)
+    assert out.split() == ["fusedopt", "TypeError", "torch", "RuntimeError"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_model_double_before_the_first_step_trains_like_torch(backend):
+    results = []
+    for make in (lambda m: ft.Adam(m.parameters(), lr=0.1, backend=backend),
+                 lambda m: twin("Adam", m.parameters())):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 4)
+        opt = make(model)
+        model.double()
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(3, 8, dtype=torch.float64)).square().sum().backward()
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reset", ["entry", "whole state", "one tensor"])
+def test_torch_replaced_state_is_what_the_next_step_uses(reset):
+    runs = []
+    for make in (lambda ps: ft.Adam(ps, lr=0.1), lambda ps: twin("Adam", ps)):
+        params = [torch.nn.Parameter(torch.linspace(-1, 1, 16, dtype=torch.float64))]
+        opt = make(params)
+        for step in range(4):
+            params[0].grad = torch.cos(params[0].detach() * (step + 1))
+            if step == 2:
+                if reset == "entry":
+                    opt.state[params[0]] = {}
+                elif reset == "whole state":
+                    from collections import defaultdict
+                    opt.state = defaultdict(dict)
+                else:
+                    opt.state[params[0]]["exp_avg"] = torch.zeros_like(params[0])
+            opt.step()
+        runs.append((params[0].detach().clone(), float(opt.state[params[0]]["step"])))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-12, atol=1e-12)
+    assert runs[0][1] == runs[1][1]
+
+
+def test_torch_state_aliasing_a_parameter_is_refused():
+    opt, params, canary = torch_setup()
+    snap = t_snapshot(opt, params + [canary])
+    good = opt.state[params[1]]["exp_avg"]
+    opt.state[params[1]]["exp_avg"] = params[0].detach()
+    with pytest.raises(ValueError, match=r"shares memory with params\[0\]"):
+        opt.step()
+    opt.state[params[1]]["exp_avg"] = good
+    params[1].grad = params[0].detach()[:]  # torch accepts it; the kernel must not
+    with pytest.raises(ValueError, match=r"grads\[1\]: shares memory with params\[0\]"):
+        opt.step()
+    params[1].grad = snap[1][1].clone()
+    assert_t_unchanged(opt, params + [canary], snap)
+
+
+def test_torch_non_contiguous_loaded_state_is_the_state_trained():
+    torch.manual_seed(0)
+    shape = (6, 4)
+    sds = []
+    for make in (lambda ps: ft.Adam(ps, lr=0.1), lambda ps: twin("Adam", ps)):
+        p = torch.nn.Parameter(torch.randn(*shape, dtype=torch.float64))
+        opt = make([p])
+        src = torch.arange(24, dtype=torch.float64).reshape(4, 6).t() / 100
+        assert not src.is_contiguous()
+        opt.load_state_dict({"state": {0: {"step": torch.tensor(3.0), "exp_avg": src,
+                                           "exp_avg_sq": src.square()}},
+                             "param_groups": [{**opt.defaults, "params": [0]}]})
+        for _ in range(3):
+            p.grad = torch.ones_like(p)
+            opt.step()
+        sds.append(copy.deepcopy(opt.state_dict()["state"][0]))
+    for k in sds[1]:
+        torch.testing.assert_close(sds[0][k], sds[1][k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("step", [3, 3.0, torch.tensor(3), torch.tensor([3.0])])
+def test_torch_old_step_formats_load_like_torch(step):
+    results = []
+    for make in (lambda ps: ft.Adam(ps, lr=0.1), lambda ps: twin("Adam", ps)):
+        p = torch.nn.Parameter(torch.linspace(0, 1, 8, dtype=torch.float64))
+        opt = make([p])
+        st = {"step": step, "exp_avg": torch.full_like(p, 0.1),
+              "exp_avg_sq": torch.full_like(p, 0.01)}
+        opt.load_state_dict({"state": {0: st},
+                             "param_groups": [{**opt.defaults, "params": [0]}]})
+        p.grad = torch.ones_like(p)
+        opt.step()
+        results.append((p.detach().clone(), float(opt.state[p]["step"])))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    assert results[0][1] == results[1][1] == 4.0
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("breaker, exc, message", [
+    (lambda st: st.update(step=10 ** 400), ValueError, r"\['step'\]: expected an int"),
+    (lambda st: st.pop("exp_avg_sq"), ValueError, r"incomplete state, missing "
+     r"\['exp_avg_sq'\]"),
+    (lambda st: st.pop("step"), ValueError, r"incomplete state, missing \['step'\]"),
+    (lambda st: st.update(exp_avg=torch.zeros(63)), ValueError, r"\['exp_avg'\]: expected"),
+])
+def test_torch_bad_loads_change_nothing(flatten, breaker, exc, message):
+    opt, params, canary = torch_setup(flatten=flatten)
+    sd = copy.deepcopy(opt.state_dict())
+    breaker(sd["state"][1])
+    snap = t_snapshot(opt, params + [canary])
+    with pytest.raises(exc, match=message):
+        opt.load_state_dict(sd)
+    assert_t_unchanged(opt, params + [canary], snap)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()  # still consistent
+
+
+def test_torch_parameter_appended_to_a_group_trains_like_torch():
+    results = []
+    for make in (lambda ps: ft.SGD(ps, lr=0.1, momentum=0.9),
+                 lambda ps: twin("SGD", ps, momentum=0.9)):
+        a = torch.nn.Parameter(torch.ones(8, dtype=torch.float64))
+        b = torch.nn.Parameter(torch.full((5,), 2.0, dtype=torch.float64))
+        opt = make([a])
+        for step in range(3):
+            if step == 1:
+                opt.param_groups[0]["params"].append(b)
+            a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+            opt.step()
+        results.append((a.detach().clone(), b.detach().clone()))
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_out_of_memory_on_first_step_state_writes_nothing(monkeypatch):
+    params = [torch.nn.Parameter(torch.ones(16)) for _ in range(3)]
+    opt = ft.Adam(params, lr=0.1)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    real, calls = torch.full_like, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise MemoryError("simulated")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "full_like", failing)
+    with pytest.raises(MemoryError):
+        opt.step()
+    assert all(torch.equal(p.detach(), torch.ones(16)) for p in params)
+    assert len(opt.state) == 0
+    monkeypatch.setattr(torch, "full_like", real)
+    opt.step()
+    assert all(float(opt.state[p]["step"]) == 1 for p in params)
+
+
+def test_torch_one_optimizer_from_two_threads_equals_sequential_steps():
+    n = 50_000
+    p = torch.nn.Parameter(torch.ones(n))
+    ref = torch.nn.Parameter(torch.ones(n))
+    opt, opt_ref = ft.Adam([p], lr=1e-3), ft.Adam([ref], lr=1e-3)
+    p.grad = ref.grad = torch.linspace(-1, 1, n)
+    barrier = threading.Barrier(2)
+
+    def worker():
+        barrier.wait()
+        for _ in range(40):
+            opt.step()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for _ in range(80):
+        opt_ref.step()
+    assert float(opt.state[p]["step"]) == 80
+    assert torch.equal(p.detach(), ref.detach())
+
+
+# -- flatten=True -------------------------------------------------------------------
+
+def test_flatten_frozen_parameters_are_never_moved():
+    torch.manual_seed(0)
+    results = []
+    for make in (lambda ps: ft.AdamW(ps, lr=0.1, flatten=True),
+                 lambda ps: twin("AdamW", ps)):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        model[0].requires_grad_(False)
+        frozen = [p.detach().clone() for p in model[0].parameters()]
+        opt = make(model.parameters())
+        x = torch.randn(16, 4)
+        for _ in range(100):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        for p, f in zip(model[0].parameters(), frozen):
+            assert torch.equal(p.detach(), f)
+        results.append([p.detach().clone() for p in model[1].parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=1e-6)
+
+
+def test_flatten_refuses_a_frozen_parameter_that_later_gets_a_gradient():
+    model = torch.nn.Linear(4, 2)
+    model.bias.requires_grad_(False)
+    opt = ft.Adam(model.parameters(), flatten=True)
+    model.bias.requires_grad_(True)
+    model(torch.randn(3, 4)).sum().backward()
+    snap = t_snapshot(opt, list(model.parameters()))
+    with pytest.raises(ValueError, match=r"params\[1\]: has a gradient, but had "
+                       "requires_grad=False"):
+        opt.step()
+    assert_t_unchanged(opt, list(model.parameters()), snap)
+
+
+@pytest.mark.parametrize("move", ["data", "double", "channels_last"])
+def test_flatten_refuses_a_repointed_parameter(move):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(12, 1))
+    opt = ft.Adam(model.parameters(), flatten=True)
+    x = torch.randn(2, 2, 4, 4)
+    model(x).sum().backward()
+    opt.step()
+    if move == "data":
+        model[2].weight.data = model[2].weight.data.clone()
+    elif move == "double":
+        model.double()
+        x = x.double()
+    else:
+        model.to(memory_format=torch.channels_last)
+    opt.zero_grad()
+    model(x.contiguous(memory_format=torch.channels_last) if move == "channels_last"
+          else x).sum().backward()
+    snap = t_snapshot(opt, list(model.parameters()))
+    with pytest.raises(ValueError, match=r"no longer a view of its place in the flat "
+                       "buffer"):
+        opt.step()
+    assert_t_unchanged(opt, list(model.parameters()), snap)
+
+
+def test_flatten_refuses_group_edits_and_replaced_state():
+    opt, params, canary = torch_setup(flatten=True)
+    with pytest.raises(ValueError, match="add_param_group: with flatten=True"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(3))]})
+    extra = torch.nn.Parameter(torch.ones(3))
+    extra.grad = torch.ones(3)
+    opt.param_groups[0]["params"].append(extra)
+    snap = t_snapshot(opt, params + [canary])
+    with pytest.raises(ValueError, match="param_groups: changed since the optimizer "
+                       "was built"):
+        opt.step()
+    opt.param_groups[0]["params"].pop()
+    saved = opt.state[params[0]]
+    opt.state[params[0]] = {}
+    with pytest.raises(ValueError, match=r"state\[params\[0\]\]: replaced"):
+        opt.step()
+    opt.state[params[0]] = saved
+    assert_t_unchanged(opt, params + [canary], snap)
+    opt.step()

@@ -1,6 +1,8 @@
-"""Fuzzing: random constructor arguments, gradients and state dicts. Only clean
-exceptions (TypeError, ValueError, FloatingPointError) come out, and whenever one
-does, the parameters are bit-identical to before."""
+"""Fuzzing: random constructor arguments, gradients (aliasing ones included, built
+with ``as_strided`` and ``np.frombuffer`` over the parameters' memory), live state
+edits and state dicts. Only clean exceptions (TypeError, ValueError,
+FloatingPointError) come out, and whenever one does, the parameters, the state and
+a canary beside them in memory are bit-identical to before."""
 
 from __future__ import annotations
 
@@ -23,14 +25,24 @@ KEYS = ["lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "
 
 
 @st.composite
-def grads_for(draw, shapes, dtype):
+def grads_for(draw, shapes, dtype, block):
     out = []
     for shape in shapes:
         kind = draw(st.sampled_from(["ok", "ok", "ok", "nan", "shape", "dtype", "list",
-                                     "none", "strided", "readonly"]))
+                                     "none", "strided", "readonly", "alias_strided",
+                                     "alias_buffer"]))
         g = np.random.default_rng(draw(st.integers(0, 99))).standard_normal(shape)
         g = g.astype(dtype)
-        if kind == "nan":
+        n = int(np.prod(shape))
+        if kind in ("alias_strided", "alias_buffer"):  # somewhere in the params' block
+            at = draw(st.integers(0, block.size - n))
+            if kind == "alias_strided":
+                g = np.lib.stride_tricks.as_strided(block[at:], shape=shape,
+                                                    strides=g.strides)
+            else:
+                g = np.frombuffer(block.data, dtype, count=n,
+                                  offset=at * block.itemsize).reshape(shape)
+        elif kind == "nan":
             g.reshape(-1)[draw(st.integers(0, g.size - 1))] = np.nan
         elif kind == "shape":
             g = np.zeros(g.size + 1, dtype)
@@ -51,7 +63,7 @@ def grads_for(draw, shapes, dtype):
 def mutate_state_dict(draw, sd):
     sd = copy.deepcopy(sd)
     what = draw(st.sampled_from(["none", "drop_key", "bad_step", "bad_shape", "junk_group",
-                                 "extra_state", "wrong_type"]))
+                                 "extra_state", "wrong_type", "truncated", "huge_step"]))
     if what == "drop_key":
         sd.pop(draw(st.sampled_from(["state", "param_groups"])))
     elif what == "bad_step" and sd["state"]:
@@ -66,7 +78,55 @@ def mutate_state_dict(draw, sd):
         sd["state"][draw(st.integers(-2, 5))] = {"step": 1}
     elif what == "wrong_type":
         sd["param_groups"] = draw(junk)
+    elif what == "truncated" and sd["state"]:
+        arrays = sorted(k for k, v in sd["state"][0].items() if isinstance(v, np.ndarray))
+        sd["state"][0].pop(draw(st.sampled_from(arrays + ["step"])), None)
+    elif what == "huge_step" and sd["state"]:
+        sd["state"][0]["step"] = draw(st.sampled_from([10 ** 400, 2 ** 63, 2 ** 53,
+                                                       float("nan"), -1]))
     return sd
+
+
+def edit_live_state(draw, opt):
+    """What users do to ``opt.state`` between steps: reset or replace an entry."""
+    if not opt.state:
+        return
+    i = draw(st.sampled_from(sorted(opt.state)))
+    what = draw(st.sampled_from(["none", "none", "reset", "zeros", "wrong_size",
+                                 "wrong_dtype", "readonly", "alias_param"]))
+    arrays = sorted(k for k, v in opt.state[i].items() if isinstance(v, np.ndarray))
+    if what == "reset":
+        opt.state[i] = {}
+    elif arrays and what != "none":
+        k = draw(st.sampled_from(arrays))
+        v = opt.state[i][k]
+        opt.state[i][k] = {
+            "zeros": lambda: np.zeros_like(v),
+            "wrong_size": lambda: np.zeros(v.size + 1, v.dtype),
+            "wrong_dtype": lambda: np.zeros(v.shape, np.float16),
+            "readonly": lambda: np.require(np.zeros_like(v), requirements="C").view(),
+            "alias_param": lambda: opt._flat[i].view(v.dtype)[:v.size],
+        }[what]()
+        if what == "readonly":
+            opt.state[i][k].flags.writeable = False
+
+
+def snapshot(opt, block):
+    return block.copy(), {i: {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                              for k, v in st_.items()} for i, st_ in opt.state.items()}
+
+
+def assert_unchanged(opt, block, snap):
+    np.testing.assert_array_equal(block.view(np.uint8), snap[0].view(np.uint8))
+    assert set(opt.state) == set(snap[1])
+    for i, st_ in snap[1].items():
+        assert set(opt.state[i]) == set(st_)
+        for k, v in st_.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(np.asarray(opt.state[i][k]).view(np.uint8),
+                                              v.view(np.uint8))
+            else:
+                assert opt.state[i][k] == v
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
@@ -75,25 +135,29 @@ def mutate_state_dict(draw, sd):
        shapes=st.lists(st.tuples(st.integers(1, 6)), min_size=1, max_size=3))
 def test_fuzz_only_clean_exceptions_and_no_partial_writes(data, name, dtype, shapes):
     cls = ALGORITHMS[name][0]
-    params = [np.random.default_rng(i).standard_normal(s).astype(dtype)
-              for i, s in enumerate(shapes)]
+    sizes = [int(np.prod(s)) for s in shapes]
+    # the parameters and a canary carved from one allocation, back to back
+    block = np.random.default_rng(0).standard_normal(sum(sizes) + 8).astype(dtype)
+    offsets = np.cumsum([0] + sizes)
+    params = [block[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes)]
     kwargs = data.draw(st.dictionaries(st.sampled_from(KEYS), junk, max_size=3))
     try:
         opt = cls(params, **kwargs)
     except CLEAN:
         return
     for _ in range(3):
-        before = [p.copy() for p in params]
+        edit_live_state(data.draw, opt)
+        snap = snapshot(opt, block)
         try:
-            opt.step(data.draw(grads_for(shapes, dtype)))
+            opt.step(data.draw(grads_for(shapes, dtype, block)))
         except CLEAN:
-            for p, b in zip(params, before):
-                np.testing.assert_array_equal(p, b, strict=True)
-    before = [p.copy() for p in params]
-    state_before = copy.deepcopy(dict(opt.state))
+            assert_unchanged(opt, block, snap)
+    for i in list(opt.state):  # a consistent state to save: reset, one clean step
+        opt.state[i] = {}
+    opt.step([np.ones(s, dtype) for s in shapes])
+    snap = snapshot(opt, block)
     try:
         opt.load_state_dict(mutate_state_dict(data.draw, opt.state_dict()))
     except CLEAN:
-        assert set(opt.state) == set(state_before)
-    for p, b in zip(params, before):  # loading never touches the parameters
-        np.testing.assert_array_equal(p, b, strict=True)
+        assert_unchanged(opt, block, snap)
+    np.testing.assert_array_equal(block, snap[0])  # loading never touches the parameters

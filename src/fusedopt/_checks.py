@@ -104,6 +104,8 @@ def state_step(x, name) -> int:
     hold them)."""
     if type(x) is int and 0 <= x <= MAX_STEP:
         return x  # the common case
+    if type(x) is float and x.is_integer() and 0 <= x <= MAX_STEP:
+        return int(x)  # a torch step tensor's value
     if isinstance(x, np.ndarray) and x.shape == ():
         x = x.item()
     if isinstance(x, (float, np.floating)) and math.isfinite(x) and float(x).is_integer():

@@ -54,6 +54,31 @@ except ImportError:  # running from a source tree without the compiled modules
         return None
 
 
+def check_arrays(arrays: list, names) -> None:
+    """ValueError if two of the host ``arrays`` share a byte; ``names()`` lists
+    their names (called on error only: formatting them costs more than the check)."""
+    starts: list[int] = []
+    stops: list[int] = []
+    bounds(arrays, starts, stops)
+    _raise_on_overlap(starts, stops, names)
+
+
+def check_spans(spans: list[tuple[int, int]], names) -> None:
+    """The same over raw byte ranges ``(start, stop)`` (CUDA arrays, tensors)."""
+    _raise_on_overlap([a for a, _ in spans], [b for _, b in spans], names)
+
+
+def _raise_on_overlap(starts: list, stops: list, names) -> None:
+    pair = first_overlap(starts, stops)
+    if pair is not None:
+        a, b = sorted(pair)
+        listed = names()
+        raise ValueError(
+            f"{_name(listed[b])}: shares memory with {_name(listed[a])}; a step writes "
+            "parameters and state while it reads gradients, so each array must own "
+            "its elements (pass separate arrays)")
+
+
 class Touched:
     """What one step will touch: host arrays (``add``), or raw byte ranges
     (``add_span``: torch tensors, CUDA arrays). Names are formatted only on error
@@ -82,11 +107,4 @@ class Touched:
         later first."""
         starts, stops = list(self.starts), list(self.stops)
         bounds(self.arrays, starts, stops)
-        pair = first_overlap(starts, stops)
-        if pair is not None:
-            names = self.span_names + self.names
-            a, b = sorted(pair)
-            raise ValueError(
-                f"{_name(names[b])}: shares memory with {_name(names[a])}; a step writes "
-                "parameters and state while it reads gradients, so each array must own "
-                "its elements (pass separate arrays)")
+        _raise_on_overlap(starts, stops, lambda: self.span_names + self.names)

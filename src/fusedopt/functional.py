@@ -41,15 +41,12 @@ def _state(chk, x, param, name):
 def _run(backend: str, device: str, stream, **arrays):
     """The backend module for ``device``, and the context its call runs in; first,
     no two of ``arrays`` (flat kernel views, None for absent state) share memory."""
-    touched = _guard.Touched()
-    for name, a in arrays.items():
-        if a is None:
-            continue
-        if device == "cuda":
-            touched.add_span(*_device.span(a, name), name)
-        else:
-            touched.add(a, name)
-    touched.check()
+    given = {name: a for name, a in arrays.items() if a is not None}
+    names = lambda: list(given)  # noqa: E731
+    if device == "cuda":
+        _guard.check_spans([_device.span(a, name) for name, a in given.items()], names)
+    else:
+        _guard.check_arrays(list(given.values()), names)
     _, impl = select(backend, device)
     if device == "cuda":
         return impl, impl.on_stream(stream)

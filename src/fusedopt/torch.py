@@ -46,12 +46,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().reshape(-1)
 
 
-def _span(t: torch.Tensor) -> tuple[int, int]:
-    """The byte range of a contiguous tensor."""
-    start = t.data_ptr()
-    return start, start + t.numel() * t.element_size()
-
-
 class _Fused(torch.optim.Optimizer):
     _algorithm: type[_optim.Optimizer]
     _has_step = True  # torch's SGD keeps no step
@@ -104,21 +98,29 @@ class _Fused(torch.optim.Optimizer):
         return loss
 
     def _plan(self) -> list[tuple]:
+        """Per parameter with a gradient, its kernel call: NumPy views of the live
+        parameter, gradient and state (checked), first-step state allocated but not
+        yet in ``state``. Then the byte ranges of all of them against each other."""
         algo, views, owner = self._algorithm, {}, type(self).__name__
-        touched, plans, index = _guard.Touched(), [], 0
+        plans, arrays, index = [], [], 0
         for k, group in enumerate(self.param_groups):
             hyper = algo._check_group(group, k)
             spec = algo._state_spec(hyper)
             for p in group["params"]:
                 if p.grad is not None:
                     _check_tensor(p, owner, self._dtypes, self.backend)
-                    plans.append(self._plan_param(p, hyper, spec, index, views, touched))
+                    plans.append(self._plan_param(p, hyper, spec, index, views, arrays))
                 index += 1
-        touched.check()
+        _guard.check_arrays(arrays, lambda: [
+            name for plan in plans for name in (
+                ("params", plan[3]), ("grads", plan[3]),
+                *((f"state[params[{plan[3]}]]", n) for n in plan[5]))])
         self._views = views
         return plans
 
     def _view(self, t: torch.Tensor, views: dict) -> np.ndarray:
+        """The NumPy view of ``t``, reused while ``t`` still has the pointer, size
+        and dtype it was made for."""
         key, ptr = id(t), t.data_ptr()
         c = self._views.get(key)
         if c is None or c[0] is not t or c[1] != ptr or c[2] != t.numel() or (
@@ -127,50 +129,57 @@ class _Fused(torch.optim.Optimizer):
         views[key] = c
         return c[4]
 
-    def _plan_param(self, p, hyper, spec, index: int, views: dict,
-                    touched: _guard.Touched) -> tuple:
-        label = f"state[params[{index}]]"
+    def _plan_param(self, p, hyper, spec, index: int, views: dict, arrays: list
+                    ) -> tuple:
         live = self.state.get(p)
         if live is None:
             live = {}
-        elif not isinstance(live, MutableMapping):
-            raise TypeError(f"{label}: expected a dict of state, got "
+        elif type(live) is not dict and not isinstance(live, MutableMapping):
+            raise TypeError(f"state[params[{index}]]: expected a dict of state, got "
                             f"{type(live).__name__}")
-        step_t = None
-        if self._has_step:
-            step_t = live.get("step")
-            if step_t is None and any(isinstance(v, torch.Tensor) for v in live.values()):
-                raise ValueError(f"{label}: holds state tensors but no 'step'; set "
-                                 "opt.state[p] = {} to start this parameter afresh")
+        step_t = live.get("step") if self._has_step else None
+        if step_t is None and self._has_step and any(
+                isinstance(v, torch.Tensor) for v in live.values()):
+            raise ValueError(f"state[params[{index}]]: holds state tensors but no "
+                             "'step'; set opt.state[p] = {} to start it afresh")
+        param, grad = self._view(p, views), self._view(p.grad, views)
+        arrays += (param, grad)
         new, work, fresh = {}, {}, False
-        touched.add_span(*_span(p), ("params", index))
-        touched.add_span(*_span(p.grad), ("grads", index))
         for name, init in spec:
             t = live.get(name)
             if t is None:
                 t = new[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
                 fresh = True
             else:
-                _check_state(t, p, (label, name))
-                touched.add_span(*_span(t), (label, name))
+                _check_state(t, p, (f"state[params[{index}]]", name))
             work[name] = self._view(t, views)
+            arrays.append(work[name])
         step, step_view = 0, None
+        if type(step_t) is torch.Tensor and step_t.dtype in _STEP_DTYPES and (
+                step_t.is_cpu and step_t.numel() == 1):
+            step_view = self._view(step_t, views)
+            step = _checks.state_step(step_view.item(0),
+                                      (f"state[params[{index}]]", "step"))
+        elif step_t is not None:
+            step = self._odd_step(step_t, index)
+        return p, param, grad, index, hyper, work, new, fresh, step, step_view
+
+    @staticmethod
+    def _odd_step(step_t, index: int) -> int:
+        """A ``step`` that is not a one-element CPU float/int tensor: a number (older
+        checkpoints) or another tensor; it becomes a float32 tensor after the step,
+        as torch converts it at load."""
+        name = f"state[params[{index}]]['step']"
         if isinstance(step_t, torch.Tensor):
             if step_t.numel() != 1 or not step_t.is_cpu:
-                raise ValueError(f"{label}['step']: expected a one-element CPU tensor, "
-                                 f"got shape {tuple(step_t.shape)} on {step_t.device}")
-            if step_t.dtype in _STEP_DTYPES:
-                step_view = self._view(step_t, views)
-                step = _checks.state_step(step_view.reshape(()), (label, "step"))
-            else:  # replaced by a float32 tensor after the step, as a number is
-                step = _checks.state_step(step_t.item(), (label, "step"))
-        elif step_t is not None:  # a number (older checkpoints): a tensor from now on
-            step = _checks.state_step(step_t, (label, "step"))
-        return p, self._view(p, views), hyper, index, new, work, fresh, step, step_view
+                raise ValueError(f"{name}: expected a one-element CPU tensor, got shape "
+                                 f"{tuple(step_t.shape)} on {step_t.device}")
+            step_t = step_t.item()
+        return _checks.state_step(step_t, name)
 
     def _run(self, plans) -> None:
-        algo = self._algorithm
-        for p, param, hyper, index, new, work, fresh, step, step_view in plans:
+        algo, impl = self._algorithm, self._impl
+        for p, param, grad, index, hyper, work, new, fresh, step, step_view in plans:
             live = self.state.get(p)
             if live is None:
                 live = self.state[p] = {}
@@ -181,7 +190,7 @@ class _Fused(torch.optim.Optimizer):
             work["step"] = step
             seed = (scalars.rounding_seed(self.seed, step + 1, index)
                     if param.dtype == np.uint16 else 0)
-            algo._update(self._impl, param, _np(p.grad), work, hyper, fresh, 1.0, seed)
+            algo._update(impl, param, grad, work, hyper, fresh, 1.0, seed)
             if step_view is not None:
                 step_view[...] = work["step"]
 

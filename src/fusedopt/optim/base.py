@@ -12,7 +12,8 @@ import contextlib
 import math
 import operator
 import threading
-from typing import Any, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -278,10 +279,12 @@ class Optimizer:
                 _device.same_device(_device.info(p, name), _device.info(first, "params[0]"),
                                     name, "params[0]")
         self._check_group(group, k)
-        touched = _guard.Touched()  # each parameter owns its elements
-        for i, f in enumerate(self._flat + flats):
-            self._touch(touched, f, ("params", i), space)
-        touched.check()
+        arrays = self._flat + flats  # each parameter owns its elements
+        names = lambda: [("params", i) for i in range(len(arrays))]  # noqa: E731
+        if space is _device:
+            _guard.check_spans([_device.span(a, "") for a in arrays], names)
+        else:
+            _guard.check_arrays(arrays, names)
         group["params"] = params
         self.param_groups.append(group)
         self._registered.append(tuple(params))
@@ -290,18 +293,11 @@ class Optimizer:
         self._flat.extend(flats)
         self._shapes.extend(tuple(int(n) for n in p.shape) for p in params)
 
-    def _touch(self, touched: _guard.Touched, array, name, space=None) -> None:
-        """Record ``array`` (a kernel view) as touched by this step."""
-        if (space or self._space) is _device:
-            touched.add_span(*_device.span(array, name), name)
-        else:
-            touched.add(array, name)
-
     def _check_live(self) -> None:
         """What a step will update is what the optimizer registered: ``param_groups``
         lists edited in place (a parameter appended or replaced) are refused, since
         their new arrays were never checked and have no state slot."""
-        if not isinstance(self.state, Mapping):
+        if type(self.state) is not dict and not isinstance(self.state, Mapping):
             raise TypeError(f"state: expected a dict {{param index: state}}, got "
                             f"{type(self.state).__name__}")
         if self.flat_params is not None and not isinstance(self.state, _FlatState):
@@ -314,9 +310,7 @@ class Optimizer:
                              f"{len(self._registered)} were added; add groups with "
                              "add_param_group()")
         for k, (group, params) in enumerate(zip(groups, self._registered)):
-            live = group.get("params") if isinstance(group, Mapping) else None
-            if live is params:
-                continue
+            live = group.get("params") if isinstance(group, dict) else None
             if (not isinstance(live, (list, tuple)) or len(live) != len(params)
                     or any(map(operator.is_not, live, params))):
                 raise ValueError(
@@ -363,23 +357,27 @@ class Optimizer:
         """Per tensor, its kernel call's arguments ``(hyper, p, out, work, new,
         fresh)``: ``work`` holds the flat views of its live state (checked) and
         ``new`` the first-step state allocated here, committed to ``state`` only
-        when every check has passed. Then the overlap of everything touched."""
-        plans, i = [], 0
+        when every check has passed. Then the overlap of everything touched:
+        parameters, state, gradients, in that order (an error names the later)."""
+        plans, i, plan_tensor = [], 0, self._plan_tensor
         for group, hyper in zip(self.param_groups, hypers):
             spec = self._state_spec(hyper)
             for _ in group["params"]:
-                plans.append((hyper, *self._plan_tensor(i, spec)))
+                plans.append((hyper, *plan_tensor(i, spec)))
                 i += 1
-        touched = _guard.Touched()  # parameters, state, gradients: errors name the later
-        for i, (_, p, out, work, _, _) in enumerate(plans):
-            self._touch(touched, self._flat[i], ("params", i))
-        for i, (_, _, _, work, _, _) in enumerate(plans):
-            for name, a in work.items():
-                if name != "step":
-                    self._touch(touched, a, (f"state[{i}]", name))
-        for i, g in enumerate(flat_grads):
-            self._touch(touched, g, ("grads", i))
-        touched.check()
+        state = [(i, name, a) for i, plan in enumerate(plans)
+                 for name, a in plan[3].items() if name != "step"]
+
+        def names():
+            return ([("params", i) for i in range(len(self._flat))]
+                    + [(f"state[{i}]", name) for i, name, _ in state]
+                    + [("grads", i) for i in range(len(flat_grads))])
+
+        arrays = [*self._flat, *(a for _, _, a in state), *flat_grads]
+        if self._space is _device:
+            _guard.check_spans([_device.span(a, "") for a in arrays], names)
+        else:
+            _guard.check_arrays(arrays, names)
         return plans
 
     def _plan_tensor(self, i: int, spec) -> tuple:
@@ -387,7 +385,7 @@ class Optimizer:
         live = self.state.get(i)
         if live is None:
             live = {}
-        elif not isinstance(live, MutableMapping):
+        elif type(live) is not dict and not isinstance(live, MutableMapping):
             raise TypeError(f"{label}: expected a dict of state, got "
                             f"{type(live).__name__}")
         if "step" in live:

@@ -357,7 +357,10 @@ class _FlatTorch:
         self.grad_buffers: dict[np.dtype, torch.Tensor] = {}
         self.grad_views: dict[int, torch.Tensor] = {}
         self.offsets: dict[int, tuple] = {}
-        self.layout: dict[int, tuple] = {}  # j -> (data_ptr, numel, dtype) it must keep
+        #: per member, (data_ptr, numel, dtype, contiguous) it must keep
+        self.layout: list[tuple] = []
+        self.member_params = [params[j] for j in self.members]
+        self.exposed: tuple = ([], ([], []), [])
         self.segments: list[dict[str, Any]] = []
         self.segment_of: dict[int, dict[str, Any]] = {}
         self.state_buffers: dict[str, dict[np.dtype, torch.Tensor]] = {}
@@ -380,7 +383,7 @@ class _FlatTorch:
             p.grad = gview
             self.grad_views[j] = gview
             self.offsets[j] = (dt, a, b)
-            self.layout[j] = (p.data_ptr(), p.numel(), p.dtype)
+            self.layout.append((p.data_ptr(), p.numel(), p.dtype, True))
         position = {j: m for m, j in enumerate(self.members)}
         first = 0
         for k, group in enumerate(opt.param_groups):
@@ -396,8 +399,7 @@ class _FlatTorch:
                 self.segments.append(seg)
                 for m in run:
                     self.segment_of[self.members[m]] = seg
-        #: per member, the entries of opt.state[p] that are views of the flat state
-        self.exposed: dict[int, dict[str, Any]] = {j: {} for j in self.members}
+        self._snapshot_state()
 
     def _state_buffer(self, name: str, dt) -> torch.Tensor:
         per_dtype = self.state_buffers.setdefault(name, {})
@@ -412,8 +414,10 @@ class _FlatTorch:
             self.params[j].grad = gview
 
     def check_layout(self) -> None:
-        """Refuse, before any write, a step the flat layout no longer describes."""
-        opt, params = self.opt, self.params
+        """Refuse, before any write, a step the flat layout no longer describes. Each
+        test runs over every parameter at C speed (lists compared whole, ``map``);
+        only a failing one looks for the culprit to name."""
+        opt, params, members = self.opt, self.params, self.member_params
         live = [p for group in opt.param_groups for p in group["params"]]
         if len(live) != len(params) or any(map(operator.is_not, live, params)):
             raise ValueError("param_groups: changed since the optimizer was built; with "
@@ -426,28 +430,30 @@ class _FlatTorch:
                                  "requires_grad=False when the optimizer was built, so "
                                  "flatten=True left it out of the flat buffers; build "
                                  "the optimizer after unfreezing (or use flatten=False)")
-        state = opt.state
-        for j, (ptr, numel, dtype) in self.layout.items():
-            p = params[j]
-            if (p.data_ptr() != ptr or p.numel() != numel or p.dtype is not dtype
-                    or not p.is_contiguous()):
-                raise ValueError(
-                    f"params[{j}]: no longer a view of its place in the flat buffer "
-                    "(p.data was replaced, e.g. by model.to(), .double() or "
-                    "channels_last after the optimizer was built); flatten=True would "
-                    "step the old memory, so build the optimizer after moving the "
-                    "model (or use flatten=False)")
-            exposed, st = self.exposed[j], state.get(p)
-            if exposed:
-                if st is None or any(st.get(n) is not t for n, t in exposed.items()):
-                    raise ValueError(
-                        f"state[params[{j}]]: replaced; with flatten=True the state is "
-                        "views of flat buffers: change it in place (e.g. "
-                        "opt.state[p]['exp_avg'].zero_()) or with load_state_dict()")
-            elif st:
-                raise ValueError(f"state[params[{j}]]: set before the first step; with "
-                                 "flatten=True state is created by the step or loaded "
-                                 "with load_state_dict()")
+        now = [(p.data_ptr(), p.numel(), p.dtype, p.is_contiguous()) for p in members]
+        if now != self.layout:
+            j = next(j for j, a, b in zip(self.members, now, self.layout) if a != b)
+            raise ValueError(
+                f"params[{j}]: no longer a view of its place in the flat buffer "
+                "(p.data was replaced, e.g. by model.to(), .double() or "
+                "channels_last after the optimizer was built); flatten=True would "
+                "step the old memory, so build the optimizer after moving the "
+                "model (or use flatten=False)")
+        dicts, names, tensors = self.exposed
+        entries = list(opt.state.values())
+        if (len(entries) != len(dicts) or any(map(operator.is_not, entries, dicts))
+                or any(map(operator.is_not, map(dict.get, *names), tensors))):
+            raise ValueError(
+                "state: replaced since the last step; with flatten=True the state of "
+                "each parameter is views of flat buffers: change it in place (e.g. "
+                "opt.state[p]['exp_avg'].zero_()) or with load_state_dict()")
+
+    def _snapshot_state(self) -> None:
+        """Record ``opt.state`` as the flat state left it (see ``check_layout``)."""
+        dicts = list(self.opt.state.values())
+        pairs = [(d, name, t) for d in dicts for name, t in d.items()]
+        self.exposed = (dicts, ([d for d, _, _ in pairs], [n for _, n, _ in pairs]),
+                        [t for _, _, t in pairs])
 
     def step(self) -> None:
         opt, algo = self.opt, self.opt._algorithm
@@ -485,6 +491,8 @@ class _FlatTorch:
             seg["step"].fill_(views["step"])
             if views["step"] == 1:
                 self._expose(seg, None)
+            if fresh or views["step"] == 1:
+                self._snapshot_state()
 
     def _expose(self, seg: dict[str, Any], name: str | None) -> None:
         """``opt.state[p]`` entries as views of the flat state (and the segment's step
@@ -493,11 +501,10 @@ class _FlatTorch:
             p = self.params[j]
             st = self.opt.state[p]
             if self.opt._has_step and "step" not in st:
-                st["step"] = self.exposed[j]["step"] = seg["step"]
+                st["step"] = seg["step"]
             if name is not None:
                 _, a, b = self.offsets[j]
-                st[name] = self.exposed[j][name] = seg["arrays"][name][
-                    a - seg["start"]:b - seg["start"]].view_as(p)
+                st[name] = seg["arrays"][name][a - seg["start"]:b - seg["start"]].view_as(p)
 
     def check_loadable(self, state_dict: dict[str, Any]) -> None:
         """Before torch's load: what the flat state cannot take is refused (the
@@ -560,13 +567,13 @@ class _FlatTorch:
                     value.reshape(-1))
         for j in self.members:
             self.opt.state[self.params[j]] = {}
-            self.exposed[j] = {}
         for seg in self.segments:
             seg["views"] = {n: t.numpy() for n, t in seg["arrays"].items()}
             if seg["arrays"] or seg["step"].item() > 0:
                 for name in seg["arrays"]:
                     self._expose(seg, name)
                 self._expose(seg, None)
+        self._snapshot_state()
 
 
 _NOTE = ("\n\nRun by fusedopt's fused kernels with torch.optim's arguments and defaults. "

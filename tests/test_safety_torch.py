@@ -67,17 +67,21 @@ def twin(cls, params, **kw):
     return getattr(torch.optim, cls)(params, lr=0.1, foreach=False, **kw)
 
 
+# for run_isolated: two parameters and a canary carved from one storage, one step
+SETUP = ("block = torch.randn(3 * 64); "
+         "params = [torch.nn.Parameter(block[:64].clone()), "
+         "torch.nn.Parameter(block[64:128])]; "
+         "canary = block[128:].clone(); "
+         "opt = ft.Adam(params, lr=0.1, backend={backend!r}); "
+         "[setattr(p, 'grad', torch.ones_like(p)) for p in params]; "
+         "opt.step()")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_wrong_size_state_load_is_refused(backend):
     out = run_isolated(f"""
         import copy, torch, fusedopt.torch as ft
-        block = torch.randn(3 * 64)
-        params = [torch.nn.Parameter(block[:64].clone()), torch.nn.Parameter(block[64:128])]
-        canary = block[128:].clone()
-        opt = ft.Adam(params, lr=0.1, backend={backend!r})
-        for p in params:
-            p.grad = torch.ones_like(p)
-        opt.step()
+        {SETUP.format(backend=backend)}
         sd = copy.deepcopy(opt.state_dict())
         before = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in params]
         for bad in (torch.zeros(4), torch.zeros(1 << 16), torch.zeros(8, 8)):
@@ -103,13 +107,7 @@ def test_torch_wrong_size_state_load_is_refused(backend):
 def test_torch_repointed_parameter_is_checked_against_its_state(backend):
     out = run_isolated(f"""
         import torch, fusedopt.torch as ft
-        block = torch.randn(3 * 64)
-        params = [torch.nn.Parameter(block[:64].clone()), torch.nn.Parameter(block[64:128])]
-        canary = block[128:].clone()
-        opt = ft.Adam(params, lr=0.1, backend={backend!r})
-        for p in params:
-            p.grad = torch.ones_like(p)
-        opt.step()
+        {SETUP.format(backend=backend)}
         state = {{k: v.clone() for k, v in opt.state[params[1]].items()}}
         params[1].data = torch.randn(1 << 16)    # larger, gradient still the old size
         big = params[1].detach().clone()

@@ -419,3 +419,52 @@ def test_flatten_refuses_group_edits_and_replaced_state():
     opt.state[params[0]] = saved
     assert_t_unchanged(opt, params + [canary], snap)
     opt.step()
+
+
+def test_flatten_round_trip_without_a_copy_keeps_the_state():
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    opt = ft.Adam([p], lr=0.1, flatten=True)
+    p.grad = torch.randn(5, dtype=torch.float64)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    opt.load_state_dict(opt.state_dict())  # its tensors are views of the flat state
+    for k, v in before.items():
+        assert torch.equal(opt.state[p][k], v), k
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_torch_state_with_a_step_but_no_tensors_is_refused(flatten):
+    opt, params, canary = torch_setup(flatten=flatten)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][1] = {"step": sd["state"][1]["step"]}
+    snap = t_snapshot(opt, params + [canary])
+    with pytest.raises(ValueError, match=r"incomplete state, missing \['exp_avg', "
+                       r"'exp_avg_sq'\] beside \['step'\]"):
+        opt.load_state_dict(sd)
+    assert_t_unchanged(opt, params + [canary], snap)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_adagrad_creates_its_state_in_the_constructor_like_torch(flatten):
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = ft.Adagrad([p], initial_accumulator_value=0.5, flatten=flatten)
+    ref = torch.optim.Adagrad([torch.nn.Parameter(torch.ones(3))],
+                              initial_accumulator_value=0.5)
+    ours, theirs = opt.state_dict()["state"], ref.state_dict()["state"]
+    assert set(ours[0]) == set(theirs[0])
+    for k in theirs[0]:
+        assert torch.equal(ours[0][k], theirs[0][k]) and ours[0][k].dtype == theirs[0][k].dtype
+    if not flatten:  # re-pointed before the first step: refused, as torch refuses it
+        p.data, p.grad = torch.ones(4), torch.ones(4)
+        with pytest.raises(ValueError, match=r"\['sum'\]: expected 4 elements"):
+            opt.step()
+
+
+def test_flatten_refuses_a_gradient_aliasing_the_flat_buffers():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = ft.AdamW([p], lr=0.1, weight_decay=0.1, flatten=True)
+    p.grad = torch.as_strided(p.detach(), p.shape, p.stride(), p.storage_offset())
+    with pytest.raises(ValueError, match=r"grads\[0\]: shares memory with the flat "
+                       "buffers"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(3))

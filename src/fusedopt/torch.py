@@ -71,6 +71,25 @@ class _Fused(torch.optim.Optimizer):
         # one step (or load) at a time: a second thread's waits
         self._lock = threading.Lock()
         self._flat = _FlatTorch(self) if flatten else None
+        if self._eager_state:
+            self._start_state()
+
+    #: torch's Adagrad creates its state (step 0, the accumulator) in the constructor
+    _eager_state = False
+
+    def _start_state(self) -> None:
+        """Create every parameter's first state now, as the torch twin does."""
+        if self._flat is not None:
+            return self._flat.start_state()
+        algo = self._algorithm
+        for k, group in enumerate(self.param_groups):
+            spec = algo._state_spec(algo._check_group(group, k))
+            for p in group["params"]:
+                st = self.state[p]
+                st["step"] = torch.tensor(0.0, dtype=torch.float32)
+                for name, init in spec:
+                    st[name] = torch.full_like(p, init,
+                                               memory_format=torch.preserve_format)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_flat", None) is not None:
@@ -243,14 +262,16 @@ class _Fused(torch.optim.Optimizer):
                                     f"{type(st).__name__}")
                 tensors = [n for n in algo._state_names
                            if isinstance(st.get(n), torch.Tensor)]
-                if tensors:
+                if tensors or _started(st.get("step")) or (
+                        self._eager_state and "step" in st):
                     missing = [n for n, _ in spec if st.get(n) is None]
                     if self._has_step and "step" not in st:
                         missing.insert(0, "step")
                     if missing:
                         raise ValueError(f"{label}: incomplete state, missing {missing} "
-                                         f"beside {tensors}; a parameter's state is "
-                                         "loaded whole (or left out, to start it afresh)")
+                                         f"beside {tensors + ['step'] if 'step' in st else tensors}"
+                                         "; a parameter's state is loaded whole (or left "
+                                         "out, to start it afresh)")
                 for name in algo._state_names:
                     t = st.get(name)
                     if t is None:
@@ -272,6 +293,15 @@ class _Fused(torch.optim.Optimizer):
                         step = step.item()
                     step = _checks.state_step(step, f"{label}['step']")
                     st["step"] = torch.tensor(float(step), dtype=torch.float32)
+
+
+def _started(step) -> bool:
+    """A loaded ``step`` that says the parameter was stepped (its state must then be
+    complete); one that cannot be read counts too (and is refused as such)."""
+    try:
+        return step is not None and float(step) != 0.0
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        return True
 
 
 def _check_state(t, p: torch.Tensor, name) -> None:
@@ -448,6 +478,33 @@ class _FlatTorch:
                 "each parameter is views of flat buffers: change it in place (e.g. "
                 "opt.state[p]['exp_avg'].zero_()) or with load_state_dict()")
 
+    def start_state(self) -> None:
+        """Every segment's first state, created now (``_Fused._start_state``)."""
+        opt, algo = self.opt, self.opt._algorithm
+        for seg in self.segments:
+            for name, init in algo._state_spec(algo._check_group(
+                    opt.param_groups[seg["group"]], seg["group"])):
+                seg["arrays"][name] = self._state_buffer(name, seg["dtype"])[
+                    seg["start"]:seg["stop"]]
+                seg["arrays"][name].fill_(init)
+                self._expose(seg, name)
+            seg["views"] = {n: t.numpy() for n, t in seg["arrays"].items()}
+            self._expose(seg, None)
+        self._snapshot_state()
+
+    def _check_replaced(self, replaced) -> None:
+        """Gradients to copy in share no byte with the flat buffers (parameters,
+        gradients, state) nor with each other, as the per-tensor path refuses."""
+        mine = [*self.buffers.values(), *self.grad_buffers.values(),
+                *(b for per in self.state_buffers.values() for b in per.values())]
+        grads = [p.grad for p, _ in replaced]
+        spans = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+                 for t in mine + grads]
+        index = [j for j, gview in self.grad_views.items()
+                 if self.params[j].grad is not gview and self.params[j].grad is not None]
+        _guard.check_spans(spans, lambda: ["the flat buffers"] * len(mine)
+                           + [("grads", j) for j in index])
+
     def _snapshot_state(self) -> None:
         """Record ``opt.state`` as the flat state left it (see ``check_layout``)."""
         dicts = list(self.opt.state.values())
@@ -464,6 +521,8 @@ class _FlatTorch:
         for p, _ in replaced:
             if p.grad is not None:
                 _check_tensor(p, type(opt).__name__, _FLOAT_DTYPES, opt.backend)
+        if replaced:
+            self._check_replaced([(p, g) for p, g in replaced if p.grad is not None])
         specs = [algo._state_spec(hypers[seg["group"]]) for seg in self.segments]
         for seg, spec in zip(self.segments, specs):  # allocate before any write
             for name, _ in spec:
@@ -543,11 +602,15 @@ class _FlatTorch:
         """After torch's load (checked): copy the loaded tensors into the flat state
         and point ``opt.state`` back at views of it. Buffers are allocated first, so
         a failure leaves the flat state as it was."""
-        loaded = {j: self.opt.state.get(self.params[j], {}) for j in self.members}
+        loaded = {j: dict(self.opt.state.get(self.params[j], {})) for j in self.members}
+        ours = {buf.untyped_storage().data_ptr() for per in self.state_buffers.values()
+                for buf in per.values()}
         for j, st in loaded.items():
             for name, value in st.items():
                 if name != "step" and isinstance(value, torch.Tensor):
                     self._state_buffer(name, self.segment_of[j]["dtype"])
+                    if value.untyped_storage().data_ptr() in ours:
+                        st[name] = value.clone()  # a view of the buffer about to be reset
         for seg in self.segments:
             seg["arrays"] = {}
             seg["step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -627,6 +690,7 @@ class AdamW(Adam):
 class Adagrad(_Fused):
     __doc__ = (_optim.Adagrad.__doc__ or "") + _NOTE
     _algorithm = _optim.Adagrad
+    _eager_state = True
 
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,

@@ -643,16 +643,17 @@ class Optimizer:
             raise ValueError(f"{label}: unknown state {sorted(unknown)}; this optimizer "
                              f"keeps 'step' and {list(names)}")
         arrays = [name for name in names if st.get(name) is not None]
-        if arrays:
+        out: dict[str, Any] = {"step": _checks.state_step(st.get("step", 0),
+                                                          f"{label}['step']")}
+        if arrays or out["step"]:  # stepped: loaded whole
             missing = [name for name, _ in spec if st.get(name) is None]
             if "step" not in st:
                 missing.insert(0, "step")
             if missing:
                 raise ValueError(f"{label}: incomplete state, missing {missing} beside "
-                                 f"{arrays}; a parameter's state is loaded whole (or "
-                                 "left out, to start it afresh)")
-        out: dict[str, Any] = {"step": _checks.state_step(st.get("step", 0),
-                                                          f"{label}['step']")}
+                                 f"{arrays + ['step'] if 'step' in st else arrays}; a "
+                                 "parameter's state is loaded whole (or left out, to "
+                                 "start it afresh)")
         for name in arrays:
             value = st[name]
             if not isinstance(value, np.ndarray) or not (

@@ -32,7 +32,7 @@ def _sizes():
 
 
 def _time(step, repeat: int) -> float:
-    for _ in range(20):
+    for _ in range(max(20, repeat)):  # warm: caches, branch predictors, the GC's gens
         step()
     samples = []
     for _ in range(repeat):

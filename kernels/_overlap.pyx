@@ -43,6 +43,14 @@ def bounds(list arrays, list starts, list stops):
         stops.append(hi)
 
 
+def overlap(list arrays):
+    """``first_overlap`` over the byte ranges of the ndarrays ``arrays`` (``bounds``),
+    in one call."""
+    cdef list starts = [], stops = []
+    bounds(arrays, starts, stops)
+    return first_overlap(starts, stops)
+
+
 def first_overlap(list starts, list stops):
     """``(i, j)``, indices of two non-empty ranges ``[starts[k], stops[k])`` that
     intersect, or None. Sorted by start, then one sweep: O(n log n)."""

@@ -72,8 +72,8 @@ def state_array(x, size: int, dtype: np.dtype, name) -> np.ndarray:
     kernel view (no copy). Read from ``opt.state`` on every step: an entry a user
     replaced is checked like a loaded one."""
     if (type(x) is np.ndarray and x.dtype is dtype and x.size == size
-            and x.flags.c_contiguous and x.flags.writeable):
-        return x if x.ndim == 1 else x.reshape(-1)  # the common case
+            and x.flags.carray):  # C-contiguous, aligned, writeable: the common case
+        return x if x.ndim == 1 else x.reshape(-1)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{_name(name)}: expected a numpy.ndarray of state, got "
                         f"{type(x).__name__}")
@@ -143,9 +143,13 @@ def full_like(a: np.ndarray, value: float, dtype=None) -> np.ndarray:
 def _name(name) -> str:
     """Names are formatted only when an error is raised (they cost ~0.1 us each and
     the checks run on every step): ``("grads", 3)`` names ``grads[3]``,
+    ``("state", 3, "exp_avg")`` names ``state[3]['exp_avg']`` (and
+    ``("state", ("params", 3), "step")`` ``state[params[3]]['step']``),
     ``(1, "lr")`` names ``param_groups[1]['lr']``,
     ``("state_dict[...]", "lr")`` names ``state_dict[...]['lr']``, ``("", "lr")``
     and ``"lr"`` name ``lr``."""
+    if isinstance(name, tuple) and len(name) == 3:
+        return f"{name[0]}[{_name(name[1])}][{name[2]!r}]"
     if isinstance(name, tuple) and isinstance(name[1], int):
         return f"{name[0]}[{name[1]}]"
     if isinstance(name, tuple):
@@ -153,7 +157,7 @@ def _name(name) -> str:
         if isinstance(where, int):
             where = f"param_groups[{where}]"
         return f"{where}[{key!r}]" if where else key
-    return name
+    return str(name)
 
 
 def number(x, name, low: float = 0.0, high: float = math.inf,

@@ -14,14 +14,10 @@ an address from Python costs ~1.5 us).
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
 from ._checks import _name
 
 try:
-    from ._overlap import bounds, first_overlap
+    from ._overlap import bounds, first_overlap, overlap
     COMPILED = True
 except ImportError:  # running from a source tree without the compiled modules
     COMPILED = False
@@ -53,58 +49,33 @@ except ImportError:  # running from a source tree without the compiled modules
                 far = k
         return None
 
+    def overlap(arrays: list) -> tuple[int, int] | None:
+        """``first_overlap`` over the byte ranges of ``arrays``."""
+        starts: list[int] = []
+        stops: list[int] = []
+        bounds(arrays, starts, stops)
+        return first_overlap(starts, stops)
+
 
 def check_arrays(arrays: list, names) -> None:
     """ValueError if two of the host ``arrays`` share a byte; ``names()`` lists
     their names (called on error only: formatting them costs more than the check)."""
-    starts: list[int] = []
-    stops: list[int] = []
-    bounds(arrays, starts, stops)
-    _raise_on_overlap(starts, stops, names)
+    pair = overlap(arrays)
+    if pair is not None:
+        _raise(pair, names)
 
 
 def check_spans(spans: list[tuple[int, int]], names) -> None:
     """The same over raw byte ranges ``(start, stop)`` (CUDA arrays, tensors)."""
-    _raise_on_overlap([a for a, _ in spans], [b for _, b in spans], names)
-
-
-def _raise_on_overlap(starts: list, stops: list, names) -> None:
-    pair = first_overlap(starts, stops)
+    pair = first_overlap([a for a, _ in spans], [b for _, b in spans])
     if pair is not None:
-        a, b = sorted(pair)
-        listed = names()
-        raise ValueError(
-            f"{_name(listed[b])}: shares memory with {_name(listed[a])}; a step writes "
-            "parameters and state while it reads gradients, so each array must own "
-            "its elements (pass separate arrays)")
+        _raise(pair, names)
 
 
-class Touched:
-    """What one step will touch: host arrays (``add``), or raw byte ranges
-    (``add_span``: torch tensors, CUDA arrays). Names are formatted only on error
-    (see ``_checks._name``)."""
-
-    __slots__ = ("arrays", "names", "starts", "stops", "span_names")
-
-    def __init__(self) -> None:
-        self.arrays: list[np.ndarray] = []
-        self.names: list[Any] = []
-        self.starts: list[int] = []
-        self.stops: list[int] = []
-        self.span_names: list[Any] = []
-
-    def add(self, array: np.ndarray, name: Any) -> None:
-        self.arrays.append(array)
-        self.names.append(name)
-
-    def add_span(self, start: int, stop: int, name: Any) -> None:
-        self.starts.append(start)
-        self.stops.append(stop)
-        self.span_names.append(name)
-
-    def check(self) -> None:
-        """ValueError naming two arrays that share memory, if any do: the one added
-        later first."""
-        starts, stops = list(self.starts), list(self.stops)
-        bounds(self.arrays, starts, stops)
-        _raise_on_overlap(starts, stops, lambda: self.span_names + self.names)
+def _raise(pair: tuple[int, int], names) -> None:
+    a, b = sorted(pair)
+    listed = names()
+    raise ValueError(
+        f"{_name(listed[b])}: shares memory with {_name(listed[a])}; a step writes "
+        "parameters and state while it reads gradients, so each array must own its "
+        "elements (pass separate arrays)")

@@ -148,6 +148,20 @@ class _Fused(torch.optim.Optimizer):
         views[key] = c
         return c[4]
 
+    def _state_view(self, t, numel: int, dtype, views: dict, name, p) -> np.ndarray:
+        """The NumPy view of the live state tensor ``t`` of ``p`` (``numel``
+        elements of ``dtype``): the cached one while ``t`` is the same contiguous
+        tensor at the same address with ``p``'s size and dtype, else checked in full
+        (``_check_state``) and made anew."""
+        c = self._views.get(id(t))
+        if (c is not None and c[0] is t and c[1] == t.data_ptr() and c[2] == numel
+                and c[3] is dtype and t.numel() == numel and t.dtype is dtype
+                and t.is_contiguous()):
+            views[id(t)] = c
+            return c[4]
+        _check_state(t, p, name)
+        return self._view(t, views)
+
     def _plan_param(self, p, hyper, spec, index: int, views: dict, arrays: list
                     ) -> tuple:
         live = self.state.get(p)
@@ -164,21 +178,23 @@ class _Fused(torch.optim.Optimizer):
         param, grad = self._view(p, views), self._view(p.grad, views)
         arrays += (param, grad)
         new, work, fresh = {}, {}, False
+        numel, dtype = p.numel(), p.dtype
         for name, init in spec:
             t = live.get(name)
             if t is None:
                 t = new[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
                 fresh = True
+                work[name] = self._view(t, views)
             else:
-                _check_state(t, p, (f"state[params[{index}]]", name))
-            work[name] = self._view(t, views)
+                work[name] = self._state_view(t, numel, dtype, views,
+                                              ("state", ("params", index), name), p)
             arrays.append(work[name])
         step, step_view = 0, None
         if type(step_t) is torch.Tensor and step_t.dtype in _STEP_DTYPES and (
                 step_t.is_cpu and step_t.numel() == 1):
             step_view = self._view(step_t, views)
             step = _checks.state_step(step_view.item(0),
-                                      (f"state[params[{index}]]", "step"))
+                                      ("state", ("params", index), "step"))
         elif step_t is not None:
             step = self._odd_step(step_t, index)
         return p, param, grad, index, hyper, work, new, fresh, step, step_view
@@ -221,10 +237,11 @@ class _Fused(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        if self._flat is not None:  # per-parameter step tensors, never one shared
-            for key, st in sd["state"].items():  # (torch's entries are the live dicts)
+        if self._flat is not None:  # plain dicts with per-parameter step tensors,
+            for key, st in sd["state"].items():  # never the live entries, nor one
+                sd["state"][key] = dict(st)      # step tensor shared
                 if "step" in st:
-                    sd["state"][key] = {**st, "step": st["step"].clone()}
+                    sd["state"][key]["step"] = st["step"].clone()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -293,6 +310,31 @@ class _Fused(torch.optim.Optimizer):
                         step = step.item()
                     step = _checks.state_step(step, f"{label}['step']")
                     st["step"] = torch.tensor(float(step), dtype=torch.float32)
+
+
+class _Watched(dict):
+    """A flat parameter's ``opt.state`` entry: a dict that records, in a flag it
+    shares with the others, that something was assigned into it (a moment reset by
+    ``opt.state[p]['exp_avg'] = ...``), so a step refuses what it would ignore."""
+
+    def __init__(self, entries, flag: list) -> None:
+        super().__init__(entries)
+        self._flag = flag
+
+    def _edit(method):  # noqa: N805 - wraps dict's mutators
+        def edited(self, *args, **kwargs):
+            flag = self.__dict__.get("_flag")  # absent while unpickling
+            if flag is not None:
+                flag[0] = True
+            return method(self, *args, **kwargs)
+        return edited
+
+    __setitem__ = _edit(dict.__setitem__)
+    __delitem__ = _edit(dict.__delitem__)
+    __ior__ = _edit(dict.__ior__)
+    update, pop, popitem, setdefault, clear = map(
+        _edit, (dict.update, dict.pop, dict.popitem, dict.setdefault, dict.clear))
+    del _edit
 
 
 def _started(step) -> bool:
@@ -387,10 +429,11 @@ class _FlatTorch:
         self.grad_buffers: dict[np.dtype, torch.Tensor] = {}
         self.grad_views: dict[int, torch.Tensor] = {}
         self.offsets: dict[int, tuple] = {}
-        #: per member, (data_ptr, numel, dtype, contiguous) it must keep
+        #: per member, the data_ptr it must keep
         self.layout: list[tuple] = []
         self.member_params = [params[j] for j in self.members]
-        self.exposed: tuple = ([], ([], []), [])
+        self.exposed: list[dict] = []  # opt.state's entries, as the flat state left them
+        self.edited = [False]  # set by an assignment into one of them (_Watched)
         self.segments: list[dict[str, Any]] = []
         self.segment_of: dict[int, dict[str, Any]] = {}
         self.state_buffers: dict[str, dict[np.dtype, torch.Tensor]] = {}
@@ -413,7 +456,7 @@ class _FlatTorch:
             p.grad = gview
             self.grad_views[j] = gview
             self.offsets[j] = (dt, a, b)
-            self.layout.append((p.data_ptr(), p.numel(), p.dtype, True))
+            self.layout.append(p.data_ptr())
         position = {j: m for m, j in enumerate(self.members)}
         first = 0
         for k, group in enumerate(opt.param_groups):
@@ -460,7 +503,10 @@ class _FlatTorch:
                                  "requires_grad=False when the optimizer was built, so "
                                  "flatten=True left it out of the flat buffers; build "
                                  "the optimizer after unfreezing (or use flatten=False)")
-        now = [(p.data_ptr(), p.numel(), p.dtype, p.is_contiguous()) for p in members]
+        # the step writes only the flat buffers, so a re-pointed parameter is a
+        # parameter left untrained, not a write out of bounds: its pointer tells
+        # (p.data = ..., model.to(), .double() and channels_last all allocate)
+        now = [p.data_ptr() for p in members]
         if now != self.layout:
             j = next(j for j, a, b in zip(self.members, now, self.layout) if a != b)
             raise ValueError(
@@ -469,10 +515,9 @@ class _FlatTorch:
                 "channels_last after the optimizer was built); flatten=True would "
                 "step the old memory, so build the optimizer after moving the "
                 "model (or use flatten=False)")
-        dicts, names, tensors = self.exposed
         entries = list(opt.state.values())
-        if (len(entries) != len(dicts) or any(map(operator.is_not, entries, dicts))
-                or any(map(operator.is_not, map(dict.get, *names), tensors))):
+        if (self.edited[0] or len(entries) != len(self.exposed)
+                or any(map(operator.is_not, entries, self.exposed))):
             raise ValueError(
                 "state: replaced since the last step; with flatten=True the state of "
                 "each parameter is views of flat buffers: change it in place (e.g. "
@@ -506,11 +551,14 @@ class _FlatTorch:
                            + [("grads", j) for j in index])
 
     def _snapshot_state(self) -> None:
-        """Record ``opt.state`` as the flat state left it (see ``check_layout``)."""
-        dicts = list(self.opt.state.values())
-        pairs = [(d, name, t) for d in dicts for name, t in d.items()]
-        self.exposed = (dicts, ([d for d, _, _ in pairs], [n for _, n, _ in pairs]),
-                        [t for _, _, t in pairs])
+        """Record ``opt.state`` as the flat state left it (see ``check_layout``):
+        its entries, made ``_Watched`` dicts so that an assignment into one shows."""
+        state = self.opt.state
+        for p, st in list(state.items()):
+            if type(st) is not _Watched:
+                state[p] = _Watched(st, self.edited)
+        self.exposed = list(state.values())
+        self.edited[0] = False
 
     def step(self) -> None:
         opt, algo = self.opt, self.opt._algorithm

@@ -45,15 +45,17 @@ def _unswitched(template):
     compiles (and caches: the cache key hashes them) a loop with the options' branches
     removed. Passed as arguments, they stay in the vectorised loop as selects on
     both branches' results: measured 1.13-1.23x the time of a bf16-state Adam step in
-    cache (float32: no change). ``_adam(decay, decoupled)`` is the compiled kernel;
-    ``kernels`` holds those compiled so far, ``flags`` names the options."""
-    kernels = {}
+    cache (float32: no change). ``_adam(decay, decoupled)`` is the compiled kernel
+    (``parallel=True``: for a parallel call, see ``_serialised``); ``kernels`` holds
+    those compiled so far, ``flags`` names the options."""
+    kernels, serialised = {}, {}
 
-    def kernel(*flags):
+    def kernel(*flags, parallel=False):
         k = kernels.get(flags)
         if k is None:  # NumPy bools find the same entry; the closure gets Python's
             k = kernels[flags] = _jit(template(*map(bool, flags)))
-        return k
+            serialised[flags] = _serialised(k)
+        return serialised[flags] if parallel and not _threadsafe else k
     kernel.kernels, kernel.flags = kernels, tuple(inspect.signature(template).parameters)
     kernel.__name__ = template.__name__
     return kernel
@@ -283,22 +285,28 @@ def _grad_stats(g, parallel):
 
 # Numba's workqueue threading layer (what Numba uses where neither OpenMP nor TBB is
 # available) is not thread-safe: two threads entering parallel regions at once abort
-# the whole process. Parallel calls take this lock until the layer in use is known to
-# be another one (known after the first parallel call).
+# the whole process. Until the first parallel call shows that the layer in use is
+# another one, kernels come wrapped (``_serialised``) so that parallel calls take a
+# process-wide lock; from then on they are called directly, at no cost.
 _PARALLEL_LOCK = threading.Lock()
-_layer: str | None = None
+_threadsafe = False
 
 
-def _call(kernel, *args):
-    """``kernel(*args)``, whose last argument says whether it runs in parallel."""
-    global _layer
-    if not args[-1] or (_layer is not None and _layer != "workqueue"):
-        return kernel(*args)
-    with _PARALLEL_LOCK:
-        result = kernel(*args)
-        if _layer is None:
-            _layer = numba.threading_layer()
-    return result
+def _serialised(kernel):
+    """``kernel``, whose last argument says whether it runs in parallel, with its
+    parallel calls made one at a time (while the threading layer may be workqueue)."""
+    def call(*args):
+        global _threadsafe
+        if not args[-1]:
+            return kernel(*args)
+        with _PARALLEL_LOCK:
+            result = kernel(*args)
+            _threadsafe = numba.threading_layer() != "workqueue"
+        return result
+    return call
+
+
+_grad_stats_serialised = _serialised(_grad_stats)
 
 
 def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
@@ -306,12 +314,13 @@ def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, wei
     par = param.size >= policy.PARALLEL_MIN_SIZE
     decay = weight_decay != 0.0
     if momentum_buffer is None:
-        _call(_sgd(decay), param, grad, lr, weight_decay, grad_scale, seed, out, par)
+        _sgd(decay, parallel=par)(param, grad, lr, weight_decay, grad_scale, seed, out, par)
     else:
         lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
             fresh_buffer, lr, momentum, dampening, weight_decay)
-        _call(_sgd_momentum(decay, nesterov), param, grad, momentum_buffer, lr,
-              weight_decay, momentum, buf_grad_scale, grad_scale, seed, out, par)
+        _sgd_momentum(decay, nesterov, parallel=par)(param, grad, momentum_buffer, lr, weight_decay,
+                                       momentum, buf_grad_scale, grad_scale, seed, out,
+                                       par)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
@@ -320,19 +329,18 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
     decay = weight_decay != 0.0
     s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     if max_exp_avg_sq is None:
-        _call(_adam(decay, decoupled), param, grad, exp_avg, exp_avg_sq, *s, grad_scale,
-              seed, out, par)
+        _adam(decay, decoupled, parallel=par)(param, grad, exp_avg, exp_avg_sq, *s, grad_scale, seed,
+                                out, par)
     else:
-        _call(_adam_amsgrad(decay, decoupled), param, grad, exp_avg, exp_avg_sq,
-              max_exp_avg_sq, *s, grad_scale, seed, out, par)
+        _adam_amsgrad(decay, decoupled, parallel=par)(param, grad, exp_avg, exp_avg_sq,
+                                        max_exp_avg_sq, *s, grad_scale, seed, out, par)
 
 
 def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
             seed=0, out=None):
     par = param.size >= policy.PARALLEL_MIN_SIZE
     s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
-    _call(_adagrad(weight_decay != 0.0), param, grad, state_sum, *s, grad_scale, seed, out,
-          par)
+    _adagrad(weight_decay != 0.0, parallel=par)(param, grad, state_sum, *s, grad_scale, seed, out, par)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
@@ -341,16 +349,16 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
     decay = weight_decay != 0.0
     s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
     if grad_avg is None and momentum_buffer is None:
-        _call(_rmsprop(decay), param, grad, square_avg, *s, grad_scale, seed, out, par)
+        _rmsprop(decay, parallel=par)(param, grad, square_avg, *s, grad_scale, seed, out, par)
     elif momentum_buffer is None:
-        _call(_rmsprop_centered(decay), param, grad, square_avg, grad_avg, *s, grad_scale,
-              seed, out, par)
+        _rmsprop_centered(decay, parallel=par)(param, grad, square_avg, grad_avg, *s, grad_scale, seed,
+                                 out, par)
     elif grad_avg is None:
-        _call(_rmsprop_momentum(decay), param, grad, square_avg, momentum_buffer, *s,
-              grad_scale, seed, out, par)
+        _rmsprop_momentum(decay, parallel=par)(param, grad, square_avg, momentum_buffer, *s,
+                                 grad_scale, seed, out, par)
     else:
-        _call(_rmsprop_centered_momentum(decay), param, grad, square_avg, grad_avg,
-              momentum_buffer, *s, grad_scale, seed, out, par)
+        _rmsprop_centered_momentum(decay, parallel=par)(param, grad, square_avg, grad_avg,
+                                          momentum_buffer, *s, grad_scale, seed, out, par)
 
 
 #: bf16 storage (uint16 bits) for state and parameters; see ``fusedopt.lowbit``
@@ -361,4 +369,5 @@ KERNELS = (_sgd, _sgd_momentum, _adam, _adam_amsgrad, _adagrad, _rmsprop,
 
 
 def grad_stats(grad, parallel):
-    return _call(_grad_stats, grad, parallel)
+    return (_grad_stats_serialised if parallel and not _threadsafe
+            else _grad_stats)(grad, parallel)

@@ -122,9 +122,31 @@ class Optimizer:
         #: CUDA mode: the stream the step's kernels are launched on (None: default)
         self.stream = stream
         #: keep float32 master copies of bfloat16 parameters (see master_weights)
-        self.master_weights = _checks.flag(master_weights, "master_weights")
-        self.state_dtype, self.seed = self._check_lowbit(state_dtype, seed)
+        self._master_weights = _checks.flag(master_weights, "master_weights")
+        self._state_dtype, self.seed = self._check_lowbit(state_dtype, seed)
+        self._kinds: list[tuple[np.dtype, bool]] = []  # see _tensor_kinds
         self._setup_flat()
+
+    @property
+    def master_weights(self) -> bool:
+        """bfloat16 parameters are stepped through float32 master copies (fixed at
+        construction)."""
+        return self._master_weights
+
+    @property
+    def state_dtype(self) -> np.dtype | None:
+        """The dtype state is stored in (None: the parameters'; fixed at
+        construction)."""
+        return self._state_dtype
+
+    def _tensor_kinds(self) -> list[tuple[np.dtype, bool]]:
+        """Per parameter, its state's kernel dtype and whether it has a master copy:
+        facts of the construction (the parameters' dtypes, ``state_dtype``,
+        ``master_weights``), so computed once per parameter."""
+        if len(self._kinds) != len(self._flat):
+            self._kinds = [(self._state_dtype_of(f), self._mastered(f))
+                           for f in self._flat]
+        return self._kinds
 
     @property
     def nonfinite(self) -> str:
@@ -304,20 +326,25 @@ class Optimizer:
             raise ValueError("state: a FlatParams optimizer keeps its state in flat "
                              "buffers and cannot adopt a replaced state; change it "
                              "with load_state_dict()")
-        groups = self.param_groups
-        if len(groups) != len(self._registered):
+        groups, registered = self.param_groups, self._registered
+        if len(groups) != len(registered):
             raise ValueError(f"param_groups: {len(groups)} groups, but "
-                             f"{len(self._registered)} were added; add groups with "
+                             f"{len(registered)} were added; add groups with "
                              "add_param_group()")
-        for k, (group, params) in enumerate(zip(groups, self._registered)):
-            live = group.get("params") if isinstance(group, dict) else None
-            if (not isinstance(live, (list, tuple)) or len(live) != len(params)
-                    or any(map(operator.is_not, live, params))):
-                raise ValueError(
-                    f"param_groups[{k}]['params']: changed since the group was added "
-                    f"({len(params)} arrays then); parameters are added with "
-                    "add_param_group(), and an array is updated in place, never "
-                    "replaced")
+        k = 0
+        try:
+            for k, params in enumerate(registered):
+                live = groups[k]["params"]
+                if len(live) != len(params) or any(map(operator.is_not, live, params)):
+                    break
+            else:
+                return
+        except (TypeError, KeyError, IndexError):
+            pass
+        raise ValueError(
+            f"param_groups[{k}]['params']: changed since the group was added; "
+            "parameters are added with add_param_group(), and an array is updated in "
+            "place, never replaced")
 
     def step(self, grads: Sequence[np.ndarray] | None = None) -> None:
         """One update of every parameter, in place. ``grads`` holds one array per
@@ -359,73 +386,82 @@ class Optimizer:
         ``new`` the first-step state allocated here, committed to ``state`` only
         when every check has passed. Then the overlap of everything touched:
         parameters, state, gradients, in that order (an error names the later)."""
-        plans, i, plan_tensor = [], 0, self._plan_tensor
+        plans, i, plan_tensor, kinds = [], 0, self._plan_tensor, self._tensor_kinds()
+        arrays, names = list(self._flat), []  # names: of the state arrays
         for group, hyper in zip(self.param_groups, hypers):
             spec = self._state_spec(hyper)
             for _ in group["params"]:
-                plans.append((hyper, *plan_tensor(i, spec)))
+                plans.append(plan_tensor(i, hyper, spec, kinds[i], arrays, names))
                 i += 1
-        state = [(i, name, a) for i, plan in enumerate(plans)
-                 for name, a in plan[3].items() if name != "step"]
+        arrays += flat_grads
 
-        def names():
-            return ([("params", i) for i in range(len(self._flat))]
-                    + [(f"state[{i}]", name) for i, name, _ in state]
+        def all_names():
+            return ([("params", i) for i in range(len(self._flat))] + names
                     + [("grads", i) for i in range(len(flat_grads))])
 
-        arrays = [*self._flat, *(a for _, _, a in state), *flat_grads]
         if self._space is _device:
-            _guard.check_spans([_device.span(a, "") for a in arrays], names)
+            _guard.check_spans([_device.span(a, "") for a in arrays], all_names)
         else:
-            _guard.check_arrays(arrays, names)
+            _guard.check_arrays(arrays, all_names)
         return plans
 
-    def _plan_tensor(self, i: int, spec) -> tuple:
-        label, flat = f"state[{i}]", self._flat[i]
+    def _plan_tensor(self, i: int, hyper, spec, kind, arrays: list, names: list
+                     ) -> tuple:
+        """One tensor's plan; its state arrays are appended to ``arrays`` (their
+        names, ``("state", i, name)``, to ``names``)."""
+        flat = self._flat[i]
         live = self.state.get(i)
         if live is None:
             live = {}
         elif type(live) is not dict and not isinstance(live, MutableMapping):
-            raise TypeError(f"{label}: expected a dict of state, got "
+            raise TypeError(f"state[{i}]: expected a dict of state, got "
                             f"{type(live).__name__}")
-        if "step" in live:
-            step = _checks.state_step(live["step"], (label, "step"))
+        step = live.get("step")
+        if step is not None:
+            step = _checks.state_step(step, ("state", i, "step"))
         elif any(v is not None for v in live.values()):
-            raise ValueError(f"{label}: holds state arrays but no 'step'; set "
+            raise ValueError(f"state[{i}]: holds state arrays but no 'step'; set "
                              f"state[{i}] = {{}} to start this parameter afresh")
         else:
             step = 0
-        space, work, new, fresh = self._space, {"step": step}, {}, False
+        space, work, new, fresh = self._space, {"step": step}, None, False
+        dtype, mastered = kind
         p, out = flat, None
-        if self._mastered(flat):
+        if mastered:
             master = live.get(MASTER)
             if master is None:
-                master = new[MASTER] = self._master_copy(flat)
+                master = self._master_copy(flat)
+                new = {MASTER: master}
             else:
                 master = space.state_array(master, flat.size, np.dtype(np.float32),
-                                           (label, MASTER))
+                                           ("state", i, MASTER))
             work[MASTER], p, out = master, master, flat
-        dtype = self._state_dtype_of(flat)
+            arrays.append(master)
+            names.append(("state", i, MASTER))
         for name, init in spec:
             a = live.get(name)
             if a is None:
-                a = new[name] = self._new_state(flat, init)
+                a = self._new_state(flat, init)
+                new = {**(new or {}), name: a}
                 fresh = True
             else:
-                a = space.state_array(a, flat.size, dtype, (label, name))
+                a = space.state_array(a, flat.size, dtype, ("state", i, name))
             work[name] = a
-        return p, out, work, new, fresh
+            arrays.append(a)
+            names.append(("state", i, name))
+        return hyper, p, out, work, new, fresh
 
     def _run(self, plans, flat_grads, scale: float) -> None:
         """The kernel calls of a checked plan; first-step state joins ``state``."""
-        impl = self._impl
+        impl, state = self._impl, self.state
         for i, (hyper, p, out, work, new, fresh) in enumerate(plans):
-            live = self.state.get(i)
+            live = state.get(i)
             if live is None:
-                live = self.state[i] = {}
-            live.update(new)
+                live = state[i] = {}
+            if new:
+                live.update(new)
             self._update(impl, p, flat_grads[i], work, hyper, fresh, scale,
-                         self._seed(p, work, i), out)
+                         0 if p.dtype != np.uint16 else self._seed(p, work, i), out)
             live["step"] = work["step"]
 
     def _step_flat(self, grads) -> None:

@@ -429,7 +429,7 @@ class _FlatTorch:
         self.grad_buffers: dict[np.dtype, torch.Tensor] = {}
         self.grad_views: dict[int, torch.Tensor] = {}
         self.offsets: dict[int, tuple] = {}
-        #: per member, the data_ptr it must keep
+        #: per member, the (data_ptr, dtype) it must keep
         self.layout: list[tuple] = []
         self.member_params = [params[j] for j in self.members]
         self.exposed: list[dict] = []  # opt.state's entries, as the flat state left them
@@ -456,7 +456,7 @@ class _FlatTorch:
             p.grad = gview
             self.grad_views[j] = gview
             self.offsets[j] = (dt, a, b)
-            self.layout.append(p.data_ptr())
+            self.layout.append((p.data_ptr(), p.dtype))
         position = {j: m for m, j in enumerate(self.members)}
         first = 0
         for k, group in enumerate(opt.param_groups):
@@ -505,8 +505,9 @@ class _FlatTorch:
                                  "the optimizer after unfreezing (or use flatten=False)")
         # the step writes only the flat buffers, so a re-pointed parameter is a
         # parameter left untrained, not a write out of bounds: its pointer tells
-        # (p.data = ..., model.to(), .double() and channels_last all allocate)
-        now = [p.data_ptr() for p in members]
+        # (p.data = ..., model.to(), .double() and channels_last all allocate), and
+        # its dtype where it has no memory to point at (size 0)
+        now = [(p.data_ptr(), p.dtype) for p in members]
         if now != self.layout:
             j = next(j for j, a, b in zip(self.members, now, self.layout) if a != b)
             raise ValueError(
@@ -524,8 +525,16 @@ class _FlatTorch:
                 "opt.state[p]['exp_avg'].zero_()) or with load_state_dict()")
 
     def start_state(self) -> None:
-        """Every segment's first state, created now (``_Fused._start_state``)."""
+        """Every segment's first state, created now (``_Fused._start_state``); frozen
+        parameters get theirs as plain tensors, as the torch twin gives them."""
         opt, algo = self.opt, self.opt._algorithm
+        index = [(k, p) for k, g in enumerate(opt.param_groups) for p in g["params"]]
+        for j in self.frozen:
+            k, p = index[j]
+            st = opt.state[p]
+            st["step"] = torch.tensor(0.0, dtype=torch.float32)
+            for name, init in algo._state_spec(algo._check_group(opt.param_groups[k], k)):
+                st[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
         for seg in self.segments:
             for name, init in algo._state_spec(algo._check_group(
                     opt.param_groups[seg["group"]], seg["group"])):
@@ -566,7 +575,13 @@ class _FlatTorch:
         hypers = [algo._check_group(group, k) for k, group in enumerate(opt.param_groups)]
         replaced = [(self.params[j], gview) for j, gview in self.grad_views.items()
                     if self.params[j].grad is not gview]  # set_to_none, or assigned
-        for p, _ in replaced:
+        for p, gview in replaced:
+            if p.dtype is not gview.dtype or p.shape != gview.shape:  # (size 0: no
+                raise ValueError(                                  # pointer to tell)
+                    f"params[{self.params.index(p)}]: now {p.dtype} of shape "
+                    f"{tuple(p.shape)}, no longer a view of its place in the flat "
+                    "buffer; build the optimizer after changing the model (or use "
+                    "flatten=False)")
             if p.grad is not None:
                 _check_tensor(p, type(opt).__name__, _FLOAT_DTYPES, opt.backend)
         if replaced:
@@ -616,11 +631,12 @@ class _FlatTorch:
     def check_loadable(self, state_dict: dict[str, Any]) -> None:
         """Before torch's load: what the flat state cannot take is refused (the
         load then changes nothing). A segment steps as one, so its parameters' saved
-        steps must agree; each saved tensor must have its parameter's size."""
+        steps and state names must agree; each saved tensor must have its
+        parameter's size."""
         saved = state_dict.get("state", {}) if isinstance(state_dict, dict) else {}
         groups = state_dict.get("param_groups", []) if isinstance(state_dict, dict) else []
         ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", ())]
-        steps: dict[int, float] = {}
+        steps: dict[int, tuple] = {}
         for j, key in zip(self.members, [ids[j] if j < len(ids) else j
                                          for j in self.members]):
             st = saved.get(key, {})
@@ -638,13 +654,16 @@ class _FlatTorch:
                 step = float(st.get("step", 0.0))
             except (TypeError, ValueError, RuntimeError, OverflowError):
                 continue  # refused after torch's load, with the other checks
-            if "step" not in st and any(isinstance(v, torch.Tensor) for v in st.values()):
+            if self.opt._has_step and "step" not in st and any(
+                    isinstance(v, torch.Tensor) for v in st.values()):
                 continue  # incomplete: likewise
+            held = (step, sorted(n for n, v in st.items()
+                                 if n != "step" and isinstance(v, torch.Tensor)))
             seg = id(self.segment_of[j])
-            if steps.setdefault(seg, step) != step:
-                raise ValueError(f"state_dict['state'][{key!r}]['step']: flatten=True "
-                                 f"steps each segment as one, but this parameter's step "
-                                 f"{step} differs from its segment's {steps[seg]}")
+            if steps.setdefault(seg, held) != held:
+                raise ValueError(f"state_dict['state'][{key!r}]: flatten=True steps each "
+                                 f"segment as one, but this parameter's (step, state) "
+                                 f"{held} differs from its segment's {steps[seg]}")
 
     def adopt_state(self) -> None:
         """After torch's load (checked): copy the loaded tensors into the flat state

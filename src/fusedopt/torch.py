@@ -252,12 +252,11 @@ class _Fused(torch.optim.Optimizer):
         way). All or nothing: on an exception the optimizer is as it was."""
         with self._lock:
             before = self.state, self.param_groups
-            if self._flat is not None:
-                self._flat.check_loadable(state_dict)
             super().load_state_dict(state_dict)
             try:
                 self._adopt_loaded()
                 if self._flat is not None:
+                    self._flat.check_loaded()
                     self._flat.adopt_state()
             except BaseException:
                 self.state, self.param_groups = before
@@ -628,42 +627,21 @@ class _FlatTorch:
                 _, a, b = self.offsets[j]
                 st[name] = seg["arrays"][name][a - seg["start"]:b - seg["start"]].view_as(p)
 
-    def check_loadable(self, state_dict: dict[str, Any]) -> None:
-        """Before torch's load: what the flat state cannot take is refused (the
-        load then changes nothing). A segment steps as one, so its parameters' saved
-        steps and state names must agree; each saved tensor must have its
-        parameter's size."""
-        saved = state_dict.get("state", {}) if isinstance(state_dict, dict) else {}
-        groups = state_dict.get("param_groups", []) if isinstance(state_dict, dict) else []
-        ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", ())]
-        steps: dict[int, tuple] = {}
-        for j, key in zip(self.members, [ids[j] if j < len(ids) else j
-                                         for j in self.members]):
-            st = saved.get(key, {})
-            if not isinstance(st, dict):
-                continue  # refused after torch's load, with the other checks
-            p = self.params[j]
-            for name, value in st.items():
-                if (name != "step" and isinstance(value, torch.Tensor)
-                        and value.numel() != p.numel()):
-                    raise ValueError(f"state_dict['state'][{key!r}][{name!r}]: expected "
-                                     f"{p.numel()} elements (shape {tuple(p.shape)}, "
-                                     f"that of its parameter), got shape "
-                                     f"{tuple(value.shape)}")
-            try:
-                step = float(st.get("step", 0.0))
-            except (TypeError, ValueError, RuntimeError, OverflowError):
-                continue  # refused after torch's load, with the other checks
-            if self.opt._has_step and "step" not in st and any(
-                    isinstance(v, torch.Tensor) for v in st.values()):
-                continue  # incomplete: likewise
-            held = (step, sorted(n for n, v in st.items()
-                                 if n != "step" and isinstance(v, torch.Tensor)))
+    def check_loaded(self) -> None:
+        """After torch's load and ``_Fused._adopt_loaded`` (each entry complete, of
+        its parameter's shape): a segment steps as one, so its parameters must hold
+        the same step and the same state names (else the load is rolled back)."""
+        held: dict[int, tuple] = {}
+        for j in self.members:
+            st = self.opt.state.get(self.params[j], {})
+            key = (float(st.get("step", 0.0)),
+                   sorted(n for n, v in st.items() if n != "step" and
+                          isinstance(v, torch.Tensor)))
             seg = id(self.segment_of[j])
-            if steps.setdefault(seg, held) != held:
-                raise ValueError(f"state_dict['state'][{key!r}]: flatten=True steps each "
+            if held.setdefault(seg, key) != key:
+                raise ValueError(f"state_dict['state'][{j}]: flatten=True steps each "
                                  f"segment as one, but this parameter's (step, state) "
-                                 f"{held} differs from its segment's {steps[seg]}")
+                                 f"{key} differs from its segment's {held[seg]}")
 
     def adopt_state(self) -> None:
         """After torch's load (checked): copy the loaded tensors into the flat state

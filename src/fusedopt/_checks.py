@@ -47,7 +47,7 @@ def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
     ``_name``): ``("grads", 3)`` names ``grads[3]``. Overlap with other arrays is
     checked by the caller over everything the step touches (``_guard``)."""
     if (type(x) is np.ndarray and x.dtype is param.dtype and x.shape == param.shape
-            and x.flags.c_contiguous and (x.flags.writeable or not writeable)):
+            and x.flags.c_contiguous and (not writeable or x.flags.writeable)):
         return kernel_view(x if x.ndim == 1 else x.reshape(-1))  # the common case
     name, param_name = _name(name), _name(param_name)
     if not isinstance(x, np.ndarray):

@@ -366,13 +366,17 @@ class Optimizer:
                                 "(only an optimizer over a FlatParams steps without "
                                 "them)")
             flat_grads = self._check_grads(grads)
-            hypers = [self._check_group(group, k)
-                      for k, group in enumerate(self.param_groups)]
+            hypers = self._hypers()
             plans = self._plan(flat_grads, hypers)
             with self._on_stream():
                 scale = self._grad_scale(flat_grads, lambda i: f"grads[{i}]")
                 if scale is not None:
                     self._run(plans, flat_grads, scale)
+
+    def _hypers(self) -> list[tuple]:
+        """Each group's checked hyperparameters (checked on every step: a value may
+        have been changed since the last)."""
+        return [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
 
     def _on_stream(self):
         """CUDA mode: launch on ``self.stream`` inside."""
@@ -417,7 +421,9 @@ class Optimizer:
             raise TypeError(f"state[{i}]: expected a dict of state, got "
                             f"{type(live).__name__}")
         step = live.get("step")
-        if step is not None:
+        if type(step) is int and 0 <= step <= _checks.MAX_STEP:
+            pass  # as the step left it
+        elif step is not None:
             step = _checks.state_step(step, ("state", i, "step"))
         elif any(v is not None for v in live.values()):
             raise ValueError(f"state[{i}]: holds state arrays but no 'step'; set "
@@ -426,26 +432,29 @@ class Optimizer:
             step = 0
         space, work, new, fresh = self._space, {"step": step}, None, False
         dtype, mastered = kind
-        p, out = flat, None
+        p, out, size = flat, None, flat.size
         if mastered:
             master = live.get(MASTER)
             if master is None:
                 master = self._master_copy(flat)
                 new = {MASTER: master}
             else:
-                master = space.state_array(master, flat.size, np.dtype(np.float32),
+                master = space.state_array(master, size, np.dtype(np.float32),
                                            ("state", i, MASTER))
             work[MASTER], p, out = master, master, flat
             arrays.append(master)
             names.append(("state", i, MASTER))
         for name, init in spec:
             a = live.get(name)
-            if a is None:
+            if (type(a) is np.ndarray and a.dtype is dtype and a.size == size
+                    and a.ndim == 1 and a.flags.carray):
+                pass  # as the step left it: _checks.state_array's common case, inline
+            elif a is None:
                 a = self._new_state(flat, init)
                 new = {**(new or {}), name: a}
                 fresh = True
             else:
-                a = space.state_array(a, flat.size, dtype, ("state", i, name))
+                a = space.state_array(a, size, dtype, ("state", i, name))
             work[name] = a
             arrays.append(a)
             names.append(("state", i, name))
@@ -470,7 +479,7 @@ class Optimizer:
         state buffers a step needs are allocated before the first write."""
         if grads is not None:
             checked = self._check_grads(grads)
-        hypers = [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
+        hypers = self._hypers()
         needed = []
         for seg in self._segments:
             names = [name for name, _ in self._state_spec(hypers[seg["group"]])]
@@ -508,7 +517,7 @@ class Optimizer:
         to skip the step. One read of each gradient (``grad_stats``), and only with a
         policy other than "propagate" or with max_grad_norm."""
         self.last_step_skipped = False
-        if self.nonfinite == "propagate" and self.max_grad_norm is None:
+        if self._nonfinite == "propagate" and self._max_grad_norm is None:
             return 1.0
         sumsq = 0.0
         for i, g in enumerate(grads):

@@ -282,3 +282,37 @@ def test_two_optimizers_in_two_threads_survive_the_workqueue_layer():
         print(numba.threading_layer())
     """)
     assert out.strip() == "workqueue"
+
+
+def test_overlap_check_c_and_python_twins_agree():
+    """The C half of fusedopt._guard and its pure-Python twin give the same byte
+    ranges and the same verdicts; for contiguous arrays, the verdict is NumPy's."""
+    from fusedopt import _guard
+
+    bounds = pytest.importorskip("fusedopt._overlap").bounds
+    rng = np.random.default_rng(0)
+    buf = np.zeros(400)
+    for _ in range(300):
+        arrays = []
+        for _ in range(rng.integers(1, 6)):
+            a, n = int(rng.integers(0, 390)), int(rng.integers(0, 12))
+            kind = rng.integers(0, 4)
+            if kind == 1:
+                view = buf[a:a + 2 * n:2]
+            elif kind == 2:
+                view = buf[a:a + n][::-1]
+            elif kind == 3 and n >= 4:
+                view = buf[a:a + n - n % 2].reshape(2, -1).T
+            else:
+                view = buf[a:a + n]
+            arrays.append(view)
+        c_ranges, py_ranges = ([], []), ([], [])
+        bounds(arrays, *c_ranges)
+        _guard.py_bounds(arrays, *py_ranges)
+        assert c_ranges == py_ranges
+        verdict = _guard.overlap(arrays)
+        assert (verdict is None) == (_guard.py_overlap(arrays) is None)
+        if all(x.flags.c_contiguous for x in arrays):
+            shared = any(np.shares_memory(x, y) for i, x in enumerate(arrays)
+                         for y in arrays[:i])
+            assert (verdict is not None) == shared

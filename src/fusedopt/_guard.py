@@ -8,53 +8,58 @@ tensor is caught as surely as a plain view. The ranges are read from the live
 arrays every step; nothing is cached.
 
 The addresses and the sweep run in C (``fusedopt._overlap``, ~20 ns per array);
-without the compiled module the pure-Python twins below do the same, slower (reading
-an address from Python costs ~1.5 us).
+without the compiled module their pure-Python twins below do the same, slower
+(reading an address from Python costs ~1.5 us); a test holds the two to the same
+answers.
 """
 
 from __future__ import annotations
 
 from ._checks import _name
 
+def py_bounds(arrays: list, starts: list, stops: list) -> None:
+    """Append each ndarray's byte range ``[start, stop)`` to the two lists (every
+    byte an element may occupy, whatever its strides; empty for size 0)."""
+    for a in arrays:
+        lo = hi = a.__array_interface__["data"][0]
+        if a.size:
+            hi += a.itemsize
+            for n, s in zip(a.shape, a.strides):
+                extent = (n - 1) * s
+                if extent < 0:
+                    lo += extent
+                else:
+                    hi += extent
+        starts.append(lo)
+        stops.append(hi)
+
+
+def py_first_overlap(starts: list, stops: list) -> tuple[int, int] | None:
+    """Indices of two non-empty ranges that intersect, or None."""
+    far = None
+    for k in sorted(range(len(starts)), key=starts.__getitem__):
+        if starts[k] >= stops[k]:
+            continue
+        if far is not None and starts[k] < stops[far]:
+            return far, k
+        if far is None or stops[k] > stops[far]:
+            far = k
+    return None
+
+
+def py_overlap(arrays: list) -> tuple[int, int] | None:
+    """``py_first_overlap`` over the byte ranges of ``arrays``."""
+    starts: list[int] = []
+    stops: list[int] = []
+    py_bounds(arrays, starts, stops)
+    return py_first_overlap(starts, stops)
+
+
 try:
-    from ._overlap import bounds, first_overlap, overlap
+    from ._overlap import first_overlap, overlap
     COMPILED = True
 except ImportError:  # running from a source tree without the compiled modules
-    COMPILED = False
-
-    def bounds(arrays: list, starts: list, stops: list) -> None:
-        """Append each ndarray's byte range ``[start, stop)`` to the two lists."""
-        for a in arrays:
-            lo = hi = a.__array_interface__["data"][0]
-            if a.size:
-                hi += a.itemsize
-                for n, s in zip(a.shape, a.strides):
-                    extent = (n - 1) * s
-                    if extent < 0:
-                        lo += extent
-                    else:
-                        hi += extent
-            starts.append(lo)
-            stops.append(hi)
-
-    def first_overlap(starts: list, stops: list) -> tuple[int, int] | None:
-        """Indices of two non-empty ranges that intersect, or None."""
-        far = None
-        for k in sorted(range(len(starts)), key=starts.__getitem__):
-            if starts[k] >= stops[k]:
-                continue
-            if far is not None and starts[k] < stops[far]:
-                return far, k
-            if far is None or stops[k] > stops[far]:
-                far = k
-        return None
-
-    def overlap(arrays: list) -> tuple[int, int] | None:
-        """``first_overlap`` over the byte ranges of ``arrays``."""
-        starts: list[int] = []
-        stops: list[int] = []
-        bounds(arrays, starts, stops)
-        return first_overlap(starts, stops)
+    first_overlap, overlap, COMPILED = py_first_overlap, py_overlap, False
 
 
 def check_arrays(arrays: list, names) -> None:

@@ -316,3 +316,60 @@ def test_overlap_check_c_and_python_twins_agree():
             shared = any(np.shares_memory(x, y) for i, x in enumerate(arrays)
                          for y in arrays[:i])
             assert (verdict is not None) == shared
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parameter_made_read_only_after_construction_is_refused(backend):
+    p0, p1 = np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)
+    opt = fusedopt.Adam([p0, p1], lr=0.1, backend=backend)
+    p1.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[1\]: the array is read-only"):
+        opt.step([np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)])
+    assert (p0 == 1).all() and (p1 == 1).all() and not opt.state
+
+
+def test_flat_params_state_entries_refuse_assignment():
+    flat = fusedopt.FlatParams([(4,)])
+    opt = fusedopt.Adam(flat, lr=0.1)
+    flat.grad_views[0][...] = 1
+    opt.step()
+    with pytest.raises(TypeError):
+        opt.state[0]["exp_avg"] = np.full(4, 100, np.float32)  # would be lost
+    opt.state[0]["exp_avg"][...] = 0  # in place: the flat state itself
+    assert (opt.state[0]["exp_avg"] == 0).all()
+
+
+def test_load_waits_for_a_running_step():
+    opt, params, canary, g = adam_pair()
+    sd = copy.deepcopy(opt.state_dict())
+    opt._lock.acquire()  # a step in progress
+    done = threading.Event()
+    loader = threading.Thread(target=lambda: (opt.load_state_dict(sd), done.set()))
+    loader.start()
+    assert not done.wait(0.2), "the load did not wait for the step"
+    opt._lock.release()
+    loader.join()
+    assert done.is_set()
+
+
+def test_first_kernel_lookups_from_many_threads_never_fail():
+    out = run_isolated("""
+        import sys, threading, itertools
+        sys.setswitchinterval(1e-7)
+        from fusedopt.backends import numba_cpu as nc
+        errors, barrier = [], threading.Barrier(8)
+        def look():
+            barrier.wait()
+            try:
+                for k in nc.KERNELS:
+                    for flags in itertools.product((False, True), repeat=len(k.flags)):
+                        k(*flags, parallel=True)
+            except Exception as exc:
+                errors.append(repr(exc))
+        import unittest.mock as mock
+        with mock.patch.object(nc, "_jit", lambda f: f):  # no compiling: the lookups
+            threads = [threading.Thread(target=look) for _ in range(8)]
+            [t.start() for t in threads]; [t.join() for t in threads]
+        print(errors or "ok")
+    """)
+    assert out.strip() == "ok"

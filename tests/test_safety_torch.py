@@ -468,3 +468,37 @@ def test_flatten_refuses_a_gradient_aliasing_the_flat_buffers():
                        "buffers"):
         opt.step()
     assert torch.equal(p.detach(), torch.ones(3))
+
+
+def test_flatten_refuses_a_repointed_state_tensor():
+    opt, params, canary = torch_setup(flatten=True)
+    snap = t_snapshot(opt, params + [canary])
+    old = opt.state[params[0]]["exp_avg"].data
+    opt.state[params[0]]["exp_avg"].data = torch.full((64,), 100.0)
+    with pytest.raises(ValueError, match="state: replaced since the last step"):
+        opt.step()
+    opt.state[params[0]]["exp_avg"].data = old
+    assert_t_unchanged(opt, params + [canary], snap)
+
+
+@pytest.mark.parametrize("step", [torch.tensor(2 ** 31 - 1, dtype=torch.int32),
+                                  torch.tensor(7, dtype=torch.int16)])
+def test_torch_step_tensor_of_a_narrow_dtype_becomes_float32(step):
+    opt, params, canary = torch_setup()
+    opt.state[params[0]]["step"] = step
+    opt.step()
+    assert opt.state[params[0]]["step"].dtype == torch.float32
+    assert float(opt.state[params[0]]["step"]) == float(step) + 1
+
+
+def test_torch_step_tensor_aliasing_a_parameter_is_refused():
+    opt, params, canary = torch_setup()
+    params[0].data[0] = 3.0  # a valid count: only the aliasing is wrong
+    snap = t_snapshot(opt, params + [canary])
+    real = opt.state[params[1]]["step"]
+    opt.state[params[1]]["step"] = params[0].detach()[:1]
+    with pytest.raises(ValueError, match=r"state\[params\[1\]\]\['step'\]: shares memory "
+                       r"with params\[0\]"):
+        opt.step()
+    opt.state[params[1]]["step"] = real
+    assert_t_unchanged(opt, params + [canary], snap)

@@ -35,7 +35,7 @@ from . import scalars
 from .backends import select
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
-_STEP_DTYPES = (torch.float32, torch.float64, torch.int64, torch.int32)
+_STEP_DTYPES = (torch.float32, torch.float64, torch.int64)  # hold any count + 1
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -133,7 +133,9 @@ class _Fused(torch.optim.Optimizer):
         _guard.check_arrays(arrays, lambda: [
             name for plan in plans for name in (
                 ("params", plan[3]), ("grads", plan[3]),
-                *((f"state[params[{plan[3]}]]", n) for n in plan[5]))])
+                *(("state", ("params", plan[3]), n) for n in plan[5]),
+                *((("state", ("params", plan[3]), "step"),) if plan[9] is not None
+                  else ()))])
         self._views = views
         return plans
 
@@ -195,6 +197,7 @@ class _Fused(torch.optim.Optimizer):
             step_view = self._view(step_t, views)
             step = _checks.state_step(step_view.item(0),
                                       ("state", ("params", index), "step"))
+            arrays.append(step_view)  # written too: it must not alias anything
         elif step_t is not None:
             step = self._odd_step(step_t, index)
         return p, param, grad, index, hyper, work, new, fresh, step, step_view
@@ -432,6 +435,8 @@ class _FlatTorch:
         self.layout: list[tuple] = []
         self.member_params = [params[j] for j in self.members]
         self.exposed: list[dict] = []  # opt.state's entries, as the flat state left them
+        self.exposed_tensors: list[torch.Tensor] = []
+        self.exposed_ptrs: list[int] = []
         self.edited = [False]  # set by an assignment into one of them (_Watched)
         self.segments: list[dict[str, Any]] = []
         self.segment_of: dict[int, dict[str, Any]] = {}
@@ -517,7 +522,8 @@ class _FlatTorch:
                 "model (or use flatten=False)")
         entries = list(opt.state.values())
         if (self.edited[0] or len(entries) != len(self.exposed)
-                or any(map(operator.is_not, entries, self.exposed))):
+                or any(map(operator.is_not, entries, self.exposed))
+                or [t.data_ptr() for t in self.exposed_tensors] != self.exposed_ptrs):
             raise ValueError(
                 "state: replaced since the last step; with flatten=True the state of "
                 "each parameter is views of flat buffers: change it in place (e.g. "
@@ -566,6 +572,10 @@ class _FlatTorch:
             if type(st) is not _Watched:
                 state[p] = _Watched(st, self.edited)
         self.exposed = list(state.values())
+        # and the pointers of the flat state's views in it (t.data = ... re-points)
+        self.exposed_tensors = [t for st in self.exposed for n, t in st.items()
+                                if n != "step" and isinstance(t, torch.Tensor)]
+        self.exposed_ptrs = [t.data_ptr() for t in self.exposed_tensors]
         self.edited[0] = False
 
     def step(self) -> None:

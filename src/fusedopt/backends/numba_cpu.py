@@ -53,8 +53,9 @@ def _unswitched(template):
     def kernel(*flags, parallel=False):
         k = kernels.get(flags)
         if k is None:  # NumPy bools find the same entry; the closure gets Python's
-            k = kernels[flags] = _jit(template(*map(bool, flags)))
-            serialised[flags] = _serialised(k)
+            k = _jit(template(*map(bool, flags)))
+            serialised[flags] = _serialised(k)  # first: another thread may find k
+            kernels[flags] = k
         return serialised[flags] if parallel and not _threadsafe else k
     kernel.kernels, kernel.flags = kernels, tuple(inspect.signature(template).parameters)
     kernel.__name__ = template.__name__

@@ -12,6 +12,7 @@ import contextlib
 import math
 import operator
 import threading
+from types import MappingProxyType
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -414,6 +415,9 @@ class Optimizer:
         """One tensor's plan; its state arrays are appended to ``arrays`` (their
         names, ``("state", i, name)``, to ``names``)."""
         flat = self._flat[i]
+        if not self._params[i].flags.writeable:  # marked read-only since
+            raise ValueError(f"params[{i}]: the array is read-only; an optimizer "
+                             "updates its parameters in place")
         live = self.state.get(i)
         if live is None:
             live = {}
@@ -583,7 +587,12 @@ class Optimizer:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Replace state and hyperparameters with those of ``state_dict``. Everything
         is validated first (layout, option values, every array's shape and dtype); on
-        an exception the optimizer is unchanged. Arrays are copied in."""
+        an exception the optimizer is unchanged. Arrays are copied in. Waits for a
+        step running in another thread."""
+        with self._lock:
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(
                 state_dict):
             raise TypeError("state_dict: expected a dict with keys 'state' and "
@@ -764,8 +773,10 @@ class _FlatState(Mapping):
             raise KeyError(i)
         seg, a, b = self._opt._where[i]
         lo, hi = a - seg["start"], b - seg["start"]
-        return {k: (v[lo:hi] if isinstance(v, np.ndarray) else v)
-                for k, v in seg["state"].items()}
+        # read-only: an assignment into it would be lost (views of the flat state
+        # are updated in place instead, or replaced with load_state_dict)
+        return MappingProxyType({k: (v[lo:hi] if isinstance(v, np.ndarray) else v)
+                                 for k, v in seg["state"].items()})
 
     def __iter__(self):
         return (i for i in range(len(self._opt._params)) if self._started(i))

@@ -12,7 +12,6 @@ import contextlib
 import math
 import operator
 import threading
-from types import MappingProxyType
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -415,7 +414,7 @@ class Optimizer:
         """One tensor's plan; its state arrays are appended to ``arrays`` (their
         names, ``("state", i, name)``, to ``names``)."""
         flat = self._flat[i]
-        if not self._params[i].flags.writeable:  # marked read-only since
+        if self._space is _checks and not self._params[i].flags.writeable:  # since
             raise ValueError(f"params[{i}]: the array is read-only; an optimizer "
                              "updates its parameters in place")
         live = self.state.get(i)
@@ -775,11 +774,28 @@ class _FlatState(Mapping):
         lo, hi = a - seg["start"], b - seg["start"]
         # read-only: an assignment into it would be lost (views of the flat state
         # are updated in place instead, or replaced with load_state_dict)
-        return MappingProxyType({k: (v[lo:hi] if isinstance(v, np.ndarray) else v)
-                                 for k, v in seg["state"].items()})
+        return _ReadOnly({k: (v[lo:hi] if isinstance(v, np.ndarray) else v)
+                          for k, v in seg["state"].items()})
 
     def __iter__(self):
         return (i for i in range(len(self._opt._params)) if self._started(i))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+class _ReadOnly(dict):
+    """One tensor's entry of a FlatParams optimizer's ``state``: its arrays are views
+    of the flat state (change them in place), the entry itself refuses assignment,
+    which would be lost. Copies (``copy``, ``pickle``) are plain dicts."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("state[i]: a FlatParams optimizer's state entries are views of "
+                        "its flat state; change an array in place (state[i]['exp_avg']"
+                        "[...] = 0) or use load_state_dict()")
+
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = setdefault = \
+        clear = _refuse
+
+    def __reduce__(self):
+        return dict, (dict(self),)

@@ -551,18 +551,17 @@ class _FlatTorch:
             self._expose(seg, None)
         self._snapshot_state()
 
-    def _check_replaced(self, replaced) -> None:
-        """Gradients to copy in share no byte with the flat buffers (parameters,
-        gradients, state) nor with each other, as the per-tensor path refuses."""
+    def _check_replaced(self, replaced: list[int]) -> None:
+        """The gradients of parameters ``replaced`` (to copy in) share no byte with
+        the flat buffers (parameters, gradients, state) nor with each other, as the
+        per-tensor path refuses."""
         mine = [*self.buffers.values(), *self.grad_buffers.values(),
                 *(b for per in self.state_buffers.values() for b in per.values())]
-        grads = [p.grad for p, _ in replaced]
+        grads = [self.params[j].grad for j in replaced]
         spans = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
                  for t in mine + grads]
-        index = [j for j, gview in self.grad_views.items()
-                 if self.params[j].grad is not gview and self.params[j].grad is not None]
         _guard.check_spans(spans, lambda: ["the flat buffers"] * len(mine)
-                           + [("grads", j) for j in index])
+                           + [("grads", j) for j in replaced])
 
     def _snapshot_state(self) -> None:
         """Record ``opt.state`` as the flat state left it (see ``check_layout``):
@@ -582,29 +581,29 @@ class _FlatTorch:
         opt, algo = self.opt, self.opt._algorithm
         self.check_layout()
         hypers = [algo._check_group(group, k) for k, group in enumerate(opt.param_groups)]
-        replaced = [(self.params[j], gview) for j, gview in self.grad_views.items()
+        replaced = [(j, self.params[j], gview) for j, gview in self.grad_views.items()
                     if self.params[j].grad is not gview]  # set_to_none, or assigned
-        for p, gview in replaced:
+        for j, p, gview in replaced:
             if p.dtype is not gview.dtype or p.shape != gview.shape:  # (size 0: no
                 raise ValueError(                                  # pointer to tell)
-                    f"params[{self.params.index(p)}]: now {p.dtype} of shape "
-                    f"{tuple(p.shape)}, no longer a view of its place in the flat "
-                    "buffer; build the optimizer after changing the model (or use "
-                    "flatten=False)")
+                    f"params[{j}]: now {p.dtype} of shape {tuple(p.shape)}, no longer "
+                    "a view of its place in the flat buffer; build the optimizer after "
+                    "changing the model (or use flatten=False)")
             if p.grad is not None:
                 _check_tensor(p, type(opt).__name__, _FLOAT_DTYPES, opt.backend)
         if replaced:
-            self._check_replaced([(p, g) for p, g in replaced if p.grad is not None])
+            self._check_replaced([j for j, p, _ in replaced if p.grad is not None])
         specs = [algo._state_spec(hypers[seg["group"]]) for seg in self.segments]
         for seg, spec in zip(self.segments, specs):  # allocate before any write
             for name, _ in spec:
                 self._state_buffer(name, seg["dtype"])
-        for p, gview in replaced:
+        for _, p, gview in replaced:
             if p.grad is None:
                 gview.zero_()
             else:
                 gview.copy_(p.grad)
             p.grad = gview
+        exposed = False
         for seg, spec in zip(self.segments, specs):
             hyper = hypers[seg["group"]]
             fresh = False
@@ -622,8 +621,9 @@ class _FlatTorch:
             seg["step"].fill_(views["step"])
             if views["step"] == 1:
                 self._expose(seg, None)
-            if fresh or views["step"] == 1:
-                self._snapshot_state()
+            exposed |= fresh or views["step"] == 1
+        if exposed:  # opt.state gained entries: record them once
+            self._snapshot_state()
 
     def _expose(self, seg: dict[str, Any], name: str | None) -> None:
         """``opt.state[p]`` entries as views of the flat state (and the segment's step

@@ -433,14 +433,13 @@ class Optimizer:
                              f"state[{i}] = {{}} to start this parameter afresh")
         else:
             step = 0
-        space, work, new, fresh = self._space, {"step": step}, None, False
+        space, work, new, fresh = self._space, {"step": step}, {}, False
         dtype, mastered = kind
         p, out, size = flat, None, flat.size
         if mastered:
             master = live.get(MASTER)
             if master is None:
-                master = self._master_copy(flat)
-                new = {MASTER: master}
+                master = new[MASTER] = self._master_copy(flat)
             else:
                 master = space.state_array(master, size, np.dtype(np.float32),
                                            ("state", i, MASTER))
@@ -453,8 +452,7 @@ class Optimizer:
                     and a.ndim == 1 and a.flags.carray):
                 pass  # as the step left it: _checks.state_array's common case, inline
             elif a is None:
-                a = self._new_state(flat, init)
-                new = {**(new or {}), name: a}
+                a = new[name] = self._new_state(flat, init)
                 fresh = True
             else:
                 a = space.state_array(a, size, dtype, ("state", i, name))

@@ -373,3 +373,99 @@ def test_first_kernel_lookups_from_many_threads_never_fail():
         print(errors or "ok")
     """)
     assert out.strip() == "ok"
+
+
+# -- the step's checks in one C call, and the memo of checked groups --------------
+
+def _common_case_run(monkeypatch, compiled: bool):
+    from fusedopt import _guard
+
+    if not compiled:
+        monkeypatch.setattr(_guard, "common_plan", None)
+    rng = np.random.default_rng(3)
+    shapes = [(7,), (3, 5), (2, 2, 4), (1,)]
+    params = [rng.standard_normal(s) for s in shapes]
+    runs = []
+    for cls, kw in [(fusedopt.Adam, dict(amsgrad=True, weight_decay=0.1)),
+                    (fusedopt.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+                    (fusedopt.RMSprop, dict(centered=True, momentum=0.5)),
+                    (fusedopt.Adagrad, dict(lr_decay=0.01))]:
+        ps = [p.astype(np.float32) for p in params]
+        opt = cls([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.05}],
+                  backend="numba", **kw)
+        for _ in range(3):
+            opt.step([rng.standard_normal(s).astype(np.float32) for s in shapes])
+        runs.append((ps, {i: dict(st) for i, st in opt.state.items()}))
+    return runs
+
+
+def test_common_plan_steps_as_the_full_plan(monkeypatch):
+    """The step's common case, checked in one C call (``_overlap.common_plan``),
+    gives bit-identical parameters and state to the full plan in Python."""
+    pytest.importorskip("fusedopt._overlap")
+    fast = _common_case_run(monkeypatch, compiled=True)
+    full = _common_case_run(monkeypatch, compiled=False)
+    for (ps_a, st_a), (ps_b, st_b) in zip(fast, full):
+        for a, b in zip(ps_a, ps_b):
+            np.testing.assert_array_equal(a, b)
+        assert st_a.keys() == st_b.keys()
+        for i in st_a:
+            assert st_a[i].keys() == st_b[i].keys()
+            for k in st_a[i]:
+                np.testing.assert_array_equal(st_a[i][k], st_b[i][k])
+
+
+def test_common_plan_takes_the_common_case_and_leaves_the_rest(monkeypatch):
+    """After the first step (which allocates state), an ordinary step is planned by
+    the C call; anything off the common case (here a replaced state array of the
+    wrong size, a gradient of another dtype) is left to the full plan, whose error
+    names it, with nothing written."""
+    from fusedopt import _guard
+
+    pytest.importorskip("fusedopt._overlap")
+    verdicts = []
+    real = _guard.common_plan
+
+    def spy(*args):
+        verdicts.append(real(*args) is not None)
+        return None if not verdicts[-1] else real(*args)
+
+    monkeypatch.setattr(_guard, "common_plan", spy)
+    p, canary = np.zeros(64, np.float32), np.zeros(64, np.float32)
+    opt = fusedopt.Adam([p], backend="numba")
+    g = np.ones(64, np.float32)
+    opt.step([g])
+    opt.step([g])
+    assert verdicts == [False, True]
+    snap = np_snapshot(opt, [p, g, canary])
+    with pytest.raises(TypeError, match=r"grads\[0\]: expected dtype float32"):
+        opt.step([g.astype(np.float64)])
+    opt.state[0]["exp_avg"] = np.zeros(63, np.float32)
+    snap = np_snapshot(opt, [p, g, canary])
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\]: expected 64"):
+        opt.step([g])
+    assert verdicts == [False, True, False, False]
+    assert_np_unchanged(opt, [p, g, canary], snap)
+
+
+def test_group_values_are_read_every_step():
+    """A group's checked values are reused only while it holds the same objects:
+    a list edited in place, a new value, a renamed key are each seen by the next
+    step."""
+    p = np.zeros(4)
+    opt = fusedopt.Adam([{"params": [p], "betas": [0.9, 0.999]}], backend="numba")
+    opt.step([np.ones(4)])
+    opt.param_groups[0]["betas"][0] = 1.5  # in place: a list is never trusted
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['betas'\]"):
+        opt.step([np.ones(4)])
+    opt.param_groups[0]["betas"] = (0.9, 0.999)
+    opt.step([np.ones(4)])
+    opt.param_groups[0]["lr"] = float("nan")
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
+        opt.step([np.ones(4)])
+    opt.param_groups[0]["lr"] = 1e-3
+    opt.step([np.ones(4)])
+    group = opt.param_groups[0]
+    group["maximize2"] = group.pop("maximize")  # the last key, renamed
+    with pytest.raises(KeyError):
+        opt.step([np.ones(4)])

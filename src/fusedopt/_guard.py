@@ -56,10 +56,11 @@ def py_overlap(arrays: list) -> tuple[int, int] | None:
 
 
 try:
-    from ._overlap import first_overlap, overlap
+    from ._overlap import common_plan, first_overlap, overlap
     COMPILED = True
 except ImportError:  # running from a source tree without the compiled modules
     first_overlap, overlap, COMPILED = py_first_overlap, py_overlap, False
+    common_plan = None  # Optimizer.step's full plan (in Python) does its work
 
 
 def check_arrays(arrays: list, names) -> None:

@@ -125,6 +125,7 @@ class Optimizer:
         self._master_weights = _checks.flag(master_weights, "master_weights")
         self._state_dtype, self.seed = self._check_lowbit(state_dtype, seed)
         self._kinds: list[tuple[np.dtype, bool]] = []  # see _tensor_kinds
+        self._hyper_memo: list = []  # see _hypers
         self._setup_flat()
 
     @property
@@ -175,10 +176,12 @@ class Optimizer:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]  # a lock does not pickle; each copy gets its own
+        state["_hyper_memo"] = []  # each copy checks its groups afresh
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_hyper_memo", [])
         self._lock = threading.Lock()
 
     def _check_lowbit(self, state_dtype, seed) -> tuple[np.dtype | None, int]:
@@ -365,18 +368,48 @@ class Optimizer:
                 raise TypeError("grads: expected a list of arrays, one per parameter "
                                 "(only an optimizer over a FlatParams steps without "
                                 "them)")
-            flat_grads = self._check_grads(grads)
             hypers = self._hypers()
-            plans = self._plan(flat_grads, hypers)
+            common = None
+            if (_guard.common_plan is not None and self._space is _checks
+                    and type(grads) is list and type(self.state) is dict):
+                common = _guard.common_plan(
+                    self._flat, self._params, grads, self.state, self._tensor_kinds(),
+                    [(len(g["params"]), h, names)
+                     for g, (h, names) in zip(self.param_groups, hypers)],
+                    _checks.MAX_STEP)
+            if common is not None:  # the common case, checked in one C call
+                flat_grads, plans = common
+            else:
+                flat_grads = self._check_grads(grads)
+                plans = self._plan(flat_grads, [h for h, _ in hypers])
             with self._on_stream():
                 scale = self._grad_scale(flat_grads, lambda i: f"grads[{i}]")
                 if scale is not None:
                     self._run(plans, flat_grads, scale)
 
-    def _hypers(self) -> list[tuple]:
-        """Each group's checked hyperparameters (checked on every step: a value may
-        have been changed since the last)."""
-        return [self._check_group(group, k) for k, group in enumerate(self.param_groups)]
+    def _hypers(self) -> list[tuple[tuple, tuple[str, ...]]]:
+        """Per group, its checked hyperparameters and the names of the state arrays
+        they need. Groups are read on every step (a value may have changed since the
+        last); one that holds the very objects of the group last checked, under the
+        same keys, all of them immutable (numbers, bools, strings, None, tuples of
+        numbers), reuses that check's result (~0.3 us instead of ~1 us)."""
+        groups, memo = self.param_groups, self._hyper_memo
+        if len(memo) != len(groups):
+            memo[:] = [None] * len(groups)
+        out = []
+        for k, group in enumerate(groups):
+            last = memo[k]
+            if (last is not None and len(group) == len(last[1])
+                    and all(map(operator.is_, group.values(), last[1]))
+                    and group == last[0]):  # the same keys (values: identical)
+                out.append(last[2])
+                continue
+            hyper = self._check_group(group, k)
+            checked = hyper, tuple(name for name, _ in self._state_spec(hyper))
+            memo[k] = ((dict(group), list(group.values()), checked) if _immutable(group)
+                       else None)
+            out.append(checked)
+        return out
 
     def _on_stream(self):
         """CUDA mode: launch on ``self.stream`` inside."""
@@ -471,7 +504,7 @@ class Optimizer:
             if new:
                 live.update(new)
             self._update(impl, p, flat_grads[i], work, hyper, fresh, scale,
-                         0 if p.dtype != np.uint16 else self._seed(p, work, i), out)
+                         0 if p.dtype is not _BITS else self._seed(p, work, i), out)
             live["step"] = work["step"]
 
     def _step_flat(self, grads) -> None:
@@ -480,7 +513,7 @@ class Optimizer:
         state buffers a step needs are allocated before the first write."""
         if grads is not None:
             checked = self._check_grads(grads)
-        hypers = self._hypers()
+        hypers = [h for h, _ in self._hypers()]
         needed = []
         for seg in self._segments:
             names = [name for name, _ in self._state_spec(hypers[seg["group"]])]
@@ -753,6 +786,23 @@ class Optimizer:
             for k, g in enumerate(self.param_groups))
         return f"{type(self).__name__}(backend={self.backend!r}{mode}){groups}"
 
+
+
+def _immutable(group: Mapping[str, Any]) -> bool:
+    """Whether every hyperparameter of ``group`` is immutable, so that a group equal
+    to a snapshot of it still holds the same values (see ``Optimizer._hypers``)."""
+    for key, v in group.items():
+        if key == "params" or type(v) in _SCALARS or isinstance(v, np.generic):
+            continue
+        if type(v) is tuple and all(type(x) in _SCALARS or isinstance(x, np.generic)
+                                    for x in v):
+            continue
+        return False
+    return True
+
+
+_SCALARS = (float, int, bool, str, type(None))
+_BITS = np.dtype(np.uint16)  # the kernel view of bfloat16 arrays
 
 
 class _FlatState(Mapping):

@@ -29,50 +29,44 @@ DOUBLE_MATH = re.compile(
 F64_INTRINSIC = re.compile(r"@llvm\.\w+\.(?:f64|v\d+f64)\b")
 
 
-def example_args(kernel, layout="float32"):
-    """Arguments for one call of ``kernel``: float32 arrays (``layout`` "bf16": uint16
-    bf16 bits, as bf16 parameters and state reach it; "master": a float32 parameter,
-    bf16 gradient and state, and the bf16 ``out`` of master weights), floats, bools."""
+#: per algorithm: its rule, number of boolean options, state slots and host scalars
+ALGORITHMS = {"sgd": (rules.sgd, 3, 1, 4), "adam": (rules.adam, 3, 3, 8),
+              "adagrad": (rules.adagrad, 1, 1, 3), "rmsprop": (rules.rmsprop, 3, 3, 6)}
+
+
+def example_args(name, layout="float32"):
+    """One call of ``name``'s kernel with every option on and every slot present:
+    float32 arrays (``layout`` "bf16": uint16 bf16 bits, as bf16 parameters and state
+    reach it; "master": a float32 parameter, bf16 gradient and state, and the bf16
+    ``out`` of master weights), float scalars, and the parallel loop."""
+    rule, nflags, nslots, nscalars = ALGORITHMS[name]
     bf16 = np.full(64, 0x3F00, np.uint16)  # 0.5
-    args = []
-    for name in inspect.signature(kernel.py_func).parameters:
-        if name in ("p", "g", "m", "v", "vmax", "buf", "acc", "sq", "gavg"):
-            args.append(np.full(64, 0.5, np.float32) if layout == "float32" or (
-                layout == "master" and name == "p") else bf16.copy())
-        elif name in ("decay", "decoupled", "maximize", "nesterov", "parallel"):
-            args.append(True)
-        elif name == "seed":
-            args.append(12345)
-        elif name == "out":
-            args.append(bf16.copy() if layout == "master" else None)
-        else:
-            args.append(0.25)
-    return args
+    f32 = np.full(64, 0.5, np.float32)
+    p = f32.copy() if layout in ("float32", "master") else bf16.copy()
+    arrays = [f32.copy() if layout == "float32" else bf16.copy()
+              for _ in range(nslots + 1)]
+    out = bf16.copy() if layout == "master" else None
+    kernel = numba_cpu._template(rule, (True,) * nflags, nslots)
+    return kernel, (p, arrays[0], (0.25,) * nscalars, 0.25, 12345, out, True,
+                    *arrays[1:])
 
 
-def all_options_on(factory):
-    """The kernel with every boolean option on (the most code in its loop)."""
-    return factory(*[True] * len(factory.flags))
+LAYOUTS = ([(name, "float32") for name in ALGORITHMS]
+           + [(name, layout) for name in ("sgd", "adam") for layout in ("bf16", "master")])
 
 
-LAYOUTS = ([(all_options_on(k), "float32") for k in numba_cpu.KERNELS]
-           + [(all_options_on(k), layout) for k in (numba_cpu._sgd, numba_cpu._adam)
-              for layout in ("bf16", "master")])
-
-
-@pytest.mark.parametrize("kernel, layout", LAYOUTS,
-                         ids=lambda x: getattr(x, "py_func", x).__qualname__.split(".")[0]
-                         if hasattr(x, "py_func") else x)
-def test_float32_kernel_has_no_float64_math(kernel, layout):
-    fresh = numba.njit(**{**numba_cpu.JIT_OPTIONS, "cache": False})(kernel.py_func)
-    fresh(*example_args(kernel, layout))
+@pytest.mark.parametrize("name, layout", LAYOUTS)
+def test_float32_kernel_has_no_float64_math(name, layout):
+    kernel, args = example_args(name, layout)
+    fresh = numba.njit(**{**numba_cpu.JIT_OPTIONS, "cache": False})(kernel)
+    fresh(*args)
     (sig,) = fresh.signatures
-    params = set(inspect.signature(kernel.py_func).parameters)
+    params = set(inspect.signature(kernel).parameters)
     typemap = fresh.overloads[sig].type_annotation.typemap
     leaked = {name: str(t) for name, t in typemap.items()
               if "float64" in str(t) and name.removeprefix("arg.") not in params
               and not name.startswith("$const")}
-    assert not leaked, f"float64 values in {kernel.py_func.__qualname__}: {leaked}"
+    assert not leaked, f"float64 values in {name} ({layout}): {leaked}"
     llvm = fresh.inspect_llvm(sig)
     assert "parfor" in llvm  # the prange loop's body is part of what is checked
     assert not DOUBLE_MATH.findall(llvm), DOUBLE_MATH.findall(llvm)[:3]

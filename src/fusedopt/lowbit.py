@@ -156,6 +156,32 @@ def _load_impl(a, i):
     return lambda a, i: a[i]
 
 
+def load_or(a, i, default):
+    """``load(a, i)``, or ``default`` where ``a`` is None (an absent state slot: the
+    choice is made by type, at compile time, so the loop holds no branch for it)."""
+    return default if a is None else load(a, i)
+
+
+@overload(load_or, target="generic")
+def _load_or_impl(a, i, default):
+    if isinstance(a, (types.NoneType, types.Omitted)):
+        return lambda a, i, default: default
+    return lambda a, i, default: load(a, i)
+
+
+def store_if(a, i, x):
+    """``store(a, i, x)``, or nothing where ``a`` is None (an absent state slot)."""
+    if a is not None:
+        store(a, i, x)
+
+
+@overload(store_if, target="generic")
+def _store_if_impl(a, i, x):
+    if isinstance(a, (types.NoneType, types.Omitted)):
+        return lambda a, i, x: None
+    return lambda a, i, x: store(a, i, x)
+
+
 def store(a, i, x):
     """``a[i] = x``, rounding to nearest even into bf16 storage."""
     if a.dtype == np.uint16:

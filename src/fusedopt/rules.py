@@ -45,6 +45,24 @@ def _cast_like_impl(x, arr):
     return impl
 
 
+def cast_all(h, arr):
+    """The tuple of scalars ``h`` converted to the compute dtype of ``arr`` (see
+    ``cast_like``): a kernel's per-step host scalars, cast once before its loop.
+    Compiled code uses the overload below; this body runs under Numba's CUDA
+    simulator."""
+    return tuple(cast_like(x, arr) for x in h)
+
+
+@overload(cast_all, target="generic")
+def _cast_all_impl(h, arr):
+    to_dtype = _compute_dtype(np.dtype(str(arr.dtype)))
+    # a tuple's length is part of its type: one straight-line body per length
+    body = "".join(f"to_dtype(h[{k}]), " for k in range(len(h)))
+    scope = {"to_dtype": to_dtype}
+    exec(f"def impl(h, arr):\n    return ({body})\n", scope)
+    return scope["impl"]
+
+
 def sqrt(x):
     """The square root in ``x``'s own precision, NaN below zero. Compiled code uses
     ``math.sqrt`` (CPU and CUDA lower it to the hardware instruction; NumPy's ufunc

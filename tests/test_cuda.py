@@ -374,22 +374,25 @@ from numba.core import types as nt
 # no GPU here: device functions (the rules) ask the current device for its
 # compute capability; answer for an H100
 d.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
+from fusedopt import rules
 from fusedopt.backends import cuda_kernels as k
-f, b = float64, boolean
+f, b, none = float64, boolean, nt.none
+# per algorithm: rule, options, slots present (None: absent), host scalars
+ALGORITHMS = [(rules.sgd, 3, (True,), 4), (rules.adam, 3, (True, True, True), 8),
+              (rules.adam, 3, (True, True, False), 8), (rules.adagrad, 1, (True,), 3),
+              (rules.rmsprop, 3, (True, True, True), 6),
+              (rules.rmsprop, 3, (True, False, False), 6)]
 for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
     A, S = nt.Array(dt, 1, "C"), nt.Array(st, 1, "C")  # S: state (uint16: bf16 bits)
-    sigs = {
-        k._fill: (S, f), k._sgd: (A, A, f, f, b, f),
-        k._sgd_momentum: (A, A, S, f, f, f, f, b, b, f),
-        k._adam: (A, A) + (S,) * 3 + (f,) * 8 + (b, b, b, f),
-        k._adagrad: (A, A, S, f, f, f, b, f),
-        k._rmsprop: (A, A) + (S,) * 3 + (f,) * 6 + (b, b, b, f),
-        k._grad_stats: (A, nt.Array(float64, 1, "C")),
-    }
-    assert set(sigs) == set(k.KERNELS)
-    for kernel, sig in sigs.items():
-        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
-        if dt is float32 and kernel is not k._grad_stats:
+    sigs = [(k._fill.py_func, (S, f)), (k._grad_stats.py_func, (A, nt.Array(float64, 1, "C")))]
+    for rule, nflags, present, nh in ALGORITHMS:
+        slots = tuple(S if x else none for x in present)
+        slots += (none,) * (4 - len(slots))
+        sigs.append((k._template(rule, (True,) * nflags, len(present)),
+                     (A, A, nt.UniTuple(f, nh), f) + slots))
+    for kernel, sig in sigs:
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(9, 0))
+        if dt is float32 and kernel is not k._grad_stats.py_func:
             math64 = re.findall(r"\b(?:add|sub|mul|div|fma|sqrt|neg|setp)\.\S*f64", ptx)
             assert not math64, (kernel.__name__, math64[:5])
 print("ok")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .. import _device, rules
-from ..lowbit import load, store
-from ..rules import cast_like
+from .. import _device
+from ..lowbit import store
+from ..rules import cast_all, cast_like
+from . import template
 
 _jit = cuda.jit(cache=not _device.simulated())
 
@@ -25,77 +26,32 @@ def _fill(a, value):
         store(a, i, value)
 
 
-@_jit
-def _sgd(p, g, lr, weight_decay, decay, grad_scale):
-    grad_scale = cast_like(grad_scale, p)
-    lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
-    zero = cast_like(0.0, p)
-    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        p[i], _ = rules.sgd(p[i], g[i], zero, lr, weight_decay, zero, zero,
-                            decay, False, False, grad_scale)
+def _template(rule, flags: tuple[bool, ...], slots: int):
+    """The grid-stride twin of ``numba_cpu._template``: ``template.element`` (``rule``
+    with its options ``flags`` frozen) over each element of ``p``, with its state
+    slots ``s0..s3`` (None where absent or beyond ``slots``) and its per-step host
+    scalars ``h``. Parameters are float32 or float64 here (bf16 state only)."""
+    step = template.element(rule, flags, slots)
+
+    def kernel(p, g, h, grad_scale, s0, s1, s2, s3):
+        h, grad_scale, zero = cast_all(h, p), cast_like(grad_scale, p), cast_like(0.0, p)
+        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+            step(p, g, i, h, grad_scale, zero, 0, None, s0, s1, s2, s3)
+    return kernel
 
 
-@_jit
-def _sgd_momentum(p, g, buf, lr, weight_decay, momentum, buf_grad_scale,
-                  decay, nesterov, grad_scale):
-    grad_scale = cast_like(grad_scale, p)
-    lr, weight_decay = cast_like(lr, p), cast_like(weight_decay, p)
-    momentum, buf_grad_scale = cast_like(momentum, p), cast_like(buf_grad_scale, p)
-    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        p[i], b = rules.sgd(p[i], g[i], load(buf, i), lr, weight_decay, momentum,
-                            buf_grad_scale, decay, True, nesterov, grad_scale)
-        store(buf, i, b)
+#: compiled kernels, by ``(rule, flags, slots)``; see ``kernel``
+KERNELS: dict[tuple, object] = {}
 
 
-@_jit
-def _adam(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
-          weight_decay, param_scale, decay, decoupled, amsgrad, grad_scale):
-    # one kernel for both layouts: a GPU pays nothing for a predicated load of vmax
-    grad_scale = cast_like(grad_scale, p)
-    beta1c, beta2, beta2c = cast_like(beta1c, p), cast_like(beta2, p), cast_like(beta2c, p)
-    step_size, inv_sqrt_bc2 = cast_like(step_size, p), cast_like(inv_sqrt_bc2, p)
-    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
-    param_scale, zero = cast_like(param_scale, p), cast_like(0.0, p)
-    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        vm = load(vmax, i) if amsgrad else zero
-        p[i], m_, v_, vm = rules.adam(
-            p[i], g[i], load(m, i), load(v, i), vm, beta1c, beta2, beta2c, step_size,
-            inv_sqrt_bc2, eps, weight_decay, param_scale, decay, decoupled, amsgrad,
-            grad_scale)
-        store(m, i, m_)
-        store(v, i, v_)
-        if amsgrad:
-            store(vmax, i, vm)
-
-
-@_jit
-def _adagrad(p, g, acc, clr, eps, weight_decay, decay, grad_scale):
-    grad_scale = cast_like(grad_scale, p)
-    clr, eps, weight_decay = cast_like(clr, p), cast_like(eps, p), cast_like(weight_decay, p)
-    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        p[i], a = rules.adagrad(p[i], g[i], load(acc, i), clr, eps, weight_decay,
-                                decay, grad_scale)
-        store(acc, i, a)
-
-
-@_jit
-def _rmsprop(p, g, sq, gavg, buf, lr, alpha, alphac, eps, weight_decay, momentum,
-             decay, centered, has_momentum, grad_scale):
-    grad_scale = cast_like(grad_scale, p)
-    lr, alpha, alphac = cast_like(lr, p), cast_like(alpha, p), cast_like(alphac, p)
-    eps, weight_decay = cast_like(eps, p), cast_like(weight_decay, p)
-    momentum, zero = cast_like(momentum, p), cast_like(0.0, p)
-    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        mu = load(gavg, i) if centered else zero
-        b = load(buf, i) if has_momentum else zero
-        p[i], s, mu, b = rules.rmsprop(
-            p[i], g[i], load(sq, i), mu, b, lr, alpha, alphac, eps, weight_decay,
-            momentum, decay, centered, has_momentum, grad_scale)
-        store(sq, i, s)
-        if centered:
-            store(gavg, i, mu)
-        if has_momentum:
-            store(buf, i, b)
+def kernel(rule, flags: tuple[bool, ...], slots: int):
+    """The CUDA kernel of ``rule`` with these options (one per combination in use;
+    NumPy bools find the same entry)."""
+    key = (rule, flags, slots)
+    k = KERNELS.get(key)
+    if k is None:
+        k = KERNELS[key] = _jit(_template(rule, tuple(map(bool, flags)), slots))
+    return k
 
 
 @_jit
@@ -112,4 +68,3 @@ def _grad_stats(g, out):
     cuda.atomic.add(out, 1, bad)
 
 
-KERNELS = (_fill, _sgd, _sgd_momentum, _adam, _adagrad, _rmsprop, _grad_stats)

@@ -1,19 +1,19 @@
 """Numba CPU backend: one fused pass per call, the rules of ``fusedopt.rules`` in a loop.
 
-Every kernel takes flat, C-contiguous arrays of one dtype (float32 or float64) and the
-step's scalars as Python floats, cast to the array dtype inside the kernel (building
-NumPy scalars in Python costs ~3 us per call; a cast inside costs nothing). Changing
-a hyperparameter's value therefore never recompiles. Its boolean options (weight
-decay on or off, decoupled, Nesterov) are compiled in instead (``_unswitched``): one
-specialisation per dtype and combination in use.
+Every algorithm runs the same loop (``_template``) around its rule. It takes flat,
+C-contiguous arrays of one dtype (float32 or float64; bf16 as uint16 bits) and the
+step's scalars as a tuple of Python floats, cast to the array dtype inside the kernel
+(building NumPy scalars in Python costs ~3 us per call; a cast inside costs nothing).
+Changing a hyperparameter's value therefore never recompiles. Its boolean options
+(weight decay on or off, decoupled, Nesterov) are compiled in instead: one
+specialisation per dtype, combination in use and layout of state slots.
 
-Each kernel holds a serial loop and a ``prange`` loop over the same rule call; arrays
+Each kernel holds a serial loop and a ``prange`` loop over the same body; arrays
 of ``policy.PARALLEL_MIN_SIZE`` elements or more take the parallel one.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 
 import numba
@@ -21,8 +21,8 @@ import numpy as np
 from numba import njit, prange
 
 from .. import rules, scalars
-from . import policy
-from ..lowbit import load, load_or, store, store_if, store_param
+from . import policy, template
+from ..lowbit import load
 from ..rules import cast_all, cast_like
 
 #: sha256 of rules.py + lowbit.py (first 16 hex digits). Numba's cache is keyed on the
@@ -39,77 +39,33 @@ JIT_OPTIONS = dict(parallel=True, cache=True, nogil=True, error_model="numpy",
 _jit = njit(**JIT_OPTIONS)
 
 
-#: the most state arrays (slots) an algorithm keeps per element
-MAX_SLOTS = 4  # the template's s0..s3
-
-
 def _template(rule, flags: tuple[bool, ...], slots: int):
-    """The one loop of every algorithm: ``rule`` over each element of ``p``, with its
-    ``slots`` state arrays ``s0, s1, ...`` (None where a slot is absent, e.g.
-    ``max_exp_avg_sq`` without amsgrad) and its per-step host scalars ``h`` (a tuple
-    of floats, cast to the compute dtype once, before the loop).
+    """The one loop of every algorithm: ``template.element`` (``rule`` with its options
+    ``flags`` frozen) over each element of ``p``, with its ``slots`` state arrays
+    ``s0, s1, ...`` (None where a slot is absent, e.g. ``max_exp_avg_sq`` without
+    amsgrad) and its per-step host scalars ``h`` (a tuple of floats, cast to the
+    compute dtype once, before the loop).
 
-    ``rule`` and ``flags`` (its boolean options) are closure constants: Numba freezes
-    them, so each combination compiles (and caches: the cache key hashes them) a loop
-    with the options' branches removed; an absent slot is None, a type of its own, so
-    each layout is a specialisation whose loop has no load or store for it
-    (``load_or``, ``store_if``). A load or store under a runtime ``if``, or options
-    passed as arguments (selects on both branches' results: 1.13-1.23x the time of a
-    bf16-state Adam step in cache), would cost vectorisation. The slots are separate
-    arguments: read through a tuple inside the loop, the serial loop does not
-    vectorise (measured 7.7x slower at 1M). The serial and ``prange`` loops are the
-    same body; ``parallel`` picks one."""
-    n = slots
+    Each ``(rule, flags)`` is its own closure, so Numba compiles (and caches: the
+    cache key hashes the closure) a loop with the options' branches removed, and each
+    layout of present and absent slots (None has a type of its own) is one
+    specialisation without loads or stores for the absent. A load or store under a
+    runtime ``if``, or options passed as arguments (selects on both branches'
+    results: 1.13-1.23x the time of a bf16-state Adam step in cache), would cost
+    vectorisation. The slots are separate arguments: read through a tuple inside the
+    loop, the serial loop does not vectorise (measured 7.7x slower at 1M). The serial
+    and ``prange`` loops run the same body; ``parallel`` picks one."""
+    step = template.element(rule, flags, slots)
 
     def loop(p, g, h, grad_scale, seed, out, parallel, s0=None, s1=None, s2=None,
              s3=None):
         h, grad_scale, zero = cast_all(h, p), cast_like(grad_scale, p), cast_like(0.0, p)
         if parallel:
             for i in prange(p.size):
-                a0 = load_or(s0, i, zero)
-                if n == 1:
-                    new = rule(load(p, i), load(g, i), a0, *h, *flags, grad_scale)
-                elif n == 2:
-                    new = rule(load(p, i), load(g, i), a0, load_or(s1, i, zero), *h,
-                               *flags, grad_scale)
-                elif n == 3:
-                    new = rule(load(p, i), load(g, i), a0, load_or(s1, i, zero),
-                               load_or(s2, i, zero), *h, *flags, grad_scale)
-                else:
-                    new = rule(load(p, i), load(g, i), a0, load_or(s1, i, zero),
-                               load_or(s2, i, zero), load_or(s3, i, zero), *h, *flags,
-                               grad_scale)
-                store_param(p, i, new[0], seed, out)
-                store_if(s0, i, new[1])
-                if n > 1:
-                    store_if(s1, i, new[2])
-                if n > 2:
-                    store_if(s2, i, new[3])
-                if n > 3:
-                    store_if(s3, i, new[4])
+                step(p, g, i, h, grad_scale, zero, seed, out, s0, s1, s2, s3)
         else:
             for i in range(p.size):
-                a0 = load_or(s0, i, zero)
-                if n == 1:
-                    new = rule(load(p, i), load(g, i), a0, *h, *flags, grad_scale)
-                elif n == 2:
-                    new = rule(load(p, i), load(g, i), a0, load_or(s1, i, zero), *h,
-                               *flags, grad_scale)
-                elif n == 3:
-                    new = rule(load(p, i), load(g, i), a0, load_or(s1, i, zero),
-                               load_or(s2, i, zero), *h, *flags, grad_scale)
-                else:
-                    new = rule(load(p, i), load(g, i), a0, load_or(s1, i, zero),
-                               load_or(s2, i, zero), load_or(s3, i, zero), *h, *flags,
-                               grad_scale)
-                store_param(p, i, new[0], seed, out)
-                store_if(s0, i, new[1])
-                if n > 1:
-                    store_if(s1, i, new[2])
-                if n > 2:
-                    store_if(s2, i, new[3])
-                if n > 3:
-                    store_if(s3, i, new[4])
+                step(p, g, i, h, grad_scale, zero, seed, out, s0, s1, s2, s3)
     return loop
 
 

@@ -18,9 +18,9 @@ import threading
 import numpy as np
 from numba import cuda
 
-from .. import _device, scalars
-from .cuda_kernels import (_adagrad, _adam, _fill, _grad_stats, _rmsprop, _sgd,
-                           _sgd_momentum)
+from .. import _device, rules, scalars
+from . import template
+from .cuda_kernels import _fill, _grad_stats, kernel
 
 if not cuda.is_available():
     raise ImportError("no CUDA GPU visible to Numba (numba.cuda.is_available() is "
@@ -63,46 +63,41 @@ def _max_blocks() -> int:
 
 # -- the backend contract: flat device arrays, raw hyperparameters ------------------
 
-def _or(a, like):
-    """Optional state: a kernel argument of the right type even when absent."""
-    return like if a is None else a
+def _call(rule, flags, states, h, param, grad, grad_scale):
+    """One launch over ``param``: ``states`` holds one array or None per slot."""
+    pad = (None,) * (template.MAX_SLOTS - len(states))
+    _launch(kernel(rule, flags, len(states)), param.size)(param, grad, h, grad_scale,
+                                                         *states, *pad)
 
 
 def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
         nesterov, grad_scale, seed=0, out=None):
-    decay = weight_decay != 0.0
-    if momentum_buffer is None:
-        _launch(_sgd, param.size)(param, grad, lr, weight_decay, decay, grad_scale)
-    else:
-        lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
-            fresh_buffer, lr, momentum, dampening, weight_decay)
-        _launch(_sgd_momentum, param.size)(
-            param, grad, momentum_buffer, lr, weight_decay, momentum, buf_grad_scale,
-            decay, nesterov, grad_scale)
+    h = scalars.sgd(fresh_buffer, lr, momentum, dampening, weight_decay)
+    has_momentum = momentum_buffer is not None
+    _call(rules.sgd, (weight_decay != 0.0, has_momentum, has_momentum and nesterov),
+          (momentum_buffer,), h, param, grad, grad_scale)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
          weight_decay, decoupled, grad_scale, seed=0, out=None):
-    s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
-    _launch(_adam, param.size)(
-        param, grad, exp_avg, exp_avg_sq, _or(max_exp_avg_sq, exp_avg_sq), *s,
-        weight_decay != 0.0, decoupled, max_exp_avg_sq is not None, grad_scale)
+    h = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
+    _call(rules.adam, (weight_decay != 0.0, decoupled, max_exp_avg_sq is not None),
+          (exp_avg, exp_avg_sq, max_exp_avg_sq), h, param, grad, grad_scale)
 
 
 def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
             seed=0, out=None):
-    s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
-    _launch(_adagrad, param.size)(param, grad, state_sum, *s, weight_decay != 0.0,
-                                  grad_scale)
+    h = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
+    _call(rules.adagrad, (weight_decay != 0.0,), (state_sum,), h, param, grad,
+          grad_scale)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
             weight_decay, momentum, grad_scale, seed=0, out=None):
-    s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
-    _launch(_rmsprop, param.size)(
-        param, grad, square_avg, _or(grad_avg, square_avg),
-        _or(momentum_buffer, square_avg), *s, weight_decay != 0.0,
-        grad_avg is not None, momentum_buffer is not None, grad_scale)
+    h = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
+    _call(rules.rmsprop,
+          (weight_decay != 0.0, grad_avg is not None, momentum_buffer is not None),
+          (square_avg, grad_avg, momentum_buffer), h, param, grad, grad_scale)
 
 
 def grad_stats(grad, parallel=True):

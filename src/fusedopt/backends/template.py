@@ -1,0 +1,60 @@
+"""The body every compiled loop shares: one element's update by an algorithm's rule.
+
+``element(rule, flags, slots)`` returns a jitable ``step(p, g, i, h, grad_scale,
+zero, seed, out, s0, s1, s2, s3)`` that reads element ``i`` of the parameter, its
+gradient and its state slots, calls ``rule`` and writes the results back. The Numba
+CPU loop (``numba_cpu._template``: serial and ``prange``) and the CUDA grid-stride
+loop (``cuda_kernels._template``) are the only callers; the Cython backend mirrors
+this body in its own template.
+
+Conventions, for every rule: ``rule(p, g, *state, *h, *flags, grad_scale)`` returns
+``(p, *state)``, one value per state slot, in compute precision; ``h`` are the
+per-step host scalars (``fusedopt.scalars``) already cast to the compute dtype;
+``flags`` are the boolean options. ``rule``, ``flags`` and ``slots`` are closure
+constants, frozen by Numba (the branches on them are removed when compiled). An
+absent slot (an option that is off, e.g. ``max_exp_avg_sq`` without amsgrad) is
+None: ``load_or`` gives ``zero`` and ``store_if`` nothing, chosen by type at compile
+time, so no loop holds a branch for it.
+"""
+
+from __future__ import annotations
+
+from numba.extending import register_jitable
+
+from ..lowbit import load, load_or, store_if, store_param
+
+#: the most state arrays (slots) an algorithm keeps per element: s0..s3
+MAX_SLOTS = 4
+
+
+def element(rule, flags: tuple[bool, ...], slots: int):
+    """The jitable one-element update of ``rule`` with these options and slots."""
+    if not 1 <= slots <= MAX_SLOTS:
+        raise ValueError(f"slots: expected 1 to {MAX_SLOTS}, got {slots}")
+    n = slots
+
+    @register_jitable
+    def step(p, g, i, h, grad_scale, zero, seed, out, s0, s1, s2, s3):
+        a0 = load_or(s0, i, zero)
+        if n == 1:
+            new = rule(load(p, i), load(g, i), a0, *h, *flags, grad_scale)
+        elif n == 2:
+            new = rule(load(p, i), load(g, i), a0, load_or(s1, i, zero), *h, *flags,
+                       grad_scale)
+        elif n == 3:
+            new = rule(load(p, i), load(g, i), a0, load_or(s1, i, zero),
+                       load_or(s2, i, zero), *h, *flags, grad_scale)
+        else:
+            new = rule(load(p, i), load(g, i), a0, load_or(s1, i, zero),
+                       load_or(s2, i, zero), load_or(s3, i, zero), *h, *flags,
+                       grad_scale)
+        store_param(p, i, new[0], seed, out)
+        store_if(s0, i, new[1])
+        if n > 1:
+            store_if(s1, i, new[2])
+        if n > 2:
+            store_if(s2, i, new[3])
+        if n > 3:
+            store_if(s3, i, new[4])
+
+    return step

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .. import rules, scalars
+from .. import algorithms
 from . import policy, template
 from ..lowbit import load
 from ..rules import cast_all, cast_like
@@ -89,7 +89,7 @@ def kernel(rule, flags: tuple[bool, ...], slots: int, parallel: bool = False):
     return _SERIALISED[key] if parallel and not _threadsafe else k
 
 
-def _call(rule, flags, states, h, param, grad, grad_scale, seed, out):
+def _call(rule, flags, states, h, param, grad, grad_scale, seed=0, out=None):
     """One kernel call over ``param``: ``states`` holds one array or None per slot."""
     par = param.size >= policy.PARALLEL_MIN_SIZE
     k = (_SERIALISED if par and not _threadsafe else KERNELS).get(
@@ -149,34 +149,8 @@ def _serialised(kernel, parallel_at: int = -1):
 _grad_stats_serialised = _serialised(_grad_stats)
 
 
-def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
-        nesterov, grad_scale, seed=0, out=None):
-    h = scalars.sgd(fresh_buffer, lr, momentum, dampening, weight_decay)
-    has_momentum = momentum_buffer is not None
-    _call(rules.sgd, (weight_decay != 0.0, has_momentum, has_momentum and nesterov),
-          (momentum_buffer,), h, param, grad, grad_scale, seed, out)
-
-
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-         weight_decay, decoupled, grad_scale, seed=0, out=None):
-    h = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
-    _call(rules.adam, (weight_decay != 0.0, decoupled, max_exp_avg_sq is not None),
-          (exp_avg, exp_avg_sq, max_exp_avg_sq), h, param, grad, grad_scale, seed, out)
-
-
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
-            seed=0, out=None):
-    h = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
-    _call(rules.adagrad, (weight_decay != 0.0,), (state_sum,), h, param, grad,
-          grad_scale, seed, out)
-
-
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, grad_scale, seed=0, out=None):
-    h = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
-    _call(rules.rmsprop,
-          (weight_decay != 0.0, grad_avg is not None, momentum_buffer is not None),
-          (square_avg, grad_avg, momentum_buffer), h, param, grad, grad_scale, seed, out)
+# the backend contract: one function per algorithm, each built from its spec
+globals().update({spec.name: algorithms.contract(spec, _call) for spec in algorithms.SPECS})
 
 
 #: bf16 storage (uint16 bits) for state and parameters; see ``fusedopt.lowbit``

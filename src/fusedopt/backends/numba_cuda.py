@@ -18,7 +18,7 @@ import threading
 import numpy as np
 from numba import cuda
 
-from .. import _device, rules, scalars
+from .. import _device, algorithms
 from . import template
 from .cuda_kernels import _fill, _grad_stats, kernel
 
@@ -63,41 +63,16 @@ def _max_blocks() -> int:
 
 # -- the backend contract: flat device arrays, raw hyperparameters ------------------
 
-def _call(rule, flags, states, h, param, grad, grad_scale):
-    """One launch over ``param``: ``states`` holds one array or None per slot."""
+def _call(rule, flags, states, h, param, grad, grad_scale, seed=0, out=None):
+    """One launch over ``param``: ``states`` holds one array or None per slot
+    (``seed`` and ``out`` are for bf16 parameters, which this backend refuses)."""
     pad = (None,) * (template.MAX_SLOTS - len(states))
     _launch(kernel(rule, flags, len(states)), param.size)(param, grad, h, grad_scale,
                                                          *states, *pad)
 
 
-def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening, weight_decay,
-        nesterov, grad_scale, seed=0, out=None):
-    h = scalars.sgd(fresh_buffer, lr, momentum, dampening, weight_decay)
-    has_momentum = momentum_buffer is not None
-    _call(rules.sgd, (weight_decay != 0.0, has_momentum, has_momentum and nesterov),
-          (momentum_buffer,), h, param, grad, grad_scale)
-
-
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-         weight_decay, decoupled, grad_scale, seed=0, out=None):
-    h = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
-    _call(rules.adam, (weight_decay != 0.0, decoupled, max_exp_avg_sq is not None),
-          (exp_avg, exp_avg_sq, max_exp_avg_sq), h, param, grad, grad_scale)
-
-
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
-            seed=0, out=None):
-    h = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
-    _call(rules.adagrad, (weight_decay != 0.0,), (state_sum,), h, param, grad,
-          grad_scale)
-
-
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, grad_scale, seed=0, out=None):
-    h = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
-    _call(rules.rmsprop,
-          (weight_decay != 0.0, grad_avg is not None, momentum_buffer is not None),
-          (square_avg, grad_avg, momentum_buffer), h, param, grad, grad_scale)
+# the backend contract: one function per algorithm, each built from its spec
+globals().update({spec.name: algorithms.contract(spec, _call) for spec in algorithms.SPECS})
 
 
 def grad_stats(grad, parallel=True):

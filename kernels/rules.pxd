@@ -53,8 +53,10 @@ cdef inline (floating, floating, floating, floating) adam(
     m = m + beta1c * (g - m)
     v = beta2 * v + beta2c * g * g
     if amsgrad:
-        if v > vmax or v != v:  # torch.maximum: a NaN wins (Python's max drops it)
-            vmax = v
+        # torch.maximum: a NaN wins (Python's max drops it). Written as one select
+        # (rules.py: an if on ``v > vmax or v != v``): the short-circuit branch kept
+        # GCC from vectorising the loop (8.5x slower at 1M).
+        vmax = v if (v > vmax) | (v != v) else vmax
         denom = sqrt(vmax) * inv_sqrt_bc2 + eps
     else:
         denom = sqrt(v) * inv_sqrt_bc2 + eps

@@ -1,7 +1,7 @@
 """What each algorithm is to the compiled backends, declared once.
 
-A ``Spec`` names an algorithm's rule (``fusedopt.rules``: the per-element math), its
-state slots in the rule's order, and its raw hyperparameters in the order of the
+A ``Spec`` names an algorithm (its rule is ``fusedopt.rules.<name>``, the per-element
+math, mirrored by ``kernels/rules.pxd``), its state slots in the rule's order, and its raw hyperparameters in the order of the
 backend contract (``impl.<name>(param, grad, *slots, *hyper, grad_scale, seed=0,
 out=None)``, a slot None when its option is off); ``scalars`` turns the raw
 hyperparameters into the per-step host scalars the rule takes (``fusedopt.scalars``,
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from . import rules, scalars
+from . import scalars
 
 
 class Spec(NamedTuple):
     name: str
-    rule: Callable
     slots: tuple[str, ...]
     hyper: tuple[str, ...]
     scalars: Callable[..., tuple[float, ...]]
@@ -30,7 +29,7 @@ class Spec(NamedTuple):
 
 
 SGD = Spec(
-    "sgd", rules.sgd, ("momentum_buffer",),
+    "sgd", ("momentum_buffer",),
     ("fresh_buffer", "lr", "momentum", "dampening", "weight_decay", "nesterov"),
     lambda fresh, lr, momentum, dampening, wd, nesterov: scalars.sgd(
         fresh, lr, momentum, dampening, wd),
@@ -38,20 +37,20 @@ SGD = Spec(
         wd != 0.0, s[0] is not None, s[0] is not None and nesterov))
 
 ADAM = Spec(
-    "adam", rules.adam, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
     ("step", "lr", "beta1", "beta2", "eps", "weight_decay", "decoupled"),
     scalars.adam,
     lambda s, step, lr, beta1, beta2, eps, wd, decoupled: (
         wd != 0.0, decoupled, s[2] is not None))
 
 ADAGRAD = Spec(
-    "adagrad", rules.adagrad, ("state_sum",),
+    "adagrad", ("state_sum",),
     ("step", "lr", "lr_decay", "eps", "weight_decay"),
     scalars.adagrad,
     lambda s, step, lr, lr_decay, eps, wd: (wd != 0.0,))
 
 RMSPROP = Spec(
-    "rmsprop", rules.rmsprop, ("square_avg", "grad_avg", "momentum_buffer"),
+    "rmsprop", ("square_avg", "grad_avg", "momentum_buffer"),
     ("lr", "alpha", "eps", "weight_decay", "momentum"),
     scalars.rmsprop,
     lambda s, lr, alpha, eps, wd, momentum: (
@@ -63,16 +62,16 @@ SPECS = (SGD, ADAM, ADAGRAD, RMSPROP)
 def contract(spec: Spec, launch: Callable) -> Callable:
     """The backend contract's ``<name>(param, grad, *slots, *hyper, grad_scale,
     seed=0, out=None)`` for ``spec`` (with those parameter names), running
-    ``launch(rule, flags, slots, scalars, param, grad, grad_scale, seed, out)``.
+    ``launch(name, flags, slots, scalars, param, grad, grad_scale, seed, out)``.
     Written out and compiled as the named function, as ``collections.namedtuple``
     does: a generic ``*args`` wrapper costs ~0.5 us more per call."""
     slots, hyper = ", ".join(spec.slots), ", ".join(spec.hyper)
     source = (
         f"def {spec.name}(param, grad, {slots}, {hyper}, grad_scale, seed=0, out=None):\n"
         f"    states = ({slots},)\n"
-        f"    launch(rule, flags(states, {hyper}), states, host_scalars({hyper}), param,\n"
-        "           grad, grad_scale, seed, out)\n")
-    scope = {"launch": launch, "rule": spec.rule, "flags": spec.flags,
+        f"    launch({spec.name!r}, flags(states, {hyper}), states, host_scalars({hyper}),\n"
+        "           param, grad, grad_scale, seed, out)\n")
+    scope = {"launch": launch, "flags": spec.flags,
              "host_scalars": spec.scalars}
     exec(compile(source, f"<fusedopt.algorithms.contract: {spec.name}>", "exec"), scope)
     run = scope[spec.name]

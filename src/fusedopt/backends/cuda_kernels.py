@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .. import _device
+from .. import _device, rules
 from ..lowbit import store
 from ..rules import cast_all, cast_like
 from . import template

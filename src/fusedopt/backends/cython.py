@@ -1,4 +1,4 @@
-"""Cython backend: the ahead-of-time compiled kernels (``kernels/_kernels.pyx``), for
+"""Cython backend: the ahead-of-time compiled kernels (``kernels/_kernels.pyx.tp``), for
 machines without Numba or where JIT compilation is unwanted.
 
 The kernels are built once per x86-64 level; the highest the CPU runs is imported
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from .. import scalars
+from .. import algorithms
 from . import policy
 
 ISA_VAR = "FUSEDOPT_CYTHON_ISA"
@@ -42,35 +42,17 @@ ISA, _k = _load()
 OPENMP_THREADS = _k.openmp_threads()
 
 
-def sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening,
-        weight_decay, nesterov, grad_scale, seed=0, out=None):
-    lr, weight_decay, momentum, buf_grad_scale = scalars.sgd(
-        fresh_buffer, lr, momentum, dampening, weight_decay)
-    par = param.size >= policy.PARALLEL_MIN_SIZE
-    _k.sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, buf_grad_scale,
-           weight_decay != 0.0, nesterov, grad_scale, par, seed, out)
+def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
+    """One kernel call over ``param``: ``states`` holds one array or None per slot."""
+    pad = (None,) * (_SLOTS - len(states))
+    getattr(_k, name)(param, grad, *states, *pad, h, flags, grad_scale,
+                      param.size >= policy.PARALLEL_MIN_SIZE, seed, out)
 
 
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-         weight_decay, decoupled, grad_scale, seed=0, out=None):
-    s = scalars.adam(step, lr, beta1, beta2, eps, weight_decay, decoupled)
-    _k.adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *s, weight_decay != 0.0,
-            decoupled, grad_scale, param.size >= policy.PARALLEL_MIN_SIZE, seed, out)
+_SLOTS = 4  # the kernels' s0..s3
 
-
-def adagrad(param, grad, state_sum, step, lr, lr_decay, eps, weight_decay, grad_scale,
-            seed=0, out=None):
-    s = scalars.adagrad(step, lr, lr_decay, eps, weight_decay)
-    _k.adagrad(param, grad, state_sum, *s, weight_decay != 0.0, grad_scale,
-               param.size >= policy.PARALLEL_MIN_SIZE, seed, out)
-
-
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-            weight_decay, momentum, grad_scale, seed=0, out=None):
-    s = scalars.rmsprop(lr, alpha, eps, weight_decay, momentum)
-    par = param.size >= policy.PARALLEL_MIN_SIZE
-    _k.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *s,
-               weight_decay != 0.0, grad_scale, par, seed, out)
+# the backend contract: one function per algorithm, each built from its spec
+globals().update({spec.name: algorithms.contract(spec, _call) for spec in algorithms.SPECS})
 
 
 #: bf16 storage (uint16 bits) for state and parameters (kernels/lowbit.pxd)

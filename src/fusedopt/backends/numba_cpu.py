@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .. import algorithms
+from .. import algorithms, rules
 from . import policy, template
 from ..lowbit import load
 from ..rules import cast_all, cast_like
@@ -71,31 +71,31 @@ def _template(rule, flags: tuple[bool, ...], slots: int):
 
 _PARALLEL_AT = 6  # the position of ``parallel`` in the template's arguments
 
-#: compiled kernels (Numba dispatchers), by ``(rule, flags, slots)``; see ``kernel``
+#: compiled kernels (Numba dispatchers), by ``(name, flags, slots)``; see ``kernel``
 KERNELS: dict[tuple, object] = {}
 _SERIALISED: dict[tuple, object] = {}
 
 
-def kernel(rule, flags: tuple[bool, ...], slots: int, parallel: bool = False):
-    """The compiled ``_template`` of ``rule`` for these options (``parallel=True``:
-    for a parallel call, see ``_serialised``). NumPy bools find the same entry; the
-    closure gets Python's."""
-    key = (rule, flags, slots)
+def kernel(name: str, flags: tuple[bool, ...], slots: int, parallel: bool = False):
+    """The compiled ``_template`` of ``rules.<name>`` for these options
+    (``parallel=True``: for a parallel call, see ``_serialised``). NumPy bools find
+    the same entry; the closure gets Python's."""
+    key = (name, flags, slots)
     k = KERNELS.get(key)
     if k is None:
-        k = _jit(_template(rule, tuple(map(bool, flags)), slots))
+        k = _jit(_template(getattr(rules, name), tuple(map(bool, flags)), slots))
         _SERIALISED[key] = _serialised(k, _PARALLEL_AT)  # first: another thread may find k
         KERNELS[key] = k
     return _SERIALISED[key] if parallel and not _threadsafe else k
 
 
-def _call(rule, flags, states, h, param, grad, grad_scale, seed=0, out=None):
+def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
     """One kernel call over ``param``: ``states`` holds one array or None per slot."""
     par = param.size >= policy.PARALLEL_MIN_SIZE
     k = (_SERIALISED if par and not _threadsafe else KERNELS).get(
-        (rule, flags, len(states)))
+        (name, flags, len(states)))
     if k is None:
-        k = kernel(rule, flags, len(states), parallel=par)
+        k = kernel(name, flags, len(states), parallel=par)
     k(param, grad, h, grad_scale, seed, out, par, *states)
 
 

@@ -63,11 +63,11 @@ def _max_blocks() -> int:
 
 # -- the backend contract: flat device arrays, raw hyperparameters ------------------
 
-def _call(rule, flags, states, h, param, grad, grad_scale, seed=0, out=None):
+def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
     """One launch over ``param``: ``states`` holds one array or None per slot
     (``seed`` and ``out`` are for bf16 parameters, which this backend refuses)."""
     pad = (None,) * (template.MAX_SLOTS - len(states))
-    _launch(kernel(rule, flags, len(states)), param.size)(param, grad, h, grad_scale,
+    _launch(kernel(name, flags, len(states)), param.size)(param, grad, h, grad_scale,
                                                          *states, *pad)
 
 

@@ -113,9 +113,23 @@ def test_bad_flags_get_a_usage_error(argv, message, capsys):
 def test_quick_covers_every_algorithm_and_backend(capsys):
     assert cli.main(["--quick", "--sizes", "64", "--rounds", "1", "--no-peers"]) == 0
     table = capsys.readouterr().out
-    for opt in prov.CONFIGS:
+    for opt in cli.OPTIMIZERS:
         for backend in CPU_BACKENDS:
             assert f"{opt:<9}  fusedopt-{backend}" in table
+
+
+def test_every_state_layout_has_a_row(capsys):
+    """``--optimizer layouts`` times each other state layout (one kernel
+    specialisation each) against its own roofline traffic."""
+    assert prov.traffic("adam-amsgrad", "float32") == 36  # 5 reads + 4 writes
+    assert prov.traffic("sgd-plain", "float32") == 12
+    assert prov.traffic("rmsprop-centered", "float32") == 28
+    assert cli.main(["--optimizer", "layouts", "--sizes", "64", "--rounds", "1",
+                     "--no-peers", "--backend", "numba,cython"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    for layout in prov.LAYOUTS:
+        for provider in ("fusedopt-numba", "fusedopt-cython", "roofline"):
+            assert [layout, provider] in [r[:2] for r in rows], (layout, provider)
 
 
 def test_plot_is_written(run, tmp_path):

@@ -40,17 +40,18 @@ def _template(rule, flags: tuple[bool, ...], slots: int):
     return kernel
 
 
-#: compiled kernels, by ``(rule, flags, slots)``; see ``kernel``
+#: compiled kernels, by ``(name, flags, slots)``; see ``kernel``
 KERNELS: dict[tuple, object] = {}
 
 
-def kernel(rule, flags: tuple[bool, ...], slots: int):
-    """The CUDA kernel of ``rule`` with these options (one per combination in use;
-    NumPy bools find the same entry)."""
-    key = (rule, flags, slots)
+def kernel(name: str, flags: tuple[bool, ...], slots: int):
+    """The CUDA kernel of ``rules.<name>`` with these options (one per combination in
+    use; NumPy bools find the same entry)."""
+    key = (name, flags, slots)
     k = KERNELS.get(key)
     if k is None:
-        k = KERNELS[key] = _jit(_template(rule, tuple(map(bool, flags)), slots))
+        k = KERNELS[key] = _jit(_template(getattr(rules, name), tuple(map(bool, flags)),
+                                          slots))
     return k
 
 

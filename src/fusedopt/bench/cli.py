@@ -15,7 +15,7 @@ import time
 from . import harness
 from . import providers as prov
 
-OPTIMIZERS = list(prov.CONFIGS)
+OPTIMIZERS = [name for name in prov.CONFIGS if name not in prov.LAYOUTS]
 DEFAULT_SIZES = "1K,64K,1M,16M"
 QUICK_SIZES = "1K,64K,1M"
 
@@ -34,9 +34,14 @@ def parse_size(text: str) -> int:
     return value
 
 
-def comma_list(choices):
+def comma_list(choices, groups=None):
+    """Parse a comma-separated subset of ``choices``; a name in ``groups`` stands for
+    its list."""
+    groups = groups or {}
+
     def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
+        items = [x for t in items for x in groups.get(t, [t])]
         bad = [t for t in items if t not in choices]
         if bad or not items:
             raise argparse.ArgumentTypeError(
@@ -55,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time one optimizer step per algorithm x backend x dtype x size, "
                     "interleaved, and report medians with throughput, speedup over "
                     "naive NumPy and the fraction of a same-traffic roofline kernel.")
-    ap.add_argument("--optimizer", type=comma_list(OPTIMIZERS), default=OPTIMIZERS,
-                    help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default all)")
+    ap.add_argument("--optimizer", default=OPTIMIZERS,
+                    type=comma_list(list(prov.CONFIGS), {"layouts": list(prov.LAYOUTS)}),
+                    help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default all), "
+                         f"or of the other state layouts {','.join(prov.LAYOUTS)} "
+                         "('layouts': all of them)")
     ap.add_argument("--backend", type=comma_list(backends), default=None,
                     help=f"fusedopt backends to time (default: every available one of "
                          f"{','.join(backends)})")

@@ -26,7 +26,21 @@ CONFIGS: dict[str, tuple[str, dict, int]] = {
     "adagrad": ("Adagrad", dict(lr=1e-2), 1),
     "rmsprop": ("RMSprop", dict(lr=1e-2), 1),
 }
-TORCH_FUSED = {"sgd", "adam", "adamw", "adagrad"}
+#: Every other state layout, timed when asked for by name (``--optimizer
+#: adam-amsgrad,...``; ``layouts`` for all): one kernel specialisation each.
+LAYOUTS: dict[str, tuple[str, dict, int]] = {
+    "sgd-plain": ("SGD", dict(lr=1e-3), 0),
+    "sgd-nesterov": ("SGD", dict(lr=1e-3, momentum=0.9, nesterov=True), 1),
+    "adam-amsgrad": ("Adam", dict(lr=1e-3, amsgrad=True), 3),
+    "adamw-amsgrad": ("AdamW", dict(lr=1e-3, amsgrad=True), 3),
+    "rmsprop-centered": ("RMSprop", dict(lr=1e-2, centered=True), 2),
+    "rmsprop-momentum": ("RMSprop", dict(lr=1e-2, momentum=0.9), 2),
+    "rmsprop-centered-momentum": ("RMSprop", dict(lr=1e-2, centered=True, momentum=0.9),
+                                  3),
+}
+CONFIGS.update(LAYOUTS)
+TORCH_FUSED = {"sgd", "adam", "adamw", "adagrad", "sgd-plain", "sgd-nesterov",
+               "adam-amsgrad", "adamw-amsgrad"}
 
 
 class ProviderUnavailable(RuntimeError):

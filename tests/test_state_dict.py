@@ -8,6 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
+import fusedopt
+
 from cases import ALGORITHMS
 
 
@@ -68,3 +70,44 @@ def test_float64_checkpoint_loads_into_float32_model():
     b = fusedopt.Adam([p32])
     b.load_state_dict(a.state_dict())
     assert b.state[0]["exp_avg"].dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop"])
+def test_constructors_have_torchs_parameters_and_defaults(name):
+    """The classes are built from their declarations (fusedopt.algorithms), with real
+    signatures: each hyperparameter of torch.optim's twin, same default, same kind
+    (keyword-only where torch's is), same order."""
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    ours = inspect.signature(getattr(fusedopt, name)).parameters
+    theirs = inspect.signature(getattr(torch.optim, name)).parameters
+    for key, p in theirs.items():
+        if key in ours:
+            assert ours[key].default == p.default, key
+    shared = [k for k in theirs if k in ours]
+    assert shared == [k for k in ours if k in theirs]
+    assert {"lr", "maximize"} <= set(shared)
+    assert ours["maximize"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert "theta" in getattr(fusedopt, name).__doc__  # the update formula
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython", "numpy"])
+def test_an_optimizer_deep_copies_and_pickles(backend):
+    """copy.deepcopy and pickle give an independent optimizer that steps as the
+    original would (its backend chosen again by name)."""
+    import copy
+    import pickle
+
+    p = np.linspace(-1, 1, 10)
+    opt = fusedopt.Adam([p], lr=0.1, amsgrad=True, backend=backend)
+    opt.step([np.ones(10)])
+    for twin in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        twin.step([np.full(10, 0.5)])
+        q = twin.param_groups[0]["params"][0]
+        assert q is not p and twin.backend == backend
+        expected = p.copy()
+        ref = fusedopt.Adam([expected], lr=0.1, amsgrad=True, backend=backend)
+        ref.load_state_dict(copy.deepcopy(opt.state_dict()))
+        ref.step([np.full(10, 0.5)])
+        np.testing.assert_array_equal(q, expected)

@@ -1,13 +1,21 @@
-"""What each algorithm is to the compiled backends, declared once.
+"""What each algorithm is, declared once: to the kernels (``Spec``) and to its users
+(``Algorithm``).
 
-A ``Spec`` names an algorithm (its rule is ``fusedopt.rules.<name>``, the per-element
-math, mirrored by ``kernels/rules.pxd``), its state slots in the rule's order, and its raw hyperparameters in the order of the
-backend contract (``impl.<name>(param, grad, *slots, *hyper, grad_scale, seed=0,
-out=None)``, a slot None when its option is off); ``scalars`` turns the raw
-hyperparameters into the per-step host scalars the rule takes (``fusedopt.scalars``,
-float64 on the host), and ``flags`` into the boolean options compiled into the
-kernel. ``contract`` builds a backend's function from a spec and the backend's one
+A ``Spec`` names a kernel (its rule is ``fusedopt.rules.<name>``, the per-element
+math, mirrored by ``kernels/rules.pxd``), its state slots in the rule's order (torch's
+state keys), and its raw hyperparameters in the order of the backend contract
+(``impl.<name>(param, grad, *slots, *hyper, grad_scale, seed=0, out=None)``, a slot
+None when its option is off); ``scalars`` turns the raw hyperparameters into the
+per-step host scalars the rule takes (``fusedopt.scalars``, float64 on the host), and
+``flags`` into the boolean options compiled into the kernel. ``contract`` builds a backend's function from a spec and the backend's one
 generic launcher, so a backend holds no code per algorithm.
+
+An ``Algorithm`` is what a user constructs: its hyperparameters with torch's names,
+defaults and order (``Hyper``: default, check), the state arrays a group's options
+enable and their first value, how its kernel's slots and raw hyperparameters are read
+from a group and a state, and the docstring with the update formula.
+``fusedopt.optim`` builds an optimizer class from each (real signature, docstring),
+and ``fusedopt.torch`` a ``torch.optim.Optimizer`` from that.
 
 The NumPy reference backend does not use this module: it is written from the
 textbook formulas, independently.
@@ -15,9 +23,11 @@ textbook formulas, independently.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import math
+from collections import namedtuple
+from typing import Any, Callable, NamedTuple
 
-from . import scalars
+from . import _checks, scalars
 
 
 class Spec(NamedTuple):
@@ -44,7 +54,7 @@ ADAM = Spec(
         wd != 0.0, decoupled, s[2] is not None))
 
 ADAGRAD = Spec(
-    "adagrad", ("state_sum",),
+    "adagrad", ("sum",),
     ("step", "lr", "lr_decay", "eps", "weight_decay"),
     scalars.adagrad,
     lambda s, step, lr, lr_decay, eps, wd: (wd != 0.0,))
@@ -77,3 +87,209 @@ def contract(spec: Spec, launch: Callable) -> Callable:
     run = scope[spec.name]
     run.__doc__ = f"One fused pass of ``fusedopt.rules.{spec.name}``."
     return run
+
+
+# -- algorithms: what users construct ----------------------------------------------
+
+class Hyper(NamedTuple):
+    """One hyperparameter of a param group: torch's name and default, and its check
+    ``(value, name) -> value`` (names are formatted only on error, see _checks)."""
+    name: str
+    default: Any
+    check: Callable[[Any, Any], Any]
+    keyword: bool = False  # keyword-only in the constructor
+
+
+def _number(low: float = 0.0, high: float = math.inf):
+    return lambda x, name: _checks.number(x, name, low, high)
+
+
+_NUMBER = _checks.number
+_FLAG = _checks.flag
+_MAXIMIZE = Hyper("maximize", False, _FLAG, keyword=True)
+
+
+class Algorithm(NamedTuple):
+    """An optimizer: ``params`` in constructor order; ``state(h)`` the state arrays
+    (name, first value) the checked group ``h`` needs; ``call(run, p, g, s, h, step,
+    fresh, grad_scale, seed, out)`` calls ``run``, its kernel's contract function
+    (``Spec``), with the slot arrays of state ``s`` (None where off) and the raw
+    hyperparameters of ``h`` (one expression: a step pays for every indirection);
+    ``validate(h, where)`` checks across hyperparameters; ``Group`` is the namedtuple
+    of a checked group."""
+    title: str
+    kernel: Spec
+    params: tuple[Hyper, ...]
+    state: Callable
+    call: Callable
+    doc: str
+    validate: Callable | None = None
+    torch_step: bool = True  # torch's state holds a "step" (not SGD's)
+    torch_eager: bool = False  # torch creates the state at construction (Adagrad)
+
+    @property
+    def Group(self):  # noqa: N802 - a type
+        return _groups(self.title, tuple(h.name for h in self.params))
+
+
+def constructor(algo: Algorithm, name: str, scope: dict, options: str,
+                call: str) -> Callable:
+    """An ``__init__(self, params, <hyperparameters>, *, <keyword ones>, <options>)``
+    with the algorithm's parameters as real ones (names, defaults, types; written out
+    and compiled, as ``collections.namedtuple`` does), whose body is ``call`` with
+    ``{hyper}`` standing for the dict of the hyperparameters."""
+    def parameter(h: Hyper) -> str:
+        return f"{h.name}: {type(h.default).__name__} = {h.default!r}"
+
+    positional = ", ".join(parameter(h) for h in algo.params if not h.keyword)
+    keyword = ", ".join(parameter(h) for h in algo.params if h.keyword)
+    hyper = "dict(" + ", ".join(f"{h.name}={h.name}" for h in algo.params) + ")"
+    source = (f"def __init__(self, params, {positional}, *, {keyword}, {options}) -> None:"
+              f"\n    {call.format(hyper=hyper)}\n")
+    scope = dict(scope)
+    exec(compile(source, f"<{name}.__init__>", "exec"), scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{algo.title}.__init__"
+    return init
+
+
+_GROUP_TYPES: dict[tuple, type] = {}
+
+
+def _groups(title: str, names: tuple[str, ...]) -> type:
+    key = (title, names)
+    if key not in _GROUP_TYPES:
+        _GROUP_TYPES[key] = namedtuple(f"{title}Group", names)
+    return _GROUP_TYPES[key]
+
+
+def _check_nesterov(h, where) -> None:
+    if h.nesterov and (h.momentum <= 0 or h.dampening != 0):
+        raise ValueError(f"{_checks._name((where, 'nesterov'))}: Nesterov momentum needs "
+                         f"momentum > 0 and dampening == 0, got momentum={h.momentum}, "
+                         f"dampening={h.dampening}")
+
+
+SGD_ALGORITHM = Algorithm(
+    "SGD", SGD,
+    (Hyper("lr", 1e-3, _NUMBER), Hyper("momentum", 0.0, _NUMBER),
+     Hyper("dampening", 0.0, _number(low=-math.inf)), Hyper("weight_decay", 0.0, _NUMBER),
+     Hyper("nesterov", False, _FLAG), _MAXIMIZE),
+    state=lambda h: (("momentum_buffer", 0.0),) if h.momentum != 0 else (),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["momentum_buffer"] if h.momentum != 0 else None, fresh, h.lr, h.momentum,
+        h.dampening, h.weight_decay, h.nesterov, scale, seed, out),
+    validate=_check_nesterov, torch_step=False,
+    doc=r"""Stochastic gradient descent, as ``torch.optim.SGD``.
+
+    For each parameter :math:`\theta` with gradient :math:`g` (units: lr multiplies the
+    gradient; the update has the parameter's units when the gradient is per-unit)::
+
+        g = -g if maximize
+        g = g + weight_decay * theta                         if weight_decay != 0
+        b = g                           on the first step    if momentum != 0
+        b = momentum * b + (1 - dampening) * g   afterwards
+        g = g + momentum * b if nesterov else b              if momentum != 0
+        theta = theta - lr * g
+
+    Nesterov momentum (Sutskever et al., 2013) needs ``momentum > 0`` and
+    ``dampening == 0``. State: ``momentum_buffer`` when ``momentum != 0``.
+    Defaults are torch's: ``lr=1e-3``, everything else off.
+    """)
+
+
+def _adam(title: str, weight_decay: float, decoupled: bool, doc: str) -> Algorithm:
+    return Algorithm(
+        title, ADAM,
+        (Hyper("lr", 1e-3, _NUMBER), Hyper("betas", (0.9, 0.999), _checks.betas),
+         Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", weight_decay, _NUMBER),
+         Hyper("amsgrad", False, _FLAG), _MAXIMIZE),
+        state=lambda h: ((("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("max_exp_avg_sq", 0.0))
+                         if h.amsgrad else (("exp_avg", 0.0), ("exp_avg_sq", 0.0))),
+        call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+            p, g, s["exp_avg"], s["exp_avg_sq"], s["max_exp_avg_sq"] if h.amsgrad else None,
+            step, h.lr, h.betas[0], h.betas[1], h.eps, h.weight_decay, decoupled, scale,
+            seed, out),
+        doc=doc)
+
+
+ADAM_ALGORITHM = _adam("Adam", 0.0, False, r"""Adam, as ``torch.optim.Adam``.
+
+    At step :math:`t` (1-based), for each parameter :math:`\theta` with gradient g::
+
+        g = -g if maximize
+        g = g + weight_decay * theta                     (L2 penalty in the gradient)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        v_max = max(v_max, v)                            if amsgrad (then v := v_max)
+        theta = theta - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    lr is in the parameter's units per step (the normalised update m/sqrt(v) is
+    unitless). State: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v) and, with amsgrad,
+    ``max_exp_avg_sq``. Defaults are torch's: ``lr=1e-3, betas=(0.9, 0.999),
+    eps=1e-8, weight_decay=0``. For decoupled weight decay use :class:`AdamW`.
+    """)
+
+ADAMW_ALGORITHM = _adam("AdamW", 1e-2, True, r"""AdamW, as ``torch.optim.AdamW``: Adam whose weight decay shrinks the parameter
+    directly instead of entering the gradient (and so the moments)::
+
+        theta = theta * (1 - lr * weight_decay)
+        ... then the Adam update of :class:`Adam` with weight_decay = 0.
+
+    Defaults are torch's: ``lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=1e-2``. State as :class:`Adam`.
+    """)
+
+ADAGRAD_ALGORITHM = Algorithm(
+    "Adagrad", ADAGRAD,
+    (Hyper("lr", 1e-2, _NUMBER), Hyper("lr_decay", 0.0, _NUMBER),
+     Hyper("weight_decay", 0.0, _NUMBER), Hyper("initial_accumulator_value", 0.0, _NUMBER),
+     Hyper("eps", 1e-10, _NUMBER), _MAXIMIZE),
+    state=lambda h: (("sum", h.initial_accumulator_value),),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["sum"], step, h.lr, h.lr_decay, h.eps, h.weight_decay, scale, seed, out),
+    torch_eager=True,
+    doc=r"""Adagrad, as ``torch.optim.Adagrad``.
+
+    At step :math:`t` (1-based), for each parameter :math:`\theta` with gradient g::
+
+        g = -g if maximize
+        g = g + weight_decay * theta
+        lr_t = lr / (1 + (t - 1) * lr_decay)
+        sum = sum + g**2                 (sum starts at initial_accumulator_value)
+        theta = theta - lr_t * g / (sqrt(sum) + eps)
+
+    State: ``step``, ``sum``. Defaults are torch's: ``lr=1e-2, lr_decay=0,
+    weight_decay=0, initial_accumulator_value=0, eps=1e-10``.
+    """)
+
+RMSPROP_ALGORITHM = Algorithm(
+    "RMSprop", RMSPROP,
+    (Hyper("lr", 1e-2, _NUMBER), Hyper("alpha", 0.99, _number(high=1.0)),
+     Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", 0.0, _NUMBER),
+     Hyper("momentum", 0.0, _NUMBER), Hyper("centered", False, _FLAG), _MAXIMIZE),
+    state=lambda h: ((("square_avg", 0.0),) + ((("grad_avg", 0.0),) if h.centered else ())
+                     + ((("momentum_buffer", 0.0),) if h.momentum > 0 else ())),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["square_avg"], s["grad_avg"] if h.centered else None,
+        s["momentum_buffer"] if h.momentum > 0 else None, h.lr, h.alpha, h.eps,
+        h.weight_decay, h.momentum, scale, seed, out),
+    doc=r"""RMSprop, as ``torch.optim.RMSprop``.
+
+    For each parameter :math:`\theta` with gradient g::
+
+        g = -g if maximize
+        g = g + weight_decay * theta
+        v = alpha * v + (1 - alpha) * g**2
+        mu = alpha * mu + (1 - alpha) * g         if centered (then v - mu**2 below)
+        u = g / (sqrt(v [- mu**2]) + eps)
+        b = momentum * b + u ; u = b              if momentum > 0
+        theta = theta - lr * u
+
+    State: ``step``, ``square_avg`` (v), ``grad_avg`` (mu, centered) and
+    ``momentum_buffer`` (b, momentum > 0), all starting at zero. Defaults are
+    torch's: ``lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0``.
+    """)
+
+ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,
+              RMSPROP_ALGORITHM)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import _checks, _guard
+from . import algorithms as _algorithms
 from . import flat as _flat
 from . import optim as _optim
 from . import scalars
@@ -700,74 +701,25 @@ _NOTE = ("\n\nRun by fusedopt's fused kernels with torch.optim's arguments and d
          "``seed``: stochastic rounding of bfloat16 parameters.")
 
 
-class SGD(_Fused):
-    __doc__ = (_optim.SGD.__doc__ or "") + _NOTE
-    _algorithm = _optim.SGD
-    _has_step = False
-
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0,
-                 nesterov: bool = False, *, maximize: bool = False,
-                 backend: str = "auto", flatten: bool = False, seed: int = 0) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), backend, flatten, seed)
-
-
-class Adam(_Fused):
-    __doc__ = (_optim.Adam.__doc__ or "") + _NOTE
-    _algorithm = _optim.Adam
-
-    def __init__(self, params, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 maximize: bool = False, backend: str = "auto",
-                 flatten: bool = False, seed: int = 0) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
-                                      weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize), backend, flatten, seed)
+def fused_class(optim_class: type, base: type = _Fused) -> type:
+    """The ``torch.optim.Optimizer`` of a fusedopt optimizer class: torch's
+    constructor arguments and defaults (those of the algorithm), then ``backend``,
+    ``flatten`` and ``seed``; the algorithm's docstring."""
+    algo = optim_class._algorithm
+    init = _algorithms.constructor(
+        algo, f"fusedopt.torch.{algo.title}", {"_Fused": _Fused},
+        'backend: str = "auto", flatten: bool = False, seed: int = 0',
+        "_Fused.__init__(self, params, {hyper}, backend, flatten, seed)")
+    return type(algo.title, (base,), {
+        "__doc__": algo.doc + _NOTE,
+        "__module__": __name__, "__init__": init, "_algorithm": optim_class,
+        "_has_step": algo.torch_step, "_eager_state": algo.torch_eager})
 
 
-class AdamW(Adam):
-    __doc__ = (_optim.AdamW.__doc__ or "") + _NOTE
-    _algorithm = _optim.AdamW
-
-    def __init__(self, params, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False, backend: str = "auto",
-                 flatten: bool = False, seed: int = 0) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, backend=backend,
-                         flatten=flatten, seed=seed)
-
-
-class Adagrad(_Fused):
-    __doc__ = (_optim.Adagrad.__doc__ or "") + _NOTE
-    _algorithm = _optim.Adagrad
-    _eager_state = True
-
-    def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0,
-                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
-                 eps: float = 1e-10, *, maximize: bool = False, backend: str = "auto",
-                 flatten: bool = False, seed: int = 0) -> None:
-        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize), backend, flatten, seed)
-
-
-class RMSprop(_Fused):
-    __doc__ = (_optim.RMSprop.__doc__ or "") + _NOTE
-    _algorithm = _optim.RMSprop
-
-    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-                 *, maximize: bool = False, backend: str = "auto",
-                 flatten: bool = False, seed: int = 0) -> None:
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps,
-                                      weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize),
-                         backend, flatten, seed)
-
+SGD = fused_class(_optim.SGD)
+Adam = fused_class(_optim.Adam)
+AdamW = fused_class(_optim.AdamW, Adam)
+Adagrad = fused_class(_optim.Adagrad)
+RMSprop = fused_class(_optim.RMSprop)
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]

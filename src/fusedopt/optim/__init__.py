@@ -1,10 +1,33 @@
-"""Optimizer objects in the ``torch.optim`` style over NumPy arrays."""
+"""Optimizer objects in the ``torch.optim`` style over NumPy arrays: one class per
+algorithm of ``fusedopt.algorithms``, built from its declaration."""
 
-from .adagrad import Adagrad
-from .adam import Adam
-from .adamw import AdamW
+from __future__ import annotations
+
+from typing import Any
+
+from .. import algorithms
 from .base import Optimizer
-from .rmsprop import RMSprop
-from .sgd import SGD
 
-__all__ = ["Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD"]
+
+def optimizer_class(algo: algorithms.Algorithm, base: type = Optimizer) -> type:
+    """The optimizer class of ``algo``: its constructor has the algorithm's
+    hyperparameters as real parameters (torch's names, order and defaults; keyword-only
+    where torch's are) followed by the options every optimizer takes (``**options``,
+    see :class:`Optimizer`); its docstring states the update formula."""
+    init = algorithms.constructor(
+        algo, f"fusedopt.optim.{algo.title}", {"Optimizer": Optimizer, "Any": Any},
+        "**options: Any", "Optimizer.__init__(self, params, {hyper}, **options)")
+    return type(algo.title, (base,), {
+        "__doc__": algo.doc, "__module__": __name__, "__init__": init,
+        "_algorithm": algo, "_group": algo.Group, "_kernel": algo.kernel.name,
+        "_state_names": algo.kernel.slots})
+
+
+SGD = optimizer_class(algorithms.SGD_ALGORITHM)
+Adam = optimizer_class(algorithms.ADAM_ALGORITHM)
+AdamW = optimizer_class(algorithms.ADAMW_ALGORITHM, Adam)
+Adagrad = optimizer_class(algorithms.ADAGRAD_ALGORITHM)
+RMSprop = optimizer_class(algorithms.RMSPROP_ALGORITHM)
+
+__all__ = ["Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD",
+           "optimizer_class"]

@@ -36,10 +36,12 @@ MASTER = "master_param"
 
 
 class Optimizer:
-    """Base class. Subclasses define the algorithm through three hooks:
+    """Base class. Each algorithm is a subclass built from its declaration
+    (``fusedopt.algorithms.Algorithm``, see ``fusedopt.optim.optimizer_class``),
+    which three hooks read:
 
     ``_check_group(group, where)`` validates one group's hyperparameters and returns
-    them as a tuple (``where``: the group's index, or a label for messages);
+    them as a namedtuple (``where``: the group's index, or a label for messages);
     ``_state_spec(hyper)`` names the state arrays the step needs with their initial
     value; ``_update(impl, p, g, state, hyper, fresh, scale)`` runs one backend call
     (``fresh``: a state array was created for this step; ``scale``: the gradient's
@@ -74,6 +76,9 @@ class Optimizer:
     next to them.
     """
 
+    _algorithm: Any = None  # its fusedopt.algorithms.Algorithm
+    _group: Any = None  # the namedtuple of a checked group
+    _kernel: str = ""  # its backend contract function (the rule's name)
     _state_names: tuple[str, ...] = ()  # every array name the algorithm may keep
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any], backend: str = "auto",
@@ -176,6 +181,8 @@ class Optimizer:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]  # a lock does not pickle; each copy gets its own
+        del state["_impl"], state["_space"]  # modules do not pickle: both are
+        # chosen again from backend and device
         state["_hyper_memo"] = []  # each copy checks its groups afresh
         return state
 
@@ -183,6 +190,8 @@ class Optimizer:
         self.__dict__.update(state)
         self.__dict__.setdefault("_hyper_memo", [])
         self._lock = threading.Lock()
+        self._space = _device if self.device == "cuda" else _checks
+        self._impl = select(self.backend, self.device)[1]
 
     def _check_lowbit(self, state_dtype, seed) -> tuple[np.dtype | None, int]:
         """Validate ``state_dtype`` and ``seed`` against the parameters and backend."""
@@ -761,13 +770,18 @@ class Optimizer:
     # The hooks take no instance: the PyTorch adapter (fusedopt.torch) runs the same
     # algorithm definitions on NumPy views of tensors.
 
-    @staticmethod
-    def _check_group(group: Mapping[str, Any], where: int | str) -> tuple:
-        raise NotImplementedError
+    @classmethod
+    def _check_group(cls, group: Mapping[str, Any], where: int | str) -> tuple:
+        algo = cls._algorithm
+        hyper = cls._group(*[h.check(group[h.name], (where, h.name))
+                             for h in algo.params])
+        if algo.validate is not None:
+            algo.validate(hyper, where)
+        return hyper
 
-    @staticmethod
-    def _state_spec(hyper: tuple) -> tuple[tuple[str, float], ...]:
-        raise NotImplementedError
+    @classmethod
+    def _state_spec(cls, hyper: tuple) -> tuple[tuple[str, float], ...]:
+        return cls._algorithm.state(hyper)
 
     @classmethod
     def _update(cls, impl, p: np.ndarray, g: np.ndarray, state: dict, hyper: tuple,
@@ -775,7 +789,9 @@ class Optimizer:
         """One backend call; ``scale`` multiplies the gradient (gradient clipping),
         ``seed`` drives stochastic rounding into bf16 parameters, ``out`` (master
         weights) is the bf16 parameter whose float32 master copy ``p`` is."""
-        raise NotImplementedError
+        state["step"] = step = state["step"] + 1
+        cls._algorithm.call(getattr(impl, cls._kernel), p, g, state, hyper, step, fresh,
+                            -scale if hyper.maximize else scale, seed, out)
 
     def __repr__(self) -> str:
         mode = (f", flat: {len(self._segments)} segments" if self.flat_params is not None

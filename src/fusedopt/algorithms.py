@@ -126,6 +126,7 @@ class Algorithm(NamedTuple):
     validate: Callable | None = None
     torch_step: bool = True  # torch's state holds a "step" (not SGD's)
     torch_eager: bool = False  # torch creates the state at construction (Adagrad)
+    parent: str | None = None  # the class it subclasses (AdamW: Adam), as in torch
 
     @property
     def Group(self):  # noqa: N802 - a type
@@ -198,7 +199,8 @@ SGD_ALGORITHM = Algorithm(
     """)
 
 
-def _adam(title: str, weight_decay: float, decoupled: bool, doc: str) -> Algorithm:
+def _adam(title: str, weight_decay: float, decoupled: bool, doc: str,
+          parent: str | None = None) -> Algorithm:
     return Algorithm(
         title, ADAM,
         (Hyper("lr", 1e-3, _NUMBER), Hyper("betas", (0.9, 0.999), _checks.betas),
@@ -210,7 +212,7 @@ def _adam(title: str, weight_decay: float, decoupled: bool, doc: str) -> Algorit
             p, g, s["exp_avg"], s["exp_avg_sq"], s["max_exp_avg_sq"] if h.amsgrad else None,
             step, h.lr, h.betas[0], h.betas[1], h.eps, h.weight_decay, decoupled, scale,
             seed, out),
-        doc=doc)
+        doc=doc, parent=parent)
 
 
 ADAM_ALGORITHM = _adam("Adam", 0.0, False, r"""Adam, as ``torch.optim.Adam``.
@@ -238,7 +240,7 @@ ADAMW_ALGORITHM = _adam("AdamW", 1e-2, True, r"""AdamW, as ``torch.optim.AdamW``
 
     Defaults are torch's: ``lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
     weight_decay=1e-2``. State as :class:`Adam`.
-    """)
+    """, parent="Adam")
 
 ADAGRAD_ALGORITHM = Algorithm(
     "Adagrad", ADAGRAD,

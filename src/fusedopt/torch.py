@@ -716,10 +716,10 @@ def fused_class(optim_class: type, base: type = _Fused) -> type:
         "_has_step": algo.torch_step, "_eager_state": algo.torch_eager})
 
 
-SGD = fused_class(_optim.SGD)
-Adam = fused_class(_optim.Adam)
-AdamW = fused_class(_optim.AdamW, Adam)
-Adagrad = fused_class(_optim.Adagrad)
-RMSprop = fused_class(_optim.RMSprop)
+#: one torch.optim.Optimizer per fusedopt optimizer class, by name
+CLASSES: dict[str, type] = {}
+for _name, _cls in _optim.CLASSES.items():
+    CLASSES[_name] = fused_class(_cls, CLASSES.get(_cls._algorithm.parent, _Fused))
+globals().update(CLASSES)
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
+__all__ = list(CLASSES)

@@ -25,12 +25,6 @@ from . import policy, template
 from ..lowbit import load
 from ..rules import cast_all, cast_like
 
-#: sha256 of rules.py + lowbit.py (first 16 hex digits). Numba's cache is keyed on the
-#: content of this file only, not on the functions it calls: pinning their hash here
-#: makes any change to them change this file too, so stale machine code is never loaded.
-#: tests/test_types.py fails with the new value when the two disagree.
-RULES_SHA256 = "c5199b4c0470f5a1"
-
 # error_model="numpy": the "python" model checks every division for zero and blocks
 # vectorisation (2x slower). "contract" lets LLVM fuse multiply-adds; no flag that
 # assumes finite values, so NaN and inf propagate exactly as in torch.
@@ -99,25 +93,32 @@ def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
     k(param, grad, h, grad_scale, seed, out, par, *states)
 
 
-@njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})
-def _grad_stats(g, parallel):
+def _stats(sources: int):
     # Sums in float64 (a norm of 100M float32 squares accumulated in float32 loses
     # digits). "reassoc" for this kernel only: a strict left-to-right float sum does
     # not vectorise (measured 2.0x a plain Adam step at 16M instead of ~1.15x), and a
     # norm summed in another order is still the norm. Non-finite is a comparison,
-    # which no reassociation can fold: NaN and inf fail it.
-    sumsq, bad = 0.0, 0
-    if parallel:
-        for i in prange(g.size):
-            x = np.float64(load(g, i))
-            sumsq += x * x
-            bad += not (abs(x) <= 1.7976931348623157e308)
-    else:
-        for i in range(g.size):
-            x = np.float64(load(g, i))
-            sumsq += x * x
-            bad += not (abs(x) <= 1.7976931348623157e308)
-    return sumsq, bad
+    # which no reassociation can fold: NaN and inf fail it. ``sources``: the cache
+    # key of the code it calls (template.SOURCES).
+    def grad_stats(g, parallel):
+        sources  # noqa: B018 - in the closure: the cache key
+        sumsq, bad = 0.0, 0
+        if parallel:
+            for i in prange(g.size):
+                x = np.float64(load(g, i))
+                sumsq += x * x
+                bad += not (abs(x) <= 1.7976931348623157e308)
+        else:
+            for i in range(g.size):
+                x = np.float64(load(g, i))
+                sumsq += x * x
+                bad += not (abs(x) <= 1.7976931348623157e308)
+        return sumsq, bad
+    return grad_stats
+
+
+_grad_stats = njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})(
+    _stats(template.SOURCES))
 
 
 # -- the backend contract: flat arrays, raw hyperparameters -------------------------

@@ -19,9 +19,29 @@ time, so no loop holds a branch for it.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from numba.extending import register_jitable
 
+from .. import lowbit, rules
 from ..lowbit import load, load_or, store_if, store_param
+
+
+def _digest() -> int:
+    """A hash of every source compiled into the kernels besides the backend modules
+    themselves: the rules, the bf16 loads and stores, this body."""
+    h = hashlib.sha256()
+    for path in (rules.__file__, lowbit.__file__, __file__):
+        h.update(Path(path).read_bytes())
+    return int(h.hexdigest()[:15], 16)
+
+
+#: Numba's on-disk cache is keyed on a kernel's own source file and the values of its
+#: closure, not on the functions it calls: every kernel's closure holds this hash
+#: (``element``; ``numba_cpu._grad_stats``), so editing a rule never loads stale
+#: machine code.
+SOURCES = _digest()
 
 #: the most state arrays (slots) an algorithm keeps per element: s0..s3
 MAX_SLOTS = 4
@@ -31,10 +51,11 @@ def element(rule, flags: tuple[bool, ...], slots: int):
     """The jitable one-element update of ``rule`` with these options and slots."""
     if not 1 <= slots <= MAX_SLOTS:
         raise ValueError(f"slots: expected 1 to {MAX_SLOTS}, got {slots}")
-    n = slots
+    n, sources = slots, SOURCES
 
     @register_jitable
     def step(p, g, i, h, grad_scale, zero, seed, out, s0, s1, s2, s3):
+        sources  # noqa: B018 - in the closure: the cache key (see SOURCES)
         a0 = load_or(s0, i, zero)
         if n == 1:
             new = rule(load(p, i), load(g, i), a0, *h, *flags, grad_scale)

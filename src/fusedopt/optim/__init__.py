@@ -23,11 +23,10 @@ def optimizer_class(algo: algorithms.Algorithm, base: type = Optimizer) -> type:
         "_state_names": algo.kernel.slots})
 
 
-SGD = optimizer_class(algorithms.SGD_ALGORITHM)
-Adam = optimizer_class(algorithms.ADAM_ALGORITHM)
-AdamW = optimizer_class(algorithms.ADAMW_ALGORITHM, Adam)
-Adagrad = optimizer_class(algorithms.ADAGRAD_ALGORITHM)
-RMSprop = optimizer_class(algorithms.RMSPROP_ALGORITHM)
+#: one class per algorithm of fusedopt.algorithms.ALGORITHMS, by title
+CLASSES: dict[str, type] = {}
+for _algo in algorithms.ALGORITHMS:
+    CLASSES[_algo.title] = optimizer_class(_algo, CLASSES.get(_algo.parent, Optimizer))
+globals().update(CLASSES)
 
-__all__ = ["Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD",
-           "optimizer_class"]
+__all__ = ["Optimizer", "optimizer_class", *CLASSES]

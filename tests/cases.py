@@ -1,5 +1,7 @@
 """The table the tests cross with backends and dtypes: every algorithm with the
-options torch.optim has, as ``(fusedopt class, torch.optim class name, kwargs)``."""
+options torch.optim has, as ``(fusedopt class, torch.optim class name, kwargs)``.
+An algorithm torch.optim lacks has None for its twin: it is held to its NumPy oracle
+(test_oracle.py) and left out of the tables compared with torch (``TORCH_*``)."""
 
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ ALGORITHMS = {
 
 CASES = [(name, kwargs) for name, (_, _, options) in ALGORITHMS.items()
          for kwargs in options]
+#: the algorithms with a torch.optim twin, and their cases
+TORCH_ALGORITHMS = {name: a for name, a in ALGORITHMS.items() if a[1] is not None}
+TORCH_CASES = [case for case in CASES if case[0] in TORCH_ALGORITHMS]
 
 
 def case_id(case) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cases import ALGORITHMS, CASES, case_id
+from cases import TORCH_ALGORITHMS as ALGORITHMS, TORCH_CASES as CASES, case_id
 
 torch = pytest.importorskip("torch")
 

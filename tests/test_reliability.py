@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from cases import ALGORITHMS
+from cases import ALGORITHMS, TORCH_ALGORITHMS
 from conftest import relative_error
 
 SHAPES = [(37,), (4, 9)]
@@ -77,7 +77,7 @@ def test_skip_on_flat_params():
     assert all(np.all(v == 1) for v in flat.views)
 
 
-@pytest.mark.parametrize("name", list(ALGORITHMS))
+@pytest.mark.parametrize("name", list(TORCH_ALGORITHMS))
 def test_clipping_matches_torch_clip_grad_norm(name, backend):
     torch = pytest.importorskip("torch")
     cls, torch_name, options = ALGORITHMS[name]

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fusedopt.torch as ft  # noqa: E402
-from cases import ALGORITHMS, CASES, case_id  # noqa: E402
+from cases import TORCH_ALGORITHMS as ALGORITHMS, TORCH_CASES as CASES, case_id  # noqa: E402
 
 TOL = 1e-9
 

@@ -96,3 +96,18 @@ cdef inline (floating, floating, floating, floating) rmsprop(
     else:
         p = p - lr * g / avg
     return p, sq, gavg, buf
+
+
+cdef inline (floating, floating) lion(
+        floating p, floating g, floating m, floating lr, floating beta1, floating beta1c,
+        floating beta2, floating beta2c, floating param_scale,
+        bint decay, floating grad_scale) noexcept nogil:
+    cdef floating c, u
+    g = grad_scale * g
+    if decay:
+        p = p * param_scale
+    c = beta1 * m + beta1c * g
+    u = lr if c > 0 else (-lr if c < 0 else c * lr)
+    p = p - u
+    m = beta2 * m + beta2c * g
+    return p, m

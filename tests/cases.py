@@ -50,6 +50,12 @@ ALGORITHMS = {
         dict(lr=0.01, alpha=0.95, weight_decay=0.05, momentum=0.5, centered=True,
              maximize=True),
     ]),
+    "lion": (fusedopt.Lion, None, [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, betas=(0.8, 0.9), maximize=True),
+        dict(lr=0.01, betas=(0.95, 0.98), weight_decay=0.05, maximize=True),
+    ]),
 }
 
 CASES = [(name, kwargs) for name, (_, _, options) in ALGORITHMS.items()

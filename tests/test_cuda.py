@@ -155,9 +155,11 @@ def test_bf16_state_resumes_on_the_device_and_refuses_bf16_params():
 def test_functional_step_matches_oracle(name):
     rng = np.random.default_rng(3)
     p, g = rng.standard_normal(40), rng.standard_normal(40)
-    n_state = {"sgd": 1, "adam": 2, "adamw": 2, "adagrad": 1, "rmsprop": 1}[name]
+    n_state = {"sgd": 1, "adam": 2, "adamw": 2, "adagrad": 1, "rmsprop": 1,
+               "lion": 1}[name]
     kwargs = {"sgd": dict(momentum=0.9, step=1), "adam": dict(step=1),
-              "adamw": dict(step=1), "adagrad": dict(step=1), "rmsprop": {}}[name]
+              "adamw": dict(step=1), "adagrad": dict(step=1), "rmsprop": {},
+              "lion": dict(lr=0.01, weight_decay=0.1)}[name]
     ref = [p.copy(), g, *[np.zeros(40) for _ in range(n_state)]]
     dev = [cuda.to_device(a) for a in ref]
     fn = getattr(functional, f"{name}_step")
@@ -381,7 +383,7 @@ f, b, none = float64, boolean, nt.none
 ALGORITHMS = [(rules.sgd, 3, (True,), 4), (rules.adam, 3, (True, True, True), 8),
               (rules.adam, 3, (True, True, False), 8), (rules.adagrad, 1, (True,), 3),
               (rules.rmsprop, 3, (True, True, True), 6),
-              (rules.rmsprop, 3, (True, False, False), 6)]
+              (rules.rmsprop, 3, (True, False, False), 6), (rules.lion, 1, (True,), 6)]
 for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
     A, S = nt.Array(dt, 1, "C"), nt.Array(st, 1, "C")  # S: state (uint16: bf16 bits)
     sigs = [(k._fill.py_func, (S, f)), (k._grad_stats.py_func, (A, nt.Array(float64, 1, "C")))]

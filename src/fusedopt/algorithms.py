@@ -66,7 +66,13 @@ RMSPROP = Spec(
     lambda s, lr, alpha, eps, wd, momentum: (
         wd != 0.0, s[1] is not None, s[2] is not None))
 
-SPECS = (SGD, ADAM, ADAGRAD, RMSPROP)
+LION = Spec(
+    "lion", ("exp_avg",), ("lr", "beta1", "beta2", "weight_decay"),
+    lambda lr, beta1, beta2, wd: (lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+                                  1.0 - lr * wd),
+    lambda s, lr, beta1, beta2, wd: (wd != 0.0,))
+
+SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION)
 
 
 def contract(spec: Spec, launch: Callable) -> Callable:
@@ -293,5 +299,30 @@ RMSPROP_ALGORITHM = Algorithm(
     torch's: ``lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0``.
     """)
 
+LION_ALGORITHM = Algorithm(
+    "Lion", LION,
+    (Hyper("lr", 1e-4, _NUMBER), Hyper("betas", (0.9, 0.99), _checks.betas),
+     Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+    state=lambda h: (("exp_avg", 0.0),),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["exp_avg"], h.lr, h.betas[0], h.betas[1], h.weight_decay, scale, seed,
+        out),
+    torch_step=False,
+    doc=r"""Lion, EvoLved Sign Momentum (Chen et al., 2023, "Symbolic Discovery of
+    Optimization Algorithms", Algorithm 2; as optax.lion and lion-pytorch).
+
+    For each parameter :math:`\theta` with gradient g::
+
+        g = -g if maximize
+        theta = theta * (1 - lr * weight_decay)          (decoupled, as AdamW)
+        theta = theta - lr * sign(beta1 * m + (1 - beta1) * g)
+        m = beta2 * m + (1 - beta2) * g
+
+    Every element moves by exactly lr (or 0), so lr is in the parameter's units per
+    step and is typically 3-10x smaller than AdamW's (with weight_decay 3-10x larger).
+    State: ``step``, ``exp_avg`` (m). Defaults are lion-pytorch's: ``lr=1e-4,
+    betas=(0.9, 0.99), weight_decay=0``. torch.optim has no Lion.
+    """)
+
 ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,
-              RMSPROP_ALGORITHM)
+              RMSPROP_ALGORITHM, LION_ALGORITHM)

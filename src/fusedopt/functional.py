@@ -21,7 +21,8 @@ import contextlib
 from . import _checks, _device, _guard
 from .backends import select
 
-__all__ = ["adagrad_step", "adam_step", "adamw_step", "rmsprop_step", "sgd_step"]
+__all__ = ["adagrad_step", "adam_step", "adamw_step", "lion_step", "rmsprop_step",
+           "sgd_step"]
 
 
 def _sign(maximize) -> float:
@@ -163,3 +164,20 @@ def rmsprop_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
                      _checks.number(alpha, "alpha", 0.0, 1.0), _checks.number(eps, "eps"),
                      _checks.number(weight_decay, "weight_decay"), momentum,
                      _sign(maximize))
+
+
+def lion_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, *,
+              lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99,
+              weight_decay: float = 0.0, maximize: bool = False, backend: str = "auto",
+              stream=None) -> None:
+    """Lion step (see :class:`fusedopt.Lion`)."""
+    chk, device = _space(param)
+    p = chk.param_array(param, "param")
+    g = chk.like_param(grad, param, "grad", "param")
+    m = _state(chk, exp_avg, param, "exp_avg")
+    impl, context = _run(backend, device, stream, param=p, exp_avg=m, grad=g)
+    with context:
+        impl.lion(p, g, m, _checks.number(lr, "lr"),
+                  _checks.number(beta1, "beta1", 0.0, 1.0, high_open=True),
+                  _checks.number(beta2, "beta2", 0.0, 1.0, high_open=True),
+                  _checks.number(weight_decay, "weight_decay"), _sign(maximize))

@@ -151,3 +151,19 @@ def rmsprop(p, g, sq, gavg, buf, lr, alpha, alphac, eps, weight_decay, momentum,
     else:
         p = p - lr * g / avg
     return p, sq, gavg, buf
+
+
+@register_jitable
+def lion(p, g, m, lr, beta1, beta1c, beta2, beta2c, param_scale, decay, grad_scale):
+    """Lion (Chen et al., 2023): the sign of an interpolated momentum.
+    ``beta1c = 1 - beta1``, ``beta2c = 1 - beta2``, ``param_scale = 1 - lr * wd``
+    (decoupled decay). sign(0) is 0 and a NaN propagates, as ``torch.sign``."""
+    g = grad_scale * g
+    if decay:
+        p = p * param_scale
+    c = beta1 * m + beta1c * g
+    zero = lr - lr  # 0 in the compute dtype (lr is finite); a literal would be float64
+    u = lr if c > zero else (-lr if c < zero else c * lr)
+    p = p - u
+    m = beta2 * m + beta2c * g
+    return p, m

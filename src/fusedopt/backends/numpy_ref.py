@@ -86,3 +86,13 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
 def grad_stats(grad, parallel):
     # the plain definitions: sum of squares and the count of non-finite entries
     return float(np.sum(grad.astype(np.float64) ** 2)), int(np.sum(~np.isfinite(grad)))
+
+
+def lion(param, grad, exp_avg, lr, beta1, beta2, weight_decay, grad_scale, seed=0,
+         out=None):
+    # Chen et al. 2023, Algorithm 2 (optax.lion): c = b1 * m + (1 - b1) * g;
+    # theta -= lr * (sign(c) + wd * theta); m = b2 * m + (1 - b2) * g.
+    g = grad_scale * grad
+    c = beta1 * exp_avg + (1 - beta1) * g
+    param[...] = param - lr * (np.sign(c) + weight_decay * param)
+    exp_avg[...] = beta2 * exp_avg + (1 - beta2) * g

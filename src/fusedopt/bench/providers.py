@@ -25,6 +25,7 @@ CONFIGS: dict[str, tuple[str, dict, int]] = {
     "adamw": ("AdamW", dict(lr=1e-3), 2),
     "adagrad": ("Adagrad", dict(lr=1e-2), 1),
     "rmsprop": ("RMSprop", dict(lr=1e-2), 1),
+    "lion": ("Lion", dict(lr=1e-4), 1),
 }
 #: Every other state layout, timed when asked for by name (``--optimizer
 #: adam-amsgrad,...``; ``layouts`` for all): one kernel specialisation each.
@@ -85,6 +86,8 @@ def _torch_param(n, dtype):
 def make_torch(optimizer, n, dtype):
     torch, param = _torch_param(n, dtype)
     name, kwargs, _ = CONFIGS[optimizer]
+    if not hasattr(torch.optim, name):
+        raise ProviderUnavailable(f"not applicable: torch.optim has no {name}")
     fused = {"fused": True} if optimizer in TORCH_FUSED else {}
     return getattr(torch.optim, name)([param], **kwargs, **fused).step
 

@@ -133,7 +133,7 @@ def fill(a: np.ndarray, value: float) -> None:
 
 def full_like(a: np.ndarray, value: float, dtype=None) -> np.ndarray:
     """New state for ``a`` in ``dtype`` (default: ``a``'s; bf16 as uint16 bits). The
-    device-array twin is ``_device.full_like``."""
+    device-array twin is ``numba_cuda.full_like``."""
     dtype = a.dtype if dtype is None else np.dtype(dtype)
     if dtype == BF16 or dtype == np.uint16:
         return np.full(a.shape, value, BF16).view(np.uint16)

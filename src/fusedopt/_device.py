@@ -210,16 +210,6 @@ def stream(s):
     return cuda.external_stream(handle)
 
 
-def full_like(a, value: float, dtype=None):
-    """A new device array of ``a``'s shape and ``dtype`` (default: ``a``'s; uint16
-    holds bf16 bits), filled with ``value``."""
-    from .backends import numba_cuda
-
-    out = _cuda().device_array(a.shape, dtype=a.dtype if dtype is None else dtype)
-    numba_cuda.fill(out, value)
-    return out
-
-
 def to_host(a) -> np.ndarray:
     return a.copy_to_host()
 

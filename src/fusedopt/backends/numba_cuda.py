@@ -88,6 +88,11 @@ def grad_stats(grad, parallel=True):
 BF16 = ("state",)
 
 
-def fill(a, value: float) -> None:
-    _launch(_fill, a.size)(a, float(value))
+def full_like(a, value: float, dtype=None):
+    """A new device array of ``a``'s shape and ``dtype`` (default: ``a``'s; uint16
+    holds bf16 bits), filled with ``value`` on the device: new state. The host twin
+    is ``_checks.full_like``."""
+    out = cuda.device_array(a.shape, dtype=a.dtype if dtype is None else dtype)
+    _launch(_fill, out.size)(out, float(value))
+    return out
 

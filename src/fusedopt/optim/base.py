@@ -227,7 +227,9 @@ class Optimizer:
 
     def _new_state(self, flat, init: float):
         """A state array for the kernel view ``flat``, in the state dtype."""
-        return self._space.full_like(flat, init, self._state_dtype_of(flat))
+        if self._space is _device:  # allocated and filled by the CUDA backend
+            return self._impl.full_like(flat, init, self._state_dtype_of(flat))
+        return _checks.full_like(flat, init, self._state_dtype_of(flat))
 
     def _mastered(self, flat) -> bool:
         """Whether the kernel view ``flat`` is stepped through a float32 master copy."""

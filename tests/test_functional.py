@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusedopt import SGD, Adagrad, Adam, AdamW, RMSprop, functional
+from fusedopt import SGD, Adagrad, Adam, AdamW, Lion, RMSprop, functional
 
 
 def run_functional(step_fn, make_state, kwargs, backend, steps=5):
@@ -38,6 +38,8 @@ CASES = [
     (functional.adagrad_step, lambda p: [zeros(p)], Adagrad, dict(lr=0.1, lr_decay=0.1), {}),
     (functional.rmsprop_step, lambda p: [zeros(p), zeros(p), zeros(p)], RMSprop,
      dict(lr=0.01, momentum=0.5), dict(centered=True)),
+    (functional.lion_step, lambda p: [zeros(p)], Lion, dict(lr=0.01, weight_decay=0.1),
+     {}),
 ]
 
 

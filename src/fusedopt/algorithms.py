@@ -326,3 +326,85 @@ LION_ALGORITHM = Algorithm(
 
 ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,
               RMSPROP_ALGORITHM, LION_ALGORITHM)
+
+
+# -- functional steps: one fused pass over one buffer, state passed in ---------------
+
+#: the default of a keyword that has none (the caller must pass it)
+REQUIRED = object()
+
+
+class Functional(NamedTuple):
+    """A ``fusedopt.functional.<name>``: its state arguments, in the kernel's slot
+    order, each ``(argument name, need)`` with need True (required), None (optional:
+    None leaves the slot absent, e.g. ``max_exp_avg_sq`` without amsgrad) or
+    ``(predicate, words)`` (required when ``predicate(kw)``, unused otherwise);
+    ``params`` its keyword-only arguments (checked); ``args(kw)`` the kernel's raw
+    hyperparameters from the checked keywords."""
+    name: str
+    kernel: Spec
+    slots: tuple[tuple[str, Any], ...]
+    params: tuple[Hyper, ...]
+    args: Callable
+    doc: str
+    validate: Callable | None = None
+
+
+_STEP = Hyper("step", REQUIRED, _checks.step_count)
+_UNIT = _number(high=1.0)
+
+
+def _beta(x, name) -> float:
+    return _checks.number(x, name, 0.0, 1.0, high_open=True)
+
+
+def _adam_step(name: str, weight_decay: float, decoupled: bool | None) -> Functional:
+    flag = () if decoupled is not None else (Hyper("decoupled", False, _FLAG),)
+    return Functional(
+        name, ADAM, (("exp_avg", True), ("exp_avg_sq", True), ("max_exp_avg_sq", None)),
+        (_STEP, Hyper("lr", 1e-3, _NUMBER), Hyper("beta1", 0.9, _beta),
+         Hyper("beta2", 0.999, _beta), Hyper("eps", 1e-8, _NUMBER),
+         Hyper("weight_decay", weight_decay, _NUMBER), *flag, _MAXIMIZE),
+        lambda k: (k.step, k.lr, k.beta1, k.beta2, k.eps, k.weight_decay,
+                   k.decoupled if decoupled is None else decoupled),
+        f"{'AdamW' if decoupled else 'Adam'} step (see :class:`fusedopt."
+        f"{'AdamW' if decoupled else 'Adam'}`); AMSGrad when ``max_exp_avg_sq`` is given"
+        + ("" if decoupled else ", AdamW's decoupled decay when ``decoupled``") + ".")
+
+
+FUNCTIONALS = (
+    Functional(
+        "sgd_step", SGD,
+        (("momentum_buffer", (lambda k: k.momentum != 0, "momentum != 0")),),
+        (Hyper("step", 1, _STEP.check), Hyper("lr", 1e-3, _NUMBER),
+         Hyper("momentum", 0.0, _NUMBER), Hyper("dampening", 0.0, _number(low=-math.inf)),
+         Hyper("weight_decay", 0.0, _NUMBER), Hyper("nesterov", False, _FLAG), _MAXIMIZE),
+        lambda k: (k.step == 1, k.lr, k.momentum, k.dampening, k.weight_decay, k.nesterov),
+        "SGD step (see :class:`fusedopt.SGD` for the formula). ``momentum_buffer`` is "
+        "needed when ``momentum != 0``; at ``step == 1`` it is set to the gradient.",
+        validate=_check_nesterov),
+    _adam_step("adam_step", 0.0, None),
+    _adam_step("adamw_step", 1e-2, True),
+    Functional(
+        "adagrad_step", ADAGRAD, (("state_sum", True),),
+        (_STEP, Hyper("lr", 1e-2, _NUMBER), Hyper("lr_decay", 0.0, _NUMBER),
+         Hyper("weight_decay", 0.0, _NUMBER), Hyper("eps", 1e-10, _NUMBER), _MAXIMIZE),
+        lambda k: (k.step, k.lr, k.lr_decay, k.eps, k.weight_decay),
+        "Adagrad step (see :class:`fusedopt.Adagrad`)."),
+    Functional(
+        "rmsprop_step", RMSPROP,
+        (("square_avg", True), ("grad_avg", None),
+         ("momentum_buffer", (lambda k: k.momentum > 0, "momentum > 0"))),
+        (Hyper("lr", 1e-2, _NUMBER), Hyper("alpha", 0.99, _UNIT),
+         Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", 0.0, _NUMBER),
+         Hyper("momentum", 0.0, _NUMBER), _MAXIMIZE),
+        lambda k: (k.lr, k.alpha, k.eps, k.weight_decay, k.momentum),
+        "RMSprop step (see :class:`fusedopt.RMSprop`); centered when ``grad_avg`` is "
+        "given; ``momentum_buffer`` is needed when ``momentum > 0``."),
+    Functional(
+        "lion_step", LION, (("exp_avg", True),),
+        (Hyper("lr", 1e-4, _NUMBER), Hyper("beta1", 0.9, _beta), Hyper("beta2", 0.99, _beta),
+         Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+        lambda k: (k.lr, k.beta1, k.beta2, k.weight_decay),
+        "Lion step (see :class:`fusedopt.Lion`)."),
+)

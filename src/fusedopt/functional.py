@@ -12,23 +12,11 @@ depend on it).
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
 import contextlib
+from collections import namedtuple
 
-from . import _checks, _device, _guard
+from . import _checks, _device, _guard, algorithms
 from .backends import select
-
-__all__ = ["adagrad_step", "adam_step", "adamw_step", "lion_step", "rmsprop_step",
-           "sgd_step"]
-
-
-def _sign(maximize) -> float:
-    """The gradient's scale in the backend contract: -1 ascends (``maximize``)."""
-    return -1.0 if _checks.flag(maximize, "maximize") else 1.0
-
 
 def _space(param):
     """The checks for ``param``'s kind of array and the device it lives on."""
@@ -57,127 +45,64 @@ def _run(backend: str, device: str, stream, **arrays):
     return impl, contextlib.nullcontext()
 
 
-def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | None = None,
-             *, step: int = 1, lr: float = 1e-3, momentum: float = 0.0,
-             dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-             maximize: bool = False, backend: str = "auto", stream=None) -> None:
-    """SGD step (see :class:`fusedopt.SGD` for the formula). ``momentum_buffer`` is
-    needed when ``momentum != 0``; at ``step == 1`` it is set to the gradient."""
+def _step(f: algorithms.Functional, param, grad, slots: tuple, values: dict,
+          backend: str, stream) -> None:
+    """One functional step: every argument checked, then one backend call."""
     chk, device = _space(param)
     p = chk.param_array(param, "param")
     g = chk.like_param(grad, param, "grad", "param")
-    _checks.step_count(step, "step")
-    momentum = _checks.number(momentum, "momentum")
-    dampening = _checks.number(dampening, "dampening", low=-math.inf)
-    nesterov = _checks.flag(nesterov, "nesterov")
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("nesterov: Nesterov momentum needs momentum > 0 and "
-                         f"dampening == 0, got momentum={momentum}, dampening={dampening}")
-    buf = None
-    if momentum != 0:
-        if momentum_buffer is None:
-            raise ValueError("momentum_buffer: expected an array when momentum != 0")
-        buf = _state(chk, momentum_buffer, param, "momentum_buffer")
-    impl, context = _run(backend, device, stream, param=p, momentum_buffer=buf, grad=g)
+    kw = _keywords(f)(*[h.check(values[h.name], h.name) for h in f.params])
+    if f.validate is not None:
+        f.validate(kw, "")
+    arrays = {}
+    for (name, need), x in zip(f.slots, slots):
+        if isinstance(need, tuple):  # (predicate, words): needed, or unused
+            if not need[0](kw):
+                x = None
+            elif x is None:
+                raise ValueError(f"{name}: expected an array when {need[1]}")
+        arrays[name] = None if x is None and need is not True else _state(
+            chk, x, param, name)
+    impl, context = _run(backend, device, stream, param=p, **arrays, grad=g)
     with context:
-        impl.sgd(p, g, buf, step == 1, _checks.number(lr, "lr"), momentum, dampening,
-                 _checks.number(weight_decay, "weight_decay"), nesterov,
-                 _sign(maximize))
+        getattr(impl, f.kernel.name)(p, g, *arrays.values(), *f.args(kw),
+                                     -1.0 if kw.maximize else 1.0)
 
 
-def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
-              exp_avg_sq: np.ndarray, max_exp_avg_sq: np.ndarray | None = None, *,
-              step: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-              eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False,
-              maximize: bool = False, backend: str = "auto", stream=None) -> None:
-    """Adam step (see :class:`fusedopt.Adam`); AMSGrad when ``max_exp_avg_sq`` is
-    given, AdamW's decoupled decay when ``decoupled``."""
-    chk, device = _space(param)
-    p = chk.param_array(param, "param")
-    g = chk.like_param(grad, param, "grad", "param")
-    m = _state(chk, exp_avg, param, "exp_avg")
-    v = _state(chk, exp_avg_sq, param, "exp_avg_sq")
-    vmax = None if max_exp_avg_sq is None else _state(chk, max_exp_avg_sq, param,
-                                                      "max_exp_avg_sq")
-    impl, context = _run(backend, device, stream, param=p, exp_avg=m, exp_avg_sq=v,
-                          max_exp_avg_sq=vmax, grad=g)
-    with context:
-        impl.adam(p, g, m, v, vmax, _checks.step_count(step, "step"),
-                  _checks.number(lr, "lr"),
-                  _checks.number(beta1, "beta1", 0.0, 1.0, high_open=True),
-                  _checks.number(beta2, "beta2", 0.0, 1.0, high_open=True),
-                  _checks.number(eps, "eps"), _checks.number(weight_decay, "weight_decay"),
-                  _checks.flag(decoupled, "decoupled"), _sign(maximize))
+_KEYWORDS: dict[str, type] = {}
 
 
-def adamw_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
-               exp_avg_sq: np.ndarray, max_exp_avg_sq: np.ndarray | None = None, *,
-               step: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-               eps: float = 1e-8, weight_decay: float = 1e-2, maximize: bool = False,
-               backend: str = "auto", stream=None) -> None:
-    """AdamW step (see :class:`fusedopt.AdamW`): ``adam_step(..., decoupled=True)``."""
-    adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr,
-              beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-              decoupled=True, maximize=maximize, backend=backend,
-              stream=stream)
+def _keywords(f: algorithms.Functional) -> type:
+    """The namedtuple of ``f``'s checked keyword arguments."""
+    if f.name not in _KEYWORDS:
+        _KEYWORDS[f.name] = namedtuple(f.name, [h.name for h in f.params])
+    return _KEYWORDS[f.name]
 
 
-def adagrad_step(param: np.ndarray, grad: np.ndarray, state_sum: np.ndarray, *,
-                 step: int, lr: float = 1e-2, lr_decay: float = 0.0,
-                 weight_decay: float = 0.0, eps: float = 1e-10, maximize: bool = False,
-                 backend: str = "auto", stream=None) -> None:
-    """Adagrad step (see :class:`fusedopt.Adagrad`)."""
-    chk, device = _space(param)
-    p = chk.param_array(param, "param")
-    g = chk.like_param(grad, param, "grad", "param")
-    s = _state(chk, state_sum, param, "state_sum")
-    impl, context = _run(backend, device, stream, param=p, state_sum=s, grad=g)
-    with context:
-        impl.adagrad(p, g, s, _checks.step_count(step, "step"), _checks.number(lr, "lr"),
-                     _checks.number(lr_decay, "lr_decay"), _checks.number(eps, "eps"),
-                     _checks.number(weight_decay, "weight_decay"), _sign(maximize))
+def _function(f: algorithms.Functional):
+    """``f`` as a function with real parameters (written out and compiled, as
+    ``collections.namedtuple`` does): its state arrays positional (optional ones
+    default to None), its hyperparameters keyword-only."""
+    def keyword(h: algorithms.Hyper) -> str:
+        if h.default is algorithms.REQUIRED:  # the step count: a required int
+            return f"{h.name}: int"
+        return f"{h.name}: {type(h.default).__name__} = {h.default!r}"
+
+    state = ", ".join(name + ("" if need is True else "=None") for name, need in f.slots)
+    keywords = ", ".join(map(keyword, f.params))
+    values = ", ".join(f"{h.name}={h.name}" for h in f.params)
+    slots = ", ".join(name for name, _ in f.slots)
+    source = (f"def {f.name}(param, grad, {state}, *, {keywords}, backend: str = 'auto',"
+              " stream=None) -> None:\n"
+              f"    _step(F, param, grad, ({slots},), dict({values}), backend, stream)\n")
+    scope = {"_step": _step, "F": f}
+    exec(compile(source, f"<fusedopt.functional.{f.name}>", "exec"), scope)
+    fn = scope[f.name]
+    fn.__module__, fn.__doc__ = __name__, f.doc
+    return fn
 
 
-def rmsprop_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
-                 grad_avg: np.ndarray | None = None,
-                 momentum_buffer: np.ndarray | None = None, *, lr: float = 1e-2,
-                 alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.0, maximize: bool = False,
-                 backend: str = "auto", stream=None) -> None:
-    """RMSprop step (see :class:`fusedopt.RMSprop`); centered when ``grad_avg`` is
-    given; ``momentum_buffer`` is needed when ``momentum > 0``."""
-    chk, device = _space(param)
-    p = chk.param_array(param, "param")
-    g = chk.like_param(grad, param, "grad", "param")
-    sq = _state(chk, square_avg, param, "square_avg")
-    mu = None if grad_avg is None else _state(chk, grad_avg, param, "grad_avg")
-    momentum = _checks.number(momentum, "momentum")
-    buf = None
-    if momentum > 0:
-        if momentum_buffer is None:
-            raise ValueError("momentum_buffer: expected an array when momentum > 0")
-        buf = _state(chk, momentum_buffer, param, "momentum_buffer")
-    impl, context = _run(backend, device, stream, param=p, square_avg=sq, grad_avg=mu,
-                          momentum_buffer=buf, grad=g)
-    with context:
-        impl.rmsprop(p, g, sq, mu, buf, _checks.number(lr, "lr"),
-                     _checks.number(alpha, "alpha", 0.0, 1.0), _checks.number(eps, "eps"),
-                     _checks.number(weight_decay, "weight_decay"), momentum,
-                     _sign(maximize))
+for _f in algorithms.FUNCTIONALS:
+    globals()[_f.name] = _function(_f)
 
-
-def lion_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, *,
-              lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99,
-              weight_decay: float = 0.0, maximize: bool = False, backend: str = "auto",
-              stream=None) -> None:
-    """Lion step (see :class:`fusedopt.Lion`)."""
-    chk, device = _space(param)
-    p = chk.param_array(param, "param")
-    g = chk.like_param(grad, param, "grad", "param")
-    m = _state(chk, exp_avg, param, "exp_avg")
-    impl, context = _run(backend, device, stream, param=p, exp_avg=m, grad=g)
-    with context:
-        impl.lion(p, g, m, _checks.number(lr, "lr"),
-                  _checks.number(beta1, "beta1", 0.0, 1.0, high_open=True),
-                  _checks.number(beta2, "beta2", 0.0, 1.0, high_open=True),
-                  _checks.number(weight_decay, "weight_decay"), _sign(maximize))
+__all__ = sorted(f.name for f in algorithms.FUNCTIONALS)

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import _checks, _device, _guard, scalars
-from .. import flat as _flat
+from .. import _checks, _device, _guard
 from ..backends import policy, select
 from ..flat import FlatParams
+from .flatmode import FlatMode, _FlatState
+from .precision import MASTER, Precision
+from .serialise import Serialise
 
 ParamsT = Iterable[Any] | Iterable[Mapping[str, Any]] | FlatParams
 
@@ -31,11 +33,7 @@ ParamsT = Iterable[Any] | Iterable[Mapping[str, Any]] | FlatParams
 #: GradScaler with found_inf), "raise" (FloatingPointError before any write).
 NONFINITE = ("propagate", "skip", "raise")
 
-#: the state name of a bf16 parameter's float32 master copy (master_weights=True)
-MASTER = "master_param"
-
-
-class Optimizer:
+class Optimizer(Precision, FlatMode, Serialise):
     """Base class. Each algorithm is a subclass built from its declaration
     (``fusedopt.algorithms.Algorithm``, see ``fusedopt.optim.optimizer_class``),
     which three hooks read:
@@ -134,27 +132,6 @@ class Optimizer:
         self._setup_flat()
 
     @property
-    def master_weights(self) -> bool:
-        """bfloat16 parameters are stepped through float32 master copies (fixed at
-        construction)."""
-        return self._master_weights
-
-    @property
-    def state_dtype(self) -> np.dtype | None:
-        """The dtype state is stored in (None: the parameters'; fixed at
-        construction)."""
-        return self._state_dtype
-
-    def _tensor_kinds(self) -> list[tuple[np.dtype, bool]]:
-        """Per parameter, its state's kernel dtype and whether it has a master copy:
-        facts of the construction (the parameters' dtypes, ``state_dtype``,
-        ``master_weights``), so computed once per parameter."""
-        if len(self._kinds) != len(self._flat):
-            self._kinds = [(self._state_dtype_of(f), self._mastered(f))
-                           for f in self._flat]
-        return self._kinds
-
-    @property
     def nonfinite(self) -> str:
         """What a step does when a gradient holds NaN or inf (see ``NONFINITE``);
         checked when set."""
@@ -192,89 +169,6 @@ class Optimizer:
         self._lock = threading.Lock()
         self._space = _device if self.device == "cuda" else _checks
         self._impl = select(self.backend, self.device)[1]
-
-    def _check_lowbit(self, state_dtype, seed) -> tuple[np.dtype | None, int]:
-        """Validate ``state_dtype`` and ``seed`` against the parameters and backend."""
-        if state_dtype not in (None, "float32", "bfloat16"):
-            raise ValueError("state_dtype: expected None, 'float32' or 'bfloat16', got "
-                             f"{state_dtype!r}")
-        seed = _checks.seed(seed, "seed")
-        dtypes = {f.dtype for f in self._flat}
-        if self.master_weights and np.dtype(np.uint16) not in dtypes:
-            raise ValueError("master_weights: keeps float32 master copies of bfloat16 "
-                             "parameters, and these parameters are "
-                             f"{sorted(map(str, dtypes))}")
-        bf16 = state_dtype == "bfloat16" or np.dtype(np.uint16) in dtypes
-        if not bf16:
-            if state_dtype == "float32" and dtypes != {np.dtype(np.float32)}:
-                raise ValueError("state_dtype: 'float32' state is for bfloat16 "
-                                 f"parameters; these are {sorted(map(str, dtypes))}")
-            return (None if state_dtype is None else np.dtype(state_dtype)), seed
-        kinds = getattr(self._impl, "BF16", ())
-        if state_dtype == "bfloat16" and "state" not in kinds:
-            raise ValueError("state_dtype: bfloat16 state runs on the numba, cuda and "
-                             f"cython backends; backend {self.backend!r} keeps "
-                             "float32/float64 only")
-        if np.dtype(np.uint16) in dtypes and "params" not in kinds:
-            raise ValueError("params: bfloat16 parameters run on the numba and cython "
-                             f"backends; backend {self.backend!r} updates float32/float64 "
-                             "only")
-        if np.dtype(np.float64) in dtypes:
-            raise ValueError("state_dtype: bfloat16 state is for float32 or bfloat16 "
-                             "parameters, and some parameters are float64")
-        return (None if state_dtype is None else np.dtype(
-            _checks.BF16 if state_dtype == "bfloat16" else state_dtype)), seed
-
-    def _new_state(self, flat, init: float):
-        """A state array for the kernel view ``flat``, in the state dtype."""
-        if self._space is _device:  # allocated and filled by the CUDA backend
-            return self._impl.full_like(flat, init, self._state_dtype_of(flat))
-        return _checks.full_like(flat, init, self._state_dtype_of(flat))
-
-    def _mastered(self, flat) -> bool:
-        """Whether the kernel view ``flat`` is stepped through a float32 master copy."""
-        return self.master_weights and flat.dtype == np.uint16
-
-    @staticmethod
-    def _master_copy(flat) -> np.ndarray:
-        """The float32 master copy of the bf16 kernel view ``flat`` (exact)."""
-        return _checks.user_view(flat).astype(np.float32)
-
-    def _seed(self, flat, state, index: int) -> int:
-        """The stochastic-rounding seed of this step (bf16 parameters), else 0."""
-        if flat.dtype != np.uint16:
-            return 0
-        return scalars.rounding_seed(self.seed, state["step"] + 1, index)
-
-    def _setup_flat(self) -> None:
-        """Flat mode, when every parameter is one of the ``views`` of one FlatParams:
-        each group becomes contiguous segments of its buffers, stepped with one
-        backend call each, and the state lives in buffers of the same layout
-        (``state[i]`` holds views of them)."""
-        fp = _flat.owner(self._params[0])
-        if fp is None or any(_flat.owner(p) is not fp for p in self._params):
-            return
-        index = {id(v): j for j, v in enumerate(fp.views)}
-        if any(id(p) not in index for p in self._params):
-            return  # views of the buffer, but not the FlatParams' own tensors
-        self.flat_params = fp
-        self._flat_state: dict[str, dict[np.dtype, np.ndarray]] = {}
-        self._segments: list[dict[str, Any]] = []
-        where: dict[int, tuple[dict, int, int]] = {}  # tensor -> (segment, start, stop)
-        i = 0
-        for k, group in enumerate(self.param_groups):
-            members = {index[id(p)]: i + j for j, p in enumerate(group["params"])}
-            for dt, a, b, run in _flat.segments(fp, list(members)):
-                seg = {"group": k, "dtype": dt, "start": a, "stop": b,
-                       "param": _checks.kernel_view(fp.buffers[dt][a:b]),
-                       "grad": _checks.kernel_view(fp.grad_buffers[dt][a:b]),
-                       "state": {"step": 0}}
-                self._segments.append(seg)
-                for t in run:
-                    where[members[t]] = (seg, *fp.offsets[t][1:])
-            i += len(group["params"])
-        self._where = where
-        self.state = _FlatState(self)
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Append a group; missing hyperparameters take the constructor's defaults."""
@@ -518,45 +412,6 @@ class Optimizer:
                          0 if p.dtype is not _BITS else self._seed(p, work, i), out)
             live["step"] = work["step"]
 
-    def _step_flat(self, grads) -> None:
-        """One backend call per segment; no Python work per tensor unless ``grads``
-        are given, which are then copied into the gradient buffer first. The flat
-        state buffers a step needs are allocated before the first write."""
-        if grads is not None:
-            checked = self._check_grads(grads)
-        hypers = [h for h, _ in self._hypers()]
-        needed = []
-        for seg in self._segments:
-            names = [name for name, _ in self._state_spec(hypers[seg["group"]])]
-            if self._mastered(seg["param"]):
-                names.insert(0, MASTER)
-            needed.append([name for name in names if name not in seg["state"]])
-            for name in needed[-1]:
-                self._flat_state_buffer(name, seg["dtype"])
-        if grads is not None:
-            for i, g in enumerate(checked):
-                seg, a, b = self._where[i]
-                seg["grad"][a - seg["start"]:b - seg["start"]] = g
-        scale = self._grad_scale(
-            [seg["grad"] for seg in self._segments],
-            lambda j: f"the gradient buffer of param_groups[{self._segments[j]['group']}]")
-        if scale is None:
-            return
-        impl = self._impl
-        for k, (seg, missing) in enumerate(zip(self._segments, needed)):
-            hyper, state = hypers[seg["group"]], seg["state"]
-            for name in missing:
-                state[name] = self._flat_state_buffer(name, seg["dtype"])[
-                    seg["start"]:seg["stop"]]
-                if name != MASTER:
-                    _checks.fill(state[name], dict(self._state_spec(hyper))[name])
-            p, out = seg["param"], None
-            if self._mastered(p):
-                p, out = state[MASTER], p
-            fresh = any(name != MASTER for name in missing)
-            self._update(impl, p, seg["grad"], state, hyper, fresh, scale,
-                         self._seed(p, state, k), out)
-
     def _grad_scale(self, grads: list[np.ndarray], name) -> float | None:
         """The factor every gradient is multiplied by this step (clipping), or None
         to skip the step. One read of each gradient (``grad_stats``), and only with a
@@ -583,14 +438,6 @@ class Optimizer:
         coef = self.max_grad_norm / (math.sqrt(sumsq) + 1e-6)
         return coef if (coef < 1.0 or coef != coef) else 1.0
 
-    def _flat_state_buffer(self, name: str, dtype) -> np.ndarray:
-        per_dtype = self._flat_state.setdefault(name, {})
-        if dtype not in per_dtype:
-            like = _checks.kernel_view(self.flat_params.buffers[dtype])
-            per_dtype[dtype] = (self._master_copy(like) if name == MASTER
-                                else self._new_state(like, 0.0))
-        return per_dtype[dtype]
-
     def _check_grads(self, grads) -> list[np.ndarray]:
         """Each gradient matches its parameter (shape, dtype, layout); overlaps are
         checked with everything else the step touches (``_plan``)."""
@@ -605,167 +452,6 @@ class Optimizer:
         return [like(g, p, ("grads", i), ("params", i))
                 for i, (g, p) in enumerate(zip(grads, self._params))]
 
-    # -- state_dict ---------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"state": {i: {"step": int, <name>: array}}, "param_groups": [...]}``.
-        Arrays have their parameter's shape and are views of the live state (as in
-        torch): copy them if you keep them while training goes on. With CUDA
-        parameters they are host copies (NumPy arrays), taken after the last step."""
-        state = {}
-        for i, st in self.state.items():
-            shape = self._shapes[i]
-            state[i] = {k: (v if k == "step" else _checks.user_view(
-                self._host(v)).reshape(shape)) for k, v in st.items()}
-        groups, i = [], 0
-        for group in self.param_groups:
-            n = len(group["params"])
-            groups.append({**{k: v for k, v in group.items() if k != "params"},
-                           "params": list(range(i, i + n))})
-            i += n
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Replace state and hyperparameters with those of ``state_dict``. Everything
-        is validated first (layout, option values, every array's shape and dtype); on
-        an exception the optimizer is unchanged. Arrays are copied in. Waits for a
-        step running in another thread."""
-        with self._lock:
-            self._load_state_dict(state_dict)
-
-    def _load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(
-                state_dict):
-            raise TypeError("state_dict: expected a dict with keys 'state' and "
-                            "'param_groups' (from state_dict())")
-        saved_groups = state_dict["param_groups"]
-        if not isinstance(saved_groups, Sequence) or len(saved_groups) != len(
-                self.param_groups):
-            raise ValueError(f"state_dict['param_groups']: expected "
-                             f"{len(self.param_groups)} groups, got "
-                             f"{len(saved_groups) if isinstance(saved_groups, Sequence) else saved_groups!r}")
-        new_groups, spec_of = [], []  # spec_of[i]: the state parameter i's group needs
-        for k, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            label = f"state_dict['param_groups'][{k}]"
-            if not isinstance(saved, Mapping) or len(saved.get("params", ())) != len(
-                    group["params"]):
-                raise ValueError(f"{label}: expected a group of {len(group['params'])} "
-                                 "parameters")
-            merged = {**group, **{key: saved[key] for key in self.defaults if key in saved}}
-            spec = self._state_spec(self._check_group(merged, label))
-            new_groups.append(merged)
-            spec_of.extend([spec] * len(group["params"]))
-        saved_state = state_dict["state"]
-        if not isinstance(saved_state, Mapping):
-            raise TypeError("state_dict['state']: expected a dict {param index: state}")
-        new_state = {}
-        for key, st in saved_state.items():
-            label = f"state_dict['state'][{key!r}]"
-            if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not (
-                    0 <= key < len(self._params)):
-                raise ValueError(f"{label}: expected a parameter index in "
-                                 f"[0, {len(self._params)})")
-            new_state[int(key)] = self._load_param_state(
-                st, self._shapes[key], self._state_dtype_of(self._flat[key]),
-                spec_of[key], label)
-        # everything is valid: allocate what the new state needs, then swap it in (an
-        # allocation failing leaves the optimizer as it was)
-        if self.flat_params is None:
-            if self._space is _device:  # validated on the host, then moved over
-                for st in new_state.values():
-                    for name in st:
-                        if name != "step":
-                            st[name] = _device.to_device(st[name])
-            for group, merged in zip(self.param_groups, new_groups):
-                group.update(merged)
-            self.state = new_state
-            return
-        self._check_flat_steps(new_state)
-        for i, st in new_state.items():
-            for name in st:
-                if name != "step":
-                    self._flat_state_buffer(name, self._where[i][0]["dtype"])
-        for group, merged in zip(self.param_groups, new_groups):
-            group.update(merged)
-        for seg in self._segments:  # copy into the flat state, segment by segment
-            seg["state"] = {"step": 0}
-        for i, st in new_state.items():
-            seg, a, b = self._where[i]
-            seg["state"]["step"] = st["step"]
-            for name, value in st.items():
-                if name != "step":
-                    if name not in seg["state"]:
-                        seg["state"][name] = self._flat_state_buffer(
-                            name, seg["dtype"])[seg["start"]:seg["stop"]]
-                        seg["state"][name].fill(0)
-                    seg["state"][name][a - seg["start"]:b - seg["start"]] = value
-
-    def _check_flat_steps(self, new_state: Mapping[int, Mapping[str, Any]]) -> None:
-        """A segment steps as one: its tensors must come with the same step and the
-        same state arrays (all or none)."""
-        seen: dict[int, tuple] = {}
-        for i in range(len(self._params)):
-            seg = self._where[i][0]
-            st = new_state.get(i, {"step": 0})
-            key = (st["step"], tuple(sorted(k for k in st if k != "step")))
-            if seen.setdefault(id(seg), key) != key:
-                raise ValueError(
-                    f"state_dict['state'][{i}]: a FlatParams optimizer steps each "
-                    f"segment as one, but this tensor's step/state {key} differs from "
-                    f"its segment's {seen[id(seg)]}")
-
-    def _state_dtype_of(self, flat) -> np.dtype:
-        """The dtype of ``flat``'s state (bf16 as uint16 bits, as kernels see it): the
-        state dtype, else that of the array the kernel updates (a master copy's)."""
-        dtype = self.state_dtype
-        if dtype is None:
-            dtype = np.dtype(np.float32) if self._mastered(flat) else flat.dtype
-        return np.dtype(np.uint16) if dtype == _checks.BF16 else dtype
-
-    def _host(self, a):
-        return _device.to_host(a) if self._space is _device else a
-
-    def _load_param_state(self, st, shape: tuple[int, ...], dtype: np.dtype, spec,
-                          label: str) -> dict[str, Any]:
-        """One parameter's saved state, checked in full and copied: a known name for
-        every entry, and a started state (one holding any array) complete, with its
-        'step' and every array its group's options need (``spec``)."""
-        if not isinstance(st, Mapping):
-            raise TypeError(f"{label}: expected a dict of state, got {type(st).__name__}")
-        names = self._state_names + ((MASTER,) if self.master_weights else ())
-        unknown = set(st) - {"step", *names}
-        if unknown:
-            raise ValueError(f"{label}: unknown state {sorted(unknown)}; this optimizer "
-                             f"keeps 'step' and {list(names)}")
-        arrays = [name for name in names if st.get(name) is not None]
-        out: dict[str, Any] = {"step": _checks.state_step(st.get("step", 0),
-                                                          f"{label}['step']")}
-        if arrays or out["step"]:  # stepped: loaded whole
-            missing = [name for name, _ in spec if st.get(name) is None]
-            if "step" not in st:
-                missing.insert(0, "step")
-            if missing:
-                raise ValueError(f"{label}: incomplete state, missing {missing} beside "
-                                 f"{arrays + ['step'] if 'step' in st else arrays}; a "
-                                 "parameter's state is loaded whole (or left out, to "
-                                 "start it afresh)")
-        for name in arrays:
-            value = st[name]
-            if not isinstance(value, np.ndarray) or not (
-                    value.dtype.kind == "f" or value.dtype == _checks.BF16):
-                raise TypeError(f"{label}[{name!r}]: expected a float array, got "
-                                f"{getattr(value, 'dtype', type(value).__name__)}")
-            if value.shape != shape:
-                raise ValueError(f"{label}[{name!r}]: expected shape {shape} (that "
-                                 f"of its parameter), got {value.shape}")
-            if name == MASTER:
-                out[name] = np.array(value, dtype=np.float32, order="C").reshape(-1)
-            elif dtype == np.uint16:  # bf16 state: round to nearest even, keep the bits
-                out[name] = np.array(value, dtype=_checks.BF16, order="C").reshape(
-                    -1).view(np.uint16)
-            else:
-                out[name] = np.array(value, dtype=dtype, order="C").reshape(-1)
-        return out
 
     # -- hooks --------------------------------------------------------------------
 
@@ -805,7 +491,6 @@ class Optimizer:
         return f"{type(self).__name__}(backend={self.backend!r}{mode}){groups}"
 
 
-
 def _immutable(group: Mapping[str, Any]) -> bool:
     """Whether every hyperparameter of ``group`` is immutable, so that a group equal
     to a snapshot of it still holds the same values (see ``Optimizer._hypers``)."""
@@ -821,47 +506,3 @@ def _immutable(group: Mapping[str, Any]) -> bool:
 
 _SCALARS = (float, int, bool, str, type(None))
 _BITS = np.dtype(np.uint16)  # the kernel view of bfloat16 arrays
-
-
-class _FlatState(Mapping):
-    """``state`` of a FlatParams optimizer: per tensor, views of the flat state and the
-    step of its segment (read-only; ``load_state_dict`` replaces state)."""
-
-    def __init__(self, opt: Optimizer) -> None:
-        self._opt = opt
-
-    def _started(self, i: int) -> bool:
-        return len(self._opt._where[i][0]["state"]) > 1
-
-    def __getitem__(self, i: int) -> Mapping[str, Any]:
-        if i not in self._opt._where or not self._started(i):
-            raise KeyError(i)
-        seg, a, b = self._opt._where[i]
-        lo, hi = a - seg["start"], b - seg["start"]
-        # read-only: an assignment into it would be lost (views of the flat state
-        # are updated in place instead, or replaced with load_state_dict)
-        return _ReadOnly({k: (v[lo:hi] if isinstance(v, np.ndarray) else v)
-                          for k, v in seg["state"].items()})
-
-    def __iter__(self):
-        return (i for i in range(len(self._opt._params)) if self._started(i))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-class _ReadOnly(dict):
-    """One tensor's entry of a FlatParams optimizer's ``state``: its arrays are views
-    of the flat state (change them in place), the entry itself refuses assignment,
-    which would be lost. Copies (``copy``, ``pickle``) are plain dicts."""
-
-    def _refuse(self, *args, **kwargs):
-        raise TypeError("state[i]: a FlatParams optimizer's state entries are views of "
-                        "its flat state; change an array in place (state[i]['exp_avg']"
-                        "[...] = 0) or use load_state_dict()")
-
-    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = setdefault = \
-        clear = _refuse
-
-    def __reduce__(self):
-        return dict, (dict(self),)

@@ -132,6 +132,21 @@ def test_every_state_layout_has_a_row(capsys):
             assert [layout, provider] in [r[:2] for r in rows], (layout, provider)
 
 
+def test_every_layout_with_bf16_state_has_a_row(capsys):
+    """``--optimizer bf16``: each layout that keeps state, with bfloat16 state, against
+    the roofline of its own bytes (2 per state element)."""
+    assert prov.traffic("adam-bf16", "float32") == 20
+    assert prov.traffic("sgd-bf16", "float32") == 16
+    assert set(prov.BF16_STATE) == {f"{name}-bf16" for name, c in prov.CONFIGS.items()
+                                    if c[2] > 0 and not name.endswith("-bf16")}
+    assert cli.main(["--optimizer", "bf16", "--sizes", "64", "--rounds", "1",
+                     "--no-peers", "--backend", "numba,cython"]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    for name in prov.BF16_STATE:
+        for provider in ("fusedopt-numba", "fusedopt-cython", "roofline"):
+            assert [name, provider] in rows, (name, provider)
+
+
 def test_plot_is_written(run, tmp_path):
     pytest.importorskip("matplotlib")
     out, _ = run

@@ -15,7 +15,8 @@ import time
 from . import harness
 from . import providers as prov
 
-OPTIMIZERS = [name for name in prov.CONFIGS if name not in prov.LAYOUTS]
+OPTIMIZERS = [name for name in prov.CONFIGS
+              if name not in prov.LAYOUTS and name not in prov.BF16_STATE]
 DEFAULT_SIZES = "1K,64K,1M,16M"
 QUICK_SIZES = "1K,64K,1M"
 
@@ -61,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "interleaved, and report medians with throughput, speedup over "
                     "naive NumPy and the fraction of a same-traffic roofline kernel.")
     ap.add_argument("--optimizer", default=OPTIMIZERS,
-                    type=comma_list(list(prov.CONFIGS), {"layouts": list(prov.LAYOUTS)}),
+                    type=comma_list(list(prov.CONFIGS), {"layouts": list(prov.LAYOUTS),
+                                                         "bf16": list(prov.BF16_STATE)}),
                     help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default all), "
                          f"or of the other state layouts {','.join(prov.LAYOUTS)} "
-                         "('layouts': all of them)")
+                         "('layouts': all of them), or any with bfloat16 state, "
+                         "'<name>-bf16' ('bf16': all of them)")
     ap.add_argument("--backend", type=comma_list(backends), default=None,
                     help=f"fusedopt backends to time (default: every available one of "
                          f"{','.join(backends)})")

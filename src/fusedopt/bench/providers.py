@@ -40,6 +40,13 @@ LAYOUTS: dict[str, tuple[str, dict, int]] = {
                                   3),
 }
 CONFIGS.update(LAYOUTS)
+#: Each layout that keeps state, with bfloat16 state (``state_dtype="bfloat16"``: 2
+#: bytes per state element beside float32 parameters), timed on request
+#: (``--optimizer adam-bf16,...``; ``bf16`` for all); torch's row is its float32 step.
+BF16_STATE: dict[str, tuple[str, dict, int]] = {
+    f"{name}-bf16": (torch_name, {**kwargs, "state_dtype": "bfloat16"}, k)
+    for name, (torch_name, kwargs, k) in CONFIGS.items() if k > 0}
+CONFIGS.update(BF16_STATE)
 TORCH_FUSED = {"sgd", "adam", "adamw", "adagrad", "sgd-plain", "sgd-nesterov",
                "adam-amsgrad", "adamw-amsgrad"}
 
@@ -48,9 +55,20 @@ class ProviderUnavailable(RuntimeError):
     pass
 
 
+def _state_dtype(optimizer: str, dtype) -> np.dtype:
+    bf16 = "state_dtype" in CONFIGS[optimizer][1]
+    return np.dtype(np.uint16) if bf16 else np.dtype(dtype)  # bf16: its bits
+
+
 def traffic(optimizer: str, dtype) -> int:
     """Bytes per element one step of ``optimizer`` must move at the least."""
-    return bytes_per_element(CONFIGS[optimizer][2], np.dtype(dtype).itemsize)
+    return bytes_per_element(CONFIGS[optimizer][2], np.dtype(dtype).itemsize,
+                             _state_dtype(optimizer, dtype).itemsize)
+
+
+def _torch_kwargs(optimizer: str) -> dict:
+    """The configuration's torch.optim arguments (fusedopt's state_dtype left out)."""
+    return {k: v for k, v in CONFIGS[optimizer][1].items() if k != "state_dtype"}
 
 
 def _arrays(n: int, count: int, dtype) -> list[np.ndarray]:
@@ -64,6 +82,8 @@ def _fusedopt(backend: str, guarded: bool = False) -> Callable:
     def make(optimizer, n, dtype):
         import fusedopt
         name, kwargs, _ = CONFIGS[optimizer]
+        if backend == "numpy":  # the baseline: NumPy keeps float32/float64 state only
+            kwargs = _torch_kwargs(optimizer)
         p, g = _arrays(n, 2, dtype)
         extra = dict(nonfinite="skip", max_grad_norm=1.0) if guarded else {}
         opt = getattr(fusedopt, name)([p], **kwargs, **extra, backend=backend)
@@ -85,7 +105,7 @@ def _torch_param(n, dtype):
 
 def make_torch(optimizer, n, dtype):
     torch, param = _torch_param(n, dtype)
-    name, kwargs, _ = CONFIGS[optimizer]
+    name, kwargs = CONFIGS[optimizer][0], _torch_kwargs(optimizer)
     if not hasattr(torch.optim, name):
         raise ProviderUnavailable(f"not applicable: torch.optim has no {name}")
     fused = {"fused": True} if optimizer in TORCH_FUSED else {}
@@ -100,15 +120,16 @@ def make_deepspeed(optimizer, n, dtype):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
     except Exception as exc:  # not installed, or its C++ op failed to build
         raise ProviderUnavailable(f"DeepSpeed CPU Adam unavailable ({exc})") from exc
-    kwargs = CONFIGS[optimizer][1]
+    kwargs = _torch_kwargs(optimizer)
     if optimizer == "adamw":
         return DeepSpeedCPUAdam([param], **kwargs, weight_decay=1e-2, adamw_mode=True).step
     return DeepSpeedCPUAdam([param], **kwargs, adamw_mode=False).step
 
 
 def make_roofline(optimizer, n, dtype):
-    arrays = _arrays(n, 2 + CONFIGS[optimizer][2], dtype)
-    return lambda: same_traffic(*arrays)
+    p, g, *state = _arrays(n, 2 + CONFIGS[optimizer][2], dtype)
+    state = [a.astype(_state_dtype(optimizer, dtype)) for a in state]
+    return lambda: same_traffic(p, g, *state)
 
 
 def providers() -> dict[str, Callable]:

@@ -64,9 +64,12 @@ def _traffic3(p, g, a, b, c, parallel):
 _KERNELS = (_traffic0, _traffic1, _traffic2, _traffic3)
 
 
-def bytes_per_element(n_state: int, itemsize: int) -> int:
-    """Minimal traffic of an update with ``n_state`` state arrays."""
-    return (2 * n_state + 3) * itemsize
+def bytes_per_element(n_state: int, itemsize: int, state_itemsize: int | None = None
+                      ) -> int:
+    """Minimal traffic of an update with ``n_state`` state arrays (of
+    ``state_itemsize`` bytes per element, default ``itemsize``)."""
+    state_itemsize = itemsize if state_itemsize is None else state_itemsize
+    return 3 * itemsize + 2 * n_state * state_itemsize
 
 
 def same_traffic(p, g, *state) -> None:

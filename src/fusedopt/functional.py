@@ -18,6 +18,7 @@ from collections import namedtuple
 from . import _checks, _device, _guard, algorithms
 from .backends import select
 
+
 def _space(param):
     """The checks for ``param``'s kind of array and the device it lives on."""
     return (_device, "cuda") if _device.is_device_array(param) else (_checks, "cpu")

@@ -87,10 +87,9 @@ def contract(spec: Spec, launch: Callable) -> Callable:
         f"    states = ({slots},)\n"
         f"    launch({spec.name!r}, flags(states, {hyper}), states, host_scalars({hyper}),\n"
         "           param, grad, grad_scale, seed, out)\n")
-    scope = {"launch": launch, "flags": spec.flags,
-             "host_scalars": spec.scalars}
-    exec(compile(source, f"<fusedopt.algorithms.contract: {spec.name}>", "exec"), scope)
-    run = scope[spec.name]
+    run = define(spec.name, source, {"launch": launch, "flags": spec.flags,
+                                     "host_scalars": spec.scalars},
+                 f"fusedopt.algorithms.contract: {spec.name}")
     run.__doc__ = f"One fused pass of ``fusedopt.rules.{spec.name}``."
     return run
 
@@ -121,8 +120,7 @@ class Algorithm(NamedTuple):
     fresh, grad_scale, seed, out)`` calls ``run``, its kernel's contract function
     (``Spec``), with the slot arrays of state ``s`` (None where off) and the raw
     hyperparameters of ``h`` (one expression: a step pays for every indirection);
-    ``validate(h, where)`` checks across hyperparameters; ``Group`` is the namedtuple
-    of a checked group."""
+    ``validate(h, where)`` checks across hyperparameters."""
     title: str
     kernel: Spec
     params: tuple[Hyper, ...]
@@ -133,10 +131,6 @@ class Algorithm(NamedTuple):
     torch_step: bool = True  # torch's state holds a "step" (not SGD's)
     torch_eager: bool = False  # torch creates the state at construction (Adagrad)
     parent: str | None = None  # the class it subclasses (AdamW: Adam), as in torch
-
-    @property
-    def Group(self):  # noqa: N802 - a type
-        return _groups(self.title, tuple(h.name for h in self.params))
 
 
 def constructor(algo: Algorithm, name: str, scope: dict, options: str,
@@ -153,21 +147,23 @@ def constructor(algo: Algorithm, name: str, scope: dict, options: str,
     hyper = "dict(" + ", ".join(f"{h.name}={h.name}" for h in algo.params) + ")"
     source = (f"def __init__(self, params, {positional}, *, {keyword}, {options}) -> None:"
               f"\n    {call.format(hyper=hyper)}\n")
-    scope = dict(scope)
-    exec(compile(source, f"<{name}.__init__>", "exec"), scope)
-    init = scope["__init__"]
+    init = define("__init__", source, scope, f"{name}.__init__")
     init.__qualname__ = f"{algo.title}.__init__"
     return init
 
 
-_GROUP_TYPES: dict[tuple, type] = {}
+def define(name: str, source: str, scope: dict, where: str) -> Callable:
+    """The function ``name`` that ``source`` defines, compiled with the globals
+    ``scope``: functions written out with real parameters (as ``collections.namedtuple``
+    writes its classes); ``where`` names the source in tracebacks."""
+    scope = dict(scope)
+    exec(compile(source, f"<{where}>", "exec"), scope)
+    return scope[name]
 
 
-def _groups(title: str, names: tuple[str, ...]) -> type:
-    key = (title, names)
-    if key not in _GROUP_TYPES:
-        _GROUP_TYPES[key] = namedtuple(f"{title}Group", names)
-    return _GROUP_TYPES[key]
+def checked(name: str, params: tuple[Hyper, ...]) -> type:
+    """The namedtuple of the checked values of ``params``, read by attribute."""
+    return namedtuple(name, [h.name for h in params])
 
 
 def _check_nesterov(h, where) -> None:

@@ -13,7 +13,6 @@ depend on it).
 from __future__ import annotations
 
 import contextlib
-from collections import namedtuple
 
 from . import _checks, _device, _guard, algorithms
 from .backends import select
@@ -46,13 +45,14 @@ def _run(backend: str, device: str, stream, **arrays):
     return impl, contextlib.nullcontext()
 
 
-def _step(f: algorithms.Functional, param, grad, slots: tuple, values: dict,
-          backend: str, stream) -> None:
-    """One functional step: every argument checked, then one backend call."""
+def _step(f: algorithms.Functional, keywords: type, param, grad, slots: tuple,
+          values: dict, backend: str, stream) -> None:
+    """One functional step: every argument checked (into ``keywords``, the
+    namedtuple of ``f.params``), then one backend call."""
     chk, device = _space(param)
     p = chk.param_array(param, "param")
     g = chk.like_param(grad, param, "grad", "param")
-    kw = _keywords(f)(*[h.check(values[h.name], h.name) for h in f.params])
+    kw = keywords(*[h.check(values[h.name], h.name) for h in f.params])
     if f.validate is not None:
         f.validate(kw, "")
     arrays = {}
@@ -70,16 +70,6 @@ def _step(f: algorithms.Functional, param, grad, slots: tuple, values: dict,
                                      -1.0 if kw.maximize else 1.0)
 
 
-_KEYWORDS: dict[str, type] = {}
-
-
-def _keywords(f: algorithms.Functional) -> type:
-    """The namedtuple of ``f``'s checked keyword arguments."""
-    if f.name not in _KEYWORDS:
-        _KEYWORDS[f.name] = namedtuple(f.name, [h.name for h in f.params])
-    return _KEYWORDS[f.name]
-
-
 def _function(f: algorithms.Functional):
     """``f`` as a function with real parameters (written out and compiled, as
     ``collections.namedtuple`` does): its state arrays positional (optional ones
@@ -95,10 +85,10 @@ def _function(f: algorithms.Functional):
     slots = ", ".join(name for name, _ in f.slots)
     source = (f"def {f.name}(param, grad, {state}, *, {keywords}, backend: str = 'auto',"
               " stream=None) -> None:\n"
-              f"    _step(F, param, grad, ({slots},), dict({values}), backend, stream)\n")
-    scope = {"_step": _step, "F": f}
-    exec(compile(source, f"<fusedopt.functional.{f.name}>", "exec"), scope)
-    fn = scope[f.name]
+              f"    _step(F, K, param, grad, ({slots},), dict({values}), backend, stream)\n")
+    fn = algorithms.define(f.name, source, {"_step": _step, "F": f,
+                                            "K": algorithms.checked(f.name, f.params)},
+                           f"fusedopt.functional.{f.name}")
     fn.__module__, fn.__doc__ = __name__, f.doc
     return fn
 

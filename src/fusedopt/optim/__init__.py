@@ -19,7 +19,8 @@ def optimizer_class(algo: algorithms.Algorithm, base: type = Optimizer) -> type:
         "**options: Any", "Optimizer.__init__(self, params, {hyper}, **options)")
     return type(algo.title, (base,), {
         "__doc__": algo.doc, "__module__": __name__, "__init__": init,
-        "_algorithm": algo, "_group": algo.Group, "_kernel": algo.kernel.name,
+        "_algorithm": algo, "_group": algorithms.checked(f"{algo.title}Group", algo.params),
+        "_kernel": algo.kernel.name,
         "_state_names": algo.kernel.slots})
 
 

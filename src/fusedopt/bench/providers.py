@@ -66,8 +66,9 @@ def traffic(optimizer: str, dtype) -> int:
                              _state_dtype(optimizer, dtype).itemsize)
 
 
-def _torch_kwargs(optimizer: str) -> dict:
-    """The configuration's torch.optim arguments (fusedopt's state_dtype left out)."""
+def _float_state_kwargs(optimizer: str) -> dict:
+    """The configuration's arguments without fusedopt's ``state_dtype``: torch.optim's,
+    and the NumPy baseline's (both keep float32/float64 state)."""
     return {k: v for k, v in CONFIGS[optimizer][1].items() if k != "state_dtype"}
 
 
@@ -83,7 +84,7 @@ def _fusedopt(backend: str, guarded: bool = False) -> Callable:
         import fusedopt
         name, kwargs, _ = CONFIGS[optimizer]
         if backend == "numpy":  # the baseline: NumPy keeps float32/float64 state only
-            kwargs = _torch_kwargs(optimizer)
+            kwargs = _float_state_kwargs(optimizer)
         p, g = _arrays(n, 2, dtype)
         extra = dict(nonfinite="skip", max_grad_norm=1.0) if guarded else {}
         opt = getattr(fusedopt, name)([p], **kwargs, **extra, backend=backend)
@@ -105,7 +106,7 @@ def _torch_param(n, dtype):
 
 def make_torch(optimizer, n, dtype):
     torch, param = _torch_param(n, dtype)
-    name, kwargs = CONFIGS[optimizer][0], _torch_kwargs(optimizer)
+    name, kwargs = CONFIGS[optimizer][0], _float_state_kwargs(optimizer)
     if not hasattr(torch.optim, name):
         raise ProviderUnavailable(f"not applicable: torch.optim has no {name}")
     fused = {"fused": True} if optimizer in TORCH_FUSED else {}
@@ -120,7 +121,7 @@ def make_deepspeed(optimizer, n, dtype):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
     except Exception as exc:  # not installed, or its C++ op failed to build
         raise ProviderUnavailable(f"DeepSpeed CPU Adam unavailable ({exc})") from exc
-    kwargs = _torch_kwargs(optimizer)
+    kwargs = _float_state_kwargs(optimizer)
     if optimizer == "adamw":
         return DeepSpeedCPUAdam([param], **kwargs, weight_decay=1e-2, adamw_mode=True).step
     return DeepSpeedCPUAdam([param], **kwargs, adamw_mode=False).step

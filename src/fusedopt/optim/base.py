@@ -409,7 +409,7 @@ class Optimizer(Precision, FlatMode, Serialise):
             if new:
                 live.update(new)
             self._update(impl, p, flat_grads[i], work, hyper, fresh, scale,
-                         0 if p.dtype is not _BITS else self._seed(p, work, i), out)
+                         self._seed(p, work, i), out)
             live["step"] = work["step"]
 
     def _grad_scale(self, grads: list[np.ndarray], name) -> float | None:
@@ -505,4 +505,3 @@ def _immutable(group: Mapping[str, Any]) -> bool:
 
 
 _SCALARS = (float, int, bool, str, type(None))
-_BITS = np.dtype(np.uint16)  # the kernel view of bfloat16 arrays

@@ -10,6 +10,8 @@ from .. import _checks, _device, scalars
 
 #: the state name of a bf16 parameter's float32 master copy (master_weights=True)
 MASTER = "master_param"
+#: the kernel view of bfloat16 arrays (their bits)
+BITS = np.dtype(np.uint16)
 
 
 class Precision:
@@ -86,7 +88,7 @@ class Precision:
 
     def _seed(self, flat, state, index: int) -> int:
         """The stochastic-rounding seed of this step (bf16 parameters), else 0."""
-        if flat.dtype != np.uint16:
+        if flat.dtype is not BITS:  # a kernel view's dtype: the builtin singleton
             return 0
         return scalars.rounding_seed(self.seed, state["step"] + 1, index)
 

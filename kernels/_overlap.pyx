@@ -147,3 +147,160 @@ def common_plan(list flats, list params, list grads, dict state, list kinds,
     if i != n or overlap(arrays + flat_grads) is not None:
         return None
     return flat_grads, plans
+
+
+cdef object _np = None
+
+
+def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_step,
+                double max_step):
+    """The common case of ``fusedopt.torch``'s multi-tensor plan (``_Fused._plan_multi``,
+    its Python twin, which a test holds to the same answers) in one call, or None
+    whenever anything is off it: then the caller runs the Python plan, which raises
+    the precise error or allocates first-step state. The common case: every
+    parameter with a gradient a ``types`` tensor of a ``kinds`` dtype on the CPU,
+    C-contiguous with a data pointer (torch raises on ``data_ptr()`` of a sparse or
+    mkldnn tensor: any exception here means "not the common case"), its gradient a plain tensor of the same dtype, size and
+    layout; its ``state`` entry a dict holding, for each state tensor its group needs,
+    a plain tensor of the same dtype, size and layout, and (``has_step``) a ``step``
+    that is a one-element float32 CPU tensor holding a count in ``[0, max_step]``;
+    no two of them sharing a byte. ``groups`` holds per param group ``(params,
+    columns)``, ``columns`` the ``(name, table column)`` of each state tensor it needs;
+    ``kinds`` maps each dtype to ``(kernel kind, itemsize)``. Returns ``(table,
+    counts, meta, indices, steps, None, keep, {})``: per stepped parameter, the
+    addresses of its parameter, gradient and state (``table``), its elements,
+    ``(group, kind, step, fresh=0)`` (``meta``), its index among all parameters, the
+    address of its float32 step tensor (0 without); ``keep`` the tensors, held until
+    the kernels have run; (the Python plan's step tensors and new state: none)."""
+    try:
+        return _tensor_plan(groups, state, kinds, types, has_step, max_step)
+    except Exception:  # whatever it was, the Python plan names it
+        return None
+
+
+cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_step,
+                double max_step):
+    global _np
+    if _np is None:
+        import numpy
+        _np = numpy
+    cdef Py_ssize_t total = 0, t = 0, index = 0, k, c, col, spans_n = 0, far = -1, ncols
+    cdef object params, columns, p, g, live, obj, dtype, kind, name, f32, byid
+    cdef list keep = []
+    cdef long long numel, size
+    cdef double step
+    cdef size_t addr
+    for params, columns in groups:
+        total += len(<list?>params)
+    table = _np.zeros((total, 6), _np.int64)
+    counts = _np.empty(total, _np.int64)
+    meta = _np.zeros((total, 4), _np.int64)
+    indices = _np.empty(total, _np.int64)
+    steps = _np.zeros(total, _np.int64)
+    cdef long long[:, ::1] tab = table, met = meta
+    cdef long long[::1] cnt = counts, ind = indices, stp = steps
+    tensor, parameter = types
+    f32 = None
+    for dtype, kind in kinds.items():
+        if kind[0] == 0:
+            f32 = dtype
+    byid = {id(key): value for key, value in state.items()}
+    for k, (params, columns) in enumerate(groups):
+        ncols = len(columns)
+        for p in params:
+            g = p.grad
+            if g is None:
+                index += 1
+                continue
+            if type(p) is not tensor and type(p) is not parameter:
+                return None
+            if type(g) is not tensor:
+                return None
+            dtype = p.dtype
+            kind = kinds.get(dtype)
+            if kind is None or g.dtype is not dtype:
+                return None
+            if not (p.is_cpu and g.is_cpu):
+                return None
+            numel = p.numel()
+            if g.numel() != numel or not p.is_contiguous() or not g.is_contiguous():
+                return None
+            live = byid.get(id(p))
+            if type(live) is not dict:
+                return None
+            tab[t, 0] = p.data_ptr()
+            tab[t, 1] = g.data_ptr()
+            keep.append(p)
+            keep.append(g)
+            for name, c in columns:
+                obj = (<dict>live).get(name)
+                if (type(obj) is not tensor or obj.dtype is not dtype or not obj.is_cpu
+                        or obj.numel() != numel or not obj.is_contiguous()):
+                    return None
+                tab[t, c] = obj.data_ptr()
+                keep.append(obj)
+            step = 0
+            if has_step:
+                obj = (<dict>live).get("step")
+                if (type(obj) is not tensor or obj.dtype is not f32 or not obj.is_cpu
+                        or obj.numel() != 1):
+                    return None
+                addr = obj.data_ptr()
+                step = (<float*>addr)[0]
+                if not (0 <= step <= max_step) or step != <long long>step:
+                    return None
+                stp[t] = addr
+                keep.append(obj)
+            cnt[t] = numel
+            met[t, 0], met[t, 1], met[t, 2] = k, kind[0], <long long>step
+            ind[t] = index
+            spans_n += 2 + ncols + has_step
+            t += 1
+            index += 1
+    if index != total:
+        return None
+    # no two of them share a byte: the sweep of first_overlap over the table
+    cdef Span* spans = <Span*>malloc(max(spans_n, 1) * sizeof(Span))
+    if spans == NULL:
+        raise MemoryError()
+    try:
+        c = 0
+        for k in range(t):
+            size = cnt[k] * _itemsize(met[k, 1])
+            for col in range(6):
+                if tab[k, col] != 0 or col < 2:
+                    spans[c].start = tab[k, col]
+                    spans[c].stop = spans[c].start + size
+                    c += 1
+            if stp[k]:
+                spans[c].start = stp[k]
+                spans[c].stop = spans[c].start + 4
+                c += 1
+        qsort(spans, c, sizeof(Span), _by_start)
+        for k in range(c):
+            if spans[k].start >= spans[k].stop:
+                continue
+            if far >= 0 and spans[k].start < spans[far].stop:
+                return None
+            if far < 0 or spans[k].stop > spans[far].stop:
+                far = k
+    finally:
+        free(spans)
+    return table[:t], counts[:t], meta[:t], indices[:t], steps[:t], None, keep, {}
+
+
+cdef inline Py_ssize_t _itemsize(long long kind) noexcept:
+    # the kernels' storage kinds: float32, float64, bf16 bits
+    return 4 if kind == 0 else (8 if kind == 1 else 2)
+
+
+def count_steps(const long long[::1] addresses):
+    """Add 1 to each float32 at ``addresses`` (0: none): the ``step`` tensors of a
+    multi-tensor step, checked by ``tensor_plan`` (one-element float32 CPU tensors)
+    and held alive by the caller."""
+    cdef Py_ssize_t k
+    cdef size_t addr
+    for k in range(addresses.shape[0]):
+        addr = addresses[k]
+        if addr:
+            (<float*>addr)[0] += 1

@@ -85,8 +85,8 @@ def contract(spec: Spec, launch: Callable) -> Callable:
     source = (
         f"def {spec.name}(param, grad, {slots}, {hyper}, grad_scale, seed=0, out=None):\n"
         f"    states = ({slots},)\n"
-        f"    launch({spec.name!r}, flags(states, {hyper}), states, host_scalars({hyper}),\n"
-        "           param, grad, grad_scale, seed, out)\n")
+        f"    return launch({spec.name!r}, flags(states, {hyper}), states,\n"
+        f"                  host_scalars({hyper}), param, grad, grad_scale, seed, out)\n")
     run = define(spec.name, source, {"launch": launch, "flags": spec.flags,
                                      "host_scalars": spec.scalars},
                  f"fusedopt.algorithms.contract: {spec.name}")
@@ -164,6 +164,16 @@ def define(name: str, source: str, scope: dict, where: str) -> Callable:
 def checked(name: str, params: tuple[Hyper, ...]) -> type:
     """The namedtuple of the checked values of ``params``, read by attribute."""
     return namedtuple(name, [h.name for h in params])
+
+
+def _arguments(name, flags, states, h, param, grad, grad_scale, seed, out):
+    return flags, tuple(s is not None for s in states), h, grad_scale
+
+
+#: per spec, its contract function that launches nothing but returns what a call
+#: would compile and pass: ``(flags, present slots, host scalars, grad_scale)``; what
+#: a multi-tensor call (one launch over many tensors, ``impl.multi``) is given
+ARGUMENTS = {spec.name: contract(spec, _arguments) for spec in SPECS}
 
 
 def _check_nesterov(h, where) -> None:

@@ -21,6 +21,7 @@ the thread count.
 
 from __future__ import annotations
 
+import collections
 import operator
 import threading
 from typing import Any, Callable, MutableMapping
@@ -33,10 +34,17 @@ from . import algorithms as _algorithms
 from . import flat as _flat
 from . import optim as _optim
 from . import scalars
-from .backends import select
+from .backends import policy, select
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _STEP_DTYPES = (torch.float32, torch.float64, torch.int64)  # hold any count + 1
+#: the kernels' storage kinds (``_kernels``), per parameter dtype; their itemsizes
+#: and the NumPy dtypes the kernels take (parameter, gradient, state)
+_KINDS = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
+_ITEMSIZE = (4, 8, 2)
+_KIND_DTYPES = tuple((np.dtype(d),) * 3 for d in (np.float32, np.float64, np.uint16))
+_TYPES = (torch.Tensor, torch.nn.Parameter)
+_STATE_TYPES = (dict, collections.defaultdict)  # what torch.optim keeps
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -72,6 +80,9 @@ class _Fused(torch.optim.Optimizer):
         # one step (or load) at a time: a second thread's waits
         self._lock = threading.Lock()
         self._flat = _FlatTorch(self) if flatten else None
+        #: one kernel call per (group, dtype, step) over all its tensors
+        self._multi = hasattr(self._impl, "multi")
+        self._kinds = {dt: (_KINDS[dt], _ITEMSIZE[_KINDS[dt]]) for dt in self._dtypes}
         if self._eager_state:
             self._start_state()
 
@@ -113,9 +124,169 @@ class _Fused(torch.optim.Optimizer):
         with self._lock:
             if self._flat is not None:
                 self._flat.step()
-                return loss
-            self._run(self._plan())
+            elif self._multi:
+                self._run_multi(*self._plan_multi())
+            else:
+                self._run(self._plan())
         return loss
+
+    def _plan_multi(self) -> tuple:
+        """The multi-tensor plan: per parameter with a gradient, the addresses of its
+        parameter, gradient and state, checked like ``_plan``'s views (device, dtype,
+        size, layout), first-step state allocated but not yet in ``state``; then the
+        byte ranges of everything against each other. The common case runs in one C
+        call (``_guard.tensor_plan``, which says what it is); anything else (a first
+        step, a step that is not a float32 tensor, an error to name) here. Returns
+        ``(table, counts, meta, indices, step addresses, step tensors, keep, new)``
+        as ``tensor_plan`` documents; ``new``: the state to commit per parameter."""
+        algo = self._algorithm
+        slots = algo._algorithm.kernel.slots
+        groups = []
+        for k, group in enumerate(self.param_groups):
+            spec = algo._state_spec(algo._check_group(group, k))
+            groups.append((group["params"], tuple((name, 2 + slots.index(name))
+                                                  for name, _ in spec)))
+        if _guard.tensor_plan is not None and type(self.state) in _STATE_TYPES:
+            common = _guard.tensor_plan(groups, self.state, self._kinds, _TYPES,
+                                        self._has_step, float(_checks.MAX_STEP))
+            if common is not None:
+                return common
+        return self._plan_multi_full()
+
+    def _plan_multi_full(self) -> tuple:
+        """``_plan_multi`` in Python: every case, every error named."""
+        algo, owner, dtypes = self._algorithm, type(self).__name__, self._dtypes
+        slots = algo._algorithm.kernel.slots
+        rows, counts, meta, indices, steps, step_tensors, keep = [], [], [], [], [], [], []
+        new_state: dict = {}
+        state, index = self.state, 0
+        for k, group in enumerate(self.param_groups):
+            spec = algo._state_spec(algo._check_group(group, k))
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    index += 1
+                    continue
+                _check_tensor(p, owner, dtypes, self.backend)
+                live = state.get(p)
+                if live is None:
+                    live = {}
+                elif type(live) is not dict and not isinstance(live, MutableMapping):
+                    raise TypeError(f"state[params[{index}]]: expected a dict of state, "
+                                    f"got {type(live).__name__}")
+                numel, dtype, fresh, new = p.numel(), p.dtype, False, {}
+                row = [p.data_ptr(), g.data_ptr(), 0, 0, 0, 0]
+                keep += (p, g)
+                for name, init in spec:
+                    t = live.get(name)
+                    if t is None:
+                        t = new[name] = torch.full_like(
+                            p, init, memory_format=torch.preserve_format)
+                        fresh = True
+                    else:
+                        _check_state(t, p, ("state", ("params", index), name))
+                    row[2 + slots.index(name)] = t.data_ptr()
+                    keep.append(t)
+                step = 0
+                if self._has_step:
+                    step_t = live.get("step")
+                    if step_t is None and any(isinstance(v, torch.Tensor)
+                                              for v in live.values()):
+                        raise ValueError(
+                            f"state[params[{index}]]: holds state tensors but no "
+                            "'step'; set opt.state[p] = {} to start it afresh")
+                    if step_t is not None:
+                        step = self._odd_step(step_t, index)
+                    if not (type(step_t) is torch.Tensor and step_t.is_cpu
+                            and step_t.dtype is torch.float32 and step_t.numel() == 1):
+                        # as torch converts at load: a float32 tensor
+                        step_t = new["step"] = torch.tensor(float(step),
+                                                            dtype=torch.float32)
+                    steps.append(step_t.data_ptr())
+                    step_tensors.append(step_t)
+                if new:
+                    new_state[p] = new
+                rows.append(row)
+                counts.append(numel)
+                meta.append((k, _KINDS[dtype], step, fresh))
+                indices.append(index)
+                index += 1
+        plan = (np.array(rows, np.int64).reshape(-1, 6), np.array(counts, np.int64),
+                np.array(meta, np.int64).reshape(-1, 4), np.array(indices, np.int64),
+                np.array(steps if self._has_step else [0] * len(rows), np.int64),
+                step_tensors, keep, new_state)
+        self._check_overlap(plan)
+        return plan
+
+    def _check_overlap(self, plan: tuple) -> None:
+        """No two tensors of the step share a byte (``_guard``), read from the
+        plan's addresses; an error names the tensors as ``_plan`` does."""
+        table, counts, meta, indices, steps = plan[:5]
+        slots = self._algorithm._algorithm.kernel.slots
+        starts, stops, names = [], [], []
+        for row, n, kind, j, step in zip(table.tolist(), counts.tolist(),
+                                         meta[:, 1].tolist(), indices.tolist(),
+                                         steps.tolist()):
+            for c, a in enumerate(row):
+                if a or c < 2:
+                    starts.append(a)
+                    stops.append(a + n * _ITEMSIZE[kind])
+                    names.append(("params", j) if c == 0 else ("grads", j) if c == 1
+                                 else ("state", ("params", j), slots[c - 2]))
+            if step:
+                starts.append(step)
+                stops.append(step + 4)
+                names.append(("state", ("params", j), "step"))
+        pair = _guard.first_overlap(starts, stops)
+        if pair is not None:
+            _guard._raise(pair, lambda: names)
+
+    def _run_multi(self, table, counts, meta, indices, steps, step_tensors, keep,
+                   new_state) -> None:
+        """The kernel calls of a checked multi-tensor plan, one per (group, dtype,
+        step, first step) (usually one per group and dtype); first-step state joins
+        ``state`` first, the steps are counted after."""
+        state = self.state
+        for p, new in new_state.items():
+            live = state.get(p)
+            if live is None:
+                state[p] = new
+            else:
+                live.update(new)
+        if len(meta) and (meta == meta[0]).all():
+            self._launch(table, counts, meta[0], indices)
+        elif len(meta):
+            keys, which = np.unique(meta, axis=0, return_inverse=True)
+            for b, key in enumerate(keys):
+                mine = which.reshape(-1) == b
+                self._launch(np.ascontiguousarray(table[mine]), counts[mine], key,
+                             indices[mine])
+        if step_tensors is None:
+            _guard.count_steps(steps)
+        elif step_tensors:
+            torch._foreach_add_(step_tensors, 1.0)
+
+    def _launch(self, table, counts, key, indices) -> None:
+        """One kernel call over the parameters of ``table`` (one group, dtype, step
+        and first step: ``key``)."""
+        algo = self._algorithm
+        k, kind, step, fresh = key.tolist()
+        hyper = algo._check_group(self.param_groups[k], k)
+        slots = algo._algorithm.kernel.slots
+        flags, present, h, scale = algo._arguments(dict.fromkeys(slots, True), hyper,
+                                                   step + 1, bool(fresh))
+        names = {name for name, _ in algo._state_spec(hyper)}
+        if present != tuple(name in names for name in slots):
+            raise RuntimeError(f"fusedopt: the state {sorted(names)} and the kernel's "
+                               f"slots {present} disagree")
+        if kind == _KINDS[torch.bfloat16]:
+            seeds = np.array([scalars.rounding_seed(self.seed, step + 1, j)
+                              for j in indices.tolist()], np.int64)
+        else:
+            seeds = np.zeros(len(counts), np.int64)
+        self._impl.multi(algo._kernel, flags, present, h, _KIND_DTYPES[kind], table,
+                         counts, seeds, scale,
+                         int(counts.sum()) >= policy.PARALLEL_MIN_SIZE)
 
     def _plan(self) -> list[tuple]:
         """Per parameter with a gradient, its kernel call: NumPy views of the live

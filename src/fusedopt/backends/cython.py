@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import os
 
+import numpy as np
+
 from .. import algorithms
 from . import policy
 
@@ -50,6 +52,16 @@ def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
 
 
 _SLOTS = 4  # the kernels' s0..s3
+
+#: the kernels' storage kinds: float32, float64, bf16 bits
+_KINDS = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.uint16): 2}
+
+
+def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, parallel):
+    """One kernel call over every tensor of ``table`` (``numba_cpu.multi``'s
+    contract; an absent slot is a 0 address, so ``present`` is not needed)."""
+    getattr(_k, name + "_multi")(table, counts, seeds, h, flags, grad_scale, parallel,
+                                 _KINDS[dtypes[0]], _KINDS[dtypes[2]])
 
 # the backend contract: one function per algorithm, each built from its spec
 globals().update({spec.name: algorithms.contract(spec, _call) for spec in algorithms.SPECS})

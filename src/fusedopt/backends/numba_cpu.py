@@ -19,6 +19,7 @@ import threading
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.extending import register_jitable
 
 from .. import algorithms, rules
 from . import policy, template
@@ -65,6 +66,118 @@ def _template(rule, flags: tuple[bool, ...], slots: int):
 
 _PARALLEL_AT = 6  # the position of ``parallel`` in the template's arguments
 
+
+def _multi_template(rule, flags: tuple[bool, ...], slots: int):
+    """``_template`` over many tensors in one call (as torch's and apex's multi-tensor
+    apply): row ``t`` of ``table`` holds the addresses of tensor ``t``'s parameter,
+    gradient and slots (``template.TABLE_COLUMNS``), ``counts[t]`` its elements and
+    ``seeds[t]`` its stochastic-rounding seed; ``parallel``: 0 for the serial loop,
+    else the number of threads (Numba's, read by the caller: compiled code that
+    reads it cannot be cached). ``pp``, ``gp`` and ``s0..s3`` are
+    zero-size arrays of the parameter's, gradient's and slots' dtypes (None where a
+    slot is absent): the types, and so the specialisation. The parallel loop splits
+    the elements of all the tensors into one equal range per thread (a large tensor
+    beside many small ones is shared out too); each range walks the tensors it
+    covers, element by element through the same body as ``_template``."""
+    step = template.element(rule, flags, slots)
+
+    @register_jitable
+    def span(table, counts, seeds, row, h, grad_scale, zero, pp, gp, s0, s1, s2, s3):
+        """Elements ``[lo, hi)`` of tensor ``t``, for ``(t, lo, hi) = row``. The index
+        runs unsigned: a signed one LLVM cannot prove non-negative keeps NumPy's
+        negative-index wraparound in the loop, which then does not vectorise
+        (measured 10x slower)."""
+        t, lo, hi = row[0], row[1], row[2]
+        m = counts[t]
+        p, g = template.array_at(table[t, 0], m, pp), template.array_at(table[t, 1], m, gp)
+        a0, a1 = template.array_at(table[t, 2], m, s0), template.array_at(table[t, 3], m, s1)
+        a2, a3 = template.array_at(table[t, 4], m, s2), template.array_at(table[t, 5], m, s3)
+        seed = seeds[t]
+        for i in range(np.uint64(lo), np.uint64(hi)):
+            step(p, g, i, h, grad_scale, zero, seed, None, a0, a1, a2, a3)
+
+    def loop(table, counts, seeds, h, grad_scale, parallel, pp, gp, s0=None, s1=None,
+             s2=None, s3=None):
+        h, grad_scale, zero = cast_all(h, pp), cast_like(grad_scale, pp), cast_like(0.0, pp)
+        work, first = _spans(counts, parallel)
+        if parallel:
+            for c in prange(parallel):
+                for r in range(first[c], first[c + 1]):
+                    span(table, counts, seeds, work[r], h, grad_scale, zero, pp, gp,
+                         s0, s1, s2, s3)
+        else:
+            for r in range(work.shape[0]):
+                span(table, counts, seeds, work[r], h, grad_scale, zero, pp, gp,
+                     s0, s1, s2, s3)
+    return loop
+
+
+@register_jitable
+def _spans(counts, ranges):
+    """The work of a multi-tensor call as rows ``(tensor, lo, hi)``, and where each
+    thread's rows start: one row per tensor (``ranges`` 0: serial), or the elements
+    of all the tensors cut into ``ranges`` near-equal shares, one per thread (rows
+    ``first[c]:first[c + 1]``), each split where a tensor ends. A cut inside a tensor
+    falls on a multiple of ``ALIGN`` elements from its start, so every element is
+    computed by the same part of the vectorised loop (body or remainder) as in a
+    call over that tensor alone: the results do not depend on the thread count."""
+    n = counts.size
+    first = np.zeros(max(ranges, 1) + 1, np.int64)
+    if ranges == 0:
+        work = np.empty((n, 3), np.int64)
+        for t in range(n):
+            work[t, 0], work[t, 1], work[t, 2] = t, 0, counts[t]
+        first[1] = n
+        return work, first
+    ends = np.cumsum(counts)
+    total = ends[n - 1] if n else 0
+    size = (total + ranges - 1) // ranges
+    work = np.empty((n + ranges, 3), np.int64)
+    rows = 0
+    lo = 0
+    for c in range(ranges):
+        hi = total if c == ranges - 1 else _aligned_cut(ends, counts, (c + 1) * size)
+        t = _first_after(ends, lo)
+        while lo < hi:
+            stop = min(hi, ends[t])
+            start = ends[t] - counts[t]
+            work[rows, 0], work[rows, 1], work[rows, 2] = t, lo - start, stop - start
+            rows += 1
+            lo = stop
+            t += 1
+        first[c + 1] = rows
+    return work, first
+
+
+#: elements: a multiple of every vector width times unroll factor of the loops
+ALIGN = 64
+
+
+@register_jitable
+def _aligned_cut(ends, counts, x):
+    """``x`` moved down to a multiple of ``ALIGN`` from the start of its tensor."""
+    t = _first_after(ends, x)
+    if t == ends.size:
+        return ends[t - 1] if t else 0
+    start = ends[t] - counts[t]
+    return start + (x - start) // ALIGN * ALIGN
+
+
+@register_jitable
+def _first_after(ends, x):
+    """The first index ``t`` with ``ends[t] > x`` (``ends`` ascending)."""
+    lo, hi = 0, ends.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ends[mid] > x:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+_MULTI_PARALLEL_AT = 5
+
 #: compiled kernels (Numba dispatchers), by ``(name, flags, slots)``; see ``kernel``
 KERNELS: dict[tuple, object] = {}
 _SERIALISED: dict[tuple, object] = {}
@@ -81,6 +194,47 @@ def kernel(name: str, flags: tuple[bool, ...], slots: int, parallel: bool = Fals
         _SERIALISED[key] = _serialised(k, _PARALLEL_AT)  # first: another thread may find k
         KERNELS[key] = k
     return _SERIALISED[key] if parallel and not _threadsafe else k
+
+
+#: compiled multi-tensor kernels, by ``(name, flags, slots)``; see ``multi_kernel``
+MULTI_KERNELS: dict[tuple, object] = {}
+_MULTI_SERIALISED: dict[tuple, object] = {}
+
+
+def multi_kernel(name: str, flags: tuple[bool, ...], slots: int, parallel: bool = False):
+    """The compiled ``_multi_template`` of ``rules.<name>`` (see ``kernel``)."""
+    key = (name, flags, slots)
+    k = MULTI_KERNELS.get(key)
+    if k is None:
+        k = _jit(_multi_template(getattr(rules, name), tuple(map(bool, flags)), slots))
+        _MULTI_SERIALISED[key] = _serialised(k, _MULTI_PARALLEL_AT)
+        MULTI_KERNELS[key] = k
+    return _MULTI_SERIALISED[key] if parallel and not _threadsafe else k
+
+
+def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, parallel):
+    """One kernel call over every tensor of ``table`` (see ``_multi_template``):
+    ``present`` says which slots the tensors have, ``dtypes`` the NumPy dtypes of
+    (parameter, gradient, state)."""
+    k = (_MULTI_SERIALISED if parallel and not _threadsafe else MULTI_KERNELS).get(
+        (name, flags, len(present)))
+    if k is None:
+        k = multi_kernel(name, flags, len(present), parallel=parallel)
+    pp, gp, sp = map(_prototype, dtypes)
+    k(table, counts, seeds, h, grad_scale, numba.get_num_threads() if parallel else 0,
+      pp, gp,
+      *[sp if x else None for x in present])
+
+
+_PROTOTYPES: dict[np.dtype, np.ndarray] = {}
+
+
+def _prototype(dtype) -> np.ndarray:
+    """A zero-size array of ``dtype``: what a multi-tensor kernel is typed by."""
+    a = _PROTOTYPES.get(dtype)
+    if a is None:
+        a = _PROTOTYPES[np.dtype(dtype)] = np.empty(0, dtype)
+    return a
 
 
 def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):

@@ -1,7 +1,8 @@
 """Backend registry: which implementation of the kernel contract runs a step.
 
-Every backend module implements the same four functions over flat, C-contiguous
-arrays with raw hyperparameters (see ``numpy_ref`` for the plainest statement):
+Every backend module implements the same functions, one per algorithm
+(``algorithms.SPECS``), over flat, C-contiguous arrays with raw hyperparameters (see
+``numpy_ref`` for the plainest statement), for example:
 
     sgd(param, grad, momentum_buffer, fresh_buffer, lr, momentum, dampening,
         weight_decay, nesterov, grad_scale)
@@ -22,6 +23,16 @@ bf16 parameter that receives the float32 ``param`` (its master copy) rounded to
 nearest even. And one reduction:
 
     grad_stats(grad, parallel) -> (sum of squares in float64, count of non-finite)
+
+The compiled host backends (numba, cython) also take many tensors in one call, given
+by address (the multi-tensor path of ``fusedopt.torch``):
+
+    multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, parallel)
+
+``table[t]`` holds the addresses of tensor ``t``'s parameter, gradient and state
+slots (``template.TABLE_COLUMNS``; 0 where ``present`` says a slot is absent),
+``counts[t]`` its elements; ``flags``, ``h`` and ``grad_scale`` are what the
+algorithm's contract function would pass its kernel (``algorithms.ARGUMENTS``).
 
 Callers validate; backends trust their arguments.
 """

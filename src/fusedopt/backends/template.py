@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from numba.extending import register_jitable
+import numba
+from numba.core import types
+from numba.extending import intrinsic, overload, register_jitable
 
 from .. import lowbit, rules
 from ..lowbit import load, load_or, store_if, store_param
@@ -79,3 +81,37 @@ def element(rule, flags: tuple[bool, ...], slots: int):
             store_if(s3, i, new[4])
 
     return step
+
+
+# -- multi-tensor calls: tensors given by address -------------------------------------
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The int64 ``address`` as a pointer to elements of ``like``'s dtype."""
+    if not isinstance(like, types.Array):
+        return None
+    sig = types.CPointer(like.dtype)(address, like)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return sig, codegen
+
+
+def array_at(address, n, like):
+    """The ``n`` elements of ``like``'s dtype at ``address`` as a 1-D array; None
+    where ``like`` is None (an absent slot, chosen by type at compile time). Only
+    compiled code uses it (the overload below): the addresses are of tensors the
+    caller has checked (dtype, size, dense, no overlap) and keeps alive."""
+    raise NotImplementedError("template.array_at runs in compiled code only")
+
+
+@overload(array_at, target="generic")
+def _array_at_impl(address, n, like):
+    if isinstance(like, (types.NoneType, types.Omitted)):
+        return lambda address, n, like: None
+    return lambda address, n, like: numba.carray(_pointer(address, like), n)
+
+
+#: the columns of a multi-tensor call's table of addresses: parameter, gradient,
+#: then the slots s0..s3 (0 where a slot is absent)
+TABLE_COLUMNS = 2 + MAX_SLOTS

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import _checks, _device, _guard
+from .. import algorithms as _algorithms
 from ..backends import policy, select
 from ..flat import FlatParams
 from .flatmode import FlatMode, _FlatState
@@ -480,6 +481,16 @@ class Optimizer(Precision, FlatMode, Serialise):
         state["step"] = step = state["step"] + 1
         cls._algorithm.call(getattr(impl, cls._kernel), p, g, state, hyper, step, fresh,
                             -scale if hyper.maximize else scale, seed, out)
+
+    @classmethod
+    def _arguments(cls, names: dict, hyper: tuple, step: int, fresh: bool,
+                   scale: float = 1.0) -> tuple:
+        """What ``_update`` would pass the kernel at ``step`` (the new count) for a
+        state holding ``names``: ``(flags, present slots, host scalars, grad_scale)``,
+        for one multi-tensor call (``impl.multi``) over tensors in that state."""
+        return cls._algorithm.call(_algorithms.ARGUMENTS[cls._kernel], None, None, names,
+                                   hyper, step, fresh, -scale if hyper.maximize else scale,
+                                   0, None)
 
     def __repr__(self) -> str:
         mode = (f", flat: {len(self._segments)} segments" if self.flat_params is not None

@@ -1,0 +1,200 @@
+"""Multi-tensor calls: one kernel call over many tensors given by address.
+
+The multi-tensor kernels (``impl.multi``: ``numba_cpu._multi_template`` and the
+Cython ``<name>_multi``) must step each tensor exactly as one call per tensor does,
+serial and parallel, for every algorithm, option and storage; the drop-in's default
+path (``fusedopt.torch``, one call per group and dtype) must equal its per-tensor
+path; and its C plan (``_overlap.tensor_plan``) must give what its Python twin gives
+wherever it answers, and leave every other case to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusedopt import _guard
+from fusedopt.backends import select
+from fusedopt.backends.template import TABLE_COLUMNS
+from cases import ALGORITHMS, CASES, case_id
+
+torch = pytest.importorskip("torch")
+import fusedopt.torch as ft  # noqa: E402
+
+BACKENDS = ["numba", "cython"]
+SIZES = [0, 3, 1000, 17, 4099, 1]
+
+
+def _arrays(rng, dtype, sizes):
+    return [rng.standard_normal(n).astype(dtype) for n in sizes]
+
+
+FLOAT32 = (np.float32, np.float32)
+#: (parameter, state) storages: float64, bf16 parameters with bf16 state, float32
+#: parameters with bf16 state
+OTHER_STORAGES = [(np.float64, np.float64), (np.uint16, np.uint16),
+                  (np.float32, np.uint16)]
+# every case in float32; each algorithm's last case (most options on) in the other
+# storages too (each storage is one more compiled specialisation per case)
+STORAGE_CASES = [(case, FLOAT32) for case in CASES] + [
+    (case, storage) for case in CASES
+    if case is [c for c in CASES if c[0] == case[0]][-1] for storage in OTHER_STORAGES]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case, storage", STORAGE_CASES,
+                         ids=[f"{case_id(c)}-{s[0].__name__}-{s[1].__name__}"
+                              for c, s in STORAGE_CASES])
+def test_multi_call_steps_each_tensor_as_its_own_call(backend, case, storage):
+    """In both loops (serial, parallel), one multi-tensor call leaves every parameter
+    and state array bit-identical to one contract call per tensor."""
+    name, kwargs = case
+    opt_cls = ALGORITHMS[name][0]
+    algo = opt_cls._algorithm
+    hyper = opt_cls._check_group({**{h.name: h.default for h in algo.params}, **kwargs},
+                                 0)
+    spec = opt_cls._state_spec(hyper)
+    _, impl = select(backend, "cpu")
+    slots = algo.kernel.slots
+    for pdt, sdt in [storage]:
+        for parallel in (False, True):
+            rng = np.random.default_rng(1)
+
+            def make(dt):
+                a = _arrays(rng, np.float32, SIZES)
+                if dt == np.uint16:  # bf16 bits of those values
+                    return [(x.view(np.uint32) >> 16).astype(np.uint16) for x in a]
+                return [x.astype(dt) for x in a]
+
+            params, grads = make(pdt), make(pdt)
+            states = {n: [np.abs(x) if sdt != np.uint16 else x for x in make(sdt)]
+                      for n, _ in spec}
+            ref = ([p.copy() for p in params],
+                   {n: [a.copy() for a in arrs] for n, arrs in states.items()})
+            step = 4
+            for t in range(len(SIZES)):
+                work = {"step": step - 1, **{n: ref[1][n][t] for n in states}}
+                seed = 7 * t + 1 if pdt == np.uint16 else 0
+                opt_cls._update(impl, ref[0][t], grads[t], work, hyper, False, 1.0, seed)
+            table = np.zeros((len(SIZES), TABLE_COLUMNS), np.int64)
+            for t in range(len(SIZES)):
+                table[t, 0] = params[t].ctypes.data
+                table[t, 1] = grads[t].ctypes.data
+                for n in states:
+                    table[t, 2 + slots.index(n)] = states[n][t].ctypes.data
+            flags, present, h, scale = opt_cls._arguments(
+                dict.fromkeys(slots, True), hyper, step, False)
+            seeds = np.array([7 * t + 1 if pdt == np.uint16 else 0
+                              for t in range(len(SIZES))], np.int64)
+            impl.multi(opt_cls._kernel, flags, present, h,
+                       (np.dtype(pdt), np.dtype(pdt), np.dtype(sdt)), table,
+                       np.array(SIZES, np.int64), seeds, scale, parallel)
+            where = f"{pdt.__name__} params, {sdt.__name__} state, parallel={parallel}"
+            for a, b in zip(params, ref[0]):
+                np.testing.assert_array_equal(a, b, err_msg=where)
+            for n in states:
+                for a, b in zip(states[n], ref[1][n]):
+                    np.testing.assert_array_equal(a, b, err_msg=f"{n}: {where}")
+
+
+# -- the drop-in's default path ------------------------------------------------------
+
+def _model(dtypes=(torch.float32,), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(7, 5), (5,), (0,), (3, 4, 2), (1,), (4099,)]
+    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtypes[k % len(dtypes)]))
+            for k, s in enumerate(shapes)]
+
+
+def _grads(params, step):
+    g = torch.Generator().manual_seed(100 + step)
+    for k, p in enumerate(params):
+        # every third parameter gets no gradient on odd steps (skipped, as torch)
+        p.grad = None if (k % 3 == 2 and step % 2) else torch.randn(
+            p.shape, generator=g, dtype=p.dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Lion"])
+def test_default_path_steps_as_the_per_tensor_path(backend, name):
+    """Two groups, float32 and float64 in each, parameters without gradients on some
+    steps, one parameter whose step count differs (its state loaded from another
+    run): the multi-tensor default path equals one call per tensor, bit for bit."""
+    kwargs = {"SGD": dict(lr=0.1, momentum=0.9), "RMSprop": dict(centered=True,
+                                                                 momentum=0.5)}.get(
+        name, {})
+    runs = []
+    for multi in (True, False):
+        params = _model((torch.float32, torch.float64))
+        opt = ft.CLASSES[name]([{"params": params[:3]},
+                                {"params": params[3:], "lr": 0.003}],
+                               backend=backend, **kwargs)
+        opt._multi = multi
+        for step in range(4):
+            _grads(params, step)
+            opt.step()
+            if step == 1 and "step" in opt.state[params[0]]:
+                opt.state[params[0]]["step"] += 5  # its own bias correction from now
+        runs.append((params, opt.state_dict()))
+    (a, sa), (b, sb) = runs
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+    assert sa["state"].keys() == sb["state"].keys()
+    for k in sa["state"]:
+        for key, v in sa["state"][k].items():
+            assert torch.equal(v, sb["state"][k][key]), (k, key)
+
+
+def _full_plan(opt):
+    return opt._plan_multi_full()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_c_plan_answers_as_the_python_plan(backend, monkeypatch):
+    """Wherever ``_overlap.tensor_plan`` answers, it gives the Python plan's table,
+    counts, meta, indices and step addresses; the first step (state to allocate)
+    and every error are left to the Python plan (it returns None)."""
+    params = _model((torch.float32, torch.float64, torch.float32))
+    opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:], "amsgrad": True}],
+                   backend=backend)
+    _grads(params, 0)
+    calls = []
+    real = _guard.tensor_plan
+    monkeypatch.setattr(_guard, "tensor_plan",
+                        lambda *a: calls.append(real(*a)) or calls[-1])
+    opt.step()
+    assert calls[-1] is None  # the first step allocates state: the Python plan
+    _grads(params, 2)
+    opt.step()
+    assert calls[-1] is not None  # the common case: the C plan
+    fast, full = real(*_plan_args(opt)), _full_plan(opt)
+    for x, y in zip(fast[:5], full[:5]):
+        np.testing.assert_array_equal(x, y)
+    assert full[6] and not full[7]  # kept tensors; no new state
+    # off the common case: the C plan declines, the Python plan decides
+    cases = {
+        "non-contiguous grad": lambda: setattr(params[0], "grad",
+                                               torch.randn(5, 7).t()),
+        "float64 step": lambda: opt.state[params[1]].__setitem__(
+            "step", torch.tensor(3.0, dtype=torch.float64)),
+        "state replaced by a list": lambda: opt.state[params[3]].__setitem__(
+            "exp_avg", [0.0]),
+        "grad shares the parameter's memory": lambda: setattr(
+            params[5], "grad", params[5].detach()),
+    }
+    for what, spoil in cases.items():
+        _grads(params, 2)
+        spoil()
+        assert real(*_plan_args(opt)) is None, what
+
+
+def _plan_args(opt):
+    algo = opt._algorithm
+    slots = algo._algorithm.kernel.slots
+    groups = []
+    for k, group in enumerate(opt.param_groups):
+        spec = algo._state_spec(algo._check_group(group, k))
+        groups.append((group["params"], tuple((n, 2 + slots.index(n)) for n, _ in spec)))
+    from fusedopt.torch import _TYPES
+    from fusedopt import _checks
+    return groups, opt.state, opt._kinds, _TYPES, opt._has_step, float(_checks.MAX_STEP)

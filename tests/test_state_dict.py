@@ -45,7 +45,8 @@ def test_state_dict_layout_is_torch_like():
     sd = opt.state_dict()
     assert sd["param_groups"] == [{"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8,
                                    "weight_decay": 0.0, "amsgrad": True,
-                                   "maximize": False, "params": [0]}]
+                                   "maximize": False, "decoupled_weight_decay": False,
+                                   "params": [0]}]
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
     assert sd["state"][0]["step"] == 1
     assert sd["state"][0]["exp_avg"].shape == (2, 3)

@@ -211,28 +211,38 @@ SGD_ALGORITHM = Algorithm(
     """)
 
 
-def _adam(title: str, weight_decay: float, decoupled: bool, doc: str,
+def _adam(title: str, weight_decay: float, decoupled: bool | None, doc: str,
           parent: str | None = None) -> Algorithm:
-    return Algorithm(
-        title, ADAM,
-        (Hyper("lr", 1e-3, _NUMBER), Hyper("betas", (0.9, 0.999), _checks.betas),
-         Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", weight_decay, _NUMBER),
-         Hyper("amsgrad", False, _FLAG), _MAXIMIZE),
-        state=lambda h: ((("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("max_exp_avg_sq", 0.0))
-                         if h.amsgrad else (("exp_avg", 0.0), ("exp_avg_sq", 0.0))),
-        call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+    """Adam, or AdamW: ``decoupled`` fixed (AdamW), or None for torch's
+    ``decoupled_weight_decay`` keyword (Adam; True makes it AdamW)."""
+    params = (Hyper("lr", 1e-3, _NUMBER), Hyper("betas", (0.9, 0.999), _checks.betas),
+              Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", weight_decay, _NUMBER),
+              Hyper("amsgrad", False, _FLAG), _MAXIMIZE)
+    if decoupled is None:
+        params += (Hyper("decoupled_weight_decay", False, _FLAG, keyword=True),)
+        call = (lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+            p, g, s["exp_avg"], s["exp_avg_sq"], s["max_exp_avg_sq"] if h.amsgrad else None,
+            step, h.lr, h.betas[0], h.betas[1], h.eps, h.weight_decay,
+            h.decoupled_weight_decay, scale, seed, out))
+    else:
+        call = (lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
             p, g, s["exp_avg"], s["exp_avg_sq"], s["max_exp_avg_sq"] if h.amsgrad else None,
             step, h.lr, h.betas[0], h.betas[1], h.eps, h.weight_decay, decoupled, scale,
-            seed, out),
-        doc=doc, parent=parent)
+            seed, out))
+    return Algorithm(
+        title, ADAM, params,
+        state=lambda h: ((("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("max_exp_avg_sq", 0.0))
+                         if h.amsgrad else (("exp_avg", 0.0), ("exp_avg_sq", 0.0))),
+        call=call, doc=doc, parent=parent)
 
 
-ADAM_ALGORITHM = _adam("Adam", 0.0, False, r"""Adam, as ``torch.optim.Adam``.
+ADAM_ALGORITHM = _adam("Adam", 0.0, None, r"""Adam, as ``torch.optim.Adam``.
 
     At step :math:`t` (1-based), for each parameter :math:`\theta` with gradient g::
 
         g = -g if maximize
-        g = g + weight_decay * theta                     (L2 penalty in the gradient)
+        g = g + weight_decay * theta          (L2 penalty; decoupled_weight_decay=False)
+        theta = theta * (1 - lr * weight_decay)        (decoupled_weight_decay=True)
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g**2
         v_max = max(v_max, v)                            if amsgrad (then v := v_max)
@@ -241,7 +251,8 @@ ADAM_ALGORITHM = _adam("Adam", 0.0, False, r"""Adam, as ``torch.optim.Adam``.
     lr is in the parameter's units per step (the normalised update m/sqrt(v) is
     unitless). State: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v) and, with amsgrad,
     ``max_exp_avg_sq``. Defaults are torch's: ``lr=1e-3, betas=(0.9, 0.999),
-    eps=1e-8, weight_decay=0``. For decoupled weight decay use :class:`AdamW`.
+    eps=1e-8, weight_decay=0``; ``decoupled_weight_decay=True`` is :class:`AdamW`'s
+    update, as in torch.
     """)
 
 ADAMW_ALGORITHM = _adam("AdamW", 1e-2, True, r"""AdamW, as ``torch.optim.AdamW``: Adam whose weight decay shrinks the parameter

@@ -22,6 +22,7 @@ the thread count.
 from __future__ import annotations
 
 import collections
+import inspect
 import operator
 import threading
 from typing import Any, Callable, MutableMapping
@@ -61,12 +62,22 @@ class _Fused(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any], backend: str,
                  flatten: bool, seed: int = 0) -> None:
+        """An algorithm torch.optim lacks: fusedopt's own checks and defaults."""
         self._algorithm._check_group(defaults, "")
+        self._flat = None
+        torch.optim.Optimizer.__init__(self, params, defaults)
+        self._start(backend, flatten, seed)
+
+    def _start(self, backend: str, flatten: bool, seed: int) -> None:
+        """After the constructor of the torch twin (or ``__init__``): fusedopt's
+        checks of every group, the backend, the flat buffers, eager state."""
         seed = _checks.seed(seed, "seed")
         self._flat = None
-        super().__init__(params, defaults)
         for k, group in enumerate(self.param_groups):
-            self._algorithm._check_group(group, k)
+            self._hyper(group, k)
+            for key in _REFUSED:
+                if group.get(key):
+                    raise ValueError(f"{key}=True: {_REFUSED[key]}")
         self.backend, self._impl = select(backend, "cpu")
         #: the stochastic-rounding seed of bf16 parameters
         self.seed = seed
@@ -89,13 +100,27 @@ class _Fused(torch.optim.Optimizer):
     #: torch's Adagrad creates its state (step 0, the accumulator) in the constructor
     _eager_state = False
 
+    def _hyper(self, group: dict[str, Any], k) -> tuple:
+        """The checked hyperparameters of ``group`` (``Optimizer._check_group``); a
+        value torch allows as a Tensor (``lr``, ``betas``, ``weight_decay``) is read
+        as its number, every time (torch's constructor has checked it has one
+        element; a Tensor changed in place since is read as it now is)."""
+        for v in group.values():
+            if isinstance(v, torch.Tensor) or (type(v) is tuple and any(
+                    isinstance(x, torch.Tensor) for x in v)):
+                group = {key: _number(v, (k, key)) for key, v in group.items()
+                         if key != "params"}
+                break
+        return self._algorithm._check_group(group, k)
+
     def _start_state(self) -> None:
         """Create every parameter's first state now, as the torch twin does."""
         if self._flat is not None:
+            self.state.clear()  # the torch twin's constructor made it per tensor
             return self._flat.start_state()
         algo = self._algorithm
         for k, group in enumerate(self.param_groups):
-            spec = algo._state_spec(algo._check_group(group, k))
+            spec = algo._state_spec(self._hyper(group, k))
             for p in group["params"]:
                 st = self.state[p]
                 st["step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -143,7 +168,7 @@ class _Fused(torch.optim.Optimizer):
         slots = algo._algorithm.kernel.slots
         groups = []
         for k, group in enumerate(self.param_groups):
-            spec = algo._state_spec(algo._check_group(group, k))
+            spec = algo._state_spec(self._hyper(group, k))
             groups.append((group["params"], tuple((name, 2 + slots.index(name))
                                                   for name, _ in spec)))
         if _guard.tensor_plan is not None and type(self.state) in _STATE_TYPES:
@@ -161,7 +186,7 @@ class _Fused(torch.optim.Optimizer):
         new_state: dict = {}
         state, index = self.state, 0
         for k, group in enumerate(self.param_groups):
-            spec = algo._state_spec(algo._check_group(group, k))
+            spec = algo._state_spec(self._hyper(group, k))
             for p in group["params"]:
                 g = p.grad
                 if g is None:
@@ -271,7 +296,7 @@ class _Fused(torch.optim.Optimizer):
         and first step: ``key``)."""
         algo = self._algorithm
         k, kind, step, fresh = key.tolist()
-        hyper = algo._check_group(self.param_groups[k], k)
+        hyper = self._hyper(self.param_groups[k], k)
         slots = algo._algorithm.kernel.slots
         flags, present, h, scale = algo._arguments(dict.fromkeys(slots, True), hyper,
                                                    step + 1, bool(fresh))
@@ -295,7 +320,7 @@ class _Fused(torch.optim.Optimizer):
         algo, views, owner = self._algorithm, {}, type(self).__name__
         plans, arrays, index = [], [], 0
         for k, group in enumerate(self.param_groups):
-            hyper = algo._check_group(group, k)
+            hyper = self._hyper(group, k)
             spec = algo._state_spec(hyper)
             for p in group["params"]:
                 if p.grad is not None:
@@ -427,9 +452,8 @@ class _Fused(torch.optim.Optimizer):
         way). All or nothing: on an exception the optimizer is as it was."""
         with self._lock:
             before = self.state, self.param_groups
-            super().load_state_dict(state_dict)
             try:
-                self._adopt_loaded()
+                super().load_state_dict(state_dict)  # __setstate__: _adopt_loaded
                 if self._flat is not None:
                     self._flat.check_loaded()
                     self._flat.adopt_state()
@@ -438,10 +462,19 @@ class _Fused(torch.optim.Optimizer):
                 raise
             self._views.clear()  # the state tensors were replaced
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """torch's load (and unpickling) ends here: the torch twin's defaults for
+        group keys that older checkpoints lack, then every state entry checked and
+        converted (``_adopt_loaded``) before the twin would convert steps itself
+        (it cannot name what is wrong: a missing step is a KeyError there)."""
+        super().__setstate__({**state, "state": {}})
+        self.state = state["state"]
+        self._adopt_loaded()
+
     def _adopt_loaded(self) -> None:
         algo, index = self._algorithm, 0
         for k, group in enumerate(self.param_groups):
-            spec = algo._state_spec(algo._check_group(group, k))
+            spec = algo._state_spec(self._hyper(group, k))
             for p in group["params"]:
                 st = self.state.get(p)
                 label = f"state_dict['state'][{index}]"
@@ -509,6 +542,30 @@ class _Watched(dict):
     update, pop, popitem, setdefault, clear = map(
         _edit, (dict.update, dict.pop, dict.popitem, dict.setdefault, dict.clear))
     del _edit
+
+
+#: torch.optim options fusedopt cannot honour: refused by name at construction
+_REFUSED = {
+    "differentiable": "fusedopt's kernels update parameters in place outside autograd; "
+                      "for a step that autograd can differentiate use torch.optim",
+    "capturable": "capturable steps (step counts kept on the GPU for CUDA graphs) are "
+                  "not supported by fusedopt.torch, which steps CPU tensors here with "
+                  "the count on the host (torch.optim refuses capturable=True for CPU "
+                  "tensors too)",
+}
+
+
+def _number(v, where):
+    """A hyperparameter as the number torch reads from it: a one-element Tensor's
+    value, a tuple's Tensors' values; anything else unchanged."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"{_checks._name(where)}: expected a number or a "
+                             f"one-element Tensor, got shape {tuple(v.shape)}")
+        return v.item()
+    if type(v) is tuple:
+        return tuple(_number(x, (where, j)) for j, x in enumerate(v))
+    return v
 
 
 def _started(step) -> bool:
@@ -710,10 +767,10 @@ class _FlatTorch:
             k, p = index[j]
             st = opt.state[p]
             st["step"] = torch.tensor(0.0, dtype=torch.float32)
-            for name, init in algo._state_spec(algo._check_group(opt.param_groups[k], k)):
+            for name, init in algo._state_spec(opt._hyper(opt.param_groups[k], k)):
                 st[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
         for seg in self.segments:
-            for name, init in algo._state_spec(algo._check_group(
+            for name, init in algo._state_spec(opt._hyper(
                     opt.param_groups[seg["group"]], seg["group"])):
                 seg["arrays"][name] = self._state_buffer(name, seg["dtype"])[
                     seg["start"]:seg["stop"]]
@@ -752,7 +809,7 @@ class _FlatTorch:
     def step(self) -> None:
         opt, algo = self.opt, self.opt._algorithm
         self.check_layout()
-        hypers = [algo._check_group(group, k) for k, group in enumerate(opt.param_groups)]
+        hypers = [opt._hyper(group, k) for k, group in enumerate(opt.param_groups)]
         replaced = [(j, self.params[j], gview) for j, gview in self.grad_views.items()
                     if self.params[j].grad is not gview]  # set_to_none, or assigned
         for j, p, gview in replaced:
@@ -866,25 +923,53 @@ class _FlatTorch:
         self._snapshot_state()
 
 
-_NOTE = ("\n\nRun by fusedopt's fused kernels with torch.optim's arguments and defaults. "
+_NOTE = ("\n\nRun by fusedopt's fused kernels with torch.optim's arguments, defaults and "
+         "checks (a subclass of the torch.optim class, whose constructor it runs). "
+         "``foreach`` and ``fused`` are accepted and change nothing (every step is "
+         "fused); ``differentiable=True`` and ``capturable=True`` are refused. "
          "``backend``: 'auto' | 'numba' | 'cython' | 'numpy'; ``flatten=True``: the "
          "parameters become views of one buffer, one kernel call per group; "
          "``seed``: stochastic rounding of bfloat16 parameters.")
 
+_OPTIONS = (inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="auto",
+                              annotation=str),
+            inspect.Parameter("flatten", inspect.Parameter.KEYWORD_ONLY, default=False,
+                              annotation=bool),
+            inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0,
+                              annotation=int))
+
 
 def fused_class(optim_class: type, base: type = _Fused) -> type:
-    """The ``torch.optim.Optimizer`` of a fusedopt optimizer class: torch's
-    constructor arguments and defaults (those of the algorithm), then ``backend``,
-    ``flatten`` and ``seed``; the algorithm's docstring."""
+    """The ``torch.optim.Optimizer`` of a fusedopt optimizer class. Where torch.optim
+    has the algorithm, a subclass of torch's class (``isinstance`` holds) whose
+    constructor is torch's, with torch's signature, defaults, checks and group keys,
+    plus ``backend``, ``flatten`` and ``seed``; else fusedopt's constructor. The
+    docstring is the algorithm's, with its formula."""
     algo = optim_class._algorithm
-    init = _algorithms.constructor(
-        algo, f"fusedopt.torch.{algo.title}", {"_Fused": _Fused},
-        'backend: str = "auto", flatten: bool = False, seed: int = 0',
-        "_Fused.__init__(self, params, {hyper}, backend, flatten, seed)")
-    return type(algo.title, (base,), {
-        "__doc__": algo.doc + _NOTE,
-        "__module__": __name__, "__init__": init, "_algorithm": optim_class,
-        "_has_step": algo.torch_step, "_eager_state": algo.torch_eager})
+    twin = getattr(torch.optim, algo.title, None)
+    namespace = {"__doc__": algo.doc + _NOTE, "__module__": __name__,
+                 "_algorithm": optim_class, "_has_step": algo.torch_step,
+                 "_eager_state": algo.torch_eager}
+    if twin is None:
+        namespace["__init__"] = _algorithms.constructor(
+            algo, f"fusedopt.torch.{algo.title}", {"_Fused": _Fused},
+            'backend: str = "auto", flatten: bool = False, seed: int = 0',
+            "_Fused.__init__(self, params, {hyper}, backend, flatten, seed)")
+        return type(algo.title, (base,), namespace)
+
+    def __init__(self, *args, backend: str = "auto", flatten: bool = False,
+                 seed: int = 0, **kwargs) -> None:
+        self._flat = None
+        twin.__init__(self, *args, **kwargs)
+        self._start(backend, flatten, seed)
+
+    signature = inspect.signature(twin.__init__)
+    __init__.__signature__ = signature.replace(
+        parameters=[*signature.parameters.values(), *_OPTIONS])
+    __init__.__qualname__ = f"{algo.title}.__init__"
+    __init__.__doc__ = twin.__init__.__doc__
+    namespace["__init__"] = __init__
+    return type(algo.title, (base, twin), namespace)
 
 
 #: one torch.optim.Optimizer per fusedopt optimizer class, by name

@@ -167,11 +167,12 @@ def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_ste
     no two of them sharing a byte. ``groups`` holds per param group ``(params,
     columns)``, ``columns`` the ``(name, table column)`` of each state tensor it needs;
     ``kinds`` maps each dtype to ``(kernel kind, itemsize)``. Returns ``(table,
-    counts, meta, indices, steps, None, keep, {})``: per stepped parameter, the
+    counts, meta, indices, steps, None, keep, {}, ())``: per stepped parameter, the
     addresses of its parameter, gradient and state (``table``), its elements,
     ``(group, kind, step, fresh=0)`` (``meta``), its index among all parameters, the
     address of its float32 step tensor (0 without); ``keep`` the tensors, held until
-    the kernels have run; (the Python plan's step tensors and new state: none)."""
+    the kernels have run; (the Python plan's step tensors, new state and copies of
+    strided parameters: none)."""
     try:
         return _tensor_plan(groups, state, kinds, types, has_step, max_step)
     except Exception:  # whatever it was, the Python plan names it
@@ -286,7 +287,7 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
                 far = k
     finally:
         free(spans)
-    return table[:t], counts[:t], meta[:t], indices[:t], steps[:t], None, keep, {}
+    return table[:t], counts[:t], meta[:t], indices[:t], steps[:t], None, keep, {}, ()
 
 
 cdef inline Py_ssize_t _itemsize(long long kind) noexcept:

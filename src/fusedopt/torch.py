@@ -38,6 +38,8 @@ from . import scalars
 from .backends import policy, select
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+#: complex parameters are stepped as their real views (as torch steps them)
+_COMPLEX = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 _STEP_DTYPES = (torch.float32, torch.float64, torch.int64)  # hold any count + 1
 #: the kernels' storage kinds (``_kernels``), per parameter dtype; their itemsizes
 #: and the NumPy dtypes the kernels take (parameter, gradient, state)
@@ -53,6 +55,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
     uint16 view of its bits, as the kernels take it."""
     if t.dtype == torch.bfloat16:
         return t.detach().view(torch.int16).numpy().view(np.uint16).reshape(-1)
+    if t.is_complex():
+        return torch.view_as_real(t.detach()).numpy().reshape(-1)
     return t.detach().numpy().reshape(-1)
 
 
@@ -81,7 +85,7 @@ class _Fused(torch.optim.Optimizer):
         self.backend, self._impl = select(backend, "cpu")
         #: the stochastic-rounding seed of bf16 parameters
         self.seed = seed
-        self._dtypes = _FLOAT_DTYPES + (
+        self._dtypes = _FLOAT_DTYPES + tuple(_COMPLEX) + (
             (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ())
         # NumPy views of parameters and state tensors: id -> (tensor, data_ptr, numel,
         # dtype, view). Building one costs ~2 us; each step reuses it only while the
@@ -93,7 +97,8 @@ class _Fused(torch.optim.Optimizer):
         self._flat = _FlatTorch(self) if flatten else None
         #: one kernel call per (group, dtype, step) over all its tensors
         self._multi = hasattr(self._impl, "multi")
-        self._kinds = {dt: (_KINDS[dt], _ITEMSIZE[_KINDS[dt]]) for dt in self._dtypes}
+        self._kinds = {dt: (_KINDS[dt], _ITEMSIZE[_KINDS[dt]]) for dt in self._dtypes
+                       if dt in _KINDS}  # (the C plan's common case: real dtypes)
         if self._eager_state:
             self._start_state()
 
@@ -125,8 +130,7 @@ class _Fused(torch.optim.Optimizer):
                 st = self.state[p]
                 st["step"] = torch.tensor(0.0, dtype=torch.float32)
                 for name, init in spec:
-                    st[name] = torch.full_like(p, init,
-                                               memory_format=torch.preserve_format)
+                    st[name] = _full_like(p, init)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_flat", None) is not None:
@@ -183,6 +187,7 @@ class _Fused(torch.optim.Optimizer):
         algo, owner, dtypes = self._algorithm, type(self).__name__, self._dtypes
         slots = algo._algorithm.kernel.slots
         rows, counts, meta, indices, steps, step_tensors, keep = [], [], [], [], [], [], []
+        copies: list = []  # (parameter, the row-major copy stepped in its place)
         new_state: dict = {}
         state, index = self.state, 0
         for k, group in enumerate(self.param_groups):
@@ -192,7 +197,7 @@ class _Fused(torch.optim.Optimizer):
                 if g is None:
                     index += 1
                     continue
-                _check_tensor(p, owner, dtypes, self.backend)
+                _check_tensor(p, owner, dtypes, self.backend, layouts=True)
                 live = state.get(p)
                 if live is None:
                     live = {}
@@ -200,16 +205,30 @@ class _Fused(torch.optim.Optimizer):
                     raise TypeError(f"state[params[{index}]]: expected a dict of state, "
                                     f"got {type(live).__name__}")
                 numel, dtype, fresh, new = p.numel(), p.dtype, False, {}
-                row = [p.data_ptr(), g.data_ptr(), 0, 0, 0, 0]
-                keep += (p, g)
+                # the layout the kernel steps: the parameter's own where it is dense
+                # (any order of dimensions: channels_last, transposed), else row-major
+                # through a copy (written back after the kernel); gradient and state
+                # in the same layout (torch.preserve_format), a gradient in another
+                # through a copy
+                strides = _dense_strides(p)
+                if strides is None:
+                    work = p.detach().contiguous()
+                    copies.append((p, work))
+                    strides = work.stride()
+                else:
+                    work = p
+                if not _same_strides(g, strides):
+                    g = torch.empty_like(work, memory_format=torch.preserve_format
+                                         ).copy_(g)
+                row = [work.data_ptr(), g.data_ptr(), 0, 0, 0, 0]
+                keep += (p, work, g)
                 for name, init in spec:
                     t = live.get(name)
                     if t is None:
-                        t = new[name] = torch.full_like(
-                            p, init, memory_format=torch.preserve_format)
+                        t = new[name] = _full_like(p, init)
                         fresh = True
                     else:
-                        _check_state(t, p, ("state", ("params", index), name))
+                        _check_state(t, p, ("state", ("params", index), name), strides)
                     row[2 + slots.index(name)] = t.data_ptr()
                     keep.append(t)
                 step = 0
@@ -232,6 +251,8 @@ class _Fused(torch.optim.Optimizer):
                 if new:
                     new_state[p] = new
                 rows.append(row)
+                if dtype in _COMPLEX:  # its real view: (re, im) pairs
+                    dtype, numel = _COMPLEX[dtype], 2 * numel
                 counts.append(numel)
                 meta.append((k, _KINDS[dtype], step, fresh))
                 indices.append(index)
@@ -239,7 +260,7 @@ class _Fused(torch.optim.Optimizer):
         plan = (np.array(rows, np.int64).reshape(-1, 6), np.array(counts, np.int64),
                 np.array(meta, np.int64).reshape(-1, 4), np.array(indices, np.int64),
                 np.array(steps if self._has_step else [0] * len(rows), np.int64),
-                step_tensors, keep, new_state)
+                step_tensors, keep, new_state, copies)
         self._check_overlap(plan)
         return plan
 
@@ -249,6 +270,11 @@ class _Fused(torch.optim.Optimizer):
         table, counts, meta, indices, steps = plan[:5]
         slots = self._algorithm._algorithm.kernel.slots
         starts, stops, names = [], [], []
+        for p, _ in plan[8]:  # stepped through copies: every byte they span
+            start, stop = _span(p)
+            starts.append(start)
+            stops.append(stop)
+            names.append(("params", "(strided)"))
         for row, n, kind, j, step in zip(table.tolist(), counts.tolist(),
                                          meta[:, 1].tolist(), indices.tolist(),
                                          steps.tolist()):
@@ -267,7 +293,7 @@ class _Fused(torch.optim.Optimizer):
             _guard._raise(pair, lambda: names)
 
     def _run_multi(self, table, counts, meta, indices, steps, step_tensors, keep,
-                   new_state) -> None:
+                   new_state, copies) -> None:
         """The kernel calls of a checked multi-tensor plan, one per (group, dtype,
         step, first step) (usually one per group and dtype); first-step state joins
         ``state`` first, the steps are counted after."""
@@ -286,6 +312,8 @@ class _Fused(torch.optim.Optimizer):
                 mine = which.reshape(-1) == b
                 self._launch(np.ascontiguousarray(table[mine]), counts[mine], key,
                              indices[mine])
+        for p, work in copies:
+            p.detach().copy_(work)
         if step_tensors is None:
             _guard.count_steps(steps)
         elif step_tensors:
@@ -381,7 +409,7 @@ class _Fused(torch.optim.Optimizer):
         for name, init in spec:
             t = live.get(name)
             if t is None:
-                t = new[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
+                t = new[name] = _full_like(p, init)
                 fresh = True
                 work[name] = self._view(t, views)
             else:
@@ -507,7 +535,7 @@ class _Fused(torch.optim.Optimizer):
                         raise ValueError(f"{label}[{name!r}]: expected shape "
                                          f"{tuple(p.shape)} (that of its parameter), got "
                                          f"{tuple(t.shape)}")
-                    st[name] = t.contiguous()
+                    st[name] = _in_layout(t, p)
                 if self._has_step and "step" in st:
                     step = st["step"]
                     if isinstance(step, torch.Tensor):
@@ -577,10 +605,13 @@ def _started(step) -> bool:
         return True
 
 
-def _check_state(t, p: torch.Tensor, name) -> None:
-    """A live state tensor the kernel will update in place beside ``p``."""
+def _check_state(t, p: torch.Tensor, name, strides=None) -> None:
+    """A live state tensor the kernel will update in place beside ``p``: contiguous,
+    or with ``strides`` (those of the layout ``p`` is stepped in)."""
     if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.is_cpu
-            and t.numel() == p.numel() and t.is_contiguous() and not t.is_sparse):
+            and t.numel() == p.numel() and not t.is_sparse and (
+                t.is_contiguous() if strides is None
+                else t.shape == p.shape and _same_strides(t, strides))):
         return  # the common case
     where = _checks._name(name)
     if not isinstance(t, torch.Tensor):
@@ -597,17 +628,74 @@ def _check_state(t, p: torch.Tensor, name) -> None:
         raise ValueError(f"{where}: expected {p.numel()} elements (shape "
                          f"{tuple(p.shape)}, that of its parameter), got shape "
                          f"{tuple(t.shape)}")
-    raise ValueError(f"{where}: expected a contiguous tensor (the kernel updates it in "
-                     "place through one flat view)")
+    if strides is None:
+        raise ValueError(f"{where}: expected a contiguous tensor (the kernel updates it "
+                         "in place through one flat view)")
+    raise ValueError(f"{where}: expected shape {tuple(p.shape)} and strides "
+                     f"{tuple(strides)} (the layout its parameter is stepped in, as "
+                     f"torch.preserve_format makes it), got shape {tuple(t.shape)} and "
+                     f"strides {t.stride()}; assign a tensor made with "
+                     "torch.empty_like(p), or load a state_dict (which converts)")
 
 
-def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str) -> None:
+def _dense_strides(t: torch.Tensor) -> tuple | None:
+    """``t``'s strides if its elements fill one block of memory without gaps or
+    overlap, in any order of dimensions (contiguous, channels_last, transposed,
+    permuted), else None. Size-1 dimensions place nothing."""
+    strides = t.stride()
+    expected = 1
+    for s, n in sorted((s, n) for n, s in zip(t.shape, strides) if n != 1):
+        if s != expected:
+            return None
+        expected *= n
+    return strides
+
+
+def _same_strides(t: torch.Tensor, strides: tuple) -> bool:
+    """``t`` (of its parameter's shape) laid out as ``strides`` (size-1 dimensions
+    aside: they place nothing)."""
+    return all(a == b or n == 1 for a, b, n in zip(t.stride(), strides, t.shape))
+
+
+def _full_like(p: torch.Tensor, value: float) -> torch.Tensor:
+    """New state of ``p``: ``value`` in ``p``'s layout (``torch.preserve_format``);
+    for a complex ``p``, in both parts of each element (its real view is what is
+    stepped), as torch's Adagrad starts its ``sum``."""
+    return torch.full_like(p, complex(value, value) if p.is_complex() else value,
+                           memory_format=torch.preserve_format)
+
+
+def _in_layout(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Loaded state ``t`` in the layout ``p``'s state is stepped in (``p``'s strides
+    where ``p`` is dense, else row-major): itself, or a copy."""
+    strides = _dense_strides(p)
+    if strides is None:
+        return t.contiguous()
+    if _same_strides(t, strides):
+        return t
+    return torch.empty_like(p, dtype=t.dtype, memory_format=torch.preserve_format
+                            ).copy_(t)
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """Every byte an element of ``t`` may occupy: ``[start, stop)``."""
+    start = stop = t.data_ptr()
+    if t.numel():
+        stop += t.element_size()
+        for n, s in zip(t.shape, t.stride()):
+            stop += (n - 1) * s * t.element_size()
+    return start, stop
+
+
+def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
+                  layouts: bool = False) -> None:
     """Everything a parameter and its gradient need, raised before any write;
-    ``dtypes``: the parameter dtypes the backend steps."""
+    ``dtypes``: the parameter dtypes the backend steps; ``layouts``: any strides
+    (the multi-tensor plan steps them), else contiguous only."""
     g = p.grad
     if (p.is_cpu and g.is_cpu and not g.is_sparse and p.dtype in dtypes
-            and g.dtype == p.dtype and p.is_contiguous() and g.is_contiguous()
-            and g.numel() == p.numel()):
+            and g.dtype == p.dtype and g.shape == p.shape and (
+                layouts or (p.is_contiguous() and g.is_contiguous()))):
         return  # the common case, first and fast (~1 us, paid per tensor and step)
     if g.is_sparse:
         raise RuntimeError(f"{owner} does not support sparse gradients (fusedopt's "
@@ -619,11 +707,12 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str) -> N
         raise TypeError(f"{owner}: expected float32 or float64 parameters (bfloat16 on "
                         f"the numba and cython backends; this is {backend!r}) with "
                         f"gradients of the same dtype, got {p.dtype} and {g.dtype}")
-    if g.numel() != p.numel():
+    if g.shape != p.shape:
         raise ValueError(f"{owner}: a gradient of shape {tuple(g.shape)} for a parameter "
                          f"of shape {tuple(p.shape)} (was p.data replaced?)")
-    raise ValueError(f"{owner}: parameters and gradients must be contiguous (a fused "
-                     "kernel updates them in place through one flat view)")
+    raise ValueError(f"{owner}: the {backend!r} backend steps contiguous parameters and "
+                     "gradients only (through one flat view); the numba and cython "
+                     "backends step any layout (channels_last, transposed, slices)")
 
 
 class _FlatTorch:
@@ -768,7 +857,7 @@ class _FlatTorch:
             st = opt.state[p]
             st["step"] = torch.tensor(0.0, dtype=torch.float32)
             for name, init in algo._state_spec(opt._hyper(opt.param_groups[k], k)):
-                st[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
+                st[name] = _full_like(p, init)
         for seg in self.segments:
             for name, init in algo._state_spec(opt._hyper(
                     opt.param_groups[seg["group"]], seg["group"])):

@@ -145,18 +145,31 @@ class _Fused(torch.optim.Optimizer):
         whose ``grad`` is None are skipped). Every tensor the kernels will touch is
         read from the live ``param_groups`` and ``state`` and checked (device, dtype,
         size, layout, overlap in memory), and first-step state is allocated, before
-        the first write: an exception leaves parameters and state untouched."""
+        the first write: an exception leaves parameters and state untouched.
+
+        With ``fused=True`` (as torch's fused step) a ``torch.amp.GradScaler`` hands
+        over its scale instead of unscaling the gradients in a pass of its own: the
+        kernels multiply the gradients by its inverse, and a step with an inf or NaN
+        found in them is skipped (parameters, state and step count unchanged)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        scale = 1.0
+        if getattr(self, "_step_supports_amp_scaling", False):  # set by the scaler
+            found_inf, grad_scale = (getattr(self, "found_inf", None),
+                                     getattr(self, "grad_scale", None))
+            if found_inf is not None and float(found_inf) != 0.0:
+                return loss
+            if grad_scale is not None:
+                scale = 1.0 / float(grad_scale)
         with self._lock:
             if self._flat is not None:
-                self._flat.step()
+                self._flat.step(scale)
             elif self._multi:
-                self._run_multi(*self._plan_multi())
+                self._run_multi(*self._plan_multi(), scale=scale)
             else:
-                self._run(self._plan())
+                self._run(self._plan(), scale)
         return loss
 
     def _plan_multi(self) -> tuple:
@@ -293,7 +306,7 @@ class _Fused(torch.optim.Optimizer):
             _guard._raise(pair, lambda: names)
 
     def _run_multi(self, table, counts, meta, indices, steps, step_tensors, keep,
-                   new_state, copies) -> None:
+                   new_state, copies, scale: float = 1.0) -> None:
         """The kernel calls of a checked multi-tensor plan, one per (group, dtype,
         step, first step) (usually one per group and dtype); first-step state joins
         ``state`` first, the steps are counted after."""
@@ -305,13 +318,13 @@ class _Fused(torch.optim.Optimizer):
             else:
                 live.update(new)
         if len(meta) and (meta == meta[0]).all():
-            self._launch(table, counts, meta[0], indices)
+            self._launch(table, counts, meta[0], indices, scale)
         elif len(meta):
             keys, which = np.unique(meta, axis=0, return_inverse=True)
             for b, key in enumerate(keys):
                 mine = which.reshape(-1) == b
                 self._launch(np.ascontiguousarray(table[mine]), counts[mine], key,
-                             indices[mine])
+                             indices[mine], scale)
         for p, work in copies:
             p.detach().copy_(work)
         if step_tensors is None:
@@ -319,7 +332,7 @@ class _Fused(torch.optim.Optimizer):
         elif step_tensors:
             torch._foreach_add_(step_tensors, 1.0)
 
-    def _launch(self, table, counts, key, indices) -> None:
+    def _launch(self, table, counts, key, indices, scale: float) -> None:
         """One kernel call over the parameters of ``table`` (one group, dtype, step
         and first step: ``key``)."""
         algo = self._algorithm
@@ -327,7 +340,7 @@ class _Fused(torch.optim.Optimizer):
         hyper = self._hyper(self.param_groups[k], k)
         slots = algo._algorithm.kernel.slots
         flags, present, h, scale = algo._arguments(dict.fromkeys(slots, True), hyper,
-                                                   step + 1, bool(fresh))
+                                                   step + 1, bool(fresh), scale)
         names = {name for name, _ in algo._state_spec(hyper)}
         if present != tuple(name in names for name in slots):
             raise RuntimeError(f"fusedopt: the state {sorted(names)} and the kernel's "
@@ -440,7 +453,7 @@ class _Fused(torch.optim.Optimizer):
             step_t = step_t.item()
         return _checks.state_step(step_t, name)
 
-    def _run(self, plans) -> None:
+    def _run(self, plans, scale: float = 1.0) -> None:
         algo, impl = self._algorithm, self._impl
         for p, param, grad, index, hyper, work, new, fresh, step, step_view in plans:
             live = self.state.get(p)
@@ -453,7 +466,7 @@ class _Fused(torch.optim.Optimizer):
             work["step"] = step
             seed = (scalars.rounding_seed(self.seed, step + 1, index)
                     if param.dtype == np.uint16 else 0)
-            algo._update(impl, param, grad, work, hyper, fresh, 1.0, seed)
+            algo._update(impl, param, grad, work, hyper, fresh, scale, seed)
             if step_view is not None:
                 step_view[...] = work["step"]
 
@@ -895,7 +908,7 @@ class _FlatTorch:
         self.exposed_ptrs = [t.data_ptr() for t in self.exposed_tensors]
         self.edited[0] = False
 
-    def step(self) -> None:
+    def step(self, scale: float = 1.0) -> None:
         opt, algo = self.opt, self.opt._algorithm
         self.check_layout()
         hypers = [opt._hyper(group, k) for k, group in enumerate(opt.param_groups)]
@@ -935,7 +948,7 @@ class _FlatTorch:
                     self._expose(seg, name)
             views = dict(seg.get("views", {}))
             views["step"] = int(seg["step"].item())
-            algo._update(opt._impl, seg["param"], seg["grad"], views, hyper, fresh)
+            algo._update(opt._impl, seg["param"], seg["grad"], views, hyper, fresh, scale)
             seg["step"].fill_(views["step"])
             if views["step"] == 1:
                 self._expose(seg, None)

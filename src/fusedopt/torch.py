@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import inspect
 import operator
+import sys
 import threading
 from typing import Any, Callable, MutableMapping
 
@@ -205,13 +206,14 @@ class _Fused(torch.optim.Optimizer):
         state, index = self.state, 0
         for k, group in enumerate(self.param_groups):
             spec = algo._state_spec(self._hyper(group, k))
-            for p in group["params"]:
-                g = p.grad
+            for param in group["params"]:
+                g = param.grad
                 if g is None:
                     index += 1
                     continue
-                _check_tensor(p, owner, dtypes, self.backend, layouts=True)
-                live = state.get(p)
+                p, g = _local(param), _local(g)  # a DTensor's shard on this rank
+                _check_tensor(p, owner, dtypes, self.backend, layouts=True, grad=g)
+                live = state.get(param)
                 if live is None:
                     live = {}
                 elif type(live) is not dict and not isinstance(live, MutableMapping):
@@ -237,10 +239,12 @@ class _Fused(torch.optim.Optimizer):
                 keep += (p, work, g)
                 for name, init in spec:
                     t = live.get(name)
-                    if t is None:
-                        t = new[name] = _full_like(p, init)
+                    if t is None:  # (a DTensor for a DTensor, as torch's)
+                        t = new[name] = _full_like(param, init)
+                        t = _local(t)
                         fresh = True
                     else:
+                        t = _local(t)
                         _check_state(t, p, ("state", ("params", index), name), strides)
                     row[2 + slots.index(name)] = t.data_ptr()
                     keep.append(t)
@@ -262,7 +266,7 @@ class _Fused(torch.optim.Optimizer):
                     steps.append(step_t.data_ptr())
                     step_tensors.append(step_t)
                 if new:
-                    new_state[p] = new
+                    new_state[param] = new
                 rows.append(row)
                 if dtype in _COMPLEX:  # its real view: (re, im) pairs
                     dtype, numel = _COMPLEX[dtype], 2 * numel
@@ -700,12 +704,20 @@ def _span(t: torch.Tensor) -> tuple[int, int]:
     return start, stop
 
 
+def _local(t):
+    """A DTensor's local shard (FSDP2, tensor parallel: each rank steps its own),
+    anything else itself."""
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
+
+
 def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
-                  layouts: bool = False) -> None:
-    """Everything a parameter and its gradient need, raised before any write;
-    ``dtypes``: the parameter dtypes the backend steps; ``layouts``: any strides
-    (the multi-tensor plan steps them), else contiguous only."""
-    g = p.grad
+                  layouts: bool = False, grad=None) -> None:
+    """Everything a parameter and its gradient (``p.grad`` unless given) need,
+    raised before any write; ``dtypes``: the parameter dtypes the backend steps;
+    ``layouts``: any strides (the multi-tensor plan steps them), else contiguous
+    only."""
+    g = p.grad if grad is None else grad
     if (p.is_cpu and g.is_cpu and not g.is_sparse and p.dtype in dtypes
             and g.dtype == p.dtype and g.shape == p.shape and (
                 layouts or (p.is_contiguous() and g.is_contiguous()))):

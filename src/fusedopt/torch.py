@@ -87,7 +87,8 @@ class _Fused(torch.optim.Optimizer):
         #: the stochastic-rounding seed of bf16 parameters
         self.seed = seed
         self._dtypes = _FLOAT_DTYPES + tuple(_COMPLEX) + (
-            (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ())
+            (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ()) + (
+            (torch.float16,) if hasattr(self._impl, "multi") else ())
         # NumPy views of parameters and state tensors: id -> (tensor, data_ptr, numel,
         # dtype, view). Building one costs ~2 us; each step reuses it only while the
         # live tensor still has that pointer, size and dtype, and keeps only the
@@ -225,14 +226,22 @@ class _Fused(torch.optim.Optimizer):
                 # through a copy (written back after the kernel); gradient and state
                 # in the same layout (torch.preserve_format), a gradient in another
                 # through a copy
+                # float16: float32 copies of the parameter, gradient and state,
+                # stepped and rounded back (the math in float32, as torch's fused
+                # step does it; the state stays float16, as torch keeps it)
                 strides = _dense_strides(p)
-                if strides is None:
+                half = dtype is torch.float16
+                if half:
+                    work = p.detach().float()
+                    copies.append((p, work))
+                    dtype = torch.float32
+                elif strides is None:
                     work = p.detach().contiguous()
                     copies.append((p, work))
-                    strides = work.stride()
                 else:
                     work = p
-                if not _same_strides(g, strides):
+                layout = work.stride()
+                if not (_same_strides(g, layout) and g.dtype is work.dtype):
                     g = torch.empty_like(work, memory_format=torch.preserve_format
                                          ).copy_(g)
                 row = [work.data_ptr(), g.data_ptr(), 0, 0, 0, 0]
@@ -245,7 +254,11 @@ class _Fused(torch.optim.Optimizer):
                         fresh = True
                     else:
                         t = _local(t)
-                        _check_state(t, p, ("state", ("params", index), name), strides)
+                        _check_state(t, p, ("state", ("params", index), name),
+                                     strides or layout)
+                    if half:
+                        copies.append((t, t.float()))
+                        t = copies[-1][1]
                     row[2 + slots.index(name)] = t.data_ptr()
                     keep.append(t)
                 step = 0
@@ -291,7 +304,7 @@ class _Fused(torch.optim.Optimizer):
             start, stop = _span(p)
             starts.append(start)
             stops.append(stop)
-            names.append(("params", "(strided)"))
+            names.append("a tensor stepped through a copy (strided or float16)")
         for row, n, kind, j, step in zip(table.tolist(), counts.tolist(),
                                          meta[:, 1].tolist(), indices.tolist(),
                                          steps.tolist()):
@@ -729,9 +742,10 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
         raise RuntimeError(f"{owner}: parameter on {p.device}, gradient on {g.device}; "
                            "fusedopt.torch steps CPU tensors")
     if p.dtype not in dtypes or g.dtype != p.dtype:
-        raise TypeError(f"{owner}: expected float32 or float64 parameters (bfloat16 on "
-                        f"the numba and cython backends; this is {backend!r}) with "
-                        f"gradients of the same dtype, got {p.dtype} and {g.dtype}")
+        raise TypeError(f"{owner}: expected float32, float64 or complex parameters "
+                        "(bfloat16 and float16 on the numba and cython backends; this "
+                        f"is {backend!r}) with gradients of the same dtype, got "
+                        f"{p.dtype} and {g.dtype}")
     if g.shape != p.shape:
         raise ValueError(f"{owner}: a gradient of shape {tuple(g.shape)} for a parameter "
                          f"of shape {tuple(p.shape)} (was p.data replaced?)")

@@ -35,6 +35,7 @@ from . import _checks, _guard
 from . import algorithms as _algorithms
 from . import flat as _flat
 from . import optim as _optim
+from .optim import base as _optim_base
 from . import scalars
 from .backends import policy, select
 
@@ -49,6 +50,18 @@ _ITEMSIZE = (4, 8, 2)
 _KIND_DTYPES = tuple((np.dtype(d),) * 3 for d in (np.float32, np.float64, np.uint16))
 _TYPES = (torch.Tensor, torch.nn.Parameter)
 _STATE_TYPES = (dict, collections.defaultdict)  # what torch.optim keeps
+
+
+class _AllSlots(dict):
+    """Per tuple of slot names, a dict holding each: what ``Optimizer._arguments``
+    reads the kernel's slots from (made once)."""
+
+    def __missing__(self, slots):
+        value = self[slots] = dict.fromkeys(slots, True)
+        return value
+
+
+_ALL_SLOTS = _AllSlots()
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -83,6 +96,7 @@ class _Fused(torch.optim.Optimizer):
             for key in _REFUSED:
                 if group.get(key):
                     raise ValueError(f"{key}=True: {_REFUSED[key]}")
+        self._hyper_memo: list = []  # see _hypers
         self.backend, self._impl = select(backend, "cpu")
         #: the stochastic-rounding seed of bf16 parameters
         self.seed = seed
@@ -169,7 +183,8 @@ class _Fused(torch.optim.Optimizer):
             if self._flat is not None:
                 self._flat.step(scale)
             elif self._multi:
-                self._run_multi(*self._plan_multi(), scale=scale)
+                checked, plan = self._plan_multi()
+                self._run_multi(*plan, checked=checked, scale=scale)
             else:
                 self._run(self._plan(), scale)
         return loss
@@ -183,19 +198,22 @@ class _Fused(torch.optim.Optimizer):
         step, a step that is not a float32 tensor, an error to name) here. Returns
         ``(table, counts, meta, indices, step addresses, step tensors, keep, new)``
         as ``tensor_plan`` documents; ``new``: the state to commit per parameter."""
-        algo = self._algorithm
-        slots = algo._algorithm.kernel.slots
-        groups = []
-        for k, group in enumerate(self.param_groups):
-            spec = algo._state_spec(self._hyper(group, k))
-            groups.append((group["params"], tuple((name, 2 + slots.index(name))
-                                                  for name, _ in spec)))
+        slots = self._algorithm._algorithm.kernel.slots
+        checked = self._hypers()
+        groups = [(group["params"], tuple((name, 2 + slots.index(name)) for name in names))
+                  for group, (_, names) in zip(self.param_groups, checked)]
         if _guard.tensor_plan is not None and type(self.state) in _STATE_TYPES:
             common = _guard.tensor_plan(groups, self.state, self._kinds, _TYPES,
                                         self._has_step, float(_checks.MAX_STEP))
             if common is not None:
-                return common
-        return self._plan_multi_full()
+                return checked, common
+        return checked, self._plan_multi_full()
+
+    def _hypers(self) -> list[tuple]:
+        """Per group, its checked hyperparameters and state names
+        (``fusedopt.optim.base.checked_groups``)."""
+        return _optim_base.checked_groups(self.param_groups, self._hyper_memo,
+                                          self._hyper, self._algorithm._state_spec)
 
     def _plan_multi_full(self) -> tuple:
         """``_plan_multi`` in Python: every case, every error named."""
@@ -287,7 +305,8 @@ class _Fused(torch.optim.Optimizer):
                 meta.append((k, _KINDS[dtype], step, fresh))
                 indices.append(index)
                 index += 1
-        plan = (np.array(rows, np.int64).reshape(-1, 6), np.array(counts, np.int64),
+        plan = (np.array(rows, np.int64).reshape(-1, policy.TABLE_COLUMNS),
+                np.array(counts, np.int64),
                 np.array(meta, np.int64).reshape(-1, 4), np.array(indices, np.int64),
                 np.array(steps if self._has_step else [0] * len(rows), np.int64),
                 step_tensors, keep, new_state, copies)
@@ -323,7 +342,7 @@ class _Fused(torch.optim.Optimizer):
             _guard._raise(pair, lambda: names)
 
     def _run_multi(self, table, counts, meta, indices, steps, step_tensors, keep,
-                   new_state, copies, scale: float = 1.0) -> None:
+                   new_state, copies, checked: list, scale: float = 1.0) -> None:
         """The kernel calls of a checked multi-tensor plan, one per (group, dtype,
         step, first step) (usually one per group and dtype); first-step state joins
         ``state`` first, the steps are counted after."""
@@ -334,14 +353,14 @@ class _Fused(torch.optim.Optimizer):
                 state[p] = new
             else:
                 live.update(new)
-        if len(meta) and (meta == meta[0]).all():
-            self._launch(table, counts, meta[0], indices, scale)
+        if len(meta) == 1 or (len(meta) and (meta == meta[0]).all()):
+            self._launch(table, counts, meta[0], indices, checked, scale)
         elif len(meta):
             keys, which = np.unique(meta, axis=0, return_inverse=True)
             for b, key in enumerate(keys):
                 mine = which.reshape(-1) == b
                 self._launch(np.ascontiguousarray(table[mine]), counts[mine], key,
-                             indices[mine], scale)
+                             indices[mine], checked, scale)
         for p, work in copies:
             p.detach().copy_(work)
         if step_tensors is None:
@@ -349,27 +368,29 @@ class _Fused(torch.optim.Optimizer):
         elif step_tensors:
             torch._foreach_add_(step_tensors, 1.0)
 
-    def _launch(self, table, counts, key, indices, scale: float) -> None:
+    def _launch(self, table, counts, key, indices, checked: list, scale: float
+                ) -> None:
         """One kernel call over the parameters of ``table`` (one group, dtype, step
-        and first step: ``key``)."""
+        and first step: ``key``); ``checked``: the groups' (hyperparameters, state
+        names)."""
         algo = self._algorithm
         k, kind, step, fresh = key.tolist()
-        hyper = self._hyper(self.param_groups[k], k)
+        hyper, names = checked[k]
         slots = algo._algorithm.kernel.slots
-        flags, present, h, scale = algo._arguments(dict.fromkeys(slots, True), hyper,
-                                                   step + 1, bool(fresh), scale)
-        names = {name for name, _ in algo._state_spec(hyper)}
+        flags, present, h, scale = algo._arguments(_ALL_SLOTS[slots], hyper, step + 1,
+                                                   bool(fresh), scale)
         if present != tuple(name in names for name in slots):
-            raise RuntimeError(f"fusedopt: the state {sorted(names)} and the kernel's "
-                               f"slots {present} disagree")
+            raise RuntimeError(f"fusedopt: the state {names} and the kernel's slots "
+                               f"{present} disagree")
+        n = len(counts)
         if kind == _KINDS[torch.bfloat16]:
             seeds = np.array([scalars.rounding_seed(self.seed, step + 1, j)
                               for j in indices.tolist()], np.int64)
         else:
-            seeds = np.zeros(len(counts), np.int64)
+            seeds = np.zeros(n, np.int64)
+        total = int(counts[0]) if n == 1 else int(counts.sum())
         self._impl.multi(algo._kernel, flags, present, h, _KIND_DTYPES[kind], table,
-                         counts, seeds, scale,
-                         int(counts.sum()) >= policy.PARALLEL_MIN_SIZE)
+                         counts, seeds, scale, total >= policy.PARALLEL_MIN_SIZE)
 
     def _plan(self) -> list[tuple]:
         """Per parameter with a gradient, its kernel call: NumPy views of the live

@@ -6,3 +6,8 @@ Cython backend works without it)."""
 #: 2 Zen 3 cores, float32 Adam (Numba), 1.4 us serial vs 3.0 us parallel at 1K
 #: elements, 6.7 vs 6.2 at 16K, 13.4 vs 10.8 at 32K, 512 vs 256 at 1M.
 PARALLEL_MIN_SIZE = 32768
+
+#: the most state arrays (slots) an algorithm keeps per element (s0..s3), and the
+#: columns of a multi-tensor call's table of addresses: parameter, gradient, slots
+MAX_SLOTS = 4
+TABLE_COLUMNS = 2 + MAX_SLOTS

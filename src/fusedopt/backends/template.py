@@ -27,6 +27,7 @@ from numba.core import types
 from numba.extending import intrinsic, overload, register_jitable
 
 from .. import lowbit, rules
+from . import policy
 from ..lowbit import load, load_or, store_if, store_param
 
 
@@ -45,8 +46,7 @@ def _digest() -> int:
 #: machine code.
 SOURCES = _digest()
 
-#: the most state arrays (slots) an algorithm keeps per element: s0..s3
-MAX_SLOTS = 4
+MAX_SLOTS = policy.MAX_SLOTS  # s0..s3
 
 
 def element(rule, flags: tuple[bool, ...], slots: int):
@@ -111,7 +111,4 @@ def _array_at_impl(address, n, like):
         return lambda address, n, like: None
     return lambda address, n, like: numba.carray(_pointer(address, like), n)
 
-
-#: the columns of a multi-tensor call's table of addresses: parameter, gradient,
-#: then the slots s0..s3 (0 where a slot is absent)
-TABLE_COLUMNS = 2 + MAX_SLOTS
+TABLE_COLUMNS = policy.TABLE_COLUMNS  # parameter, gradient, s0..s3 (0: absent)

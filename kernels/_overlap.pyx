@@ -159,7 +159,8 @@ def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_ste
     whenever anything is off it: then the caller runs the Python plan, which raises
     the precise error or allocates first-step state. The common case: every
     parameter with a gradient a ``types`` tensor of a ``kinds`` dtype on the CPU,
-    C-contiguous with a data pointer (torch raises on ``data_ptr()`` of a sparse or
+    C-contiguous or dense in another order of dimensions (then its gradient and state
+    in the same strides), with a data pointer (torch raises on ``data_ptr()`` of a sparse or
     mkldnn tensor: any exception here means "not the common case"), its gradient a plain tensor of the same dtype, size and
     layout; its ``state`` entry a dict holding, for each state tensor its group needs,
     a plain tensor of the same dtype, size and layout, and (``has_step``) a ``step``
@@ -186,7 +187,7 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
         import numpy
         _np = numpy
     cdef Py_ssize_t total = 0, t = 0, index = 0, k, c, col, spans_n = 0, far = -1, ncols
-    cdef object params, columns, p, g, live, obj, dtype, kind, name, f32, byid
+    cdef object params, columns, p, g, live, obj, dtype, kind, name, f32, byid, strides
     cdef list keep = []
     cdef long long numel, size
     cdef double step
@@ -224,7 +225,15 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             if not (p.is_cpu and g.is_cpu):
                 return None
             numel = p.numel()
-            if g.numel() != numel or not p.is_contiguous() or not g.is_contiguous():
+            if g.numel() != numel:
+                return None
+            # contiguous, or dense in another order of dimensions (channels_last,
+            # transposed) with its gradient and state in the very same strides
+            strides = None if p.is_contiguous() else _dense_strides(p.shape, p.stride())
+            if strides is None:
+                if not (p.is_contiguous() and g.is_contiguous()):
+                    return None
+            elif g.stride() != strides:
                 return None
             live = byid.get(id(p))
             if type(live) is not dict:
@@ -236,7 +245,9 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             for name, c in columns:
                 obj = (<dict>live).get(name)
                 if (type(obj) is not tensor or obj.dtype is not dtype or not obj.is_cpu
-                        or obj.numel() != numel or not obj.is_contiguous()):
+                        or obj.numel() != numel or not (
+                            obj.is_contiguous() if strides is None
+                            else obj.stride() == strides)):
                     return None
                 tab[t, c] = obj.data_ptr()
                 keep.append(obj)
@@ -288,6 +299,33 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
     finally:
         free(spans)
     return table[:t], counts[:t], meta[:t], indices[:t], steps[:t], None, keep, {}, ()
+
+
+cdef object _dense_strides(object shape, object strides):
+    """``strides`` if they lay the elements of ``shape`` out without gaps or overlap
+    in some order of dimensions (size-1 dimensions aside), else None: the twin of
+    ``fusedopt.torch._dense_strides``."""
+    cdef Py_ssize_t n = len(shape), k, j, s, m, expected = 1
+    cdef Py_ssize_t order[16]
+    if n > 16:
+        return None
+    m = 0
+    for k in range(n):  # the dimensions that place elements, by stride (insertion)
+        if shape[k] == 1:
+            continue
+        s = strides[k]
+        j = m
+        while j > 0 and <Py_ssize_t>strides[order[j - 1]] > s:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = k
+        m += 1
+    for j in range(m):
+        k = order[j]
+        if strides[k] != expected:
+            return None
+        expected *= <Py_ssize_t>shape[k]
+    return strides
 
 
 cdef inline Py_ssize_t _itemsize(long long kind) noexcept:

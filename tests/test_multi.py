@@ -99,19 +99,22 @@ def test_multi_call_steps_each_tensor_as_its_own_call(backend, case, storage):
 
 # -- the drop-in's default path ------------------------------------------------------
 
-def _model(dtypes=(torch.float32,), seed=0):
+def _model(dtypes=(torch.float32,), seed=0, strided=False):
     g = torch.Generator().manual_seed(seed)
-    shapes = [(7, 5), (5,), (0,), (3, 4, 2), (1,), (4099,)]
-    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtypes[k % len(dtypes)]))
-            for k, s in enumerate(shapes)]
+    shapes = [(7, 5), (5,), (0,), (3, 4, 2), (1,), (4099,)] + [(2, 3, 4, 5)] * strided
+    params = [torch.randn(s, generator=g, dtype=dtypes[k % len(dtypes)])
+              for k, s in enumerate(shapes)]
+    if strided:  # dense in another order of dimensions
+        params[-1] = params[-1].to(memory_format=torch.channels_last)
+    return [torch.nn.Parameter(p) for p in params]
 
 
 def _grads(params, step):
     g = torch.Generator().manual_seed(100 + step)
     for k, p in enumerate(params):
         # every third parameter gets no gradient on odd steps (skipped, as torch)
-        p.grad = None if (k % 3 == 2 and step % 2) else torch.randn(
-            p.shape, generator=g, dtype=p.dtype)
+        p.grad = None if (k % 3 == 2 and step % 2) else torch.empty_like(p).copy_(
+            torch.randn(p.shape, generator=g, dtype=p.dtype))  # in p's layout
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -154,7 +157,7 @@ def test_c_plan_answers_as_the_python_plan(backend, monkeypatch):
     """Wherever ``_overlap.tensor_plan`` answers, it gives the Python plan's table,
     counts, meta, indices and step addresses; the first step (state to allocate)
     and every error are left to the Python plan (it returns None)."""
-    params = _model((torch.float32, torch.float64, torch.float32))
+    params = _model((torch.float32, torch.float64, torch.float32), strided=True)
     opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:], "amsgrad": True}],
                    backend=backend)
     _grads(params, 0)

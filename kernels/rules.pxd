@@ -9,7 +9,8 @@ and the Numba rules do: x/0 is inf or NaN)."""
 
 from cython cimport floating
 from libc.math cimport sqrt as sqrt_double
-from libc.math cimport sqrtf
+from libc.math cimport fabs as fabs_double
+from libc.math cimport fabsf, sqrtf
 
 
 cdef inline floating sqrt(floating x) noexcept nogil:
@@ -19,6 +20,14 @@ cdef inline floating sqrt(floating x) noexcept nogil:
         return sqrtf(x)
     else:
         return sqrt_double(x)
+
+
+cdef inline floating fabs(floating x) noexcept nogil:
+    # as sqrt: libc's fabs is double
+    if floating is float:
+        return fabsf(x)
+    else:
+        return fabs_double(x)
 
 
 cdef inline (floating, floating) sgd(
@@ -111,3 +120,35 @@ cdef inline (floating, floating) lion(
     p = p - u
     m = beta2 * m + beta2c * g
     return p, m
+
+
+cdef inline (floating, floating, floating) adamax(
+        floating p, floating g, floating m, floating u, floating beta1c, floating beta2,
+        floating eps, floating clr, floating weight_decay, bint decay,
+        floating grad_scale) noexcept nogil:
+    cdef floating a, b
+    g = grad_scale * g
+    if decay:
+        g = g + weight_decay * p
+    m = m + beta1c * (g - m)
+    a = beta2 * u
+    b = fabs(g) + eps
+    u = a if a > b else b
+    u = a if a != a else u  # torch.maximum: a NaN wins (b's by the line above)
+    p = p - clr * m / u
+    return p, m, u
+
+
+cdef inline (floating, floating, floating) adadelta(
+        floating p, floating g, floating sq, floating acc, floating lr, floating rho,
+        floating rhoc, floating eps, floating weight_decay, bint decay,
+        floating grad_scale) noexcept nogil:
+    cdef floating delta
+    g = grad_scale * g
+    if decay:
+        g = g + weight_decay * p
+    sq = rho * sq + rhoc * g * g
+    delta = sqrt(acc + eps) / sqrt(sq + eps) * g
+    acc = rho * acc + rhoc * delta * delta
+    p = p - lr * delta
+    return p, sq, acc

@@ -50,6 +50,16 @@ ALGORITHMS = {
         dict(lr=0.01, alpha=0.95, weight_decay=0.05, momentum=0.5, centered=True,
              maximize=True),
     ]),
+    "adamax": (fusedopt.Adamax, "Adamax", [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.05, maximize=True),
+    ]),
+    "adadelta": (fusedopt.Adadelta, "Adadelta", [
+        dict(lr=0.5),
+        dict(lr=0.5, weight_decay=0.1),
+        dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.05, maximize=True),
+    ]),
     "lion": (fusedopt.Lion, None, [
         dict(lr=0.01),
         dict(lr=0.01, weight_decay=0.1),

@@ -37,6 +37,12 @@ HYPER = {
     "lion": st.fixed_dictionaries({
         "lr": positive, "betas": st.tuples(unit, unit),
         "weight_decay": st.floats(0.0, 1.0), "maximize": st.booleans()}),
+    "adamax": st.fixed_dictionaries({
+        "lr": positive, "betas": st.tuples(unit, unit), "eps": st.floats(1e-8, 1e-1),
+        "weight_decay": st.floats(0.0, 1.0), "maximize": st.booleans()}),
+    "adadelta": st.fixed_dictionaries({
+        "lr": positive, "rho": unit, "eps": st.floats(1e-8, 1e-1),
+        "weight_decay": st.floats(0.0, 1.0), "maximize": st.booleans()}),
 }
 shapes = st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple)
 

@@ -1,7 +1,8 @@
 """fusedopt: fused optimizer parameter-update kernels for NumPy arrays.
 
 One pass over parameters, gradients and state per step. See ``fusedopt.SGD``,
-``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop``, ``Lion``; ``fusedopt.functional`` for the
+``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop``, ``Adamax``, ``Adadelta``, ``Lion``;
+``fusedopt.functional`` for the
 one-buffer kernels; ``fusedopt.backends.available()`` for what runs here.
 """
 

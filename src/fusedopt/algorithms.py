@@ -72,7 +72,19 @@ LION = Spec(
                                   1.0 - lr * wd),
     lambda s, lr, beta1, beta2, wd: (wd != 0.0,))
 
-SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION)
+ADAMAX = Spec(
+    "adamax", ("exp_avg", "exp_inf"),
+    ("step", "lr", "beta1", "beta2", "eps", "weight_decay"),
+    lambda step, lr, beta1, beta2, eps, wd: (1.0 - beta1, beta2, eps,
+                                             lr / (1.0 - beta1 ** step), wd),
+    lambda s, step, lr, beta1, beta2, eps, wd: (wd != 0.0,))
+
+ADADELTA = Spec(
+    "adadelta", ("square_avg", "acc_delta"), ("lr", "rho", "eps", "weight_decay"),
+    lambda lr, rho, eps, wd: (lr, rho, 1.0 - rho, eps, wd),
+    lambda s, lr, rho, eps, wd: (wd != 0.0,))
+
+SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA)
 
 
 def contract(spec: Spec, launch: Callable) -> Callable:
@@ -341,8 +353,57 @@ LION_ALGORITHM = Algorithm(
     betas=(0.9, 0.99), weight_decay=0``. torch.optim has no Lion.
     """)
 
+ADAMAX_ALGORITHM = Algorithm(
+    "Adamax", ADAMAX,
+    (Hyper("lr", 2e-3, _NUMBER), Hyper("betas", (0.9, 0.999), _checks.betas),
+     Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+    state=lambda h: (("exp_avg", 0.0), ("exp_inf", 0.0)),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["exp_avg"], s["exp_inf"], step, h.lr, h.betas[0], h.betas[1], h.eps,
+        h.weight_decay, scale, seed, out),
+    doc=r"""Adamax, as ``torch.optim.Adamax`` (Kingma & Ba, 2015, section 7.1: Adam
+    with the infinity norm).
+
+    At step :math:`t` (1-based), for each parameter :math:`\theta` with gradient g::
+
+        g = -g if maximize
+        g = g + weight_decay * theta
+        m = beta1 * m + (1 - beta1) * g
+        u = max(beta2 * u, |g| + eps)
+        theta = theta - lr / (1 - beta1**t) * m / u
+
+    lr is in the parameter's units per step. State: ``step``, ``exp_avg`` (m),
+    ``exp_inf`` (u), starting at zero. Defaults are torch's: ``lr=2e-3,
+    betas=(0.9, 0.999), eps=1e-8, weight_decay=0``.
+    """)
+
+ADADELTA_ALGORITHM = Algorithm(
+    "Adadelta", ADADELTA,
+    (Hyper("lr", 1.0, _NUMBER), Hyper("rho", 0.9, _number(high=1.0)),
+     Hyper("eps", 1e-6, _NUMBER), Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+    state=lambda h: (("square_avg", 0.0), ("acc_delta", 0.0)),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["square_avg"], s["acc_delta"], h.lr, h.rho, h.eps, h.weight_decay,
+        scale, seed, out),
+    doc=r"""Adadelta, as ``torch.optim.Adadelta`` (Zeiler, 2012).
+
+    For each parameter :math:`\theta` with gradient g::
+
+        g = -g if maximize
+        g = g + weight_decay * theta
+        v = rho * v + (1 - rho) * g**2
+        d = sqrt(a + eps) / sqrt(v + eps) * g
+        a = rho * a + (1 - rho) * d**2
+        theta = theta - lr * d
+
+    The update d has the parameter's units by construction; lr scales it (1.0, as in
+    the paper, by default). State: ``step``, ``square_avg`` (v), ``acc_delta`` (a),
+    starting at zero. Defaults are torch's: ``lr=1.0, rho=0.9, eps=1e-6,
+    weight_decay=0``.
+    """)
+
 ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,
-              RMSPROP_ALGORITHM, LION_ALGORITHM)
+              RMSPROP_ALGORITHM, LION_ALGORITHM, ADAMAX_ALGORITHM, ADADELTA_ALGORITHM)
 
 
 # -- functional steps: one fused pass over one buffer, state passed in ---------------
@@ -424,4 +485,17 @@ FUNCTIONALS = (
          Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
         lambda k: (k.lr, k.beta1, k.beta2, k.weight_decay),
         "Lion step (see :class:`fusedopt.Lion`)."),
+    Functional(
+        "adamax_step", ADAMAX, (("exp_avg", True), ("exp_inf", True)),
+        (_STEP, Hyper("lr", 2e-3, _NUMBER), Hyper("beta1", 0.9, _beta),
+         Hyper("beta2", 0.999, _beta), Hyper("eps", 1e-8, _NUMBER),
+         Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+        lambda k: (k.step, k.lr, k.beta1, k.beta2, k.eps, k.weight_decay),
+        "Adamax step (see :class:`fusedopt.Adamax`)."),
+    Functional(
+        "adadelta_step", ADADELTA, (("square_avg", True), ("acc_delta", True)),
+        (Hyper("lr", 1.0, _NUMBER), Hyper("rho", 0.9, _UNIT), Hyper("eps", 1e-6, _NUMBER),
+         Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+        lambda k: (k.lr, k.rho, k.eps, k.weight_decay),
+        "Adadelta step (see :class:`fusedopt.Adadelta`)."),
 )

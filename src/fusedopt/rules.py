@@ -167,3 +167,33 @@ def lion(p, g, m, lr, beta1, beta1c, beta2, beta2c, param_scale, decay, grad_sca
     p = p - u
     m = beta2 * m + beta2c * g
     return p, m
+
+
+@register_jitable
+def adamax(p, g, m, u, beta1c, beta2, eps, clr, weight_decay, decay, grad_scale):
+    """Adamax: Adam with an infinity norm. ``beta1c = 1 - beta1``,
+    ``clr = lr / (1 - beta1**t)``; ``u = max(beta2 * u, |g| + eps)`` (eps inside the
+    max, as torch), a NaN winning as in ``torch.maximum``."""
+    g = grad_scale * g
+    if decay:
+        g = g + weight_decay * p
+    m = m + beta1c * (g - m)
+    a = beta2 * u
+    b = abs(g) + eps
+    u = a if a > b else b
+    u = a if a != a else u  # torch.maximum: a NaN wins (b's by the line above)
+    p = p - clr * m / u
+    return p, m, u
+
+
+@register_jitable
+def adadelta(p, g, sq, acc, lr, rho, rhoc, eps, weight_decay, decay, grad_scale):
+    """Adadelta. ``rhoc = 1 - rho``."""
+    g = grad_scale * g
+    if decay:
+        g = g + weight_decay * p
+    sq = rho * sq + rhoc * g * g
+    delta = sqrt(acc + eps) / sqrt(sq + eps) * g
+    acc = rho * acc + rhoc * delta * delta
+    p = p - lr * delta
+    return p, sq, acc

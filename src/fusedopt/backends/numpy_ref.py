@@ -96,3 +96,31 @@ def lion(param, grad, exp_avg, lr, beta1, beta2, weight_decay, grad_scale, seed=
     c = beta1 * exp_avg + (1 - beta1) * g
     param[...] = param - lr * (np.sign(c) + weight_decay * param)
     exp_avg[...] = beta2 * exp_avg + (1 - beta2) * g
+
+
+def adamax(param, grad, exp_avg, exp_inf, step, lr, beta1, beta2, eps, weight_decay,
+           grad_scale, seed=0, out=None):
+    # Kingma & Ba 2015, section 7.1 (Algorithm 2), with torch's eps inside the max:
+    # u_t = max(beta2 * u_{t-1}, |g_t| + eps); theta -= lr / (1 - beta1^t) * m_t / u_t.
+    g = grad_scale * grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    m = beta1 * exp_avg + (1 - beta1) * g
+    u = np.maximum(beta2 * exp_inf, np.abs(g) + eps)
+    exp_avg[...] = m
+    exp_inf[...] = u
+    param[...] = param - (lr / (1 - beta1 ** step)) * m / u
+
+
+def adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay,
+             grad_scale, seed=0, out=None):
+    # Zeiler 2012, Algorithm 1: E[g^2] and E[dx^2] as running averages; the update is
+    # RMS[dx]_{t-1} / RMS[g]_t * g, scaled by lr as torch does.
+    g = grad_scale * grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    eg2 = rho * square_avg + (1 - rho) * g ** 2
+    dx = np.sqrt(acc_delta + eps) / np.sqrt(eg2 + eps) * g
+    square_avg[...] = eg2
+    acc_delta[...] = rho * acc_delta + (1 - rho) * dx ** 2
+    param[...] = param - lr * dx

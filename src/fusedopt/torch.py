@@ -196,8 +196,11 @@ class _Fused(torch.optim.Optimizer):
         byte ranges of everything against each other. The common case runs in one C
         call (``_guard.tensor_plan``, which says what it is); anything else (a first
         step, a step that is not a float32 tensor, an error to name) here. Returns
-        ``(table, counts, meta, indices, step addresses, step tensors, keep, new)``
-        as ``tensor_plan`` documents; ``new``: the state to commit per parameter."""
+        the groups' checked hyperparameters and state names, and the plan
+        ``(table, counts, meta, indices, step addresses, step tensors, keep, new,
+        copies)`` as ``tensor_plan`` documents; ``new``: the state to commit per
+        parameter; ``copies``: ``(tensor, the copy stepped in its place)``, written
+        back after the kernels."""
         slots = self._algorithm._algorithm.kernel.slots
         checked = self._hypers()
         groups = [(group["params"], tuple((name, 2 + slots.index(name)) for name in names))
@@ -344,8 +347,20 @@ class _Fused(torch.optim.Optimizer):
     def _run_multi(self, table, counts, meta, indices, steps, step_tensors, keep,
                    new_state, copies, checked: list, scale: float = 1.0) -> None:
         """The kernel calls of a checked multi-tensor plan, one per (group, dtype,
-        step, first step) (usually one per group and dtype); first-step state joins
-        ``state`` first, the steps are counted after."""
+        step, first step) (usually one per group and dtype), their arguments made
+        first; then first-step state joins ``state``, the kernels run, the steps
+        are counted."""
+        if len(meta) == 1 or (len(meta) and (meta == meta[0]).all()):
+            launches = [self._launch_args(table, counts, meta[0], indices, checked,
+                                          scale)]
+        else:
+            keys, which = np.unique(meta.reshape(-1, 4), axis=0, return_inverse=True)
+            launches = []
+            for b, key in enumerate(keys):
+                mine = which.reshape(-1) == b
+                launches.append(self._launch_args(
+                    np.ascontiguousarray(table[mine]), counts[mine], key, indices[mine],
+                    checked, scale))
         state = self.state
         for p, new in new_state.items():
             live = state.get(p)
@@ -353,14 +368,8 @@ class _Fused(torch.optim.Optimizer):
                 state[p] = new
             else:
                 live.update(new)
-        if len(meta) == 1 or (len(meta) and (meta == meta[0]).all()):
-            self._launch(table, counts, meta[0], indices, checked, scale)
-        elif len(meta):
-            keys, which = np.unique(meta, axis=0, return_inverse=True)
-            for b, key in enumerate(keys):
-                mine = which.reshape(-1) == b
-                self._launch(np.ascontiguousarray(table[mine]), counts[mine], key,
-                             indices[mine], checked, scale)
+        for args in launches:
+            self._impl.multi(*args)
         for p, work in copies:
             p.detach().copy_(work)
         if step_tensors is None:
@@ -368,11 +377,11 @@ class _Fused(torch.optim.Optimizer):
         elif step_tensors:
             torch._foreach_add_(step_tensors, 1.0)
 
-    def _launch(self, table, counts, key, indices, checked: list, scale: float
-                ) -> None:
-        """One kernel call over the parameters of ``table`` (one group, dtype, step
-        and first step: ``key``); ``checked``: the groups' (hyperparameters, state
-        names)."""
+    def _launch_args(self, table, counts, key, indices, checked: list, scale: float
+                     ) -> tuple:
+        """The arguments of one kernel call (``impl.multi``) over the parameters of
+        ``table`` (one group, dtype, step and first step: ``key``); ``checked``: the
+        groups' (hyperparameters, state names)."""
         algo = self._algorithm
         k, kind, step, fresh = key.tolist()
         hyper, names = checked[k]
@@ -389,8 +398,8 @@ class _Fused(torch.optim.Optimizer):
         else:
             seeds = np.zeros(n, np.int64)
         total = int(counts[0]) if n == 1 else int(counts.sum())
-        self._impl.multi(algo._kernel, flags, present, h, _KIND_DTYPES[kind], table,
-                         counts, seeds, scale, total >= policy.PARALLEL_MIN_SIZE)
+        return (algo._kernel, flags, present, h, _KIND_DTYPES[kind], table, counts,
+                seeds, scale, total >= policy.PARALLEL_MIN_SIZE)
 
     def _plan(self) -> list[tuple]:
         """Per parameter with a gradient, its kernel call: NumPy views of the live

@@ -149,7 +149,7 @@ def test_default_path_steps_as_the_per_tensor_path(backend, name):
 
 
 def _full_plan(opt):
-    return opt._plan_multi_full()
+    return opt._plan_multi_full(opt._hypers())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

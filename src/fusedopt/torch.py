@@ -210,7 +210,7 @@ class _Fused(torch.optim.Optimizer):
                                         self._has_step, float(_checks.MAX_STEP))
             if common is not None:
                 return checked, common
-        return checked, self._plan_multi_full()
+        return checked, self._plan_multi_full(checked)
 
     def _hypers(self) -> list[tuple]:
         """Per group, its checked hyperparameters and state names
@@ -218,16 +218,17 @@ class _Fused(torch.optim.Optimizer):
         return _optim_base.checked_groups(self.param_groups, self._hyper_memo,
                                           self._hyper, self._algorithm._state_spec)
 
-    def _plan_multi_full(self) -> tuple:
-        """``_plan_multi`` in Python: every case, every error named."""
+    def _plan_multi_full(self, checked: list) -> tuple:
+        """``_plan_multi`` in Python: every case, every error named; ``checked``: the
+        groups' (hyperparameters, state names)."""
         algo, owner, dtypes = self._algorithm, type(self).__name__, self._dtypes
         slots = algo._algorithm.kernel.slots
         rows, counts, meta, indices, steps, step_tensors, keep = [], [], [], [], [], [], []
         copies: list = []  # (parameter, the row-major copy stepped in its place)
         new_state: dict = {}
         state, index = self.state, 0
-        for k, group in enumerate(self.param_groups):
-            spec = algo._state_spec(self._hyper(group, k))
+        for k, (group, (hyper, _)) in enumerate(zip(self.param_groups, checked)):
+            spec = algo._state_spec(hyper)
             for param in group["params"]:
                 g = param.grad
                 if g is None:

@@ -152,3 +152,40 @@ cdef inline (floating, floating, floating) adadelta(
     acc = rho * acc + rhoc * delta * delta
     p = p - lr * delta
     return p, sq, acc
+
+
+cdef inline (floating, floating, floating) radam(
+        floating p, floating g, floating m, floating v, floating beta1c, floating beta2,
+        floating beta2c, floating step_size, floating rect, floating eps,
+        floating weight_decay, floating param_scale, bint decay, bint decoupled,
+        floating grad_scale) noexcept nogil:
+    cdef floating k
+    g = grad_scale * g
+    if decay:
+        if decoupled:
+            p = p * param_scale
+        else:
+            g = g + weight_decay * p
+    m = m + beta1c * (g - m)
+    v = beta2 * v + beta2c * g * g
+    k = rect / (sqrt(v) + eps) if rect > 0 else step_size
+    p = p - k * m
+    return p, m, v
+
+
+cdef inline (floating, floating, floating) rprop(
+        floating p, floating g, floating prev, floating size, floating etaminus,
+        floating etaplus, floating size_min, floating size_max,
+        floating grad_scale) noexcept nogil:
+    cdef floating s, zero = 0
+    g = grad_scale * g
+    s = g * prev
+    if s > zero:
+        size = size * etaplus
+    elif s < zero:
+        size = size * etaminus
+        g = zero
+    size = size_min if size < size_min else size
+    size = size_max if size > size_max else size
+    p = p - (size if g > zero else (-size if g < zero else zero * size))
+    return p, g, size

@@ -60,6 +60,17 @@ ALGORITHMS = {
         dict(lr=0.5, weight_decay=0.1),
         dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.05, maximize=True),
     ]),
+    "radam": (fusedopt.RAdam, "RAdam", [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.05, maximize=True),
+    ]),
+    "rprop": (fusedopt.Rprop, "Rprop", [
+        dict(lr=0.01),
+        dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2)),
+        dict(lr=0.01, maximize=True),
+    ]),
     "lion": (fusedopt.Lion, None, [
         dict(lr=0.01),
         dict(lr=0.01, weight_decay=0.1),

@@ -156,11 +156,12 @@ def test_functional_step_matches_oracle(name):
     rng = np.random.default_rng(3)
     p, g = rng.standard_normal(40), rng.standard_normal(40)
     n_state = {"sgd": 1, "adam": 2, "adamw": 2, "adagrad": 1, "rmsprop": 1,
-               "lion": 1, "adamax": 2, "adadelta": 2}[name]
+               "lion": 1, "adamax": 2, "adadelta": 2, "radam": 2, "rprop": 2}[name]
     kwargs = {"sgd": dict(momentum=0.9, step=1), "adam": dict(step=1),
               "adamw": dict(step=1), "adagrad": dict(step=1), "rmsprop": {},
               "lion": dict(lr=0.01, weight_decay=0.1), "adamax": dict(step=1),
-              "adadelta": dict(weight_decay=0.1)}[name]
+              "adadelta": dict(weight_decay=0.1), "radam": dict(step=7),
+              "rprop": {}}[name]
     ref = [p.copy(), g, *[np.zeros(40) for _ in range(n_state)]]
     dev = [cuda.to_device(a) for a in ref]
     fn = getattr(functional, f"{name}_step")

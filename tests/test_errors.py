@@ -91,6 +91,8 @@ BAD_HYPER = {
     "maximize": [1, "yes"],
     "amsgrad": [None],
     "centered": [0],
+    "etas": [(0.5, 1.0), (1.0, 1.2), (0.5,), (float("nan"), 1.2)],
+    "step_sizes": [(1e-3, 1e-6), (-1.0, 1.0), (1e-6, float("inf")), (1e-6,)],
 }
 
 

@@ -68,6 +68,8 @@ def test_matches_torch(case, backend, dtype):
 def test_param_groups_match_torch(name, backend):
     """Two groups with their own lr and weight decay, as a torch user would write."""
     groups = [{"lr": 0.02, "weight_decay": 0.1}, {"lr": 0.005, "weight_decay": 0.0}]
+    if name == "rprop":  # no weight decay: its own step-size bounds instead
+        groups = [{"lr": 0.02, "step_sizes": (1e-4, 1.0)}, {"lr": 0.005}]
     kwargs = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
     assert_close(*run_both(name, kwargs, backend, np.float64, groups), np.float64)
 

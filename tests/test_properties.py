@@ -40,6 +40,14 @@ HYPER = {
     "adamax": st.fixed_dictionaries({
         "lr": positive, "betas": st.tuples(unit, unit), "eps": st.floats(1e-8, 1e-1),
         "weight_decay": st.floats(0.0, 1.0), "maximize": st.booleans()}),
+    "radam": st.fixed_dictionaries({
+        "lr": positive, "betas": st.tuples(unit, unit), "eps": st.floats(1e-8, 1e-1),
+        "weight_decay": st.floats(0.0, 1.0), "decoupled_weight_decay": st.booleans(),
+        "maximize": st.booleans()}),
+    "rprop": st.fixed_dictionaries({
+        "lr": positive, "etas": st.tuples(st.floats(0.1, 0.9), st.floats(1.1, 2.0)),
+        "step_sizes": st.tuples(st.floats(0.0, 1e-3), st.floats(1e-2, 10.0)),
+        "maximize": st.booleans()}),
     "adadelta": st.fixed_dictionaries({
         "lr": positive, "rho": unit, "eps": st.floats(1e-8, 1e-1),
         "weight_decay": st.floats(0.0, 1.0), "maximize": st.booleans()}),

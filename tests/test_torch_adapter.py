@@ -296,3 +296,27 @@ def test_an_algorithm_torch_lacks_trains_as_its_numpy_oracle(flatten):
     again.load_state_dict(copy.deepcopy(state))
     assert torch.equal(again.state_dict()["state"][0]["exp_avg"],
                        state["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("module", ["fusedopt", "fusedopt.torch"])
+@pytest.mark.parametrize("name, advice", [
+    ("LBFGS", "Use torch.optim.LBFGS"), ("SparseAdam", "Use torch.optim.SparseAdam")])
+def test_importing_what_fusedopt_lacks_says_what_to_use(module, name, advice):
+    """torch.optim's optimizers without a fused twin: an ImportError naming them, why
+    and what to use instead; any other missing name stays an AttributeError."""
+    with pytest.raises(ImportError, match=f"{module} does not provide {name}: .*{advice}"):
+        exec(f"from {module} import {name}")
+    mod = __import__(module, fromlist=["_"])
+    assert getattr(mod, "NoSuchOptimizer", None) is None
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchOptimizer'"):
+        mod.NoSuchOptimizer  # noqa: B018
+
+
+def test_every_torch_optimizer_is_provided_or_explained():
+    """Each torch.optim optimizer is a fusedopt.torch class or says why it is not."""
+    from fusedopt.algorithms import NOT_PROVIDED
+    names = {n for n, c in vars(torch.optim).items()
+             if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
+             and c is not torch.optim.Optimizer}
+    assert names <= set(ft.CLASSES) | set(NOT_PROVIDED), names - set(ft.CLASSES)
+    assert not set(ft.CLASSES) & set(NOT_PROVIDED)

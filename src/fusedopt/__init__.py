@@ -1,11 +1,11 @@
 """fusedopt: fused optimizer parameter-update kernels for NumPy arrays.
 
 One pass over parameters, gradients and state per step. See ``fusedopt.SGD``,
-``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop``, ``Adamax``, ``Adadelta``, ``Lion``;
-``fusedopt.functional`` for the
-one-buffer kernels; ``fusedopt.backends.available()`` for what runs here.
+``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop``, ``Adamax``, ``Adadelta``, ``RAdam``,
+``Rprop``, ``Lion``; ``fusedopt.functional`` for the one-buffer kernels; ``fusedopt.backends.available()`` for what runs here.
 """
 
+from . import algorithms as _algorithms
 from . import backends, functional, optim, schedules
 from .flat import FlatParams
 from .optim import Optimizer
@@ -14,6 +14,12 @@ from .optim import Optimizer
 globals().update(optim.CLASSES)
 
 __version__ = "0.1.0"
+
+
+
+#: ``from fusedopt import LBFGS``: an ImportError that says why and what to use
+__getattr__ = _algorithms.module_getattr(__name__)
+
 
 __all__ = [*optim.CLASSES, "FlatParams", "Optimizer", "backends", "schedules",
            "functional", "__version__"]

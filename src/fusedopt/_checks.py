@@ -204,6 +204,35 @@ def betas(x, name) -> tuple[float, float]:
                         f"{tuple(x)!r}") from None
 
 
+def etas(x, name) -> tuple[float, float]:
+    """Rprop's ``(etaminus, etaplus)``: ``0 < etaminus < 1 < etaplus``, as torch."""
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        raise TypeError(f"{_name(name)}: expected a pair (etaminus, etaplus), got {x!r}")
+    try:
+        lo, hi = number(x[0], ""), number(x[1], "")
+    except (TypeError, ValueError):
+        lo = hi = None
+    if lo is None or not 0.0 < lo < 1.0 < hi:
+        raise ValueError(f"{_name(name)}: expected two numbers with 0 < etaminus < 1 < "
+                         f"etaplus, got {tuple(x)!r}")
+    return lo, hi
+
+
+def step_sizes(x, name) -> tuple[float, float]:
+    """Rprop's ``(step_size_min, step_size_max)``: finite, ``0 <= min <= max``."""
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        raise TypeError(f"{_name(name)}: expected a pair (step_size_min, "
+                        f"step_size_max), got {x!r}")
+    try:
+        lo, hi = number(x[0], ""), number(x[1], "")
+    except (TypeError, ValueError):
+        lo = hi = None
+    if lo is None or lo > hi:
+        raise ValueError(f"{_name(name)}: expected two finite numbers with 0 <= "
+                         f"step_size_min <= step_size_max, got {tuple(x)!r}")
+    return lo, hi
+
+
 def step_count(x, name: str) -> int:
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or x < 1:
         raise ValueError(f"{name}: expected an int >= 1 (the 1-based step), got {x!r}")

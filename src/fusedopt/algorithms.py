@@ -84,7 +84,19 @@ ADADELTA = Spec(
     lambda lr, rho, eps, wd: (lr, rho, 1.0 - rho, eps, wd),
     lambda s, lr, rho, eps, wd: (wd != 0.0,))
 
-SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA)
+RADAM = Spec(
+    "radam", ("exp_avg", "exp_avg_sq"),
+    ("step", "lr", "beta1", "beta2", "eps", "weight_decay", "decoupled"),
+    scalars.radam,
+    lambda s, step, lr, beta1, beta2, eps, wd, decoupled: (wd != 0.0, decoupled))
+
+RPROP = Spec(
+    "rprop", ("prev", "step_size"),
+    ("etaminus", "etaplus", "step_size_min", "step_size_max"),
+    lambda etaminus, etaplus, lo, hi: (etaminus, etaplus, lo, hi),
+    lambda s, etaminus, etaplus, lo, hi: ())
+
+SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA, RADAM, RPROP)
 
 
 def contract(spec: Spec, launch: Callable) -> Callable:
@@ -402,8 +414,67 @@ ADADELTA_ALGORITHM = Algorithm(
     weight_decay=0``.
     """)
 
+RADAM_ALGORITHM = Algorithm(
+    "RAdam", RADAM,
+    (Hyper("lr", 1e-3, _NUMBER), Hyper("betas", (0.9, 0.999), _checks.betas),
+     Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", 0.0, _NUMBER),
+     Hyper("decoupled_weight_decay", False, _FLAG), _MAXIMIZE),
+    state=lambda h: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["exp_avg"], s["exp_avg_sq"], step, h.lr, h.betas[0], h.betas[1], h.eps,
+        h.weight_decay, h.decoupled_weight_decay, scale, seed, out),
+    doc=r"""RAdam, as ``torch.optim.RAdam`` (Liu et al., 2020: Adam with its
+    adaptive step switched on once the variance of the adaptive learning rate is
+    tractable, and rectified).
+
+    At step :math:`t` (1-based), for each parameter :math:`\theta` with gradient g::
+
+        g = -g if maximize
+        g = g + weight_decay * theta          (L2 penalty; decoupled_weight_decay=False)
+        theta = theta * (1 - lr * weight_decay)        (decoupled_weight_decay=True)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)
+        if rho_t > 5:
+            r = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+            theta = theta - lr * m / (1 - beta1**t) * r * sqrt(1 - beta2**t) / (sqrt(v) + eps)
+        else:
+            theta = theta - lr * m / (1 - beta1**t)
+
+    lr is in the parameter's units per step. State: ``step``, ``exp_avg`` (m),
+    ``exp_avg_sq`` (v), starting at zero. Defaults are torch's: ``lr=1e-3,
+    betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled_weight_decay=False``.
+    """)
+
+RPROP_ALGORITHM = Algorithm(
+    "Rprop", RPROP,
+    (Hyper("lr", 1e-2, _NUMBER), Hyper("etas", (0.5, 1.2), _checks.etas),
+     Hyper("step_sizes", (1e-6, 50.0), _checks.step_sizes), _MAXIMIZE),
+    state=lambda h: (("prev", 0.0), ("step_size", h.lr)),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["prev"], s["step_size"], h.etas[0], h.etas[1], h.step_sizes[0],
+        h.step_sizes[1], scale, seed, out),
+    doc=r"""Rprop, as ``torch.optim.Rprop`` (Riedmiller & Braun, 1993: resilient
+    backpropagation, one step size per element, driven by the gradient's sign only).
+
+    For each parameter :math:`\theta` with gradient g, elementwise::
+
+        g = -g if maximize
+        if g * prev > 0:   step_size = step_size * etaplus
+        if g * prev < 0:   step_size = step_size * etaminus;  g = 0
+        step_size = clamp(step_size, step_size_min, step_size_max)
+        theta = theta - sign(g) * step_size
+        prev = g
+
+    step_size is in the parameter's units. State: ``step``, ``prev`` (starting at
+    zero), ``step_size`` (starting at ``lr``). Defaults are torch's: ``lr=1e-2,
+    etas=(0.5, 1.2), step_sizes=(1e-6, 50)``.
+    """)
+
 ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,
-              RMSPROP_ALGORITHM, LION_ALGORITHM, ADAMAX_ALGORITHM, ADADELTA_ALGORITHM)
+              RMSPROP_ALGORITHM, LION_ALGORITHM, ADAMAX_ALGORITHM, ADADELTA_ALGORITHM,
+              RADAM_ALGORITHM, RPROP_ALGORITHM)
 
 
 # -- functional steps: one fused pass over one buffer, state passed in ---------------
@@ -448,6 +519,11 @@ def _adam_step(name: str, weight_decay: float, decoupled: bool | None) -> Functi
         f"{'AdamW' if decoupled else 'Adam'} step (see :class:`fusedopt."
         f"{'AdamW' if decoupled else 'Adam'}`); AMSGrad when ``max_exp_avg_sq`` is given"
         + ("" if decoupled else ", AdamW's decoupled decay when ``decoupled``") + ".")
+
+
+def _check_rprop_step(k, where) -> None:
+    _checks.etas((k.etaminus, k.etaplus), "etaminus, etaplus")
+    _checks.step_sizes((k.step_size_min, k.step_size_max), "step_size_min, step_size_max")
 
 
 FUNCTIONALS = (
@@ -498,4 +574,58 @@ FUNCTIONALS = (
          Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
         lambda k: (k.lr, k.rho, k.eps, k.weight_decay),
         "Adadelta step (see :class:`fusedopt.Adadelta`)."),
+    Functional(
+        "radam_step", RADAM, (("exp_avg", True), ("exp_avg_sq", True)),
+        (_STEP, Hyper("lr", 1e-3, _NUMBER), Hyper("beta1", 0.9, _beta),
+         Hyper("beta2", 0.999, _beta), Hyper("eps", 1e-8, _NUMBER),
+         Hyper("weight_decay", 0.0, _NUMBER), Hyper("decoupled", False, _FLAG), _MAXIMIZE),
+        lambda k: (k.step, k.lr, k.beta1, k.beta2, k.eps, k.weight_decay, k.decoupled),
+        "RAdam step (see :class:`fusedopt.RAdam`); decoupled weight decay when "
+        "``decoupled``."),
+    Functional(
+        "rprop_step", RPROP, (("prev", True), ("step_size", True)),
+        (Hyper("etaminus", 0.5, _UNIT), Hyper("etaplus", 1.2, _NUMBER),
+         Hyper("step_size_min", 1e-6, _NUMBER), Hyper("step_size_max", 50.0, _NUMBER),
+         _MAXIMIZE),
+        lambda k: (k.etaminus, k.etaplus, k.step_size_min, k.step_size_max),
+        "Rprop step (see :class:`fusedopt.Rprop`); ``step_size`` starts at lr.",
+        validate=_check_rprop_step),
 )
+
+
+# -- what fusedopt does not provide, and what to use instead ---------------------------
+
+#: torch.optim's optimizers that fusedopt does not provide, each with the reason (None:
+#: not yet) and what to use instead: ``from fusedopt(.torch) import <name>`` raises an ImportError
+#: that says so (``not_provided``)
+NOT_PROVIDED = {
+    "LBFGS": (
+        "L-BFGS evaluates a closure several times per step and keeps a history of "
+        "whole-model vectors for its line search; it is not one element-wise pass",
+        "torch.optim.LBFGS for torch models (it works beside fusedopt.torch "
+        "optimizers), scipy.optimize.minimize(method='L-BFGS-B') for NumPy arrays"),
+    "SparseAdam": (
+        "it updates only the rows a sparse gradient touches, and fusedopt's kernels "
+        "step dense arrays",
+        "torch.optim.SparseAdam for the sparse gradients (nn.Embedding(sparse=True)) "
+        "and fusedopt.torch.Adam or AdamW for the dense parameters"),
+    "NAdam": (None, "torch.optim.NAdam"),
+    "ASGD": (None, "torch.optim.ASGD"),
+    "Adafactor": (None, "torch.optim.Adafactor"),
+    "Muon": (None, "torch.optim.Muon"),
+}
+
+
+def module_getattr(module: str) -> Callable[[str], Any]:
+    """The module ``__getattr__`` of ``module`` (PEP 562): ``from <module> import X``
+    with ``X`` a torch.optim optimizer fusedopt does not provide (``NOT_PROVIDED``)
+    raises an ImportError that says why and what to use instead; any other missing
+    name an AttributeError, as usual."""
+    def __getattr__(name: str):
+        if name in NOT_PROVIDED:
+            why, instead = NOT_PROVIDED[name]
+            why = " yet" if why is None else f": {why}"
+            raise ImportError(f"{module} does not provide {name}{why}. Use {instead}.",
+                              name=module)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return __getattr__

@@ -197,3 +197,48 @@ def adadelta(p, g, sq, acc, lr, rho, rhoc, eps, weight_decay, decay, grad_scale)
     acc = rho * acc + rhoc * delta * delta
     p = p - lr * delta
     return p, sq, acc
+
+
+@register_jitable
+def radam(p, g, m, v, beta1c, beta2, beta2c, step_size, rect, eps, weight_decay,
+          param_scale, decay, decoupled, grad_scale):
+    """RAdam (Liu et al., 2020). ``beta1c = 1 - beta1``, ``beta2c = 1 - beta2``,
+    ``step_size = lr / (1 - beta1**t)``; ``rect = step_size * r_t * sqrt(1 -
+    beta2**t)`` once the variance is tractable (rho_t > 5), else 0: the step is then
+    SGD with momentum; ``param_scale = 1 - lr * weight_decay`` (decoupled decay)."""
+    g = grad_scale * g
+    if decay:
+        if decoupled:
+            p = p * param_scale
+        else:
+            g = g + weight_decay * p
+    m = m + beta1c * (g - m)
+    v = beta2 * v + beta2c * g * g
+    # one product after the choice: with a subtraction in each branch, LLVM sinks the
+    # two into one (of a select) and contracts it into an FMA in some loops only
+    k = rect / (sqrt(v) + eps) if rect > rect - rect else step_size  # rect - rect: 0
+    p = p - k * m
+    return p, m, v
+
+
+@register_jitable
+def rprop(p, g, prev, size, etaminus, etaplus, size_min, size_max, grad_scale):
+    """Rprop (Riedmiller & Braun, 1993), as torch: the step size grows by ``etaplus``
+    where the gradient kept its sign, shrinks by ``etaminus`` where it flipped (and
+    that gradient is then taken as 0), is clamped to ``[size_min, size_max]``; the
+    parameter moves by the step size against the gradient's sign. torch's ``sign``
+    is 0 for NaN (on CPU and CUDA): a NaN gradient leaves its step size and parameter
+    as they were (the step after, too, whose product with it is NaN), and is kept in
+    ``prev``; a NaN step size propagates, as torch's ``clamp``."""
+    g = grad_scale * g
+    zero = etaplus - etaplus  # 0 in the compute dtype (a literal would be float64)
+    s = g * prev
+    if s > zero:
+        size = size * etaplus
+    elif s < zero:
+        size = size * etaminus
+        g = zero
+    size = size_min if size < size_min else size
+    size = size_max if size > size_max else size
+    p = p - (size if g > zero else (-size if g < zero else zero * size))
+    return p, g, size

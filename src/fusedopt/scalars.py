@@ -40,6 +40,26 @@ def rmsprop(lr: float, alpha: float, eps: float, weight_decay: float, momentum: 
     return lr, alpha, 1.0 - alpha, eps, weight_decay, momentum
 
 
+def radam(step: int, lr: float, beta1: float, beta2: float, eps: float,
+          weight_decay: float, decoupled: bool):
+    """``(1-beta1, beta2, 1-beta2, lr/bc1, rect, eps, weight_decay, 1-lr*wd)``: as
+    torch, the length of the approximated SMA ``rho_t = rho_inf - 2 t beta2**t / bc2``
+    (``rho_inf = 2 / (1 - beta2) - 1``); once ``rho_t > 5``, ``rect = lr/bc1 * r_t *
+    sqrt(bc2)`` with the variance rectification ``r_t``, else 0 (no adaptive step)."""
+    bias_correction1 = 1.0 - beta1 ** step
+    bias_correction2 = 1.0 - beta2 ** step
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / bias_correction2
+    rect = 0.0
+    if rho_t > 5.0:
+        rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                         / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
+                         ) * math.sqrt(bias_correction2) * lr / bias_correction1
+    param_scale = 1.0 - lr * weight_decay if decoupled else 1.0
+    return (1.0 - beta1, beta2, 1.0 - beta2, lr / bias_correction1, rect, eps,
+            weight_decay, param_scale)
+
+
 def rounding_seed(seed: int, step: int, index: int) -> int:
     """The 32-bit seed of one tensor's (or segment's) stochastic rounding at ``step``:
     distinct tensors and steps draw unrelated bits."""

@@ -721,7 +721,7 @@ def _same_strides(t: torch.Tensor, strides: tuple) -> bool:
 def _full_like(p: torch.Tensor, value: float) -> torch.Tensor:
     """New state of ``p``: ``value`` in ``p``'s layout (``torch.preserve_format``);
     for a complex ``p``, in both parts of each element (its real view is what is
-    stepped), as torch's Adagrad starts its ``sum``."""
+    stepped), as torch's Adagrad starts its ``sum`` and Rprop its ``step_size``."""
     return torch.full_like(p, complex(value, value) if p.is_complex() else value,
                            memory_format=torch.preserve_format)
 
@@ -1138,3 +1138,7 @@ for _name, _cls in _optim.CLASSES.items():
 globals().update(CLASSES)
 
 __all__ = list(CLASSES)
+
+
+#: ``from fusedopt.torch import LBFGS``: an ImportError that says why and what to use
+__getattr__ = _algorithms.module_getattr(__name__)

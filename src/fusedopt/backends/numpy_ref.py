@@ -124,3 +124,45 @@ def adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay,
     square_avg[...] = eg2
     acc_delta[...] = rho * acc_delta + (1 - rho) * dx ** 2
     param[...] = param - lr * dx
+
+
+def radam(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
+          decoupled, grad_scale, seed=0, out=None):
+    # Liu et al. 2020, Algorithm 2: the SMA length rho_t decides whether the adaptive
+    # learning rate's variance is tractable (rho_t > 5, torch's threshold); if so the
+    # step is rectified by r_t, else it is the bias-corrected momentum alone.
+    g = grad_scale * grad
+    if weight_decay != 0:
+        if decoupled:
+            param[...] = param * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * param
+    m = beta1 * exp_avg + (1 - beta1) * g
+    v = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    exp_avg[...] = m
+    exp_avg_sq[...] = v
+    m_hat = m / (1 - beta1 ** step)
+    rho_inf = 2 / (1 - beta2) - 1
+    rho = rho_inf - 2 * step * beta2 ** step / (1 - beta2 ** step)
+    if rho > 5:
+        l_t = np.sqrt(1 - beta2 ** step) / (np.sqrt(v) + eps)
+        r_t = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+        param[...] = param - lr * m_hat * r_t * l_t
+    else:
+        param[...] = param - lr * m_hat
+
+
+def rprop(param, grad, prev, step_size, etaminus, etaplus, step_size_min, step_size_max,
+          grad_scale, seed=0, out=None):
+    # Riedmiller & Braun 1993 (Rprop without weight backtracking, "Rprop-" as torch):
+    # grow the step where the gradient kept its sign, shrink it where it flipped and
+    # forget that gradient, then move against the sign. torch's sign is 0 for NaN
+    # (np.sign's is NaN), so signs are taken by comparison here.
+    g = grad_scale * grad
+    product = g * prev
+    factor = np.where(product > 0, etaplus, np.where(product < 0, etaminus, 1.0))
+    size = np.minimum(np.maximum(step_size * factor, step_size_min), step_size_max)
+    g = np.where(product < 0, 0.0, g).astype(param.dtype)
+    step_size[...] = size
+    param[...] = param - np.where(g > 0, size, np.where(g < 0, -size, 0 * size))
+    prev[...] = g

@@ -189,3 +189,36 @@ cdef inline (floating, floating, floating) rprop(
     size = size_max if size > size_max else size
     p = p - (size if g > zero else (-size if g < zero else zero * size))
     return p, g, size
+
+
+cdef inline (floating, floating, floating) nadam(
+        floating p, floating g, floating m, floating v, floating beta1c, floating beta2,
+        floating beta2c, floating bc2, floating grad_step, floating avg_step,
+        floating eps, floating weight_decay, floating param_scale, bint decay,
+        bint decoupled, floating grad_scale) noexcept nogil:
+    cdef floating denom
+    g = grad_scale * g
+    if decay:
+        if decoupled:
+            p = p * param_scale
+        else:
+            g = g + weight_decay * p
+    m = m + beta1c * (g - m)
+    v = beta2 * v + beta2c * g * g
+    denom = sqrt(v / bc2) + eps
+    p = p - grad_step * g / denom
+    p = p - avg_step * m / denom
+    return p, m, v
+
+
+cdef inline (floating, floating) asgd(
+        floating p, floating g, floating ax, floating eta, floating param_scale,
+        floating weight_decay, floating mu, floating average, bint decay,
+        floating grad_scale) noexcept nogil:
+    g = grad_scale * g
+    if decay:
+        g = g + weight_decay * p
+    p = p * param_scale
+    p = p - eta * g
+    ax = ax + (p - ax) * mu if average > 0 else p
+    return p, ax

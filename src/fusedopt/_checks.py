@@ -204,6 +204,20 @@ def betas(x, name) -> tuple[float, float]:
                         f"{tuple(x)!r}") from None
 
 
+def state_scalar(x, name) -> float:
+    """A state's scalar (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``): a finite
+    real number, as a Python float (NumPy scalars and 0-d arrays are accepted)."""
+    if type(x) is float and math.isfinite(x):
+        return x  # the common case
+    if isinstance(x, np.ndarray) and x.shape == ():
+        x = x.item()
+    if isinstance(x, (bool, np.bool_)) or not isinstance(
+            x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
+        raise ValueError(f"{_name(name)}: expected a finite number (per-tensor scalar "
+                         f"state), got {x!r}")
+    return float(x)
+
+
 def etas(x, name) -> tuple[float, float]:
     """Rprop's ``(etaminus, etaplus)``: ``0 < etaminus < 1 < etaplus``, as torch."""
     if not isinstance(x, (tuple, list)) or len(x) != 2:

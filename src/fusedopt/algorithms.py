@@ -96,7 +96,19 @@ RPROP = Spec(
     lambda etaminus, etaplus, lo, hi: (etaminus, etaplus, lo, hi),
     lambda s, etaminus, etaplus, lo, hi: ())
 
-SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA, RADAM, RPROP)
+NADAM = Spec(
+    "nadam", ("exp_avg", "exp_avg_sq"),
+    ("step", "mu_product", "lr", "beta1", "beta2", "eps", "weight_decay",
+     "momentum_decay", "decoupled"),
+    scalars.nadam,
+    lambda s, step, mp, lr, beta1, beta2, eps, wd, md, decoupled: (wd != 0.0, decoupled))
+
+ASGD = Spec(
+    "asgd", ("ax",), ("eta", "mu", "lambd", "weight_decay"),
+    scalars.asgd,
+    lambda s, eta, mu, lambd, wd: (wd != 0.0,))
+
+SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA, RADAM, RPROP, NADAM, ASGD)
 
 
 def contract(spec: Spec, launch: Callable) -> Callable:
@@ -144,7 +156,11 @@ class Algorithm(NamedTuple):
     fresh, grad_scale, seed, out)`` calls ``run``, its kernel's contract function
     (``Spec``), with the slot arrays of state ``s`` (None where off) and the raw
     hyperparameters of ``h`` (one expression: a step pays for every indirection);
-    ``validate(h, where)`` checks across hyperparameters."""
+    ``validate(h, where)`` checks across hyperparameters. ``scalar_state``: the
+    algorithm's per-tensor scalar state besides ``step``, under torch's names
+    (NAdam's ``mu_product``), each a number kept in float32 as torch keeps it;
+    ``scalar_init(h)`` their first values, ``scalar_next(h, t, values)`` their
+    values after step ``t`` (``call`` reads the current ones from ``s``)."""
     title: str
     kernel: Spec
     params: tuple[Hyper, ...]
@@ -155,6 +171,9 @@ class Algorithm(NamedTuple):
     torch_step: bool = True  # torch's state holds a "step" (not SGD's)
     torch_eager: bool = False  # torch creates the state at construction (Adagrad)
     parent: str | None = None  # the class it subclasses (AdamW: Adam), as in torch
+    scalar_state: tuple[str, ...] = ()
+    scalar_init: Callable | None = None
+    scalar_next: Callable | None = None
 
 
 def constructor(algo: Algorithm, name: str, scope: dict, options: str,
@@ -472,9 +491,75 @@ RPROP_ALGORITHM = Algorithm(
     etas=(0.5, 1.2), step_sizes=(1e-6, 50)``.
     """)
 
+NADAM_ALGORITHM = Algorithm(
+    "NAdam", NADAM,
+    (Hyper("lr", 2e-3, _NUMBER), Hyper("betas", (0.9, 0.999), _checks.betas),
+     Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", 0.0, _NUMBER),
+     Hyper("momentum_decay", 4e-3, _NUMBER),
+     Hyper("decoupled_weight_decay", False, _FLAG), _MAXIMIZE),
+    state=lambda h: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["exp_avg"], s["exp_avg_sq"], step, s["mu_product"], h.lr, h.betas[0],
+        h.betas[1], h.eps, h.weight_decay, h.momentum_decay, h.decoupled_weight_decay,
+        scale, seed, out),
+    scalar_state=("mu_product",), scalar_init=lambda h: (1.0,),
+    scalar_next=lambda h, step, values: (scalars.nadam_mu_product(
+        values[0], step, h.betas[0], h.momentum_decay),),
+    doc=r"""NAdam, as ``torch.optim.NAdam`` (Dozat, 2016: Adam with Nesterov
+    momentum, and a momentum schedule).
+
+    At step :math:`t` (1-based), for each parameter :math:`\theta` with gradient g::
+
+        g = -g if maximize
+        g = g + weight_decay * theta          (L2 penalty; decoupled_weight_decay=False)
+        theta = theta * (1 - lr * weight_decay)        (decoupled_weight_decay=True)
+        mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))
+        prod_t = prod_{t-1} * mu_t                          (mu_product, from 1)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        d = sqrt(v / (1 - beta2**t)) + eps
+        theta = theta - lr * (1 - mu_t) / (1 - prod_t) * g / d
+                      - lr * mu_{t+1} / (1 - prod_t * mu_{t+1}) * m / d
+
+    lr is in the parameter's units per step. State: ``step``, ``mu_product``
+    (a number, kept in float32 as torch keeps it), ``exp_avg`` (m), ``exp_avg_sq``
+    (v). Defaults are torch's: ``lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0, momentum_decay=4e-3, decoupled_weight_decay=False``.
+    """)
+
+ASGD_ALGORITHM = Algorithm(
+    "ASGD", ASGD,
+    (Hyper("lr", 1e-2, _NUMBER), Hyper("lambd", 1e-4, _NUMBER),
+     Hyper("alpha", 0.75, _NUMBER), Hyper("t0", 1e6, _NUMBER),
+     Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+    state=lambda h: (("ax", 0.0),),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["ax"], s["eta"], s["mu"], h.lambd, h.weight_decay, scale, seed, out),
+    scalar_state=("eta", "mu"), scalar_init=lambda h: (scalars.f32(h.lr), 1.0),
+    scalar_next=lambda h, step, values: scalars.asgd_next(step, h.lr, h.lambd,
+                                                           h.alpha, h.t0),
+    doc=r"""Averaged SGD, as ``torch.optim.ASGD`` (Polyak & Juditsky, 1992).
+
+    At step :math:`t` (1-based), for each parameter :math:`\theta` with gradient g,
+    with the step size eta and averaging weight mu the step before left::
+
+        g = -g if maximize
+        g = g + weight_decay * theta
+        theta = theta * (1 - lambd * eta) - eta * g
+        ax = theta                   while mu == 1 (the first t0 + 1 steps)
+        ax = ax + mu * (theta - ax)  afterwards
+        eta = lr / (1 + lambd * lr * t)**alpha
+        mu = 1 / max(1, t - t0)
+
+    eta is in the parameter's units per gradient unit; ``ax`` is the averaged
+    parameter. State: ``step``, ``eta`` (from lr) and ``mu`` (from 1), numbers kept
+    in float32 as torch keeps them, and ``ax``. Defaults are torch's: ``lr=1e-2,
+    lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0``.
+    """)
+
 ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,
               RMSPROP_ALGORITHM, LION_ALGORITHM, ADAMAX_ALGORITHM, ADADELTA_ALGORITHM,
-              RADAM_ALGORITHM, RPROP_ALGORITHM)
+              RADAM_ALGORITHM, RPROP_ALGORITHM, NADAM_ALGORITHM, ASGD_ALGORITHM)
 
 
 # -- functional steps: one fused pass over one buffer, state passed in ---------------
@@ -489,7 +574,8 @@ class Functional(NamedTuple):
     None leaves the slot absent, e.g. ``max_exp_avg_sq`` without amsgrad) or
     ``(predicate, words)`` (required when ``predicate(kw)``, unused otherwise);
     ``params`` its keyword-only arguments (checked); ``args(kw)`` the kernel's raw
-    hyperparameters from the checked keywords."""
+    hyperparameters from the checked keywords; ``returns(kw)``, where the algorithm
+    keeps scalar state, what the step returns: that state after it."""
     name: str
     kernel: Spec
     slots: tuple[tuple[str, Any], ...]
@@ -497,6 +583,7 @@ class Functional(NamedTuple):
     args: Callable
     doc: str
     validate: Callable | None = None
+    returns: Callable | None = None
 
 
 _STEP = Hyper("step", REQUIRED, _checks.step_count)
@@ -590,6 +677,30 @@ FUNCTIONALS = (
         lambda k: (k.etaminus, k.etaplus, k.step_size_min, k.step_size_max),
         "Rprop step (see :class:`fusedopt.Rprop`); ``step_size`` starts at lr.",
         validate=_check_rprop_step),
+    Functional(
+        "nadam_step", NADAM, (("exp_avg", True), ("exp_avg_sq", True)),
+        (_STEP, Hyper("mu_product", REQUIRED, _NUMBER), Hyper("lr", 2e-3, _NUMBER),
+         Hyper("beta1", 0.9, _beta), Hyper("beta2", 0.999, _beta),
+         Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", 0.0, _NUMBER),
+         Hyper("momentum_decay", 4e-3, _NUMBER), Hyper("decoupled", False, _FLAG),
+         _MAXIMIZE),
+        lambda k: (k.step, k.mu_product, k.lr, k.beta1, k.beta2, k.eps, k.weight_decay,
+                   k.momentum_decay, k.decoupled),
+        "NAdam step (see :class:`fusedopt.NAdam`): ``mu_product`` is the product of "
+        "the momentum coefficients through the step before (1.0 at step 1); returns "
+        "the product through this step, to pass to the next.",
+        returns=lambda k: scalars.nadam_mu_product(k.mu_product, k.step, k.beta1,
+                                                   k.momentum_decay)),
+    Functional(
+        "asgd_step", ASGD, (("ax", True),),
+        (_STEP, Hyper("eta", REQUIRED, _NUMBER), Hyper("mu", REQUIRED, _NUMBER),
+         Hyper("lr", 1e-2, _NUMBER), Hyper("lambd", 1e-4, _NUMBER),
+         Hyper("alpha", 0.75, _NUMBER), Hyper("t0", 1e6, _NUMBER),
+         Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+        lambda k: (k.eta, k.mu, k.lambd, k.weight_decay),
+        "ASGD step (see :class:`fusedopt.ASGD`): ``eta`` and ``mu`` as the step before "
+        "left them (lr and 1.0 at step 1); returns ``(eta, mu)`` for the next.",
+        returns=lambda k: scalars.asgd_next(k.step, k.lr, k.lambd, k.alpha, k.t0)),
 )
 
 
@@ -609,8 +720,6 @@ NOT_PROVIDED = {
         "step dense arrays",
         "torch.optim.SparseAdam for the sparse gradients (nn.Embedding(sparse=True)) "
         "and fusedopt.torch.Adam or AdamW for the dense parameters"),
-    "NAdam": (None, "torch.optim.NAdam"),
-    "ASGD": (None, "torch.optim.ASGD"),
     "Adafactor": (None, "torch.optim.Adafactor"),
     "Muon": (None, "torch.optim.Muon"),
 }

@@ -13,6 +13,7 @@ depend on it).
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from . import _checks, _device, _guard, algorithms
 from .backends import select
@@ -46,9 +47,10 @@ def _run(backend: str, device: str, stream, **arrays):
 
 
 def _step(f: algorithms.Functional, keywords: type, param, grad, slots: tuple,
-          values: dict, backend: str, stream) -> None:
+          values: dict, backend: str, stream) -> Any:
     """One functional step: every argument checked (into ``keywords``, the
-    namedtuple of ``f.params``), then one backend call."""
+    namedtuple of ``f.params``), then one backend call; returns the algorithm's
+    scalar state after it, if it keeps any (``Functional.returns``)."""
     chk, device = _space(param)
     p = chk.param_array(param, "param")
     g = chk.like_param(grad, param, "grad", "param")
@@ -68,6 +70,7 @@ def _step(f: algorithms.Functional, keywords: type, param, grad, slots: tuple,
     with context:
         getattr(impl, f.kernel.name)(p, g, *arrays.values(), *f.args(kw),
                                      -1.0 if kw.maximize else 1.0)
+    return None if f.returns is None else f.returns(kw)
 
 
 def _function(f: algorithms.Functional):
@@ -75,8 +78,8 @@ def _function(f: algorithms.Functional):
     ``collections.namedtuple`` does): its state arrays positional (optional ones
     default to None), its hyperparameters keyword-only."""
     def keyword(h: algorithms.Hyper) -> str:
-        if h.default is algorithms.REQUIRED:  # the step count: a required int
-            return f"{h.name}: int"
+        if h.default is algorithms.REQUIRED:  # the step count, or scalar state
+            return f"{h.name}: {'int' if h.name == 'step' else 'float'}"
         return f"{h.name}: {type(h.default).__name__} = {h.default!r}"
 
     state = ", ".join(name + ("" if need is True else "=None") for name, need in f.slots)
@@ -84,9 +87,9 @@ def _function(f: algorithms.Functional):
     values = ", ".join(f"{h.name}={h.name}" for h in f.params)
     slots = ", ".join(name for name, _ in f.slots)
     source = (f"def {f.name}(param, grad, {state}, *, {keywords}, backend: str = 'auto',"
-              " stream=None) -> None:\n"
-              f"    _step(F, K, param, grad, ({slots},), dict({values}), backend, stream)\n")
-    fn = algorithms.define(f.name, source, {"_step": _step, "F": f,
+              " stream=None) -> Any:\n"
+              f"    return _step(F, K, param, grad, ({slots},), dict({values}), backend, stream)\n")
+    fn = algorithms.define(f.name, source, {"_step": _step, "F": f, "Any": Any,
                                             "K": algorithms.checked(f.name, f.params)},
                            f"fusedopt.functional.{f.name}")
     fn.__module__, fn.__doc__ = __name__, f.doc

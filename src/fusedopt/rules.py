@@ -242,3 +242,40 @@ def rprop(p, g, prev, size, etaminus, etaplus, size_min, size_max, grad_scale):
     size = size_max if size > size_max else size
     p = p - (size if g > zero else (-size if g < zero else zero * size))
     return p, g, size
+
+
+@register_jitable
+def nadam(p, g, m, v, beta1c, beta2, beta2c, bc2, grad_step, avg_step, eps,
+          weight_decay, param_scale, decay, decoupled, grad_scale):
+    """NAdam (Dozat, 2016), as torch. ``beta1c = 1 - beta1``, ``beta2c = 1 - beta2``,
+    ``bc2 = 1 - beta2**t``; ``grad_step = lr (1 - mu_t) / (1 - prod_t)`` and
+    ``avg_step = lr mu_{t+1} / (1 - prod_t mu_{t+1})`` (the momentum schedule and
+    its product, ``fusedopt.scalars.nadam``); ``param_scale = 1 - lr * weight_decay``
+    (decoupled decay)."""
+    g = grad_scale * g
+    if decay:
+        if decoupled:
+            p = p * param_scale
+        else:
+            g = g + weight_decay * p
+    m = m + beta1c * (g - m)
+    v = beta2 * v + beta2c * g * g
+    denom = sqrt(v / bc2) + eps
+    p = p - grad_step * g / denom
+    p = p - avg_step * m / denom
+    return p, m, v
+
+
+@register_jitable
+def asgd(p, g, ax, eta, param_scale, weight_decay, mu, average, decay, grad_scale):
+    """ASGD (Polyak & Juditsky, 1992), as torch: an SGD step of size ``eta`` with
+    ``param_scale = 1 - lambd * eta``, then the running average ``ax`` of the
+    parameters: ``ax + mu (p - ax)``, or ``p`` itself while ``average`` is 0
+    (``mu == 1``, torch copies it). ``eta`` and ``mu`` are the step's host state."""
+    g = grad_scale * g
+    if decay:
+        g = g + weight_decay * p
+    p = p * param_scale
+    p = p - eta * g
+    ax = ax + (p - ax) * mu if average > average - average else p  # average - average: 0
+    return p, ax

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def sgd(fresh_buffer: bool, lr: float, momentum: float, dampening: float,
         weight_decay: float):
@@ -58,6 +60,54 @@ def radam(step: int, lr: float, beta1: float, beta2: float, eps: float,
     param_scale = 1.0 - lr * weight_decay if decoupled else 1.0
     return (1.0 - beta1, beta2, 1.0 - beta2, lr / bias_correction1, rect, eps,
             weight_decay, param_scale)
+
+
+def f32(x: float) -> float:
+    """``x`` rounded to float32: torch keeps an optimizer's scalar state (NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``) in float32 tensors (its default scalar
+    dtype) and computes with their rounded values."""
+    return float(np.float32(x))
+
+
+def nadam_mu(step: int, beta1: float, momentum_decay: float) -> float:
+    """NAdam's momentum coefficient at ``step``: ``beta1 (1 - 0.96**(t psi) / 2)``."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+
+
+def nadam_mu_product(mu_product: float, step: int, beta1: float,
+                     momentum_decay: float) -> float:
+    """The product of the momentum coefficients through ``step``, from the one through
+    the step before: as torch, ``mu_product *= mu`` on a float32 tensor."""
+    return f32(np.float32(mu_product) * np.float32(nadam_mu(step, beta1, momentum_decay)))
+
+
+def nadam(step: int, mu_product: float, lr: float, beta1: float, beta2: float,
+          eps: float, weight_decay: float, momentum_decay: float, decoupled: bool):
+    """``(1-beta1, beta2, 1-beta2, bc2, lr (1-mu_t) / (1-prod_t), lr mu_{t+1} /
+    (1-prod_t mu_{t+1}), eps, weight_decay, 1-lr*wd)``, ``mu_product`` being the
+    product through the step before (``prod_t`` the one through this step)."""
+    mu = nadam_mu(step, beta1, momentum_decay)
+    mu_next = nadam_mu(step + 1, beta1, momentum_decay)
+    product = nadam_mu_product(mu_product, step, beta1, momentum_decay)
+    param_scale = 1.0 - lr * weight_decay if decoupled else 1.0
+    return (1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2 ** step,
+            lr * (1.0 - mu) / (1.0 - product), lr * mu_next / (1.0 - product * mu_next),
+            eps, weight_decay, param_scale)
+
+
+def asgd(eta: float, mu: float, lambd: float, weight_decay: float):
+    """``(eta, 1 - lambd * eta, weight_decay, mu, average)``: the step's ``eta`` and
+    ``mu`` (as the step before left them); ``average`` is 0 while ``mu == 1`` (the
+    average is then the parameter itself, copied as torch copies it), else 1."""
+    return eta, 1.0 - lambd * eta, weight_decay, mu, 0.0 if mu == 1.0 else 1.0
+
+
+def asgd_next(step: int, lr: float, lambd: float, alpha: float, t0: float
+              ) -> tuple[float, float]:
+    """ASGD's ``(eta, mu)`` for the step after ``step``, as torch (float32):
+    ``eta = lr / (1 + lambd lr t)**alpha``, ``mu = 1 / max(1, t - t0)``."""
+    return (f32(lr / ((1.0 + lambd * lr * step) ** alpha)),
+            f32(1.0 / max(1.0, step - t0)))
 
 
 def rounding_seed(seed: int, step: int, index: int) -> int:

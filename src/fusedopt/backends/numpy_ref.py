@@ -166,3 +166,37 @@ def rprop(param, grad, prev, step_size, etaminus, etaplus, step_size_min, step_s
     step_size[...] = size
     param[...] = param - np.where(g > 0, size, np.where(g < 0, -size, 0 * size))
     prev[...] = g
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, step, mu_product, lr, beta1, beta2, eps,
+          weight_decay, momentum_decay, decoupled, grad_scale, seed=0, out=None):
+    # Dozat 2016 (Incorporating Nesterov Momentum into Adam), with torch's momentum
+    # schedule mu_t = beta1 (1 - 0.96^(t psi) / 2) and its product kept in float32:
+    # theta -= lr [(1 - mu_t) g / (1 - prod_t) + mu_{t+1} m / (1 - prod_{t+1})] / d.
+    g = grad_scale * grad
+    if weight_decay != 0:
+        if decoupled:
+            param[...] = param * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * param
+    mu_t = beta1 * (1 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = beta1 * (1 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    prod_t = float(np.float32(mu_product) * np.float32(mu_t))
+    m = beta1 * exp_avg + (1 - beta1) * g
+    v = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    exp_avg[...] = m
+    exp_avg_sq[...] = v
+    d = np.sqrt(v / (1 - beta2 ** step)) + eps
+    param[...] = (param - lr * (1 - mu_t) / (1 - prod_t) * g / d
+                  - lr * mu_next / (1 - prod_t * mu_next) * m / d)
+
+
+def asgd(param, grad, ax, eta, mu, lambd, weight_decay, grad_scale, seed=0, out=None):
+    # Polyak & Juditsky 1992 as torch.optim.ASGD: an SGD step of size eta with decay
+    # lambd * eta, then the running average of the iterates (the iterate itself while
+    # mu == 1).
+    g = grad_scale * grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    param[...] = param * (1 - lambd * eta) - eta * g
+    ax[...] = param if mu == 1 else ax + mu * (param - ax)

@@ -277,7 +277,8 @@ class Optimizer(Precision, FlatMode, Serialise):
             hypers = self._hypers()
             common = None
             if (_guard.common_plan is not None and self._space is _checks
-                    and type(grads) is list and type(self.state) is dict):
+                    and type(grads) is list and type(self.state) is dict
+                    and not self._algorithm.scalar_state):
                 common = _guard.common_plan(
                     self._flat, self._params, grads, self.state, self._tensor_kinds(),
                     [(len(g["params"]), h, names)
@@ -355,6 +356,8 @@ class Optimizer(Precision, FlatMode, Serialise):
         else:
             step = 0
         space, work, new, fresh = self._space, {"step": step}, {}, False
+        if self._algorithm.scalar_state:
+            work.update(self._plan_scalars(live, step, hyper, f"state[{i}]"))
         dtype, mastered = kind
         p, out, size = flat, None, flat.size
         if mastered:
@@ -382,6 +385,25 @@ class Optimizer(Precision, FlatMode, Serialise):
             names.append(("state", i, name))
         return hyper, p, out, work, new, fresh
 
+    @classmethod
+    def _plan_scalars(cls, live, step: int, hyper, where: str) -> dict[str, float]:
+        """The algorithm's scalar state (``Algorithm.scalar_state``) as ``live`` holds
+        it, checked; its first values where ``live`` holds none and has not stepped.
+        ``where`` names ``live`` in errors (``state[3]``)."""
+        algo = cls._algorithm
+        names = algo.scalar_state
+        values = [live.get(name) for name in names]
+        if step == 0 and all(v is None for v in values):
+            return dict(zip(names, algo.scalar_init(hyper)))
+        for name, v in zip(names, values):
+            if v is None:
+                raise ValueError(
+                    f"{where}: holds 'step' {step} but no {name!r} (its "
+                    f"{algo.title} state: {list(names)}); set it to {{}} to start this "
+                    "parameter afresh")
+        return {name: _checks.state_scalar(v, (where, name))
+                for name, v in zip(names, values)}
+
     def _run(self, plans, flat_grads, scale: float) -> None:
         """The kernel calls of a checked plan; first-step state joins ``state``.
         On the compiled host backends, one multi-tensor call (``impl.multi``) per
@@ -392,6 +414,7 @@ class Optimizer(Precision, FlatMode, Serialise):
         multi = (getattr(impl, "multi", None) if _guard.addresses is not None
                  and len(plans) >= _MULTI_MIN else None)
         buckets: dict[tuple, list[int]] = {}
+        names = self._algorithm.scalar_state
         for i, (hyper, p, out, work, new, fresh) in enumerate(plans):
             live = state.get(i)
             if live is None:
@@ -399,7 +422,8 @@ class Optimizer(Precision, FlatMode, Serialise):
             if new:
                 live.update(new)
             if multi is not None and out is None:
-                key = (id(hyper), p.dtype, work["step"], fresh)
+                key = (id(hyper), p.dtype, work["step"], fresh,
+                       *(work[name] for name in names))
                 bucket = buckets.get(key)
                 if bucket is None:
                     bucket = buckets[key] = []
@@ -408,7 +432,9 @@ class Optimizer(Precision, FlatMode, Serialise):
             self._update(impl, p, flat_grads[i], work, hyper, fresh, scale,
                          self._seed(p, work, i), out)
             live["step"] = work["step"]
-        for (_, _, step, fresh), members in buckets.items():
+            for name in names:
+                live[name] = work[name]
+        for (_, _, step, fresh, *_), members in buckets.items():
             self._run_multi(plans, flat_grads, members, step, fresh, scale)
 
     def _run_multi(self, plans, flat_grads, members: list[int], step: int,
@@ -436,9 +462,15 @@ class Optimizer(Precision, FlatMode, Serialise):
         self._impl.multi(self._kernel, flags, present, h, (p0.dtype, p0.dtype, sdtype),
                          table, counts, seeds, grad_scale,
                          int(counts.sum()) >= policy.PARALLEL_MIN_SIZE)
-        state = self.state
+        state, algo = self.state, self._algorithm
+        after = {}
+        if algo.scalar_state:
+            after = dict(zip(algo.scalar_state, algo.scalar_next(
+                hyper, step + 1, tuple(work0[name] for name in algo.scalar_state))))
         for i in members:
             plans[i][3]["step"] = state[i]["step"] = step + 1
+            plans[i][3].update(after)
+            state[i].update(after)
 
     def _grad_scale(self, grads: list[np.ndarray], name) -> float | None:
         """The factor every gradient is multiplied by this step (clipping), or None
@@ -506,8 +538,12 @@ class Optimizer(Precision, FlatMode, Serialise):
         ``seed`` drives stochastic rounding into bf16 parameters, ``out`` (master
         weights) is the bf16 parameter whose float32 master copy ``p`` is."""
         state["step"] = step = state["step"] + 1
-        cls._algorithm.call(getattr(impl, cls._kernel), p, g, state, hyper, step, fresh,
-                            -scale if hyper.maximize else scale, seed, out)
+        algo = cls._algorithm
+        algo.call(getattr(impl, cls._kernel), p, g, state, hyper, step, fresh,
+                  -scale if hyper.maximize else scale, seed, out)
+        if algo.scalar_state:  # its scalar state after the step
+            state.update(zip(algo.scalar_state, algo.scalar_next(
+                hyper, step, tuple(state[name] for name in algo.scalar_state))))
 
     @classmethod
     def _arguments(cls, names: dict, hyper: tuple, step: int, fresh: bool,

@@ -78,6 +78,9 @@ class FlatMode:
                     seg["start"]:seg["stop"]]
                 if name != MASTER:
                     _checks.fill(state[name], dict(self._state_spec(hyper))[name])
+            if self._algorithm.scalar_state:
+                state.update(self._plan_scalars(state, state["step"], hyper,
+                                                f"the state of segment {k}"))
             p, out = seg["param"], None
             if self._mastered(p):
                 p, out = state[MASTER], p
@@ -100,7 +103,9 @@ class FlatMode:
         for i in range(len(self._params)):
             seg = self._where[i][0]
             st = new_state.get(i, {"step": 0})
-            key = (st["step"], tuple(sorted(k for k in st if k != "step")))
+            numbers = ("step", *self._algorithm.scalar_state)
+            key = (*(st.get(k) for k in numbers),
+                   tuple(sorted(k for k in st if k not in numbers)))
             if seen.setdefault(id(seg), key) != key:
                 raise ValueError(
                     f"state_dict['state'][{i}]: a FlatParams optimizer steps each "

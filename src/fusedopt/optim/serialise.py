@@ -16,14 +16,15 @@ class Serialise:
     """Checkpoints of ``Optimizer``."""
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"state": {i: {"step": int, <name>: array}}, "param_groups": [...]}``.
+        """``{"state": {i: {"step": int, <name>: array}}, "param_groups": [...]}``
+        (and the algorithm's scalar state, e.g. NAdam's ``"mu_product"``: floats).
         Arrays have their parameter's shape and are views of the live state (as in
         torch): copy them if you keep them while training goes on. With CUDA
         parameters they are host copies (NumPy arrays), taken after the last step."""
-        state = {}
+        state, numbers = {}, ("step", *self._algorithm.scalar_state)
         for i, st in self.state.items():
             shape = self._shapes[i]
-            state[i] = {k: (v if k == "step" else _checks.user_view(
+            state[i] = {k: (v if k in numbers else _checks.user_view(
                 self._host(v)).reshape(shape)) for k, v in st.items()}
         groups, i = [], 0
         for group in self.param_groups:
@@ -66,7 +67,7 @@ class Serialise:
         saved_state = state_dict["state"]
         if not isinstance(saved_state, Mapping):
             raise TypeError("state_dict['state']: expected a dict {param index: state}")
-        new_state = {}
+        new_state, numbers = {}, ("step", *self._algorithm.scalar_state)
         for key, st in saved_state.items():
             label = f"state_dict['state'][{key!r}]"
             if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not (
@@ -82,7 +83,7 @@ class Serialise:
             if self._space is _device:  # validated on the host, then moved over
                 for st in new_state.values():
                     for name in st:
-                        if name != "step":
+                        if name not in numbers:
                             st[name] = _device.to_device(st[name])
             for group, merged in zip(self.param_groups, new_groups):
                 group.update(merged)
@@ -91,7 +92,7 @@ class Serialise:
         self._check_flat_steps(new_state)
         for i, st in new_state.items():
             for name in st:
-                if name != "step":
+                if name not in numbers:
                     self._flat_state_buffer(name, self._where[i][0]["dtype"])
         for group, merged in zip(self.param_groups, new_groups):
             group.update(merged)
@@ -99,9 +100,11 @@ class Serialise:
             seg["state"] = {"step": 0}
         for i, st in new_state.items():
             seg, a, b = self._where[i]
-            seg["state"]["step"] = st["step"]
+            for name in numbers:
+                if name in st:
+                    seg["state"][name] = st[name]
             for name, value in st.items():
-                if name != "step":
+                if name not in numbers:
                     if name not in seg["state"]:
                         seg["state"][name] = self._flat_state_buffer(
                             name, seg["dtype"])[seg["start"]:seg["stop"]]
@@ -119,15 +122,20 @@ class Serialise:
         if not isinstance(st, Mapping):
             raise TypeError(f"{label}: expected a dict of state, got {type(st).__name__}")
         names = self._state_names + ((MASTER,) if self.master_weights else ())
-        unknown = set(st) - {"step", *names}
+        scalars = self._algorithm.scalar_state
+        unknown = set(st) - {"step", *scalars, *names}
         if unknown:
             raise ValueError(f"{label}: unknown state {sorted(unknown)}; this optimizer "
-                             f"keeps 'step' and {list(names)}")
+                             f"keeps {['step', *scalars]} and {list(names)}")
         arrays = [name for name in names if st.get(name) is not None]
         out: dict[str, Any] = {"step": _checks.state_step(st.get("step", 0),
                                                           f"{label}['step']")}
+        for name in scalars:
+            if st.get(name) is not None:
+                out[name] = _checks.state_scalar(st[name], (label, name))
         if arrays or out["step"]:  # stepped: loaded whole
             missing = [name for name, _ in spec if st.get(name) is None]
+            missing += [name for name in scalars if st.get(name) is None]
             if "step" not in st:
                 missing.insert(0, "step")
             if missing:

@@ -71,6 +71,18 @@ ALGORITHMS = {
         dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2)),
         dict(lr=0.01, maximize=True),
     ]),
+    "nadam": (fusedopt.NAdam, "NAdam", [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, momentum_decay=0.01, weight_decay=0.05,
+             maximize=True),
+    ]),
+    "asgd": (fusedopt.ASGD, "ASGD", [
+        dict(lr=0.05),
+        dict(lr=0.05, weight_decay=0.1),
+        dict(lr=0.05, lambd=1e-2, alpha=0.5, t0=3, weight_decay=0.05, maximize=True),
+    ]),
     "lion": (fusedopt.Lion, None, [
         dict(lr=0.01),
         dict(lr=0.01, weight_decay=0.1),

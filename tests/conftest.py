@@ -49,6 +49,9 @@ def relative_error(ours, reference) -> float:
 
 
 TOL = {np.float32: 2e-4, np.float64: 1e-10}
+#: a state's entries that are numbers, not arrays: the step and the scalar state of
+#: NAdam (mu_product) and ASGD (eta, mu)
+NUMBERS = ("step", "mu_product", "eta", "mu")
 SHAPES = [(7,), (3, 5), (1,), (2, 3, 4)]
 
 __all__ = ["fusedopt"]

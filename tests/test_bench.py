@@ -96,7 +96,7 @@ def test_traffic_is_minimal_bytes():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--optimizer", "nadam"], "invalid choice(s) ['nadam']"),
+    (["--optimizer", "adafactor"], "invalid choice(s) ['adafactor']"),
     (["--sizes", "12Q"], "not a size: '12Q'"),
     (["--dtype", "float16"], "invalid choice(s) ['float16']"),
     (["--rounds", "0"], "--rounds: must be >= 1"),

@@ -17,6 +17,7 @@ import fusedopt
 from cases import CASES, ALGORITHMS, case_id
 from fusedopt import lowbit
 from fusedopt.backends import policy
+from conftest import NUMBERS
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -147,7 +148,7 @@ def test_bf16_state_tracks_fp32_for_every_algorithm(case):
         assert scaled_error(a, b) < 2e-2
     for i, st in o_low.state_dict()["state"].items():
         for key, value in st.items():
-            if key != "step":
+            if key not in NUMBERS:
                 assert value.dtype == BF16
                 # a state with momentum 0.9 sums ~10 roundings of 2**-9 each
                 assert scaled_error(value.astype(np.float32),
@@ -183,8 +184,8 @@ def test_state_dict_carries_bf16_and_resumes_exactly():
     for g in grads[:5]:
         opt.step(g)
     sd = opt.state_dict()
-    assert {v.dtype for k, v in sd["state"][0].items() if k != "step"} == {BF16}
-    saved = {k: (v if k == "step" else v.copy()) for k, v in sd["state"][0].items()}
+    assert {v.dtype for k, v in sd["state"][0].items() if k not in NUMBERS} == {BF16}
+    saved = {k: (v if k in NUMBERS else v.copy()) for k, v in sd["state"][0].items()}
     q = p.copy()
     for g in grads[5:]:
         opt.step(g)
@@ -270,7 +271,7 @@ def test_master_weights_step_exactly_as_float32_and_round_to_nearest(case):
             np.testing.assert_array_equal(p.view(np.uint16), master.astype(BF16).view(np.uint16))
     for i, st in o_low.state.items():  # state follows the master: float32
         for key, value in st.items():
-            if key != "step":
+            if key not in NUMBERS:
                 np.testing.assert_allclose(value, o_ref.state[i].get(key, ref[i]),
                                            rtol=1e-5, atol=1e-6)
 
@@ -297,7 +298,7 @@ def test_master_weights_with_bf16_state_mixed_params_and_flat():
     for i, (a, b) in enumerate(zip(flat.views, loose)):
         np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
         for key, value in o_loose.state[i].items():
-            if key != "step":
+            if key not in NUMBERS:
                 np.testing.assert_array_equal(o_flat.state[i][key].reshape(-1), value)
     master = o_loose.state[0]["master_param"]
     np.testing.assert_array_equal(loose[0].reshape(-1), master.astype(BF16))
@@ -313,7 +314,7 @@ def test_master_weights_state_dict_resumes_exactly():
     sd = opt.state_dict()
     assert sd["state"][0]["master_param"].dtype == np.float32
     assert sd["state"][0]["exp_avg"].dtype == np.float32
-    saved = {k: (v if k == "step" else v.copy()) for k, v in sd["state"][0].items()}
+    saved = {k: (v if k in NUMBERS else v.copy()) for k, v in sd["state"][0].items()}
     q = p.copy()
     for g in grads[4:]:
         opt.step(g)

@@ -21,7 +21,7 @@ import pytest
 import fusedopt
 from fusedopt import _device, functional
 from cases import ALGORITHMS, CASES, case_id
-from conftest import TOL, relative_error
+from conftest import NUMBERS, TOL, relative_error
 
 pytest.importorskip("numba_cuda", reason="numba-cuda is not installed")
 from numba import cuda  # noqa: E402
@@ -90,7 +90,7 @@ def test_matches_numpy_oracle(case, dtype):
     for i, st in oracle_sd["state"].items():
         assert set(ours_sd["state"][i]) == set(st)
         for key, value in st.items():
-            if key == "step":
+            if key in NUMBERS:
                 assert ours_sd["state"][i][key] == value
             else:
                 assert isinstance(ours_sd["state"][i][key], np.ndarray)  # host copy
@@ -119,13 +119,13 @@ def test_bf16_state_matches_the_numba_backend(case):
     for i, st in cpu_sd["state"].items():
         assert set(ours_sd["state"][i]) == set(st)
         for key, value in st.items():
-            if key != "step":
+            if key not in NUMBERS:
                 assert ours_sd["state"][i][key].dtype == value.dtype  # bfloat16
                 np.testing.assert_allclose(ours_sd["state"][i][key].astype(np.float32),
                                            value.astype(np.float32), rtol=2 ** -7,
                                            atol=1e-6)
     for st in ours.state.values():  # on the device: 2 bytes per element
-        assert all(v.dtype == np.uint16 for k, v in st.items() if k != "step")
+        assert all(v.dtype == np.uint16 for k, v in st.items() if k not in NUMBERS)
 
 
 def test_bf16_state_resumes_on_the_device_and_refuses_bf16_params():
@@ -137,7 +137,7 @@ def test_bf16_state_resumes_on_the_device_and_refuses_bf16_params():
     for g in grads[:3]:
         opt.step([cuda.to_device(g)])
     sd = opt.state_dict()
-    saved = {k: (v if k == "step" else v.copy()) for k, v in sd["state"][0].items()}
+    saved = {k: (v if k in NUMBERS else v.copy()) for k, v in sd["state"][0].items()}
     again_dev = cuda.to_device(host(dev))
     for g in grads[3:]:
         opt.step([cuda.to_device(g)])
@@ -156,12 +156,14 @@ def test_functional_step_matches_oracle(name):
     rng = np.random.default_rng(3)
     p, g = rng.standard_normal(40), rng.standard_normal(40)
     n_state = {"sgd": 1, "adam": 2, "adamw": 2, "adagrad": 1, "rmsprop": 1,
-               "lion": 1, "adamax": 2, "adadelta": 2, "radam": 2, "rprop": 2}[name]
+               "lion": 1, "adamax": 2, "adadelta": 2, "radam": 2, "rprop": 2, "nadam": 2,
+               "asgd": 1}[name]
     kwargs = {"sgd": dict(momentum=0.9, step=1), "adam": dict(step=1),
               "adamw": dict(step=1), "adagrad": dict(step=1), "rmsprop": {},
               "lion": dict(lr=0.01, weight_decay=0.1), "adamax": dict(step=1),
               "adadelta": dict(weight_decay=0.1), "radam": dict(step=7),
-              "rprop": {}}[name]
+              "rprop": {}, "nadam": dict(step=3, mu_product=0.7),
+              "asgd": dict(step=3, eta=0.01, mu=0.5)}[name]
     ref = [p.copy(), g, *[np.zeros(40) for _ in range(n_state)]]
     dev = [cuda.to_device(a) for a in ref]
     fn = getattr(functional, f"{name}_step")
@@ -222,7 +224,7 @@ def test_state_dict_is_host_and_loads_back_to_device():
     sd = opt.state_dict()
     assert sd["state"][0]["exp_avg"].shape == (4, 5)
     assert all(isinstance(v, np.ndarray) for k, v in sd["state"][0].items()
-               if k != "step")
+               if k not in NUMBERS)
     # resume on the host from the device checkpoint, and on the device again
     host_params = [dev[0].copy_to_host()]
     on_host = fusedopt.Adam(host_params, backend="numpy")
@@ -241,7 +243,7 @@ def test_state_dict_is_host_and_loads_back_to_device():
 # -- error paths: a clear exception before any write ----------------------------------
 
 def _snapshot(opt, dev):
-    return [host(d) for d in dev], {i: {k: (v if k == "step" else v.copy())
+    return [host(d) for d in dev], {i: {k: (v if k in NUMBERS else v.copy())
                                         for k, v in st.items()}
                                     for i, st in opt.state_dict()["state"].items()}
 

@@ -72,8 +72,12 @@ def test_multi_call_steps_each_tensor_as_its_own_call(backend, case, storage):
             ref = ([p.copy() for p in params],
                    {n: [a.copy() for a in arrs] for n, arrs in states.items()})
             step = 4
+            # scalar state (NAdam, ASGD) as the fifth step would find it
+            numbers = dict(zip(algo.scalar_state, algo.scalar_next(
+                hyper, 5, algo.scalar_init(hyper)))) if algo.scalar_state else {}
             for t in range(len(SIZES)):
-                work = {"step": step - 1, **{n: ref[1][n][t] for n in states}}
+                work = {"step": step - 1, **numbers,
+                        **{n: ref[1][n][t] for n in states}}
                 seed = 7 * t + 1 if pdt == np.uint16 else 0
                 opt_cls._update(impl, ref[0][t], grads[t], work, hyper, False, 1.0, seed)
             table = np.zeros((len(SIZES), TABLE_COLUMNS), np.int64)
@@ -83,7 +87,7 @@ def test_multi_call_steps_each_tensor_as_its_own_call(backend, case, storage):
                 for n in states:
                     table[t, 2 + slots.index(n)] = states[n][t].ctypes.data
             flags, present, h, scale = opt_cls._arguments(
-                dict.fromkeys(slots, True), hyper, step, False)
+                {**dict.fromkeys(slots, True), **numbers}, hyper, step, False)
             seeds = np.array([7 * t + 1 if pdt == np.uint16 else 0
                               for t in range(len(SIZES))], np.int64)
             impl.multi(opt_cls._kernel, flags, present, h,

@@ -48,6 +48,14 @@ HYPER = {
         "lr": positive, "etas": st.tuples(st.floats(0.1, 0.9), st.floats(1.1, 2.0)),
         "step_sizes": st.tuples(st.floats(0.0, 1e-3), st.floats(1e-2, 10.0)),
         "maximize": st.booleans()}),
+    "nadam": st.fixed_dictionaries({
+        "lr": positive, "betas": st.tuples(unit, unit), "eps": st.floats(1e-8, 1e-1),
+        "weight_decay": st.floats(0.0, 1.0), "momentum_decay": st.floats(0.0, 0.1),
+        "decoupled_weight_decay": st.booleans(), "maximize": st.booleans()}),
+    "asgd": st.fixed_dictionaries({
+        "lr": positive, "lambd": st.floats(0.0, 0.1), "alpha": st.floats(0.0, 1.0),
+        "t0": st.floats(0.0, 10.0), "weight_decay": st.floats(0.0, 1.0),
+        "maximize": st.booleans()}),
     "adadelta": st.fixed_dictionaries({
         "lr": positive, "rho": unit, "eps": st.floats(1e-8, 1e-1),
         "weight_decay": st.floats(0.0, 1.0), "maximize": st.booleans()}),

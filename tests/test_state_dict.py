@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import pickle
 
 import numpy as np
@@ -112,3 +113,62 @@ def test_an_optimizer_deep_copies_and_pickles(backend):
         ref.load_state_dict(copy.deepcopy(opt.state_dict()))
         ref.step([np.full(10, 0.5)])
         np.testing.assert_array_equal(q, expected)
+
+
+SCALAR_STATE = {"nadam": ("mu_product",), "asgd": ("eta", "mu")}
+
+
+@pytest.mark.parametrize("name", list(SCALAR_STATE))
+def test_scalar_state_is_kept_checked_and_loaded_whole(name, backend):
+    """NAdam's mu_product, ASGD's eta and mu: numbers in each parameter's state (as
+    torch keeps them, in float32), in the checkpoint, checked before any write; a
+    stepped state without them is refused, and so is a bad value, leaving
+    parameters and state as they were."""
+    cls, _, options = ALGORITHMS[name]
+    kwargs = options[-1]
+    rng = np.random.default_rng(2)
+    params = [rng.standard_normal(s) for s in ((5,), (2, 3), (4,), (1,), (3,))]
+    opt = cls(params, **kwargs, backend=backend)
+    grads = [np.ones_like(p) for p in params]
+    for _ in range(4):
+        opt.step(grads)
+    names = SCALAR_STATE[name]
+    for st in opt.state.values():
+        assert type(st["step"]) is int and st["step"] == 4
+        for key in names:
+            assert type(st[key]) is float and st[key] == float(np.float32(st[key]))
+    sd = copy.deepcopy(opt.state_dict())
+    assert set(sd["state"][0]) >= {"step", *names}
+    for bad, error in [("0.5", "expected a finite number"),
+                       (float("nan"), "expected a finite number")]:
+        broken = copy.deepcopy(sd)
+        broken["state"][1][names[-1]] = bad
+        with pytest.raises(ValueError, match=re.escape(
+                f"state_dict['state'][1]['{names[-1]}']: {error}")):
+            opt.load_state_dict(broken)
+    broken = copy.deepcopy(sd)
+    del broken["state"][2][names[0]]
+    with pytest.raises(ValueError, match=re.escape(
+            f"state_dict['state'][2]: incomplete state, missing ['{names[0]}']")):
+        opt.load_state_dict(broken)
+    # the live state, spoiled in place: refused at the step, before any write
+    before = [p.copy() for p in params]
+    snap = copy.deepcopy(opt.state)
+    opt.state[3][names[-1]] = float("inf")
+    with pytest.raises(ValueError, match=re.escape(
+            f"state[3]['{names[-1]}']: expected a finite number")):
+        opt.step(grads)
+    del opt.state[3][names[-1]]
+    with pytest.raises(ValueError, match=re.escape(
+            f"state[3]: holds 'step' 4 but no '{names[-1]}'")):
+        opt.step(grads)
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p, b)
+    for i, st in opt.state.items():
+        for key, value in st.items():
+            if i != 3 or key != names[-1]:
+                np.testing.assert_array_equal(value, snap[i][key])
+    # the checkpoint loads whole, and the step goes on
+    opt.load_state_dict(sd)
+    opt.step(grads)
+    assert all(st["step"] == 5 for st in opt.state.values())

@@ -4,6 +4,7 @@ GradScaler, clipping, closures, flattening, and the refusals."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
@@ -59,7 +60,66 @@ def test_training_matches_torch(case, backend):
     assert max_diff(m1, m2) <= TOL
 
 
-@pytest.mark.parametrize("name", list(ALGORITHMS))
+#: algorithms with per-tensor scalar state (NAdam's mu_product): flatten=True refused
+SCALAR_STATE = [name for name, (cls, _, _) in ALGORITHMS.items()
+                if cls._algorithm.scalar_state]
+FLAT = [name for name in ALGORITHMS if name not in SCALAR_STATE]
+
+
+@pytest.mark.parametrize("name", SCALAR_STATE)
+def test_flatten_refused_with_scalar_state(name):
+    torch_name = ALGORITHMS[name][1]
+    with pytest.raises(ValueError, match="flatten=True: .* keeps per-tensor scalar "
+                                         "state .*; use flatten=False"):
+        getattr(ft, torch_name)(mlp().parameters(), flatten=True)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython", "numpy"])
+@pytest.mark.parametrize("name", SCALAR_STATE)
+def test_scalar_state_per_tensor_as_torch(name, backend):
+    """Scalar state (NAdam's mu_product, ASGD's eta and mu) is per tensor: tensors
+    that have stepped different numbers of times carry different values, stepped
+    by one launch each (multi-tensor path) and kept as torch's 0-d tensors, in
+    place; a bad value is refused before any write, naming the tensor."""
+    kwargs = ALGORITHMS[name][2][-1]
+    m1, o1, m2, o2 = pair(name, kwargs, backend=backend)
+    data = batches(12)
+    first = [p for p in m1.parameters()][0], [p for p in m2.parameters()][0]
+    for i, (x, y) in enumerate(data):
+        for model, opt, p0 in ((m1, o1, first[0]), (m2, o2, first[1])):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            if i % 3:  # the first tensor steps one time in three
+                p0.grad = None
+            opt.step()
+    assert max_diff(m1, m2) <= TOL
+    p1, p2 = list(m1.parameters()), list(m2.parameters())
+    for a, b in zip(p1, p2):
+        assert o1.state[a].keys() == o2.state[b].keys()
+        for key, value in o2.state[b].items():
+            if value.dim() == 0:
+                assert o1.state[a][key].dtype == value.dtype
+                assert float(o1.state[a][key]) == float(value), key
+    assert float(o1.state[p1[0]]["step"]) != float(o1.state[p1[1]]["step"])
+    held = {k: v for k, v in o1.state[p1[1]].items() if v.dim() == 0 and k != "step"}
+    x, y = data[0]
+    o1.zero_grad()
+    torch.nn.functional.mse_loss(m1(x), y).backward()
+    o1.step()
+    for key, value in held.items():  # filled in place, as torch's
+        assert o1.state[p1[1]][key] is value
+    # a bad value: refused before any write
+    key = next(iter(held))
+    o1.state[p1[2]][key] = torch.tensor(float("nan"))
+    before = [p.detach().clone() for p in p1]
+    with pytest.raises(ValueError, match=re.escape(
+            f"state[params[2]]['{key}']: expected a finite number")):
+        o1.step()
+    for p, b in zip(p1, before):
+        assert torch.equal(p.detach(), b)
+
+
+@pytest.mark.parametrize("name", FLAT)
 def test_flatten_matches_torch(name):
     kwargs = ALGORITHMS[name][2][-1]
     m1, o1, m2, o2 = pair(name, kwargs, flatten=True)
@@ -70,8 +130,8 @@ def test_flatten_matches_torch(name):
     assert max_diff(m1, m2) <= TOL
 
 
-@pytest.mark.parametrize("flatten", [False, True])
-@pytest.mark.parametrize("name", list(ALGORITHMS))
+@pytest.mark.parametrize("name, flatten", [(name, False) for name in ALGORITHMS]
+                         + [(name, True) for name in FLAT])
 def test_checkpoints_move_both_ways(name, flatten):
     """20 steps in one library, a checkpoint into the other, 20 more in each: the
     same parameters as 40 steps in either."""

@@ -30,6 +30,7 @@ from typing import Any, Callable, MutableMapping
 
 import numpy as np
 import torch
+from torch.optim import optimizer as _torch_optimizer
 
 from . import _checks, _guard
 from . import algorithms as _algorithms
@@ -110,8 +111,14 @@ class _Fused(torch.optim.Optimizer):
         self._views: dict[int, tuple] = {}
         # one step (or load) at a time: a second thread's waits
         self._lock = threading.Lock()
+        #: the algorithm's per-tensor scalar state (NAdam's mu_product), if any
+        self._scalars = self._algorithm._algorithm.scalar_state
+        if flatten and self._scalars:
+            raise ValueError(f"flatten=True: {type(self).__name__} keeps per-tensor "
+                             f"scalar state {list(self._scalars)}, which flat segments "
+                             "do not hold; use flatten=False (the default)")
         self._flat = _FlatTorch(self) if flatten else None
-        #: one kernel call per (group, dtype, step) over all its tensors
+        #: one kernel call per (group, dtype, step, scalar state) over all its tensors
         self._multi = hasattr(self._impl, "multi")
         self._kinds = {dt: (_KINDS[dt], _ITEMSIZE[_KINDS[dt]]) for dt in self._dtypes
                        if dt in _KINDS}  # (the C plan's common case: real dtypes)
@@ -205,7 +212,8 @@ class _Fused(torch.optim.Optimizer):
         checked = self._hypers()
         groups = [(group["params"], tuple((name, 2 + slots.index(name)) for name in names))
                   for group, (_, names) in zip(self.param_groups, checked)]
-        if _guard.tensor_plan is not None and type(self.state) in _STATE_TYPES:
+        if (_guard.tensor_plan is not None and type(self.state) in _STATE_TYPES
+                and not self._scalars):
             common = _guard.tensor_plan(groups, self.state, self._kinds, _TYPES,
                                         self._has_step, float(_checks.MAX_STEP))
             if common is not None:
@@ -300,22 +308,47 @@ class _Fused(torch.optim.Optimizer):
                                                             dtype=torch.float32)
                     steps.append(step_t.data_ptr())
                     step_tensors.append(step_t)
+                values = ()
+                if self._scalars:  # the scalar state: read now, its next values
+                    values = self._plan_scalars(live, step, hyper, index, new, copies)
                 if new:
                     new_state[param] = new
                 rows.append(row)
                 if dtype in _COMPLEX:  # its real view: (re, im) pairs
                     dtype, numel = _COMPLEX[dtype], 2 * numel
                 counts.append(numel)
-                meta.append((k, _KINDS[dtype], step, fresh))
+                meta.append((k, _KINDS[dtype], step, fresh, *values))
                 indices.append(index)
                 index += 1
         plan = (np.array(rows, np.int64).reshape(-1, policy.TABLE_COLUMNS),
                 np.array(counts, np.int64),
-                np.array(meta, np.int64).reshape(-1, 4), np.array(indices, np.int64),
+                np.array(meta, np.int64).reshape(-1, 4 + len(self._scalars)),
+                np.array(indices, np.int64),
                 np.array(steps if self._has_step else [0] * len(rows), np.int64),
                 step_tensors, keep, new_state, copies)
         self._check_overlap(plan)
         return plan
+
+    def _plan_scalars(self, live, step: int, hyper, index: int, new: dict,
+                      copies: list) -> tuple[int, ...]:
+        """The multi-tensor plan's part of the algorithm's scalar state (NAdam's
+        ``mu_product``) for one parameter: its values as ``live`` holds them,
+        checked, returned as the bits of their float64s (for ``meta``: tensors with
+        the same values share a launch); their values after the step written after
+        the kernels (``copies``) into the 0-d tensors torch keeps, or created
+        (``new``)."""
+        algo = self._algorithm
+        values = tuple(algo._plan_scalars(
+            {name: _scalar(live.get(name), index, name) for name in self._scalars},
+            step, hyper, f"state[params[{index}]]").values())
+        after = algo._algorithm.scalar_next(hyper, step + 1, values)
+        for name, value in zip(self._scalars, after):
+            t = live.get(name)
+            if _is_scalar_tensor(t):
+                copies.append((t, torch.tensor(value, dtype=t.dtype)))
+            else:
+                new[name] = torch.tensor(value, dtype=_SCALAR_DTYPE())
+        return tuple(np.array(values, np.float64).view(np.int64).tolist())
 
     def _check_overlap(self, plan: tuple) -> None:
         """No two tensors of the step share a byte (``_guard``), read from the
@@ -323,11 +356,12 @@ class _Fused(torch.optim.Optimizer):
         table, counts, meta, indices, steps = plan[:5]
         slots = self._algorithm._algorithm.kernel.slots
         starts, stops, names = [], [], []
-        for p, _ in plan[8]:  # stepped through copies: every byte they span
+        for p, _ in plan[8]:  # written after the kernels: every byte they span
             start, stop = _span(p)
             starts.append(start)
             stops.append(stop)
-            names.append("a tensor stepped through a copy (strided or float16)")
+            names.append("a tensor stepped through a copy (strided or float16), or "
+                         "scalar state")
         for row, n, kind, j, step in zip(table.tolist(), counts.tolist(),
                                          meta[:, 1].tolist(), indices.tolist(),
                                          steps.tolist()):
@@ -355,7 +389,7 @@ class _Fused(torch.optim.Optimizer):
             launches = [self._launch_args(table, counts, meta[0], indices, checked,
                                           scale)]
         else:
-            keys, which = np.unique(meta.reshape(-1, 4), axis=0, return_inverse=True)
+            keys, which = np.unique(meta, axis=0, return_inverse=True)
             launches = []
             for b, key in enumerate(keys):
                 mine = which.reshape(-1) == b
@@ -384,10 +418,14 @@ class _Fused(torch.optim.Optimizer):
         ``table`` (one group, dtype, step and first step: ``key``); ``checked``: the
         groups' (hyperparameters, state names)."""
         algo = self._algorithm
-        k, kind, step, fresh = key.tolist()
+        k, kind, step, fresh = key[:4].tolist()
         hyper, names = checked[k]
         slots = algo._algorithm.kernel.slots
-        flags, present, h, scale = algo._arguments(_ALL_SLOTS[slots], hyper, step + 1,
+        given = _ALL_SLOTS[slots]
+        if self._scalars:  # the float64 bits of their values (_plan_scalars)
+            given = {**given, **dict(zip(self._scalars,
+                                         key[4:].view(np.float64).tolist()))}
+        flags, present, h, scale = algo._arguments(given, hyper, step + 1,
                                                    bool(fresh), scale)
         if present != tuple(name in names for name in slots):
             raise RuntimeError(f"fusedopt: the state {names} and the kernel's slots "
@@ -486,6 +524,10 @@ class _Fused(torch.optim.Optimizer):
             arrays.append(step_view)  # written too: it must not alias anything
         elif step_t is not None:
             step = self._odd_step(step_t, index)
+        if self._scalars:
+            work.update(self._algorithm._plan_scalars(
+                {name: _scalar(live.get(name), index, name) for name in self._scalars},
+                step, hyper, f"state[params[{index}]]"))
         return p, param, grad, index, hyper, work, new, fresh, step, step_view
 
     @staticmethod
@@ -517,6 +559,12 @@ class _Fused(torch.optim.Optimizer):
             algo._update(impl, param, grad, work, hyper, fresh, scale, seed)
             if step_view is not None:
                 step_view[...] = work["step"]
+            for name in self._scalars:  # 0-d tensors, as torch keeps them
+                t = live.get(name)
+                if _is_scalar_tensor(t):
+                    t.fill_(work[name])
+                else:
+                    live[name] = torch.tensor(work[name], dtype=_SCALAR_DTYPE())
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if self._flat is not None:
@@ -606,6 +654,17 @@ class _Fused(torch.optim.Optimizer):
                         step = step.item()
                     step = _checks.state_step(step, f"{label}['step']")
                     st["step"] = torch.tensor(float(step), dtype=torch.float32)
+                for name in self._scalars:  # a number or a one-element tensor
+                    if st.get(name) is not None:
+                        value = _checks.state_scalar(_scalar(st[name], label, name),
+                                                     (label, name))
+                        if not _is_scalar_tensor(st[name]):
+                            st[name] = torch.tensor(value, dtype=_SCALAR_DTYPE())
+                    elif "step" in st and _started(st["step"]):
+                        raise ValueError(f"{label}: incomplete state, missing "
+                                         f"{[name]} beside its 'step'; a parameter's "
+                                         "state is loaded whole (or left out, to start "
+                                         "it afresh)")
 
 
 class _Watched(dict):
@@ -654,6 +713,31 @@ def _number(v, where):
         return v.item()
     if type(v) is tuple:
         return tuple(_number(x, (where, j)) for j, x in enumerate(v))
+    return v
+
+
+#: torch's dtype for an optimizer's scalar state (float32, or float64 when that is
+#: the default dtype)
+_SCALAR_DTYPE = _torch_optimizer._get_scalar_dtype
+
+
+def _is_scalar_tensor(t) -> bool:
+    """A one-element real CPU tensor: scalar state (``mu_product``) as torch keeps
+    it, filled in place by a step."""
+    return (type(t) is torch.Tensor and t.numel() == 1 and t.is_cpu
+            and t.dtype.is_floating_point)
+
+
+def _scalar(v, index, name):
+    """Scalar state ``v`` as a number for ``_checks.state_scalar``: a one-element
+    tensor's value (None, numbers and anything else as they are, to be checked)."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1 or v.is_complex():
+            where = index if isinstance(index, str) else f"state[params[{index}]]"
+            raise ValueError(f"{where}[{name!r}]: expected a one-element real tensor "
+                             f"(per-tensor scalar state), got shape {tuple(v.shape)}, "
+                             f"{v.dtype}")
+        return v.item()
     return v
 
 

@@ -30,6 +30,8 @@ CONFIGS: dict[str, tuple[str, dict, int]] = {
     "adadelta": ("Adadelta", dict(lr=1.0), 2),
     "radam": ("RAdam", dict(lr=1e-3), 2),
     "rprop": ("Rprop", dict(lr=1e-2), 2),
+    "nadam": ("NAdam", dict(lr=2e-3), 2),
+    "asgd": ("ASGD", dict(lr=1e-2), 1),
 }
 #: Every other state layout, timed when asked for by name (``--optimizer
 #: adam-amsgrad,...``; ``layouts`` for all): one kernel specialisation each.

@@ -193,10 +193,9 @@ cdef inline (floating, floating, floating) rprop(
 
 cdef inline (floating, floating, floating) nadam(
         floating p, floating g, floating m, floating v, floating beta1c, floating beta2,
-        floating beta2c, floating bc2, floating grad_step, floating avg_step,
+        floating beta2c, floating inv_bc2, floating grad_step, floating avg_step,
         floating eps, floating weight_decay, floating param_scale, bint decay,
         bint decoupled, floating grad_scale) noexcept nogil:
-    cdef floating denom
     g = grad_scale * g
     if decay:
         if decoupled:
@@ -205,9 +204,7 @@ cdef inline (floating, floating, floating) nadam(
             g = g + weight_decay * p
     m = m + beta1c * (g - m)
     v = beta2 * v + beta2c * g * g
-    denom = sqrt(v / bc2) + eps
-    p = p - grad_step * g / denom
-    p = p - avg_step * m / denom
+    p = p - (grad_step * g + avg_step * m) / (sqrt(v * inv_bc2) + eps)
     return p, m, v
 
 

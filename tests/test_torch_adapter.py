@@ -60,18 +60,9 @@ def test_training_matches_torch(case, backend):
     assert max_diff(m1, m2) <= TOL
 
 
-#: algorithms with per-tensor scalar state (NAdam's mu_product): flatten=True refused
+#: algorithms with per-tensor scalar state (NAdam's mu_product)
 SCALAR_STATE = [name for name, (cls, _, _) in ALGORITHMS.items()
                 if cls._algorithm.scalar_state]
-FLAT = [name for name in ALGORITHMS if name not in SCALAR_STATE]
-
-
-@pytest.mark.parametrize("name", SCALAR_STATE)
-def test_flatten_refused_with_scalar_state(name):
-    torch_name = ALGORITHMS[name][1]
-    with pytest.raises(ValueError, match="flatten=True: .* keeps per-tensor scalar "
-                                         "state .*; use flatten=False"):
-        getattr(ft, torch_name)(mlp().parameters(), flatten=True)
 
 
 @pytest.mark.parametrize("backend", ["numba", "cython", "numpy"])
@@ -119,7 +110,29 @@ def test_scalar_state_per_tensor_as_torch(name, backend):
         assert torch.equal(p.detach(), b)
 
 
-@pytest.mark.parametrize("name", FLAT)
+@pytest.mark.parametrize("name", SCALAR_STATE)
+def test_flat_scalar_state_is_shared_per_segment_and_checked(name):
+    """flatten=True: a segment's scalar state is one 0-d tensor its parameters
+    share (as its step); spoiled in place, the step refuses before any write."""
+    kwargs = ALGORITHMS[name][2][-1]
+    m1, o1, _, _ = pair(name, kwargs, flatten=True)
+    train(m1, o1, batches(3))
+    params = list(m1.parameters())
+    key = o1._scalars[0]
+    assert all(o1.state[p][key] is o1.state[params[0]][key] for p in params)
+    assert o1.state_dict()["state"][1][key] is not o1.state[params[1]][key]
+    o1.state[params[0]][key].fill_(float("inf"))
+    before = [p.detach().clone() for p in params]
+    x, y = batches(1)[0]
+    torch.nn.functional.mse_loss(m1(x), y).backward()
+    with pytest.raises(ValueError, match=re.escape(
+            f"the state of params[0]'s segment['{key}']: expected a finite number")):
+        o1.step()
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b)
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_flatten_matches_torch(name):
     kwargs = ALGORITHMS[name][2][-1]
     m1, o1, m2, o2 = pair(name, kwargs, flatten=True)
@@ -130,8 +143,8 @@ def test_flatten_matches_torch(name):
     assert max_diff(m1, m2) <= TOL
 
 
-@pytest.mark.parametrize("name, flatten", [(name, False) for name in ALGORITHMS]
-                         + [(name, True) for name in FLAT])
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_checkpoints_move_both_ways(name, flatten):
     """20 steps in one library, a checkpoint into the other, 20 more in each: the
     same parameters as 40 steps in either."""

@@ -245,10 +245,10 @@ def rprop(p, g, prev, size, etaminus, etaplus, size_min, size_max, grad_scale):
 
 
 @register_jitable
-def nadam(p, g, m, v, beta1c, beta2, beta2c, bc2, grad_step, avg_step, eps,
+def nadam(p, g, m, v, beta1c, beta2, beta2c, inv_bc2, grad_step, avg_step, eps,
           weight_decay, param_scale, decay, decoupled, grad_scale):
     """NAdam (Dozat, 2016), as torch. ``beta1c = 1 - beta1``, ``beta2c = 1 - beta2``,
-    ``bc2 = 1 - beta2**t``; ``grad_step = lr (1 - mu_t) / (1 - prod_t)`` and
+    ``inv_bc2 = 1 / (1 - beta2**t)``; ``grad_step = lr (1 - mu_t) / (1 - prod_t)`` and
     ``avg_step = lr mu_{t+1} / (1 - prod_t mu_{t+1})`` (the momentum schedule and
     its product, ``fusedopt.scalars.nadam``); ``param_scale = 1 - lr * weight_decay``
     (decoupled decay)."""
@@ -260,9 +260,7 @@ def nadam(p, g, m, v, beta1c, beta2, beta2c, bc2, grad_step, avg_step, eps,
             g = g + weight_decay * p
     m = m + beta1c * (g - m)
     v = beta2 * v + beta2c * g * g
-    denom = sqrt(v / bc2) + eps
-    p = p - grad_step * g / denom
-    p = p - avg_step * m / denom
+    p = p - (grad_step * g + avg_step * m) / (sqrt(v * inv_bc2) + eps)  # one division
     return p, m, v
 
 

@@ -83,14 +83,14 @@ def nadam_mu_product(mu_product: float, step: int, beta1: float,
 
 def nadam(step: int, mu_product: float, lr: float, beta1: float, beta2: float,
           eps: float, weight_decay: float, momentum_decay: float, decoupled: bool):
-    """``(1-beta1, beta2, 1-beta2, bc2, lr (1-mu_t) / (1-prod_t), lr mu_{t+1} /
+    """``(1-beta1, beta2, 1-beta2, 1/bc2, lr (1-mu_t) / (1-prod_t), lr mu_{t+1} /
     (1-prod_t mu_{t+1}), eps, weight_decay, 1-lr*wd)``, ``mu_product`` being the
     product through the step before (``prod_t`` the one through this step)."""
     mu = nadam_mu(step, beta1, momentum_decay)
     mu_next = nadam_mu(step + 1, beta1, momentum_decay)
     product = nadam_mu_product(mu_product, step, beta1, momentum_decay)
     param_scale = 1.0 - lr * weight_decay if decoupled else 1.0
-    return (1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2 ** step,
+    return (1.0 - beta1, beta2, 1.0 - beta2, 1.0 / (1.0 - beta2 ** step),
             lr * (1.0 - mu) / (1.0 - product), lr * mu_next / (1.0 - product * mu_next),
             eps, weight_decay, param_scale)
 

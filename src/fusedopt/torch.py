@@ -8,8 +8,12 @@ Same constructor arguments and defaults as the torch twins plus ``backend=`` and
 ``state_dict`` / ``load_state_dict``, learning-rate schedulers, ``GradScaler``,
 ``clip_grad_norm_``, DDP and ``ZeroRedundancyOptimizer`` work as with torch. The state
 has torch's keys and types (``step`` a float32 tensor, ``exp_avg``, ``exp_avg_sq``,
-``max_exp_avg_sq``, ``momentum_buffer``, ``sum``, ``square_avg``, ``grad_avg``), so a
-checkpoint moves between ``fusedopt.torch.X`` and ``torch.optim.X`` both ways.
+``max_exp_avg_sq``, ``momentum_buffer``, ``sum``, ``square_avg``, ``grad_avg``,
+``exp_inf``, ``acc_delta``, ``prev``, ``step_size``, ``ax``; NAdam's ``mu_product`` and
+ASGD's ``eta`` and ``mu`` as 0-d tensors), so a checkpoint moves between
+``fusedopt.torch.X`` and ``torch.optim.X`` both ways. ``from fusedopt.torch import
+LBFGS`` (or another optimizer fusedopt lacks) raises an ImportError saying what to
+use instead.
 
 CPU tensors are updated zero-copy through NumPy views, by the algorithm definitions
 of ``fusedopt.optim`` (no second copy of any update rule). ``torch.bfloat16``
@@ -113,10 +117,6 @@ class _Fused(torch.optim.Optimizer):
         self._lock = threading.Lock()
         #: the algorithm's per-tensor scalar state (NAdam's mu_product), if any
         self._scalars = self._algorithm._algorithm.scalar_state
-        if flatten and self._scalars:
-            raise ValueError(f"flatten=True: {type(self).__name__} keeps per-tensor "
-                             f"scalar state {list(self._scalars)}, which flat segments "
-                             "do not hold; use flatten=False (the default)")
         self._flat = _FlatTorch(self) if flatten else None
         #: one kernel call per (group, dtype, step, scalar state) over all its tensors
         self._multi = hasattr(self._impl, "multi")
@@ -574,11 +574,12 @@ class _Fused(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        if self._flat is not None:  # plain dicts with per-parameter step tensors,
-            for key, st in sd["state"].items():  # never the live entries, nor one
-                sd["state"][key] = dict(st)      # step tensor shared
-                if "step" in st:
-                    sd["state"][key]["step"] = st["step"].clone()
+        if self._flat is not None:  # plain dicts with per-parameter step (and scalar
+            for key, st in sd["state"].items():  # state) tensors, never the live
+                sd["state"][key] = dict(st)      # entries, nor one tensor shared
+                for name in ("step", *self._scalars):
+                    if name in st:
+                        sd["state"][key][name] = st[name].clone()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -944,6 +945,7 @@ class _FlatTorch:
                        "param": self.buffers[dt][a:b].numpy(),
                        "grad": self.grad_buffers[dt][a:b].numpy(),
                        "step": torch.tensor(0.0, dtype=torch.float32), "arrays": {},
+                       "scalars": {},  # scalar state: 0-d tensors, as the step
                        "members": [self.members[m] for m in run]}
                 self.segments.append(seg)
                 for m in run:
@@ -1075,8 +1077,15 @@ class _FlatTorch:
             else:
                 gview.copy_(p.grad)
             p.grad = gview
+        numbers = [{}] * len(self.segments)
+        if opt._scalars:  # scalar state, checked before any write
+            numbers = [algo._plan_scalars(
+                {name: t.item() for name, t in seg["scalars"].items()},
+                int(seg["step"].item()), hypers[seg["group"]],
+                f"the state of params[{seg['members'][0]}]'s segment")
+                for seg in self.segments]
         exposed = False
-        for seg, spec in zip(self.segments, specs):
+        for seg, spec, held in zip(self.segments, specs, numbers):
             hyper = hypers[seg["group"]]
             fresh = False
             for name, init in spec:
@@ -1089,8 +1098,15 @@ class _FlatTorch:
                     self._expose(seg, name)
             views = dict(seg.get("views", {}))
             views["step"] = int(seg["step"].item())
+            views.update(held)
             algo._update(opt._impl, seg["param"], seg["grad"], views, hyper, fresh, scale)
             seg["step"].fill_(views["step"])
+            for name in opt._scalars:
+                if name in seg["scalars"]:
+                    seg["scalars"][name].fill_(views[name])
+                else:
+                    seg["scalars"][name] = torch.tensor(views[name],
+                                                        dtype=_SCALAR_DTYPE())
             if views["step"] == 1:
                 self._expose(seg, None)
             exposed |= fresh or views["step"] == 1
@@ -1105,6 +1121,8 @@ class _FlatTorch:
             st = self.opt.state[p]
             if self.opt._has_step and "step" not in st:
                 st["step"] = seg["step"]
+            for key, t in seg["scalars"].items():
+                st.setdefault(key, t)
             if name is not None:
                 _, a, b = self.offsets[j]
                 st[name] = seg["arrays"][name][a - seg["start"]:b - seg["start"]].view_as(p)
@@ -1116,14 +1134,16 @@ class _FlatTorch:
         held: dict[int, tuple] = {}
         for j in self.members:
             st = self.opt.state.get(self.params[j], {})
-            key = (float(st.get("step", 0.0)),
-                   sorted(n for n, v in st.items() if n != "step" and
+            numbers = ("step", *self.opt._scalars)
+            key = (*(float(st.get(n, 0.0)) for n in numbers),
+                   sorted(n for n, v in st.items() if n not in numbers and
                           isinstance(v, torch.Tensor)))
             seg = id(self.segment_of[j])
             if held.setdefault(seg, key) != key:
                 raise ValueError(f"state_dict['state'][{j}]: flatten=True steps each "
-                                 f"segment as one, but this parameter's (step, state) "
-                                 f"{key} differs from its segment's {held[seg]}")
+                                 f"segment as one, but this parameter's "
+                                 f"({', '.join(numbers)}, state) {key} differs from its "
+                                 f"segment's {held[seg]}")
 
     def adopt_state(self) -> None:
         """After torch's load (checked): copy the loaded tensors into the flat state
@@ -1132,22 +1152,26 @@ class _FlatTorch:
         loaded = {j: dict(self.opt.state.get(self.params[j], {})) for j in self.members}
         ours = {buf.untyped_storage().data_ptr() for per in self.state_buffers.values()
                 for buf in per.values()}
+        numbers = ("step", *self.opt._scalars)
         for j, st in loaded.items():
             for name, value in st.items():
-                if name != "step" and isinstance(value, torch.Tensor):
+                if name not in numbers and isinstance(value, torch.Tensor):
                     self._state_buffer(name, self.segment_of[j]["dtype"])
                     if value.untyped_storage().data_ptr() in ours:
                         st[name] = value.clone()  # a view of the buffer about to be reset
         for seg in self.segments:
-            seg["arrays"] = {}
+            seg["arrays"], seg["scalars"] = {}, {}
             seg["step"] = torch.tensor(0.0, dtype=torch.float32)
         for j, st in loaded.items():
             seg = self.segment_of[j]
             if "step" in st:
                 seg["step"].fill_(float(st["step"]))
+            for name in self.opt._scalars:  # (as _adopt_loaded made them: 0-d tensors)
+                if name in st:
+                    seg["scalars"][name] = st[name].detach().clone()
             _, a, b = self.offsets[j]
             for name, value in st.items():
-                if name == "step" or not isinstance(value, torch.Tensor):
+                if name in numbers or not isinstance(value, torch.Tensor):
                     continue
                 if name not in seg["arrays"]:
                     seg["arrays"][name] = self._state_buffer(name, seg["dtype"])[

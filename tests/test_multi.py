@@ -73,8 +73,10 @@ def test_multi_call_steps_each_tensor_as_its_own_call(backend, case, storage):
                    {n: [a.copy() for a in arrs] for n, arrs in states.items()})
             step = 4
             # scalar state (NAdam, ASGD) as the fifth step would find it
+            kinds = (np.float32, np.float32)
             numbers = dict(zip(algo.scalar_state, algo.scalar_next(
-                hyper, 5, algo.scalar_init(hyper)))) if algo.scalar_state else {}
+                hyper, 5, algo.scalar_init(hyper, kinds), kinds))) if (
+                algo.scalar_state) else {}
             for t in range(len(SIZES)):
                 work = {"step": step - 1, **numbers,
                         **{n: ref[1][n][t] for n in states}}

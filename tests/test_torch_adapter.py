@@ -110,6 +110,44 @@ def test_scalar_state_per_tensor_as_torch(name, backend):
         assert torch.equal(p.detach(), b)
 
 
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("name", SCALAR_STATE)
+def test_scalar_state_resumes_in_the_dtype_torch_loads_it(name, flatten):
+    """torch's load casts scalar state to its parameter's dtype (float64 here) and
+    computes on in it: a checkpoint resumed on either side goes on exactly as
+    torch's, values and dtypes."""
+    kwargs = ALGORITHMS[name][2][-1]
+    m1, o1, m2, o2 = pair(name, kwargs, flatten=flatten)
+    data = batches(20)
+    train(m1, o1, data[:10])
+    train(m2, o2, data[:10])
+    torch_name = ALGORITHMS[name][1]
+    sd1, sd2 = copy.deepcopy(o1.state_dict()), copy.deepcopy(o2.state_dict())
+    o1 = getattr(ft, torch_name)(m1.parameters(), **kwargs, flatten=flatten)
+    o1.load_state_dict(sd2)  # torch's checkpoint into fusedopt, and back
+    o2 = getattr(torch.optim, torch_name)(m2.parameters(), **kwargs)
+    o2.load_state_dict(sd1)
+    train(m1, o1, data[10:])
+    train(m2, o2, data[10:])
+    assert max_diff(m1, m2) <= 1e-12
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        for key in o1._scalars:
+            ours, theirs = o1.state[a][key], o2.state[b][key]
+            assert ours.dtype == theirs.dtype == torch.float64
+            assert ours.item() == theirs.item(), key
+
+
+def test_nadam_product_rounding_to_one_is_refused_before_any_write():
+    """beta1 that rounds to 1 in float32 makes mu_product 1 (torch then divides by
+    zero after writing its moments): refused before any write, saying why."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = ft.NAdam([p], betas=(1 - 1e-9, 0.999), momentum_decay=1e4)
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="mu_product rounds to 1.0 at step 1"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(3)) and not opt.state[p]
+
+
 @pytest.mark.parametrize("name", SCALAR_STATE)
 def test_flat_scalar_state_is_shared_per_segment_and_checked(name):
     """flatten=True: a segment's scalar state is one 0-d tensor its parameters

@@ -98,10 +98,11 @@ RPROP = Spec(
 
 NADAM = Spec(
     "nadam", ("exp_avg", "exp_avg_sq"),
-    ("step", "mu_product", "lr", "beta1", "beta2", "eps", "weight_decay",
-     "momentum_decay", "decoupled"),
+    ("step", "mu_product", "scalar_kinds", "lr", "beta1", "beta2", "eps",
+     "weight_decay", "momentum_decay", "decoupled"),
     scalars.nadam,
-    lambda s, step, mp, lr, beta1, beta2, eps, wd, md, decoupled: (wd != 0.0, decoupled))
+    lambda s, step, mp, kinds, lr, beta1, beta2, eps, wd, md, decoupled: (
+        wd != 0.0, decoupled))
 
 ASGD = Spec(
     "asgd", ("ax",), ("eta", "mu", "lambd", "weight_decay"),
@@ -158,9 +159,11 @@ class Algorithm(NamedTuple):
     hyperparameters of ``h`` (one expression: a step pays for every indirection);
     ``validate(h, where)`` checks across hyperparameters. ``scalar_state``: the
     algorithm's per-tensor scalar state besides ``step``, under torch's names
-    (NAdam's ``mu_product``), each a number kept in float32 as torch keeps it;
-    ``scalar_init(h)`` their first values, ``scalar_next(h, t, values)`` their
-    values after step ``t`` (``call`` reads the current ones from ``s``)."""
+    (NAdam's ``mu_product``), each a number rounded as torch stores it (``kinds``:
+    ``fusedopt.scalars.FLOAT32_KINDS`` unless ``s["scalar_kinds"]`` says otherwise);
+    ``scalar_init(h, kinds)`` their first values, ``scalar_next(h, t, values,
+    kinds)`` their values after step ``t`` (``call`` reads the current ones from
+    ``s``)."""
     title: str
     kernel: Spec
     params: tuple[Hyper, ...]
@@ -499,12 +502,13 @@ NADAM_ALGORITHM = Algorithm(
      Hyper("decoupled_weight_decay", False, _FLAG), _MAXIMIZE),
     state=lambda h: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
     call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
-        p, g, s["exp_avg"], s["exp_avg_sq"], step, s["mu_product"], h.lr, h.betas[0],
-        h.betas[1], h.eps, h.weight_decay, h.momentum_decay, h.decoupled_weight_decay,
-        scale, seed, out),
-    scalar_state=("mu_product",), scalar_init=lambda h: (1.0,),
-    scalar_next=lambda h, step, values: (scalars.nadam_mu_product(
-        values[0], step, h.betas[0], h.momentum_decay),),
+        p, g, s["exp_avg"], s["exp_avg_sq"], step, s["mu_product"],
+        s.get("scalar_kinds", scalars.FLOAT32_KINDS), h.lr, h.betas[0], h.betas[1],
+        h.eps, h.weight_decay, h.momentum_decay, h.decoupled_weight_decay, scale, seed,
+        out),
+    scalar_state=("mu_product",), scalar_init=lambda h, kinds: (1.0,),
+    scalar_next=lambda h, step, values, kinds: (scalars.nadam_mu_product(
+        values[0], step, h.betas[0], h.momentum_decay, kinds),),
     doc=r"""NAdam, as ``torch.optim.NAdam`` (Dozat, 2016: Adam with Nesterov
     momentum, and a momentum schedule).
 
@@ -522,7 +526,7 @@ NADAM_ALGORITHM = Algorithm(
                       - lr * mu_{t+1} / (1 - prod_t * mu_{t+1}) * m / d
 
     lr is in the parameter's units per step. State: ``step``, ``mu_product``
-    (a number, kept in float32 as torch keeps it), ``exp_avg`` (m), ``exp_avg_sq``
+    (a number, rounded to float32 as torch keeps it), ``exp_avg`` (m), ``exp_avg_sq``
     (v). Defaults are torch's: ``lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
     weight_decay=0, momentum_decay=4e-3, decoupled_weight_decay=False``.
     """)
@@ -535,9 +539,10 @@ ASGD_ALGORITHM = Algorithm(
     state=lambda h: (("ax", 0.0),),
     call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
         p, g, s["ax"], s["eta"], s["mu"], h.lambd, h.weight_decay, scale, seed, out),
-    scalar_state=("eta", "mu"), scalar_init=lambda h: (scalars.f32(h.lr), 1.0),
-    scalar_next=lambda h, step, values: scalars.asgd_next(step, h.lr, h.lambd,
-                                                           h.alpha, h.t0),
+    scalar_state=("eta", "mu"), scalar_init=lambda h, kinds: scalars.asgd_first(h.lr,
+                                                                                 kinds),
+    scalar_next=lambda h, step, values, kinds: scalars.asgd_next(
+        step, h.lr, h.lambd, h.alpha, h.t0, kinds),
     doc=r"""Averaged SGD, as ``torch.optim.ASGD`` (Polyak & Juditsky, 1992).
 
     At step :math:`t` (1-based), for each parameter :math:`\theta` with gradient g,
@@ -684,11 +689,12 @@ FUNCTIONALS = (
          Hyper("eps", 1e-8, _NUMBER), Hyper("weight_decay", 0.0, _NUMBER),
          Hyper("momentum_decay", 4e-3, _NUMBER), Hyper("decoupled", False, _FLAG),
          _MAXIMIZE),
-        lambda k: (k.step, k.mu_product, k.lr, k.beta1, k.beta2, k.eps, k.weight_decay,
-                   k.momentum_decay, k.decoupled),
+        lambda k: (k.step, k.mu_product, scalars.FLOAT32_KINDS, k.lr, k.beta1, k.beta2,
+                   k.eps, k.weight_decay, k.momentum_decay, k.decoupled),
         "NAdam step (see :class:`fusedopt.NAdam`): ``mu_product`` is the product of "
         "the momentum coefficients through the step before (1.0 at step 1); returns "
-        "the product through this step, to pass to the next.",
+        "the product through this step (rounded to float32, as torch keeps it), to "
+        "pass to the next.",
         returns=lambda k: scalars.nadam_mu_product(k.mu_product, k.step, k.beta1,
                                                    k.momentum_decay)),
     Functional(
@@ -699,7 +705,8 @@ FUNCTIONALS = (
          Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
         lambda k: (k.eta, k.mu, k.lambd, k.weight_decay),
         "ASGD step (see :class:`fusedopt.ASGD`): ``eta`` and ``mu`` as the step before "
-        "left them (lr and 1.0 at step 1); returns ``(eta, mu)`` for the next.",
+        "left them (lr and 1.0 at step 1); returns ``(eta, mu)`` for the next "
+        "(rounded to float32, as torch keeps them).",
         returns=lambda k: scalars.asgd_next(k.step, k.lr, k.lambd, k.alpha, k.t0)),
 )
 

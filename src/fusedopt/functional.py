@@ -67,10 +67,11 @@ def _step(f: algorithms.Functional, keywords: type, param, grad, slots: tuple,
         arrays[name] = None if x is None and need is not True else _state(
             chk, x, param, name)
     impl, context = _run(backend, device, stream, param=p, **arrays, grad=g)
+    after = None if f.returns is None else f.returns(kw)  # (may raise: before writing)
     with context:
         getattr(impl, f.kernel.name)(p, g, *arrays.values(), *f.args(kw),
                                      -1.0 if kw.maximize else 1.0)
-    return None if f.returns is None else f.returns(kw)
+    return after
 
 
 def _function(f: algorithms.Functional):

@@ -62,11 +62,12 @@ def radam(step: int, lr: float, beta1: float, beta2: float, eps: float,
             weight_decay, param_scale)
 
 
-def f32(x: float) -> float:
-    """``x`` rounded to float32: torch keeps an optimizer's scalar state (NAdam's
-    ``mu_product``, ASGD's ``eta`` and ``mu``) in float32 tensors (its default scalar
-    dtype) and computes with their rounded values."""
-    return float(np.float32(x))
+#: how torch stores an optimizer's scalar state (NAdam's ``mu_product``, ASGD's ``eta``
+#: and ``mu``): ``(the NumPy scalar type of its tensor, that of torch's default
+#: dtype)``. A new state tensor is float32 (torch's default scalar dtype); a loaded
+#: one takes its parameter's dtype (torch's load casts it). The values are rounded to
+#: it, as torch computes with the rounded values.
+FLOAT32_KINDS = (np.float32, np.float32)
 
 
 def nadam_mu(step: int, beta1: float, momentum_decay: float) -> float:
@@ -74,21 +75,31 @@ def nadam_mu(step: int, beta1: float, momentum_decay: float) -> float:
     return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
 
 
-def nadam_mu_product(mu_product: float, step: int, beta1: float,
-                     momentum_decay: float) -> float:
+def nadam_mu_product(mu_product: float, step: int, beta1: float, momentum_decay: float,
+                     kinds: tuple = FLOAT32_KINDS) -> float:
     """The product of the momentum coefficients through ``step``, from the one through
-    the step before: as torch, ``mu_product *= mu`` on a float32 tensor."""
-    return f32(np.float32(mu_product) * np.float32(nadam_mu(step, beta1, momentum_decay)))
+    the step before: as torch, ``mu_product *= mu`` in its tensor's dtype. A product
+    that rounds to 1 is refused (the update divides by ``1 - mu_product``)."""
+    kind = kinds[0]
+    product = float(kind(kind(mu_product) * kind(nadam_mu(step, beta1,
+                                                           momentum_decay))))
+    if product >= 1.0:
+        raise ValueError(f"NAdam's mu_product rounds to {product} at step {step} (beta1 "
+                         f"{beta1} is too close to 1 for its {np.dtype(kind).name} "
+                         "state), and the update divides by 1 - mu_product")
+    return product
 
 
-def nadam(step: int, mu_product: float, lr: float, beta1: float, beta2: float,
-          eps: float, weight_decay: float, momentum_decay: float, decoupled: bool):
+def nadam(step: int, mu_product: float, kinds: tuple, lr: float, beta1: float,
+          beta2: float, eps: float, weight_decay: float, momentum_decay: float,
+          decoupled: bool):
     """``(1-beta1, beta2, 1-beta2, 1/bc2, lr (1-mu_t) / (1-prod_t), lr mu_{t+1} /
     (1-prod_t mu_{t+1}), eps, weight_decay, 1-lr*wd)``, ``mu_product`` being the
-    product through the step before (``prod_t`` the one through this step)."""
+    product through the step before (``prod_t`` the one through this step), stored
+    as ``kinds`` says (``FLOAT32_KINDS``)."""
     mu = nadam_mu(step, beta1, momentum_decay)
     mu_next = nadam_mu(step + 1, beta1, momentum_decay)
-    product = nadam_mu_product(mu_product, step, beta1, momentum_decay)
+    product = nadam_mu_product(mu_product, step, beta1, momentum_decay, kinds)
     param_scale = 1.0 - lr * weight_decay if decoupled else 1.0
     return (1.0 - beta1, beta2, 1.0 - beta2, 1.0 / (1.0 - beta2 ** step),
             lr * (1.0 - mu) / (1.0 - product), lr * mu_next / (1.0 - product * mu_next),
@@ -102,12 +113,24 @@ def asgd(eta: float, mu: float, lambd: float, weight_decay: float):
     return eta, 1.0 - lambd * eta, weight_decay, mu, 0.0 if mu == 1.0 else 1.0
 
 
-def asgd_next(step: int, lr: float, lambd: float, alpha: float, t0: float
-              ) -> tuple[float, float]:
-    """ASGD's ``(eta, mu)`` for the step after ``step``, as torch (float32):
-    ``eta = lr / (1 + lambd lr t)**alpha``, ``mu = 1 / max(1, t - t0)``."""
-    return (f32(lr / ((1.0 + lambd * lr * step) ** alpha)),
-            f32(1.0 / max(1.0, step - t0)))
+def asgd_first(lr: float, kinds: tuple = FLOAT32_KINDS) -> tuple[float, float]:
+    """ASGD's first ``(eta, mu)``: ``(lr, 1)``, stored as ``kinds`` says."""
+    return float(kinds[0](kinds[1](lr))), 1.0
+
+
+def asgd_next(step: int, lr: float, lambd: float, alpha: float, t0: float,
+              kinds: tuple = FLOAT32_KINDS) -> tuple[float, float]:
+    """ASGD's ``(eta, mu)`` for the step after ``step``, as torch: ``eta = lr /
+    (1 + lambd lr t)**alpha``, ``mu = 1 / max(1, t - t0)``, each made a tensor of
+    the default dtype and copied into its state tensor (``kinds``)."""
+    tensor, default = kinds
+    try:
+        eta = lr / ((1.0 + lambd * lr * step) ** alpha)
+    except OverflowError:
+        raise OverflowError(f"ASGD: lr / (1 + lambd * lr * t)**alpha overflows at step "
+                            f"{step} (lr={lr}, lambd={lambd}, alpha={alpha})") from None
+    return (float(tensor(default(eta))),
+            float(tensor(default(1.0 / max(1.0, step - t0)))))
 
 
 def rounding_seed(seed: int, step: int, index: int) -> int:

@@ -322,33 +322,46 @@ class _Fused(torch.optim.Optimizer):
                 index += 1
         plan = (np.array(rows, np.int64).reshape(-1, policy.TABLE_COLUMNS),
                 np.array(counts, np.int64),
-                np.array(meta, np.int64).reshape(-1, 4 + len(self._scalars)),
+                np.array(meta, np.int64).reshape(
+                    -1, 4 + (len(self._scalars) + 1 if self._scalars else 0)),
                 np.array(indices, np.int64),
                 np.array(steps if self._has_step else [0] * len(rows), np.int64),
                 step_tensors, keep, new_state, copies)
         self._check_overlap(plan)
         return plan
 
+    def _read_scalars(self, held, step: int, hyper, where: str) -> dict[str, Any]:
+        """The algorithm's scalar state (NAdam's ``mu_product``) as ``held`` (a
+        parameter's state, or a flat segment's) keeps it: checked and rounded as its
+        0-d tensors store it (``Optimizer._plan_scalars``), with ``scalar_kinds``,
+        how they store it (``fusedopt.scalars``): the dtype of the tensor held, else
+        torch's default scalar dtype."""
+        kinds = _scalar_kinds(held.get(self._scalars[0]))
+        values = self._algorithm._plan_scalars(
+            {name: _scalar(held.get(name), where, name) for name in self._scalars},
+            step, hyper, where, kinds)
+        values["scalar_kinds"] = kinds
+        return values
+
     def _plan_scalars(self, live, step: int, hyper, index: int, new: dict,
                       copies: list) -> tuple[int, ...]:
-        """The multi-tensor plan's part of the algorithm's scalar state (NAdam's
-        ``mu_product``) for one parameter: its values as ``live`` holds them,
-        checked, returned as the bits of their float64s (for ``meta``: tensors with
-        the same values share a launch); their values after the step written after
-        the kernels (``copies``) into the 0-d tensors torch keeps, or created
-        (``new``)."""
-        algo = self._algorithm
-        values = tuple(algo._plan_scalars(
-            {name: _scalar(live.get(name), index, name) for name in self._scalars},
-            step, hyper, f"state[params[{index}]]").values())
-        after = algo._algorithm.scalar_next(hyper, step + 1, values)
+        """The multi-tensor plan's part of the scalar state for one parameter
+        (``_read_scalars``), returned as the bits of the values' float64s and the
+        index of their kinds (for ``meta``: tensors with the same values share a
+        launch); their values after the step written after the kernels
+        (``copies``) into the 0-d tensors torch keeps, or created (``new``)."""
+        held = self._read_scalars(live, step, hyper, f"state[params[{index}]]")
+        kinds = held.pop("scalar_kinds")
+        values = tuple(held.values())
+        after = self._algorithm._algorithm.scalar_next(hyper, step + 1, values, kinds)
         for name, value in zip(self._scalars, after):
             t = live.get(name)
             if _is_scalar_tensor(t):
                 copies.append((t, torch.tensor(value, dtype=t.dtype)))
             else:
                 new[name] = torch.tensor(value, dtype=_SCALAR_DTYPE())
-        return tuple(np.array(values, np.float64).view(np.int64).tolist())
+        return (*np.array(values, np.float64).view(np.int64).tolist(),
+                _SCALAR_KINDS.index(kinds))
 
     def _check_overlap(self, plan: tuple) -> None:
         """No two tensors of the step share a byte (``_guard``), read from the
@@ -422,9 +435,11 @@ class _Fused(torch.optim.Optimizer):
         hyper, names = checked[k]
         slots = algo._algorithm.kernel.slots
         given = _ALL_SLOTS[slots]
-        if self._scalars:  # the float64 bits of their values (_plan_scalars)
+        if self._scalars:  # the float64 bits of their values, their kinds' index
+            n = len(self._scalars)  # (_plan_scalars)
             given = {**given, **dict(zip(self._scalars,
-                                         key[4:].view(np.float64).tolist()))}
+                                         key[4:4 + n].view(np.float64).tolist())),
+                     "scalar_kinds": _SCALAR_KINDS[int(key[4 + n])]}
         flags, present, h, scale = algo._arguments(given, hyper, step + 1,
                                                    bool(fresh), scale)
         if present != tuple(name in names for name in slots):
@@ -525,9 +540,7 @@ class _Fused(torch.optim.Optimizer):
         elif step_t is not None:
             step = self._odd_step(step_t, index)
         if self._scalars:
-            work.update(self._algorithm._plan_scalars(
-                {name: _scalar(live.get(name), index, name) for name in self._scalars},
-                step, hyper, f"state[params[{index}]]"))
+            work.update(self._read_scalars(live, step, hyper, f"state[params[{index}]]"))
         return p, param, grad, index, hyper, work, new, fresh, step, step_view
 
     @staticmethod
@@ -661,7 +674,8 @@ class _Fused(torch.optim.Optimizer):
                                                      (label, name))
                         if not _is_scalar_tensor(st[name]):
                             st[name] = torch.tensor(value, dtype=_SCALAR_DTYPE())
-                    elif "step" in st and _started(st["step"]):
+                    elif ("step" in st and _started(st["step"])) or any(
+                            st.get(n) is not None for n in self._scalars):
                         raise ValueError(f"{label}: incomplete state, missing "
                                          f"{[name]} beside its 'step'; a parameter's "
                                          "state is loaded whole (or left out, to start "
@@ -729,12 +743,30 @@ def _is_scalar_tensor(t) -> bool:
             and t.dtype.is_floating_point)
 
 
-def _scalar(v, index, name):
+#: the NumPy scalar type of each dtype torch may keep scalar state in (a loaded
+#: state takes its parameter's dtype), and every pair of kinds (``fusedopt.scalars``:
+#: the tensor's, the default scalar dtype's) a multi-tensor plan may name by index
+_NUMPY_SCALARS = {torch.float32: np.float32, torch.float64: np.float64,
+                  torch.float16: np.float16, torch.bfloat16: _checks.BF16.type}
+_SCALAR_KINDS = [(t, d) for t in _NUMPY_SCALARS.values() for d in (np.float32,
+                                                                    np.float64)]
+
+
+def _scalar_kinds(t) -> tuple:
+    """How scalar state held as ``t`` is stored (``fusedopt.scalars``): in ``t``'s
+    dtype where it is a real one-element tensor, else (a new one) in torch's default
+    scalar dtype."""
+    default = _NUMPY_SCALARS[_SCALAR_DTYPE()]
+    if _is_scalar_tensor(t):
+        return _NUMPY_SCALARS.get(t.dtype, default), default
+    return default, default
+
+
+def _scalar(v, where: str, name):
     """Scalar state ``v`` as a number for ``_checks.state_scalar``: a one-element
     tensor's value (None, numbers and anything else as they are, to be checked)."""
     if isinstance(v, torch.Tensor):
         if v.numel() != 1 or v.is_complex():
-            where = index if isinstance(index, str) else f"state[params[{index}]]"
             raise ValueError(f"{where}[{name!r}]: expected a one-element real tensor "
                              f"(per-tensor scalar state), got shape {tuple(v.shape)}, "
                              f"{v.dtype}")
@@ -1071,19 +1103,18 @@ class _FlatTorch:
         for seg, spec in zip(self.segments, specs):  # allocate before any write
             for name, _ in spec:
                 self._state_buffer(name, seg["dtype"])
+        numbers = [{}] * len(self.segments)
+        if opt._scalars:  # scalar state, checked before any write
+            numbers = [opt._read_scalars(
+                seg["scalars"], int(seg["step"].item()), hypers[seg["group"]],
+                f"the state of params[{seg['members'][0]}]'s segment")
+                for seg in self.segments]
         for _, p, gview in replaced:
             if p.grad is None:
                 gview.zero_()
             else:
                 gview.copy_(p.grad)
             p.grad = gview
-        numbers = [{}] * len(self.segments)
-        if opt._scalars:  # scalar state, checked before any write
-            numbers = [algo._plan_scalars(
-                {name: t.item() for name, t in seg["scalars"].items()},
-                int(seg["step"].item()), hypers[seg["group"]],
-                f"the state of params[{seg['members'][0]}]'s segment")
-                for seg in self.segments]
         exposed = False
         for seg, spec, held in zip(self.segments, specs, numbers):
             hyper = hypers[seg["group"]]

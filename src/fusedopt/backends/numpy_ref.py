@@ -160,7 +160,8 @@ def rprop(param, grad, prev, step_size, etaminus, etaplus, step_size_min, step_s
     # (np.sign's is NaN), so signs are taken by comparison here.
     g = grad_scale * grad
     product = g * prev
-    factor = np.where(product > 0, etaplus, np.where(product < 0, etaminus, 1.0))
+    factor = np.where(product > 0, etaplus, np.where(product < 0, etaminus, 1.0)
+                      ).astype(step_size.dtype)
     size = np.minimum(np.maximum(step_size * factor, step_size_min), step_size_max)
     g = np.where(product < 0, 0.0, g).astype(param.dtype)
     step_size[...] = size
@@ -168,11 +169,14 @@ def rprop(param, grad, prev, step_size, etaminus, etaplus, step_size_min, step_s
     prev[...] = g
 
 
-def nadam(param, grad, exp_avg, exp_avg_sq, step, mu_product, lr, beta1, beta2, eps,
-          weight_decay, momentum_decay, decoupled, grad_scale, seed=0, out=None):
+def nadam(param, grad, exp_avg, exp_avg_sq, step, mu_product, scalar_kinds, lr, beta1,
+          beta2, eps, weight_decay, momentum_decay, decoupled, grad_scale, seed=0,
+          out=None):
     # Dozat 2016 (Incorporating Nesterov Momentum into Adam), with torch's momentum
-    # schedule mu_t = beta1 (1 - 0.96^(t psi) / 2) and its product kept in float32:
+    # schedule mu_t = beta1 (1 - 0.96^(t psi) / 2) and its product kept in the dtype
+    # of its state tensor (scalar_kinds[0]: float32 unless loaded otherwise):
     # theta -= lr [(1 - mu_t) g / (1 - prod_t) + mu_{t+1} m / (1 - prod_{t+1})] / d.
+    kind = scalar_kinds[0]
     g = grad_scale * grad
     if weight_decay != 0:
         if decoupled:
@@ -181,7 +185,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, step, mu_product, lr, beta1, beta2, 
             g = g + weight_decay * param
     mu_t = beta1 * (1 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
-    prod_t = float(np.float32(mu_product) * np.float32(mu_t))
+    prod_t = float(kind(kind(mu_product) * kind(mu_t)))
     m = beta1 * exp_avg + (1 - beta1) * g
     v = beta2 * exp_avg_sq + (1 - beta2) * g * g
     exp_avg[...] = m

@@ -13,7 +13,9 @@ Every backend module implements the same functions, one per algorithm
             weight_decay, momentum, grad_scale)
 
 Optional state is ``None`` when the option that needs it is off (amsgrad, momentum,
-centered). ``grad_scale`` multiplies the gradient before anything else: -1.0 for
+centered). Per-tensor scalar state is a raw hyperparameter, given as the step before
+left it (NAdam's ``mu_product`` with ``scalar_kinds``, how it is rounded; ASGD's
+``eta`` and ``mu``); the caller keeps it (``Algorithm.scalar_next``). ``grad_scale`` multiplies the gradient before anything else: -1.0 for
 maximize, times a clipping coefficient. A backend's ``BF16`` tuple says which arrays
 may be bf16 bits (uint16): "state" (beside float32 parameters), "params" (bf16
 parameters and gradients); the others are never handed any. Every function also

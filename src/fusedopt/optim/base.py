@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _checks, _device, _guard
+from .. import _checks, _device, _guard, scalars
 from .. import algorithms as _algorithms
 from ..backends import policy, select
 from ..flat import FlatParams
@@ -386,23 +386,30 @@ class Optimizer(Precision, FlatMode, Serialise):
         return hyper, p, out, work, new, fresh
 
     @classmethod
-    def _plan_scalars(cls, live, step: int, hyper, where: str) -> dict[str, float]:
+    def _plan_scalars(cls, live, step: int, hyper, where: str,
+                      kinds: tuple = scalars.FLOAT32_KINDS) -> dict[str, float]:
         """The algorithm's scalar state (``Algorithm.scalar_state``) as ``live`` holds
-        it, checked; its first values where ``live`` holds none and has not stepped.
-        ``where`` names ``live`` in errors (``state[3]``)."""
+        it, checked and rounded as it is stored (``kinds``, see
+        ``fusedopt.scalars``); its first values where ``live`` holds none and has not
+        stepped. Its values after the step are computed here too, once, so that
+        what they would raise (NAdam's product rounding to 1) is raised before any
+        write. ``where`` names ``live`` in errors (``state[3]``)."""
         algo = cls._algorithm
         names = algo.scalar_state
         values = [live.get(name) for name in names]
         if step == 0 and all(v is None for v in values):
-            return dict(zip(names, algo.scalar_init(hyper)))
-        for name, v in zip(names, values):
-            if v is None:
-                raise ValueError(
-                    f"{where}: holds 'step' {step} but no {name!r} (its "
-                    f"{algo.title} state: {list(names)}); set it to {{}} to start this "
-                    "parameter afresh")
-        return {name: _checks.state_scalar(v, (where, name))
-                for name, v in zip(names, values)}
+            values = algo.scalar_init(hyper, kinds)
+        else:
+            for name, v in zip(names, values):
+                if v is None:
+                    raise ValueError(
+                        f"{where}: holds 'step' {step} but no {name!r} (its "
+                        f"{algo.title} state: {list(names)}); set it to {{}} to start "
+                        "this parameter afresh")
+            values = [float(kinds[0](_checks.state_scalar(v, (where, name))))
+                      for name, v in zip(names, values)]
+        algo.scalar_next(hyper, step + 1, tuple(values), kinds)
+        return dict(zip(names, values))
 
     def _run(self, plans, flat_grads, scale: float) -> None:
         """The kernel calls of a checked plan; first-step state joins ``state``.
@@ -466,7 +473,8 @@ class Optimizer(Precision, FlatMode, Serialise):
         after = {}
         if algo.scalar_state:
             after = dict(zip(algo.scalar_state, algo.scalar_next(
-                hyper, step + 1, tuple(work0[name] for name in algo.scalar_state))))
+                hyper, step + 1, tuple(work0[name] for name in algo.scalar_state),
+                scalars.FLOAT32_KINDS)))
         for i in members:
             plans[i][3]["step"] = state[i]["step"] = step + 1
             plans[i][3].update(after)
@@ -543,7 +551,8 @@ class Optimizer(Precision, FlatMode, Serialise):
                   -scale if hyper.maximize else scale, seed, out)
         if algo.scalar_state:  # its scalar state after the step
             state.update(zip(algo.scalar_state, algo.scalar_next(
-                hyper, step, tuple(state[name] for name in algo.scalar_state))))
+                hyper, step, tuple(state[name] for name in algo.scalar_state),
+                state.get("scalar_kinds", scalars.FLOAT32_KINDS))))
 
     @classmethod
     def _arguments(cls, names: dict, hyper: tuple, step: int, fresh: bool,

@@ -61,6 +61,12 @@ class FlatMode:
             needed.append([name for name in names if name not in seg["state"]])
             for name in needed[-1]:
                 self._flat_state_buffer(name, seg["dtype"])
+        numbers = [{}] * len(self._segments)
+        if self._algorithm.scalar_state:  # scalar state, checked before any write
+            numbers = [self._plan_scalars(seg["state"], seg["state"]["step"],
+                                          hypers[seg["group"]],
+                                          f"the state of segment {k}")
+                       for k, seg in enumerate(self._segments)]
         if grads is not None:
             for i, g in enumerate(checked):
                 seg, a, b = self._where[i]
@@ -71,16 +77,14 @@ class FlatMode:
         if scale is None:
             return
         impl = self._impl
-        for k, (seg, missing) in enumerate(zip(self._segments, needed)):
+        for k, (seg, missing, held) in enumerate(zip(self._segments, needed, numbers)):
             hyper, state = hypers[seg["group"]], seg["state"]
+            state.update(held)
             for name in missing:
                 state[name] = self._flat_state_buffer(name, seg["dtype"])[
                     seg["start"]:seg["stop"]]
                 if name != MASTER:
                     _checks.fill(state[name], dict(self._state_spec(hyper))[name])
-            if self._algorithm.scalar_state:
-                state.update(self._plan_scalars(state, state["step"], hyper,
-                                                f"the state of segment {k}"))
             p, out = seg["param"], None
             if self._mastered(p):
                 p, out = state[MASTER], p

@@ -133,6 +133,11 @@ class Serialise:
         for name in scalars:
             if st.get(name) is not None:
                 out[name] = _checks.state_scalar(st[name], (label, name))
+        if 0 < sum(name in out for name in scalars) < len(scalars):
+            raise ValueError(f"{label}: incomplete state, missing "
+                             f"{[n for n in scalars if n not in out]} beside "
+                             f"{[n for n in scalars if n in out]}; a parameter's state "
+                             "is loaded whole (or left out, to start it afresh)")
         if arrays or out["step"]:  # stepped: loaded whole
             missing = [name for name, _ in spec if st.get(name) is None]
             missing += [name for name in scalars if st.get(name) is None]

@@ -218,33 +218,31 @@ def state_scalar(x, name) -> float:
     return float(x)
 
 
-def etas(x, name) -> tuple[float, float]:
-    """Rprop's ``(etaminus, etaplus)``: ``0 < etaminus < 1 < etaplus``, as torch."""
+def _ordered_pair(x, name, names: str, valid, condition: str) -> tuple[float, float]:
+    """A pair ``(lo, hi)`` of finite numbers >= 0 (``names`` says which) for which
+    ``valid(lo, hi)`` holds (``condition`` says what that is)."""
     if not isinstance(x, (tuple, list)) or len(x) != 2:
-        raise TypeError(f"{_name(name)}: expected a pair (etaminus, etaplus), got {x!r}")
+        raise TypeError(f"{_name(name)}: expected a pair ({names}), got {x!r}")
     try:
         lo, hi = number(x[0], ""), number(x[1], "")
     except (TypeError, ValueError):
         lo = hi = None
-    if lo is None or not 0.0 < lo < 1.0 < hi:
-        raise ValueError(f"{_name(name)}: expected two numbers with 0 < etaminus < 1 < "
-                         f"etaplus, got {tuple(x)!r}")
+    if lo is None or not valid(lo, hi):
+        raise ValueError(f"{_name(name)}: expected two finite numbers with {condition}, "
+                         f"got {tuple(x)!r}")
     return lo, hi
+
+
+def etas(x, name) -> tuple[float, float]:
+    """Rprop's ``(etaminus, etaplus)``: ``0 < etaminus < 1 < etaplus``, as torch."""
+    return _ordered_pair(x, name, "etaminus, etaplus", lambda lo, hi: 0.0 < lo < 1.0 < hi,
+                         "0 < etaminus < 1 < etaplus")
 
 
 def step_sizes(x, name) -> tuple[float, float]:
     """Rprop's ``(step_size_min, step_size_max)``: finite, ``0 <= min <= max``."""
-    if not isinstance(x, (tuple, list)) or len(x) != 2:
-        raise TypeError(f"{_name(name)}: expected a pair (step_size_min, "
-                        f"step_size_max), got {x!r}")
-    try:
-        lo, hi = number(x[0], ""), number(x[1], "")
-    except (TypeError, ValueError):
-        lo = hi = None
-    if lo is None or lo > hi:
-        raise ValueError(f"{_name(name)}: expected two finite numbers with 0 <= "
-                         f"step_size_min <= step_size_max, got {tuple(x)!r}")
-    return lo, hi
+    return _ordered_pair(x, name, "step_size_min, step_size_max",
+                         lambda lo, hi: lo <= hi, "0 <= step_size_min <= step_size_max")
 
 
 def step_count(x, name: str) -> int:

@@ -94,7 +94,7 @@ BAD_HYPER = {
     "etas": [(0.5, 1.0), (1.0, 1.2), (0.5,), (float("nan"), 1.2)],
     "momentum_decay": [-1e-3, float("nan")],
     "lambd": [-1.0], "t0": [float("inf")],
-    "step_sizes": [(1e-3, 1e-6), (-1.0, 1.0), (1e-6, float("inf")), (1e-6,)],
+    "step_sizes": [(1e-3, 1e-6), (-1.0, 1.0), (1e-6, float("nan")), (1e-6,)],
 }
 
 

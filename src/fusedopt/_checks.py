@@ -218,17 +218,20 @@ def state_scalar(x, name) -> float:
     return float(x)
 
 
-def _ordered_pair(x, name, names: str, valid, condition: str) -> tuple[float, float]:
-    """A pair ``(lo, hi)`` of finite numbers >= 0 (``names`` says which) for which
-    ``valid(lo, hi)`` holds (``condition`` says what that is)."""
+def _ordered_pair(x, name, names: str, valid, condition: str,
+                  unbounded: bool = False) -> tuple[float, float]:
+    """A pair ``(lo, hi)`` of finite numbers >= 0 (``names`` says which; ``hi`` may
+    be inf when ``unbounded``) for which ``valid(lo, hi)`` holds (``condition`` says
+    what that is)."""
     if not isinstance(x, (tuple, list)) or len(x) != 2:
         raise TypeError(f"{_name(name)}: expected a pair ({names}), got {x!r}")
     try:
-        lo, hi = number(x[0], ""), number(x[1], "")
+        lo = number(x[0], "")
+        hi = math.inf if unbounded and x[1] == math.inf else number(x[1], "")
     except (TypeError, ValueError):
         lo = hi = None
     if lo is None or not valid(lo, hi):
-        raise ValueError(f"{_name(name)}: expected two finite numbers with {condition}, "
+        raise ValueError(f"{_name(name)}: expected two numbers >= 0 with {condition}, "
                          f"got {tuple(x)!r}")
     return lo, hi
 
@@ -240,9 +243,11 @@ def etas(x, name) -> tuple[float, float]:
 
 
 def step_sizes(x, name) -> tuple[float, float]:
-    """Rprop's ``(step_size_min, step_size_max)``: finite, ``0 <= min <= max``."""
+    """Rprop's ``(step_size_min, step_size_max)``: ``0 <= min <= max``, the minimum
+    finite, the maximum finite or inf (no cap)."""
     return _ordered_pair(x, name, "step_size_min, step_size_max",
-                         lambda lo, hi: lo <= hi, "0 <= step_size_min <= step_size_max")
+                         lambda lo, hi: lo <= hi, "step_size_min <= step_size_max "
+                         "(the maximum may be inf)", unbounded=True)
 
 
 def step_count(x, name: str) -> int:

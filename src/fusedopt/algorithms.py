@@ -534,7 +534,7 @@ NADAM_ALGORITHM = Algorithm(
 ASGD_ALGORITHM = Algorithm(
     "ASGD", ASGD,
     (Hyper("lr", 1e-2, _NUMBER), Hyper("lambd", 1e-4, _NUMBER),
-     Hyper("alpha", 0.75, _NUMBER), Hyper("t0", 1e6, _NUMBER),
+     Hyper("alpha", 0.75, _NUMBER), Hyper("t0", 1e6, _number(low=-math.inf)),
      Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
     state=lambda h: (("ax", 0.0),),
     call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
@@ -701,7 +701,7 @@ FUNCTIONALS = (
         "asgd_step", ASGD, (("ax", True),),
         (_STEP, Hyper("eta", REQUIRED, _NUMBER), Hyper("mu", REQUIRED, _NUMBER),
          Hyper("lr", 1e-2, _NUMBER), Hyper("lambd", 1e-4, _NUMBER),
-         Hyper("alpha", 0.75, _NUMBER), Hyper("t0", 1e6, _NUMBER),
+         Hyper("alpha", 0.75, _NUMBER), Hyper("t0", 1e6, _number(low=-math.inf)),
          Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
         lambda k: (k.eta, k.mu, k.lambd, k.weight_decay),
         "ASGD step (see :class:`fusedopt.ASGD`): ``eta`` and ``mu`` as the step before "

@@ -13,6 +13,7 @@ import fusedopt.torch as ft  # noqa: E402
 from cases import TORCH_ALGORITHMS as ALGORITHMS, TORCH_CASES as CASES, case_id  # noqa: E402
 
 TOL = 1e-9
+F32_TOL = 2e-4  # the parity contract's float32 bound
 
 
 def mlp(seed=0, dtype=torch.float64):
@@ -246,7 +247,10 @@ def test_grad_scaler_and_clipping():
             scaler.step(opt)
             scaler.update()
         runs.append(model)
-    assert max_diff(*runs) <= 2e-6
+    # float32 against torch's foreach Adam: the contract's float32 bound (rounding
+    # order differs between AVX2 and AVX-512 builds); an unscale or clip the step
+    # missed would be off by orders of magnitude
+    assert max_diff(*runs) <= F32_TOL
 
 
 def test_closure_is_called_and_its_loss_returned():

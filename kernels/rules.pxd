@@ -219,3 +219,40 @@ cdef inline (floating, floating) asgd(
     p = p - eta * g
     ax = ax + (p - ax) * mu if average > 0 else p
     return p, ax
+
+
+cdef inline (floating, floating, floating) _lamb_direction(
+        floating p, floating g, floating m, floating v, floating beta1c, floating beta2,
+        floating beta2c, floating inv_bc1, floating inv_sqrt_bc2, floating eps,
+        floating weight_decay, bint decay, floating grad_scale) noexcept nogil:
+    cdef floating u
+    g = grad_scale * g
+    m = m + beta1c * (g - m)
+    v = beta2 * v + beta2c * g * g
+    u = m * inv_bc1 / (sqrt(v) * inv_sqrt_bc2 + eps)
+    if decay:
+        u = u + weight_decay * p
+    return u, m, v
+
+
+cdef inline (floating, floating, floating) lamb(
+        floating p, floating g, floating m, floating v, floating beta1c, floating beta2,
+        floating beta2c, floating inv_bc1, floating inv_sqrt_bc2, floating eps,
+        floating weight_decay, floating step_size, bint decay,
+        floating grad_scale) noexcept nogil:
+    cdef floating u
+    u, m, v = _lamb_direction(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2,
+                              eps, weight_decay, decay, grad_scale)
+    p = p - step_size * u
+    return p, m, v
+
+
+cdef inline (floating, floating) lamb_norms(
+        floating p, floating g, floating m, floating v, floating beta1c, floating beta2,
+        floating beta2c, floating inv_bc1, floating inv_sqrt_bc2, floating eps,
+        floating weight_decay, floating step_size, bint decay,
+        floating grad_scale) noexcept nogil:
+    cdef floating u
+    u, m, v = _lamb_direction(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2,
+                              eps, weight_decay, decay, grad_scale)
+    return p, u

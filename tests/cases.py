@@ -89,6 +89,11 @@ ALGORITHMS = {
         dict(lr=0.01, betas=(0.8, 0.9), maximize=True),
         dict(lr=0.01, betas=(0.95, 0.98), weight_decay=0.05, maximize=True),
     ]),
+    "lamb": (fusedopt.LAMB, None, [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.05, maximize=True),
+    ]),
 }
 
 CASES = [(name, kwargs) for name, (_, _, options) in ALGORITHMS.items()

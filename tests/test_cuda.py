@@ -157,13 +157,14 @@ def test_functional_step_matches_oracle(name):
     p, g = rng.standard_normal(40), rng.standard_normal(40)
     n_state = {"sgd": 1, "adam": 2, "adamw": 2, "adagrad": 1, "rmsprop": 1,
                "lion": 1, "adamax": 2, "adadelta": 2, "radam": 2, "rprop": 2, "nadam": 2,
-               "asgd": 1}[name]
+               "asgd": 1, "lamb": 2}[name]
     kwargs = {"sgd": dict(momentum=0.9, step=1), "adam": dict(step=1),
               "adamw": dict(step=1), "adagrad": dict(step=1), "rmsprop": {},
               "lion": dict(lr=0.01, weight_decay=0.1), "adamax": dict(step=1),
               "adadelta": dict(weight_decay=0.1), "radam": dict(step=7),
               "rprop": {}, "nadam": dict(step=3, mu_product=0.7),
-              "asgd": dict(step=3, eta=0.01, mu=0.5)}[name]
+              "asgd": dict(step=3, eta=0.01, mu=0.5),
+              "lamb": dict(step=2, weight_decay=0.1)}[name]
     ref = [p.copy(), g, *[np.zeros(40) for _ in range(n_state)]]
     dev = [cuda.to_device(a) for a in ref]
     fn = getattr(functional, f"{name}_step")
@@ -387,7 +388,8 @@ f, b, none = float64, boolean, nt.none
 ALGORITHMS = [(rules.sgd, 3, (True,), 4), (rules.adam, 3, (True, True, True), 8),
               (rules.adam, 3, (True, True, False), 8), (rules.adagrad, 1, (True,), 3),
               (rules.rmsprop, 3, (True, True, True), 6),
-              (rules.rmsprop, 3, (True, False, False), 6), (rules.lion, 1, (True,), 6)]
+              (rules.rmsprop, 3, (True, False, False), 6), (rules.lion, 1, (True,), 6),
+              (rules.lamb, 1, (True, True), 8)]
 for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
     A, S = nt.Array(dt, 1, "C"), nt.Array(st, 1, "C")  # S: state (uint16: bf16 bits)
     sigs = [(k._fill.py_func, (S, f)), (k._grad_stats.py_func, (A, nt.Array(float64, 1, "C")))]
@@ -396,9 +398,13 @@ for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
         slots += (none,) * (4 - len(slots))
         sigs.append((k._template(rule, (True,) * nflags, len(present)),
                      (A, A, nt.UniTuple(f, nh), f) + slots))
+    # LAMB's reduction pass (its sums are float64 by design, as grad_stats')
+    norms = k._norms_template(rules.lamb_norms, (True,), 2)
+    sigs.append((norms, (A, A, nt.UniTuple(f, 8), f, nt.Array(float64, 1, "C"), S, S,
+                         none, none)))
     for kernel, sig in sigs:
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(9, 0))
-        if dt is float32 and kernel is not k._grad_stats.py_func:
+        if dt is float32 and kernel not in (k._grad_stats.py_func, norms):
             math64 = re.findall(r"\b(?:add|sub|mul|div|fma|sqrt|neg|setp)\.\S*f64", ptx)
             assert not math64, (kernel.__name__, math64[:5])
 print("ok")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusedopt import SGD, Adagrad, Adam, AdamW, Lion, RMSprop, functional
+from fusedopt import LAMB, SGD, Adagrad, Adam, AdamW, Lion, RMSprop, functional
 
 
 def run_functional(step_fn, make_state, kwargs, backend, steps=5):
@@ -40,6 +40,8 @@ CASES = [
      dict(lr=0.01, momentum=0.5), dict(centered=True)),
     (functional.lion_step, lambda p: [zeros(p)], Lion, dict(lr=0.01, weight_decay=0.1),
      {}),
+    (functional.lamb_step, lambda p: [zeros(p), zeros(p)], LAMB,
+     dict(lr=0.01, weight_decay=0.1), {}),
 ]
 
 

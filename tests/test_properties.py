@@ -56,6 +56,9 @@ HYPER = {
         "lr": positive, "lambd": st.floats(0.0, 0.1), "alpha": st.floats(0.0, 1.0),
         "t0": st.floats(0.0, 10.0), "weight_decay": st.floats(0.0, 1.0),
         "maximize": st.booleans()}),
+    "lamb": st.fixed_dictionaries({
+        "lr": positive, "betas": st.tuples(unit, unit), "eps": st.floats(1e-8, 1e-1),
+        "weight_decay": st.floats(0.0, 1.0), "maximize": st.booleans()}),
     "adadelta": st.fixed_dictionaries({
         "lr": positive, "rho": unit, "eps": st.floats(1e-8, 1e-1),
         "weight_decay": st.floats(0.0, 1.0), "maximize": st.booleans()}),

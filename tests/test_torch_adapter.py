@@ -386,18 +386,21 @@ def test_bf16_is_refused_by_name_where_the_backend_has_no_bf16():
 
 
 @pytest.mark.parametrize("flatten", [False, True])
-def test_an_algorithm_torch_lacks_trains_as_its_numpy_oracle(flatten):
-    """fusedopt.torch.Lion (no torch.optim twin): a model trains as the float64 NumPy
-    oracle steps the same gradients, and its state_dict (lion-pytorch's layout)
-    round-trips."""
+@pytest.mark.parametrize("name, kwargs, keys", [
+    ("Lion", dict(lr=0.01, weight_decay=0.1), {"exp_avg"}),  # lion-pytorch's: no step
+    ("LAMB", dict(lr=0.01, weight_decay=0.1), {"step", "exp_avg", "exp_avg_sq"})])
+def test_an_algorithm_torch_lacks_trains_as_its_numpy_oracle(flatten, name, kwargs, keys):
+    """fusedopt.torch.Lion and LAMB (no torch.optim twin): a model trains as the
+    float64 NumPy oracle steps the same gradients (LAMB's trust ratio per tensor, in
+    a flat segment too), and its state_dict round-trips."""
     import numpy as np
 
     import fusedopt
 
     model = mlp()
-    opt = ft.Lion(model.parameters(), lr=0.01, weight_decay=0.1, flatten=flatten)
+    opt = getattr(ft, name)(model.parameters(), **kwargs, flatten=flatten)
     params = [p.detach().numpy().copy() for p in model.parameters()]
-    oracle = fusedopt.Lion(params, lr=0.01, weight_decay=0.1, backend="numpy")
+    oracle = getattr(fusedopt, name)(params, **kwargs, backend="numpy")
     for x, y in batches(20):
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
@@ -406,8 +409,8 @@ def test_an_algorithm_torch_lacks_trains_as_its_numpy_oracle(flatten):
     for p, q in zip(model.parameters(), params):
         assert np.abs(p.detach().numpy() - q).max() <= 1e-12
     state = opt.state_dict()
-    assert set(state["state"][0]) == {"exp_avg"}  # lion-pytorch's keys: no step
-    again = ft.Lion(mlp().parameters(), lr=0.01, weight_decay=0.1)
+    assert set(state["state"][0]) == keys
+    again = getattr(ft, name)(mlp().parameters(), **kwargs)
     again.load_state_dict(copy.deepcopy(state))
     assert torch.equal(again.state_dict()["state"][0]["exp_avg"],
                        state["state"][0]["exp_avg"])

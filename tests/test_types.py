@@ -32,7 +32,7 @@ F64_INTRINSIC = re.compile(r"@llvm\.\w+\.(?:f64|v\d+f64)\b")
 #: per algorithm: its rule, number of boolean options, state slots and host scalars
 ALGORITHMS = {"sgd": (rules.sgd, 3, 1, 4), "adam": (rules.adam, 3, 3, 8),
               "adagrad": (rules.adagrad, 1, 1, 3), "rmsprop": (rules.rmsprop, 3, 3, 6),
-              "lion": (rules.lion, 1, 1, 6)}
+              "lion": (rules.lion, 1, 1, 6), "lamb": (rules.lamb, 1, 2, 8)}
 
 
 def example_args(name, layout="float32"):

@@ -2,7 +2,7 @@
 
 One pass over parameters, gradients and state per step. See ``fusedopt.SGD``,
 ``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop``, ``Adamax``, ``Adadelta``, ``RAdam``,
-``Rprop``, ``Lion``; ``fusedopt.functional`` for the one-buffer kernels; ``fusedopt.backends.available()`` for what runs here.
+``Rprop``, ``NAdam``, ``ASGD``, ``Lion``, ``LAMB``; ``fusedopt.functional`` for the one-buffer kernels; ``fusedopt.backends.available()`` for what runs here.
 """
 
 from . import algorithms as _algorithms

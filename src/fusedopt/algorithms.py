@@ -36,6 +36,11 @@ class Spec(NamedTuple):
     hyper: tuple[str, ...]
     scalars: Callable[..., tuple[float, ...]]
     flags: Callable[..., tuple[bool, ...]]  # (slots, *hyper) -> options
+    #: a reduction before the element pass (LAMB's per-tensor norms), or None: the
+    #: rule ``rules.<name>_norms`` returns two values per element whose squares are
+    #: summed over the array (float64) by the backend's ``norms`` launcher, and
+    #: ``norms(h, sum_a, sum_b)`` gives the element pass its host scalars from them
+    norms: Callable[..., tuple[float, ...]] | None = None
 
 
 SGD = Spec(
@@ -109,23 +114,42 @@ ASGD = Spec(
     scalars.asgd,
     lambda s, eta, mu, lambd, wd: (wd != 0.0,))
 
-SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA, RADAM, RPROP, NADAM, ASGD)
+LAMB = Spec(
+    "lamb", ("exp_avg", "exp_avg_sq"),
+    ("step", "lr", "beta1", "beta2", "eps", "weight_decay"),
+    scalars.lamb,
+    lambda s, step, lr, beta1, beta2, eps, wd: (wd != 0.0,),
+    norms=scalars.lamb_trust)
+
+SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA, RADAM, RPROP, NADAM, ASGD,
+         LAMB)
 
 
-def contract(spec: Spec, launch: Callable) -> Callable:
+def contract(spec: Spec, launch: Callable, norms: Callable | None = None) -> Callable:
     """The backend contract's ``<name>(param, grad, *slots, *hyper, grad_scale,
     seed=0, out=None)`` for ``spec`` (with those parameter names), running
     ``launch(name, flags, slots, scalars, param, grad, grad_scale, seed, out)``.
     Written out and compiled as the named function, as ``collections.namedtuple``
-    does: a generic ``*args`` wrapper costs ~0.5 us more per call."""
+    does: a generic ``*args`` wrapper costs ~0.5 us more per call. A spec with a
+    reduction (``Spec.norms``) first runs the backend's ``norms(name, flags, slots,
+    scalars, param, grad, grad_scale)``, a read-only pass that returns its two sums
+    of squares, and launches with the scalars ``spec.norms`` makes of them."""
     slots, hyper = ", ".join(spec.slots), ", ".join(spec.hyper)
+    scalars_ = "h"
+    if spec.norms is not None:
+        scalars_ = (f"finish(h, *norms({spec.name!r}, f, states, h, param, grad, "
+                    "grad_scale))")
     source = (
         f"def {spec.name}(param, grad, {slots}, {hyper}, grad_scale, seed=0, out=None):\n"
         f"    states = ({slots},)\n"
-        f"    return launch({spec.name!r}, flags(states, {hyper}), states,\n"
-        f"                  host_scalars({hyper}), param, grad, grad_scale, seed, out)\n")
+        f"    f, h = flags(states, {hyper}), host_scalars({hyper})\n"
+        f"    return launch({spec.name!r}, f, states, {scalars_}, param, grad,\n"
+        f"                  grad_scale, seed, out)\n")
+    if spec.norms is not None and norms is None:
+        raise TypeError(f"contract: {spec.name} needs the backend's norms launcher")
     run = define(spec.name, source, {"launch": launch, "flags": spec.flags,
-                                     "host_scalars": spec.scalars},
+                                     "host_scalars": spec.scalars, "norms": norms,
+                                     "finish": spec.norms},
                  f"fusedopt.algorithms.contract: {spec.name}")
     run.__doc__ = f"One fused pass of ``fusedopt.rules.{spec.name}``."
     return run
@@ -219,7 +243,10 @@ def _arguments(name, flags, states, h, param, grad, grad_scale, seed, out):
 #: per spec, its contract function that launches nothing but returns what a call
 #: would compile and pass: ``(flags, present slots, host scalars, grad_scale)``; what
 #: a multi-tensor call (one launch over many tensors, ``impl.multi``) is given
-ARGUMENTS = {spec.name: contract(spec, _arguments) for spec in SPECS}
+#: (not for a spec with a reduction: its scalars differ per tensor, so it runs tensor
+#: by tensor)
+ARGUMENTS = {spec.name: contract(spec, _arguments) for spec in SPECS
+             if spec.norms is None}
 
 
 def _check_nesterov(h, where) -> None:
@@ -562,9 +589,44 @@ ASGD_ALGORITHM = Algorithm(
     lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0``.
     """)
 
+LAMB_ALGORITHM = Algorithm(
+    "LAMB", LAMB,
+    (Hyper("lr", 1e-3, _NUMBER), Hyper("betas", (0.9, 0.999), _checks.betas),
+     Hyper("eps", 1e-6, _NUMBER), Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+    state=lambda h: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["exp_avg"], s["exp_avg_sq"], step, h.lr, h.betas[0], h.betas[1], h.eps,
+        h.weight_decay, scale, seed, out),
+    doc=r"""LAMB, layer-wise adaptive moments (You et al., 2020, "Large Batch
+    Optimization for Deep Learning: Training BERT in 76 minutes", Algorithm 2; as
+    optax.lamb): Adam's direction with decoupled weight decay, rescaled per tensor so
+    that each step moves a tensor by ``lr`` times its own norm.
+
+    At step :math:`t` (1-based), for each parameter tensor :math:`\theta` with
+    gradient g::
+
+        g = -g if maximize
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        u = m / (1 - beta1**t) / (sqrt(v / (1 - beta2**t)) + eps) + weight_decay * theta
+        ratio = ||theta|| / ||u||     (L2 norms over the tensor; 1 where either is 0)
+        theta = theta - lr * ratio * u
+
+    lr is relative: a step moves a tensor by about lr times its norm. The norms are
+    a read-only pass before the update pass (summed in float64), so a step reads the
+    state twice: 44 bytes per float32 element instead of Adam's 28. The ratio is one
+    number per tensor, so LAMB steps tensor by tensor (one call per tensor, also in
+    a FlatParams segment), not in multi-tensor calls. A NaN or inf in the update
+    makes its tensor's ratio 1 (as optax): it reaches its own elements, and the
+    others take an unscaled step. State: ``step``, ``exp_avg`` (m), ``exp_avg_sq``
+    (v), starting at zero. Defaults are optax's: ``lr=1e-3, betas=(0.9, 0.999),
+    eps=1e-6, weight_decay=0``. torch.optim has no LAMB.
+    """)
+
 ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,
               RMSPROP_ALGORITHM, LION_ALGORITHM, ADAMAX_ALGORITHM, ADADELTA_ALGORITHM,
-              RADAM_ALGORITHM, RPROP_ALGORITHM, NADAM_ALGORITHM, ASGD_ALGORITHM)
+              RADAM_ALGORITHM, RPROP_ALGORITHM, NADAM_ALGORITHM, ASGD_ALGORITHM,
+              LAMB_ALGORITHM)
 
 
 # -- functional steps: one fused pass over one buffer, state passed in ---------------
@@ -708,6 +770,14 @@ FUNCTIONALS = (
         "left them (lr and 1.0 at step 1); returns ``(eta, mu)`` for the next "
         "(rounded to float32, as torch keeps them).",
         returns=lambda k: scalars.asgd_next(k.step, k.lr, k.lambd, k.alpha, k.t0)),
+    Functional(
+        "lamb_step", LAMB, (("exp_avg", True), ("exp_avg_sq", True)),
+        (_STEP, Hyper("lr", 1e-3, _NUMBER), Hyper("beta1", 0.9, _beta),
+         Hyper("beta2", 0.999, _beta), Hyper("eps", 1e-6, _NUMBER),
+         Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+        lambda k: (k.step, k.lr, k.beta1, k.beta2, k.eps, k.weight_decay),
+        "LAMB step (see :class:`fusedopt.LAMB`): the buffer is one tensor, whose norms "
+        "give the trust ratio (two passes: its norms, then the update)."),
 )
 
 

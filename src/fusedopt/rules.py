@@ -277,3 +277,42 @@ def asgd(p, g, ax, eta, param_scale, weight_decay, mu, average, decay, grad_scal
     p = p - eta * g
     ax = ax + (p - ax) * mu if average > average - average else p  # average - average: 0
     return p, ax
+
+
+@register_jitable
+def _lamb_direction(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2, eps,
+                    weight_decay, decay, grad_scale):
+    """LAMB's new moments and its update direction before the trust ratio:
+    ``u = m / bc1 / (sqrt(v / bc2) + eps) + weight_decay * p``."""
+    g = grad_scale * g
+    m = m + beta1c * (g - m)
+    v = beta2 * v + beta2c * g * g
+    u = m * inv_bc1 / (sqrt(v) * inv_sqrt_bc2 + eps)
+    if decay:
+        u = u + weight_decay * p
+    return u, m, v
+
+
+@register_jitable
+def lamb(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2, eps, weight_decay,
+         step_size, decay, grad_scale):
+    """LAMB (You et al., 2020, Algorithm 2): Adam's direction plus decoupled weight
+    decay, scaled per tensor by the trust ratio. ``beta1c = 1 - beta1``, ``beta2c = 1 -
+    beta2``, ``inv_bc1 = 1 / (1 - beta1**t)``, ``inv_sqrt_bc2 = 1 / sqrt(1 -
+    beta2**t)``; ``step_size = lr * ||p|| / ||u||`` (1 for a zero norm), from the
+    norms ``lamb_norms`` summed over the tensor before this pass."""
+    u, m, v = _lamb_direction(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2,
+                              eps, weight_decay, decay, grad_scale)
+    p = p - step_size * u
+    return p, m, v
+
+
+@register_jitable
+def lamb_norms(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2, eps,
+               weight_decay, step_size, decay, grad_scale):
+    """The two vectors whose L2 norms LAMB's trust ratio needs, element by element:
+    ``(p, u)``, with ``u`` as ``lamb`` computes it (``step_size`` unused). Read
+    only: the reduction pass sums their squares in float64."""
+    u, m, v = _lamb_direction(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2,
+                              eps, weight_decay, decay, grad_scale)
+    return p, u

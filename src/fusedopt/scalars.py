@@ -133,6 +133,25 @@ def asgd_next(step: int, lr: float, lambd: float, alpha: float, t0: float,
             float(tensor(default(1.0 / max(1.0, step - t0)))))
 
 
+def lamb(step: int, lr: float, beta1: float, beta2: float, eps: float,
+         weight_decay: float):
+    """``(1-beta1, beta2, 1-beta2, 1/bc1, 1/sqrt(bc2), eps, weight_decay, lr)``; the
+    last, the step size, becomes ``lr`` times the trust ratio (``lamb_trust``) once
+    the tensor's norms are summed."""
+    return (1.0 - beta1, beta2, 1.0 - beta2, 1.0 / (1.0 - beta1 ** step),
+            1.0 / math.sqrt(1.0 - beta2 ** step), eps, weight_decay, lr)
+
+
+def lamb_trust(h: tuple, param_sumsq: float, update_sumsq: float) -> tuple:
+    """``h`` (``lamb``) with its step size multiplied by the trust ratio ``||p|| /
+    ||u||`` of one tensor, from the sums of squares of its parameter and its update
+    direction; 1 where either norm is 0 or not a number (as optax: a zero tensor, or
+    a NaN in the update, which then reaches its own elements only)."""
+    p, u = math.sqrt(param_sumsq), math.sqrt(update_sumsq)
+    ratio = p / u if p > 0.0 and u > 0.0 else 1.0
+    return (*h[:-1], h[-1] * ratio)
+
+
 def rounding_seed(seed: int, step: int, index: int) -> int:
     """The 32-bit seed of one tensor's (or segment's) stochastic rounding at ``step``:
     distinct tensors and steps draw unrelated bits."""

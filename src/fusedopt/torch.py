@@ -105,9 +105,13 @@ class _Fused(torch.optim.Optimizer):
         self.backend, self._impl = select(backend, "cpu")
         #: the stochastic-rounding seed of bf16 parameters
         self.seed = seed
+        #: one kernel call per (group, dtype, step, scalar state) over all its tensors
+        #: (not for a per-tensor reduction, LAMB's: it steps tensor by tensor)
+        self._multi = (hasattr(self._impl, "multi")
+                       and self._algorithm._algorithm.kernel.norms is None)
         self._dtypes = _FLOAT_DTYPES + tuple(_COMPLEX) + (
             (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ()) + (
-            (torch.float16,) if hasattr(self._impl, "multi") else ())
+            (torch.float16,) if self._multi else ())
         # NumPy views of parameters and state tensors: id -> (tensor, data_ptr, numel,
         # dtype, view). Building one costs ~2 us; each step reuses it only while the
         # live tensor still has that pointer, size and dtype, and keeps only the
@@ -118,8 +122,6 @@ class _Fused(torch.optim.Optimizer):
         #: the algorithm's per-tensor scalar state (NAdam's mu_product), if any
         self._scalars = self._algorithm._algorithm.scalar_state
         self._flat = _FlatTorch(self) if flatten else None
-        #: one kernel call per (group, dtype, step, scalar state) over all its tensors
-        self._multi = hasattr(self._impl, "multi")
         self._kinds = {dt: (_KINDS[dt], _ITEMSIZE[_KINDS[dt]]) for dt in self._dtypes
                        if dt in _KINDS}  # (the C plan's common case: real dtypes)
         if self._eager_state:
@@ -978,7 +980,10 @@ class _FlatTorch:
                        "grad": self.grad_buffers[dt][a:b].numpy(),
                        "step": torch.tensor(0.0, dtype=torch.float32), "arrays": {},
                        "scalars": {},  # scalar state: 0-d tensors, as the step
-                       "members": [self.members[m] for m in run]}
+                       "members": [self.members[m] for m in run],
+                       # each member's [lo, hi) in the segment (per-tensor reductions)
+                       "tensors": [(layout.offsets[m][1] - a, layout.offsets[m][2] - a)
+                                   for m in run]}
                 self.segments.append(seg)
                 for m in run:
                     self.segment_of[self.members[m]] = seg
@@ -1130,7 +1135,8 @@ class _FlatTorch:
             views = dict(seg.get("views", {}))
             views["step"] = int(seg["step"].item())
             views.update(held)
-            algo._update(opt._impl, seg["param"], seg["grad"], views, hyper, fresh, scale)
+            algo._update(opt._impl, seg["param"], seg["grad"], views, hyper, fresh, scale,
+                         tensors=seg["tensors"])
             seg["step"].fill_(views["step"])
             for name in opt._scalars:
                 if name in seg["scalars"]:

@@ -69,3 +69,36 @@ def _grad_stats(g, out):
     cuda.atomic.add(out, 1, bad)
 
 
+
+
+def _norms_template(rule, flags: tuple[bool, ...], slots: int):
+    """The grid-stride twin of ``numba_cpu._norms_template``: ``out[0]`` and
+    ``out[1]`` (float64) gain the sums of squares of the two values ``rule`` gives
+    per element, one atomic pair per thread after its partial sums; reads only."""
+    pair = template.terms(rule, flags, slots)
+
+    def kernel(p, g, h, grad_scale, out, s0, s1, s2, s3):
+        h, grad_scale, zero = cast_all(h, p), cast_like(grad_scale, p), cast_like(0.0, p)
+        sa, sb = 0.0, 0.0
+        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+            a, b = pair(p, g, i, h, grad_scale, zero, s0, s1, s2, s3)
+            x, y = np.float64(a), np.float64(b)
+            sa += x * x
+            sb += y * y
+        cuda.atomic.add(out, 0, sa)
+        cuda.atomic.add(out, 1, sb)
+    return kernel
+
+
+#: compiled reduction passes, by ``(name, flags, slots)``; see ``norms_kernel``
+NORMS: dict[tuple, object] = {}
+
+
+def norms_kernel(name: str, flags: tuple[bool, ...], slots: int):
+    """The CUDA reduction pass of ``rules.<name>_norms`` (``Spec.norms``)."""
+    key = (name, tuple(map(bool, flags)), slots)
+    k = NORMS.get(key)
+    if k is None:
+        k = NORMS[key] = _jit(_norms_template(getattr(rules, name + "_norms"), key[1],
+                                              slots))
+    return k

@@ -53,6 +53,14 @@ def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
 
 _SLOTS = 4  # the kernels' s0..s3
 
+
+def _norms(name, flags, states, h, param, grad, grad_scale):
+    """The reduction pass of ``rules.<name>_norms`` over ``param`` (``Spec.norms``):
+    its two sums of squares."""
+    pad = (None,) * (_SLOTS - len(states))
+    return getattr(_k, name + "_norms")(param, grad, *states, *pad, h, flags, grad_scale,
+                                        param.size >= policy.PARALLEL_MIN_SIZE)
+
 #: the kernels' storage kinds: float32, float64, bf16 bits
 _KINDS = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.uint16): 2}
 
@@ -64,7 +72,8 @@ def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, par
                                  _KINDS[dtypes[0]], _KINDS[dtypes[2]])
 
 # the backend contract: one function per algorithm, each built from its spec
-globals().update({spec.name: algorithms.contract(spec, _call) for spec in algorithms.SPECS})
+globals().update({spec.name: algorithms.contract(spec, _call, _norms)
+                  for spec in algorithms.SPECS})
 
 
 #: bf16 storage (uint16 bits) for state and parameters (kernels/lowbit.pxd)

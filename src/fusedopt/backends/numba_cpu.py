@@ -271,8 +271,69 @@ def _stats(sources: int):
     return grad_stats
 
 
-_grad_stats = njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})(
-    _stats(template.SOURCES))
+_reducing_jit = njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})
+_grad_stats = _reducing_jit(_stats(template.SOURCES))
+
+
+def _norms_template(rule, flags: tuple[bool, ...], slots: int):
+    """The reduction pass of an algorithm with per-tensor norms (``Spec.norms``):
+    the sums of squares, in float64, of the two values ``rule`` (``rules.<name>
+    _norms``) gives per element, over ``p`` and its slots; reads only. Each block of
+    ``policy.REDUCE_BLOCK`` elements is summed by one thread (in any order within
+    it, "reassoc" as ``grad_stats``: vectorised), then the blocks in order: the
+    result is the same whatever the threads, serial or parallel."""
+    pair = template.terms(rule, flags, slots)
+    size = policy.REDUCE_BLOCK
+
+    @register_jitable
+    def block(parts, k, p, g, h, grad_scale, zero, s0, s1, s2, s3):
+        sa, sb = 0.0, 0.0
+        # unsigned, as _multi_template's span: a signed index keeps NumPy's
+        # negative-index wraparound in the loop, which then does not vectorise
+        for i in range(np.uint64(k * size), np.uint64(min(k * size + size, p.size))):
+            a, b = pair(p, g, i, h, grad_scale, zero, s0, s1, s2, s3)
+            x, y = np.float64(a), np.float64(b)
+            sa += x * x
+            sb += y * y
+        parts[k, 0], parts[k, 1] = sa, sb
+
+    def loop(p, g, h, grad_scale, parallel, s0=None, s1=None, s2=None, s3=None):
+        h, grad_scale, zero = cast_all(h, p), cast_like(grad_scale, p), cast_like(0.0, p)
+        blocks = (p.size + size - 1) // size
+        parts = np.empty((blocks, 2), np.float64)
+        if parallel:
+            for k in prange(blocks):
+                block(parts, k, p, g, h, grad_scale, zero, s0, s1, s2, s3)
+        else:
+            for k in range(blocks):
+                block(parts, k, p, g, h, grad_scale, zero, s0, s1, s2, s3)
+        sa, sb = 0.0, 0.0
+        for k in range(blocks):
+            sa += parts[k, 0]
+            sb += parts[k, 1]
+        return sa, sb
+    return loop
+
+
+#: compiled reduction passes, by ``(name, flags, slots)``; see ``_norms``
+NORMS: dict[tuple, object] = {}
+_NORMS_SERIALISED: dict[tuple, object] = {}
+
+
+def _norms(name, flags, states, h, param, grad, grad_scale):
+    """The reduction pass of ``rules.<name>_norms`` over ``param`` (``Spec.norms``):
+    its two sums of squares."""
+    par = param.size >= policy.PARALLEL_MIN_SIZE
+    key = (name, tuple(map(bool, flags)), len(states))
+    k = NORMS.get(key)
+    if k is None:
+        k = _reducing_jit(_norms_template(getattr(rules, name + "_norms"), key[1],
+                                          key[2]))
+        _NORMS_SERIALISED[key] = _serialised(k, 4)
+        NORMS[key] = k
+    if par and not _threadsafe:
+        k = _NORMS_SERIALISED[key]
+    return k(param, grad, h, grad_scale, par, *states)
 
 
 # -- the backend contract: flat arrays, raw hyperparameters -------------------------
@@ -305,7 +366,8 @@ _grad_stats_serialised = _serialised(_grad_stats)
 
 
 # the backend contract: one function per algorithm, each built from its spec
-globals().update({spec.name: algorithms.contract(spec, _call) for spec in algorithms.SPECS})
+globals().update({spec.name: algorithms.contract(spec, _call, _norms)
+                  for spec in algorithms.SPECS})
 
 
 #: bf16 storage (uint16 bits) for state and parameters; see ``fusedopt.lowbit``

@@ -20,7 +20,7 @@ from numba import cuda
 
 from .. import _device, algorithms
 from . import template
-from .cuda_kernels import _fill, _grad_stats, kernel
+from .cuda_kernels import _fill, _grad_stats, kernel, norms_kernel
 
 if not cuda.is_available():
     raise ImportError("no CUDA GPU visible to Numba (numba.cuda.is_available() is "
@@ -71,8 +71,22 @@ def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
                                                          *states, *pad)
 
 
+def _norms(name, flags, states, h, param, grad, grad_scale):
+    """The reduction pass of ``rules.<name>_norms`` over ``param`` (``Spec.norms``):
+    its two sums of squares, read back to the host (which waits for the stream)."""
+    s = _stream()
+    out = cuda.to_device(np.zeros(2, dtype=np.float64), stream=s)
+    pad = (None,) * (template.MAX_SLOTS - len(states))
+    _launch(norms_kernel(name, flags, len(states)), param.size)(
+        param, grad, h, grad_scale, out, *states, *pad)
+    sa, sb = out.copy_to_host(stream=s)
+    s.synchronize()
+    return float(sa), float(sb)
+
+
 # the backend contract: one function per algorithm, each built from its spec
-globals().update({spec.name: algorithms.contract(spec, _call) for spec in algorithms.SPECS})
+globals().update({spec.name: algorithms.contract(spec, _call, _norms)
+                  for spec in algorithms.SPECS})
 
 
 def grad_stats(grad, parallel=True):

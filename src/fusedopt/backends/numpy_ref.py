@@ -204,3 +204,22 @@ def asgd(param, grad, ax, eta, mu, lambd, weight_decay, grad_scale, seed=0, out=
         g = g + weight_decay * param
     param[...] = param * (1 - lambd * eta) - eta * g
     ax[...] = param if mu == 1 else ax + mu * (param - ax)
+
+
+def lamb(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
+         grad_scale, seed=0, out=None):
+    # You et al. 2020, "Large Batch Optimization for Deep Learning", Algorithm 2
+    # (LAMB), with phi the identity and optax.lamb's guard: the trust ratio is 1 where
+    # either norm is zero (or not a number).
+    g = grad_scale * grad
+    m = beta1 * exp_avg + (1 - beta1) * g
+    v = beta2 * exp_avg_sq + (1 - beta2) * g ** 2
+    exp_avg[...] = m
+    exp_avg_sq[...] = v
+    m_hat = m / (1 - beta1 ** step)
+    v_hat = v / (1 - beta2 ** step)
+    r = m_hat / (np.sqrt(v_hat) + eps) + weight_decay * param
+    param_norm = np.linalg.norm(param.astype(np.float64))
+    update_norm = np.linalg.norm(r.astype(np.float64))
+    trust = param_norm / update_norm if param_norm > 0 and update_norm > 0 else 1.0
+    param[...] = param - lr * trust * r

@@ -11,3 +11,8 @@ PARALLEL_MIN_SIZE = 32768
 #: columns of a multi-tensor call's table of addresses: parameter, gradient, slots
 MAX_SLOTS = 4
 TABLE_COLUMNS = 2 + MAX_SLOTS
+
+#: A reduction pass (``Spec.norms``) sums fixed blocks of this many elements, each in
+#: one thread, then the blocks' sums in order: its result does not depend on the
+#: thread count or on taking the serial or the parallel loop.
+REDUCE_BLOCK = 4096

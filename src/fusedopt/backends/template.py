@@ -83,6 +83,32 @@ def element(rule, flags: tuple[bool, ...], slots: int):
     return step
 
 
+def terms(rule, flags: tuple[bool, ...], slots: int):
+    """The jitable ``terms(p, g, i, h, grad_scale, zero, s0, s1, s2, s3)``: the two
+    values a reduction rule (``rules.<name>_norms``) gives for element ``i``, whose
+    squares the reduction loops sum. Reads only: it stores nothing."""
+    if not 1 <= slots <= MAX_SLOTS:
+        raise ValueError(f"slots: expected 1 to {MAX_SLOTS}, got {slots}")
+    n, sources = slots, SOURCES
+
+    @register_jitable
+    def pair(p, g, i, h, grad_scale, zero, s0, s1, s2, s3):
+        sources  # noqa: B018 - in the closure: the cache key (see SOURCES)
+        a0 = load_or(s0, i, zero)
+        if n == 1:
+            return rule(load(p, i), load(g, i), a0, *h, *flags, grad_scale)
+        elif n == 2:
+            return rule(load(p, i), load(g, i), a0, load_or(s1, i, zero), *h, *flags,
+                        grad_scale)
+        elif n == 3:
+            return rule(load(p, i), load(g, i), a0, load_or(s1, i, zero),
+                        load_or(s2, i, zero), *h, *flags, grad_scale)
+        return rule(load(p, i), load(g, i), a0, load_or(s1, i, zero),
+                    load_or(s2, i, zero), load_or(s3, i, zero), *h, *flags, grad_scale)
+
+    return pair
+
+
 # -- multi-tensor calls: tensors given by address -------------------------------------
 
 @intrinsic

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .roofline import bytes_per_element, same_traffic
+from .roofline import bytes_per_element, read_traffic, same_traffic
 
 #: The configuration benchmarked per algorithm (torch defaults; SGD with momentum)
 #: and the number of state arrays it keeps.
@@ -32,7 +32,12 @@ CONFIGS: dict[str, tuple[str, dict, int]] = {
     "rprop": ("Rprop", dict(lr=1e-2), 2),
     "nadam": ("NAdam", dict(lr=2e-3), 2),
     "asgd": ("ASGD", dict(lr=1e-2), 1),
+    "lamb": ("LAMB", dict(lr=1e-3), 2),
 }
+#: the algorithms whose step reads parameter, gradient and state once more first, in
+#: a read-only reduction pass (LAMB's per-tensor norms): their traffic and roofline
+#: include it
+REDUCING = {"lamb", "lamb-bf16"}
 #: Every other state layout, timed when asked for by name (``--optimizer
 #: adam-amsgrad,...``; ``layouts`` for all): one kernel specialisation each.
 LAYOUTS: dict[str, tuple[str, dict, int]] = {
@@ -67,9 +72,12 @@ def _state_dtype(optimizer: str, dtype) -> np.dtype:
 
 
 def traffic(optimizer: str, dtype) -> int:
-    """Bytes per element one step of ``optimizer`` must move at the least."""
-    return bytes_per_element(CONFIGS[optimizer][2], np.dtype(dtype).itemsize,
-                             _state_dtype(optimizer, dtype).itemsize)
+    """Bytes per element one step of ``optimizer`` must move at the least (with its
+    reduction pass, for ``REDUCING``)."""
+    k, size = CONFIGS[optimizer][2], np.dtype(dtype).itemsize
+    state = _state_dtype(optimizer, dtype).itemsize
+    reads = 2 * size + k * state if optimizer in REDUCING else 0
+    return bytes_per_element(k, size, state) + reads
 
 
 def _float_state_kwargs(optimizer: str) -> dict:
@@ -136,6 +144,11 @@ def make_deepspeed(optimizer, n, dtype):
 def make_roofline(optimizer, n, dtype):
     p, g, *state = _arrays(n, 2 + CONFIGS[optimizer][2], dtype)
     state = [a.astype(_state_dtype(optimizer, dtype)) for a in state]
+    if optimizer in REDUCING:  # a read-only pass first, then the update's traffic
+        def step():
+            read_traffic(p, g, *state)
+            same_traffic(p, g, *state)
+        return step
     return lambda: same_traffic(p, g, *state)
 
 

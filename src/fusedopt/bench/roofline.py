@@ -2,7 +2,9 @@
 
 An update with ``k`` state arrays reads ``k + 2`` arrays (param, grad, state) and
 writes ``k + 1`` (param, state): ``(2k + 3) * itemsize`` bytes per element, 28 for
-float32 Adam (k = 2). These kernels move exactly those bytes with one add per element,
+float32 Adam (k = 2); an algorithm with a read-only reduction pass first (LAMB's
+norms: parameter, gradient and two state arrays) reads those once more, 44 for
+float32 LAMB. These kernels move exactly those bytes with one add per element,
 under the Numba backend's serial/parallel policy and threads. Their time is what the
 memory system allows; a kernel as fast is limited by bandwidth alone.
 """
@@ -64,6 +66,20 @@ def _traffic3(p, g, a, b, c, parallel):
 _KERNELS = (_traffic0, _traffic1, _traffic2, _traffic3)
 
 
+@njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})
+def _read_only(p, g, a, b, parallel):
+    # a reduction pass's traffic (LAMB's norms): four arrays read, nothing written;
+    # summed in any order so that it vectorises, as the reductions it stands for
+    s = 0.0
+    if parallel:
+        for i in prange(p.size):
+            s += p[i] + g[i] + a[i] + b[i]
+    else:
+        for i in range(p.size):
+            s += p[i] + g[i] + a[i] + b[i]
+    return s
+
+
 def bytes_per_element(n_state: int, itemsize: int, state_itemsize: int | None = None
                       ) -> int:
     """Minimal traffic of an update with ``n_state`` state arrays (of
@@ -75,3 +91,8 @@ def bytes_per_element(n_state: int, itemsize: int, state_itemsize: int | None = 
 def same_traffic(p, g, *state) -> None:
     """Move exactly the bytes of one update of ``p`` with these state arrays."""
     _KERNELS[len(state)](p, g, *state, p.size >= policy.PARALLEL_MIN_SIZE)
+
+
+def read_traffic(p, g, a, b) -> float:
+    """Read the four arrays once, writing nothing: a reduction pass's bytes."""
+    return _read_only(p, g, a, b, p.size >= policy.PARALLEL_MIN_SIZE)

@@ -419,7 +419,8 @@ class Optimizer(Precision, FlatMode, Serialise):
         saves) one call per array."""
         impl, state = self._impl, self.state
         multi = (getattr(impl, "multi", None) if _guard.addresses is not None
-                 and len(plans) >= _MULTI_MIN else None)
+                 and len(plans) >= _MULTI_MIN and self._algorithm.kernel.norms is None
+                 else None)  # (a per-tensor reduction, LAMB's, runs tensor by tensor)
         buckets: dict[tuple, list[int]] = {}
         names = self._algorithm.scalar_state
         for i, (hyper, p, out, work, new, fresh) in enumerate(plans):
@@ -541,14 +542,26 @@ class Optimizer(Precision, FlatMode, Serialise):
 
     @classmethod
     def _update(cls, impl, p: np.ndarray, g: np.ndarray, state: dict, hyper: tuple,
-                fresh: bool, scale: float = 1.0, seed: int = 0, out=None) -> None:
+                fresh: bool, scale: float = 1.0, seed: int = 0, out=None,
+                tensors: list[tuple[int, int]] | None = None) -> None:
         """One backend call; ``scale`` multiplies the gradient (gradient clipping),
         ``seed`` drives stochastic rounding into bf16 parameters, ``out`` (master
-        weights) is the bf16 parameter whose float32 master copy ``p`` is."""
+        weights) is the bf16 parameter whose float32 master copy ``p`` is.
+        ``tensors``: where ``p`` is a flat segment, the ``[lo, hi)`` of each tensor
+        in it; an algorithm whose step reduces per tensor (LAMB's norms) then makes
+        one call per tensor, over its slices of ``p``, ``g`` and the state."""
         state["step"] = step = state["step"] + 1
         algo = cls._algorithm
-        algo.call(getattr(impl, cls._kernel), p, g, state, hyper, step, fresh,
-                  -scale if hyper.maximize else scale, seed, out)
+        run, scale = getattr(impl, cls._kernel), -scale if hyper.maximize else scale
+        if tensors is None or algo.kernel.norms is None:
+            algo.call(run, p, g, state, hyper, step, fresh, scale, seed, out)
+        else:
+            for lo, hi in tensors:
+                part = {k: v[lo:hi] if hasattr(v, "shape") and v.shape else v
+                        for k, v in state.items()}
+                algo.call(run, p[lo:hi], g[lo:hi], part, hyper, step, fresh, scale,
+                          scalars.rounding_seed(seed, step, lo) if seed else 0,
+                          None if out is None else out[lo:hi])
         if algo.scalar_state:  # its scalar state after the step
             state.update(zip(algo.scalar_state, algo.scalar_next(
                 hyper, step, tuple(state[name] for name in algo.scalar_state),

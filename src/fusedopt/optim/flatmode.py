@@ -38,10 +38,11 @@ class FlatMode:
                 seg = {"group": k, "dtype": dt, "start": a, "stop": b,
                        "param": _checks.kernel_view(fp.buffers[dt][a:b]),
                        "grad": _checks.kernel_view(fp.grad_buffers[dt][a:b]),
-                       "state": {"step": 0}}
+                       "state": {"step": 0}, "tensors": []}
                 self._segments.append(seg)
                 for t in run:
                     where[members[t]] = (seg, *fp.offsets[t][1:])
+                    seg["tensors"].append((fp.offsets[t][1] - a, fp.offsets[t][2] - a))
             i += len(group["params"])
         self._where = where
         self.state = _FlatState(self)
@@ -90,7 +91,7 @@ class FlatMode:
                 p, out = state[MASTER], p
             fresh = any(name != MASTER for name in missing)
             self._update(impl, p, seg["grad"], state, hyper, fresh, scale,
-                         self._seed(p, state, k), out)
+                         self._seed(p, state, k), out, seg["tensors"])
 
     def _flat_state_buffer(self, name: str, dtype) -> np.ndarray:
         per_dtype = self._flat_state.setdefault(name, {})

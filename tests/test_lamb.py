@@ -1,0 +1,72 @@
+"""LAMB's per-tensor trust ratio: what defines it, on every backend, per tensor in a
+FlatParams segment too (its oracle parity is in test_oracle.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fusedopt
+
+
+def _norm(x) -> float:
+    return float(np.linalg.norm(np.asarray(x, np.float64)))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_each_tensor_moves_by_lr_times_its_norm(backend, weight_decay):
+    """The layer-wise property (You et al., 2020): every step moves each tensor by
+    exactly lr * ||theta||, whatever the scale of its gradient, tensor by tensor."""
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(s) * scale for s, scale in
+              (((30, 7), 1.0), ((50,), 1e-3), ((4, 4, 4), 100.0))]
+    opt = fusedopt.LAMB(params, lr=0.01, weight_decay=weight_decay, backend=backend)
+    for step in range(5):
+        before = [p.copy() for p in params]
+        opt.step([rng.standard_normal(p.shape) * 10.0 ** (step - 2) for p in params])
+        for p, q in zip(params, before):
+            assert _norm(p - q) == pytest.approx(0.01 * _norm(q), rel=1e-12)
+
+
+def test_a_zero_tensor_takes_the_unscaled_step(backend):
+    """A tensor whose norm is 0 (a bias starting at zero): the ratio is 1 (as optax),
+    so it moves by lr times the Adam direction; the others still by lr * norm."""
+    zero, other = np.zeros(20), np.ones(20)
+    g = np.linspace(-1.0, 1.0, 20)
+    fusedopt.LAMB([zero, other], lr=0.1, eps=1e-6, backend=backend).step([g, g.copy()])
+    np.testing.assert_allclose(zero, -0.1 * g / (np.abs(g) + 1e-6), rtol=1e-12)
+    assert _norm(other - 1.0) == pytest.approx(0.1 * _norm(np.ones(20)), rel=1e-12)
+
+
+def test_a_nan_gradient_reaches_its_own_element_only(backend):
+    """nonfinite="propagate": the NaN element's update is NaN, which makes its
+    tensor's ratio 1 (not a number: as optax); no other element turns NaN."""
+    p = np.linspace(0.5, 1.5, 40)
+    g = np.ones(40)
+    g[7] = np.nan
+    opt = fusedopt.LAMB([p], lr=0.01, backend=backend)
+    opt.step([g])
+    assert np.isnan(p[7]) and np.isfinite(np.delete(p, 7)).all()
+    assert np.isfinite(np.delete(opt.state[0]["exp_avg"], 7)).all()
+
+
+def test_flat_segments_take_one_ratio_per_tensor(backend):
+    """A FlatParams segment holds many tensors; each gets its own ratio, as a list of
+    arrays does (a ratio over the whole segment would move them differently)."""
+    rng = np.random.default_rng(1)
+    shapes = [(10, 3), (7,), (5, 5)]
+    start = [rng.standard_normal(s) * 10.0 ** k for k, s in enumerate(shapes)]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(4)]
+    fp = fusedopt.FlatParams(shapes, np.float64)
+    for v, a in zip(fp.views, start):
+        v[...] = a
+    flat = fusedopt.LAMB(fp, lr=0.01, weight_decay=0.1, backend=backend)
+    plain = [a.copy() for a in start]
+    listed = fusedopt.LAMB(plain, lr=0.01, weight_decay=0.1, backend=backend)
+    for gs in grads:
+        for gv, g in zip(fp.grad_views, gs):
+            gv[...] = g
+        flat.step()
+        listed.step(gs)
+    for v, a in zip(fp.views, plain):
+        np.testing.assert_array_equal(v, a)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import CPU_BACKENDS
+from fusedopt import _config
 from fusedopt.bench import cli, harness
 from fusedopt.bench import providers as prov
 
@@ -80,9 +81,9 @@ def test_markdown_table(run):
 
 def test_machine_names_the_instruction_set():
     flags = "fpu sse2 avx avx2 fma avx512f avx512bw".split()
-    assert harness.widest_simd(flags) == "avx512f"
-    assert harness.widest_simd(flags[:4]) == "avx2"
-    assert harness.widest_simd(["fpu"]) == "none"
+    assert _config.widest_simd(flags) == "avx512f"
+    assert _config.widest_simd(flags[:4]) == "avx2"
+    assert _config.widest_simd(["fpu"]) == "none"
     info = {"cpu": "AMD EPYC", "cpu_family": 26, "llvm_cpu": "znver5", "simd": "avx512f",
             "logical_cpus": 2, "numba": "0.68.1", "torch": None}
     assert harness.describe(info) == ("AMD EPYC (family 26, znver5, avx512f), 2 logical "

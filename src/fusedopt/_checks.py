@@ -4,21 +4,39 @@ argument and says what was expected. They run before any write, and never copy."
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-try:  # bfloat16 arrays (ml_dtypes, as in JAX): kernels see their bits as uint16
-    from ml_dtypes import bfloat16 as _bfloat16
-    BF16: np.dtype | None = np.dtype(_bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    BF16 = None
-PARAM_DTYPES = FLOAT_DTYPES + ((BF16,) if BF16 is not None else ())
+_BF16: np.dtype | None = None
+
+
+def bf16() -> np.dtype:
+    """The dtype of bfloat16 arrays (``ml_dtypes.bfloat16``, as in JAX; kernels see
+    their bits as uint16), imported on first use: importing ml_dtypes takes most of a
+    second, which a process that never meets bfloat16 does not pay."""
+    global _BF16
+    if _BF16 is None:
+        from ml_dtypes import bfloat16
+        _BF16 = np.dtype(bfloat16)
+    return _BF16
+
+
+def is_bf16(dtype) -> bool:
+    """Whether ``dtype`` is bfloat16, told without importing ml_dtypes: no array has
+    that dtype before something has imported it."""
+    return (_BF16 is not None or "ml_dtypes" in sys.modules) and dtype == bf16()
+
+
+def param_dtype(dtype) -> bool:
+    """Whether parameters may have ``dtype``: float32, float64 or bfloat16."""
+    return dtype in FLOAT_DTYPES or is_bf16(dtype)
 
 
 def kernel_view(flat: np.ndarray) -> np.ndarray:
     """What a kernel is handed: bf16 arrays as the uint16 view of their bits."""
-    return flat.view(np.uint16) if flat.dtype == BF16 else flat
+    return flat.view(np.uint16) if is_bf16(flat.dtype) else flat
 
 
 def param_array(x, name: str) -> np.ndarray:
@@ -27,7 +45,7 @@ def param_array(x, name: str) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray or a CUDA array (with "
                         f"__cuda_array_interface__), got {type(x).__name__}")
-    if x.dtype not in PARAM_DTYPES:
+    if not param_dtype(x.dtype):
         raise TypeError(f"{name}: expected dtype float32, float64 or bfloat16, got "
                         f"{x.dtype}")
     if not x.flags.writeable:
@@ -77,7 +95,7 @@ def state_array(x, size: int, dtype: np.dtype, name) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{_name(name)}: expected a numpy.ndarray of state, got "
                         f"{type(x).__name__}")
-    shown = BF16 if dtype == np.uint16 else dtype
+    shown = bf16() if dtype == np.uint16 else dtype
     if x.dtype != dtype and x.dtype != shown:
         raise TypeError(f"{_name(name)}: expected dtype {shown} (the state dtype of its "
                         f"parameter), got {x.dtype}")
@@ -120,13 +138,13 @@ def state_step(x, name) -> int:
 
 def user_view(a: np.ndarray) -> np.ndarray:
     """The inverse of ``kernel_view``: uint16 bits shown as bfloat16."""
-    return a.view(BF16) if a.dtype == np.uint16 else a
+    return a.view(bf16()) if a.dtype == np.uint16 else a
 
 
 def fill(a: np.ndarray, value: float) -> None:
     """``a.fill(value)``, rounding into bf16 bits for uint16 kernel views."""
     if a.dtype == np.uint16:
-        a[...] = np.array(value, BF16).view(np.uint16)
+        a[...] = np.array(value, bf16()).view(np.uint16)
     else:
         a.fill(value)
 
@@ -135,8 +153,8 @@ def full_like(a: np.ndarray, value: float, dtype=None) -> np.ndarray:
     """New state for ``a`` in ``dtype`` (default: ``a``'s; bf16 as uint16 bits). The
     device-array twin is ``numba_cuda.full_like``."""
     dtype = a.dtype if dtype is None else np.dtype(dtype)
-    if dtype == BF16 or dtype == np.uint16:
-        return np.full(a.shape, value, BF16).view(np.uint16)
+    if dtype == np.uint16 or is_bf16(dtype):
+        return np.full(a.shape, value, bf16()).view(np.uint16)
     return np.full(a.shape, value, dtype)
 
 

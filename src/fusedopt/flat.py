@@ -41,7 +41,7 @@ class FlatParams:
         else:
             dtypes = [np.dtype(dtypes)] * len(shapes)
         for i, dt in enumerate(dtypes):
-            if dt not in _checks.PARAM_DTYPES:
+            if not _checks.param_dtype(dt):
                 raise TypeError(f"dtypes[{i}]: expected float32, float64 or bfloat16, "
                                 f"got {dt}")
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]

@@ -749,7 +749,7 @@ def _is_scalar_tensor(t) -> bool:
 #: state takes its parameter's dtype), and every pair of kinds (``fusedopt.scalars``:
 #: the tensor's, the default scalar dtype's) a multi-tensor plan may name by index
 _NUMPY_SCALARS = {torch.float32: np.float32, torch.float64: np.float64,
-                  torch.float16: np.float16, torch.bfloat16: _checks.BF16.type}
+                  torch.float16: np.float16, torch.bfloat16: _checks.bf16().type}
 _SCALAR_KINDS = [(t, d) for t in _NUMPY_SCALARS.values() for d in (np.float32,
                                                                     np.float64)]
 

@@ -13,9 +13,7 @@ times are medians.
 from __future__ import annotations
 
 import math
-import os
 import platform
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from statistics import median
@@ -164,15 +162,6 @@ def measure_model(model: str, names: Iterable[str], budget: float,
             for name in samples]
 
 
-def widest_simd(flags: list[str]) -> str:
-    """The widest x86 vector extension among /proc/cpuinfo's ``flags``: what bounds
-    the kernels' arithmetic (bf16 conversions, sqrt and division per element)."""
-    for flag in ("avx512f", "avx2", "avx", "sse2"):
-        if flag in flags:
-            return flag
-    return "none"
-
-
 def describe(info: dict) -> str:
     """One line naming the machine of ``machine()``'s record, for result files."""
     cpu = info.get("cpu", "?")
@@ -187,29 +176,9 @@ def describe(info: dict) -> str:
 
 def machine() -> dict:
     """What the figures depend on: CPU, threads, library versions."""
-    info = {"cpu": platform.processor() or platform.machine(),
-            "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+    from .._config import cpu
+    info = {**cpu(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__}
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpuinfo = f.read()
-    except OSError:
-        cpuinfo = ""
-    first = {}  # each key's first line (one per logical CPU in the file)
-    for key, value in re.findall(r"^(model name|cpu family|flags)\s*:\s*(.*)$",
-                                 cpuinfo, re.M):
-        first.setdefault(key, value.strip())
-    if "model name" in first:
-        info["cpu"] = first["model name"]
-    if "cpu family" in first:
-        info["cpu_family"] = int(first["cpu family"])
-    if "flags" in first:
-        info["simd"] = widest_simd(first["flags"].split())
-    try:  # the CPU Numba compiles for (LLVM's name: znver3, znver5, skylake-avx512)
-        import llvmlite.binding
-        info["llvm_cpu"] = llvmlite.binding.get_host_cpu_name()
-    except Exception:
-        pass
     import fusedopt
     info["fusedopt"] = fusedopt.__version__
     info["backends"] = {name: status.detail if status.ok else f"unavailable: {status.detail}"

@@ -69,7 +69,7 @@ class Precision:
             raise ValueError("state_dtype: bfloat16 state is for float32 or bfloat16 "
                              "parameters, and some parameters are float64")
         return (None if state_dtype is None else np.dtype(
-            _checks.BF16 if state_dtype == "bfloat16" else state_dtype)), seed
+            _checks.bf16() if state_dtype == "bfloat16" else state_dtype)), seed
 
     def _new_state(self, flat, init: float):
         """A state array for the kernel view ``flat``, in the state dtype."""
@@ -98,4 +98,4 @@ class Precision:
         dtype = self.state_dtype
         if dtype is None:
             dtype = np.dtype(np.float32) if self._mastered(flat) else flat.dtype
-        return np.dtype(np.uint16) if dtype == _checks.BF16 else dtype
+        return np.dtype(np.uint16) if _checks.is_bf16(dtype) else dtype

@@ -151,7 +151,7 @@ class Serialise:
         for name in arrays:
             value = st[name]
             if not isinstance(value, np.ndarray) or not (
-                    value.dtype.kind == "f" or value.dtype == _checks.BF16):
+                    value.dtype.kind == "f" or _checks.is_bf16(value.dtype)):
                 raise TypeError(f"{label}[{name!r}]: expected a float array, got "
                                 f"{getattr(value, 'dtype', type(value).__name__)}")
             if value.shape != shape:
@@ -160,7 +160,7 @@ class Serialise:
             if name == MASTER:
                 out[name] = np.array(value, dtype=np.float32, order="C").reshape(-1)
             elif dtype == np.uint16:  # bf16 state: round to nearest even, keep the bits
-                out[name] = np.array(value, dtype=_checks.BF16, order="C").reshape(
+                out[name] = np.array(value, dtype=_checks.bf16(), order="C").reshape(
                     -1).view(np.uint16)
             else:
                 out[name] = np.array(value, dtype=dtype, order="C").reshape(-1)

@@ -224,3 +224,16 @@ def test_functional_errors_change_nothing(backend):
         functional.adam_step(p, g, p, v, step=1, backend=backend)
     for a, b in zip((p, g, m, v), before):
         np.testing.assert_array_equal(a, b, strict=True)
+
+
+def test_a_torch_tensor_is_pointed_to_the_drop_in():
+    """fusedopt's NumPy optimizers take arrays; a CPU torch tensor is told where torch
+    tensors go (and how to pass its memory as an array), not that it is no CUDA
+    array."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"params\[0\]: a torch tensor on cpu; step torch "
+                       r"tensors with fusedopt.torch .*t.detach\(\).numpy\(\)"):
+        fusedopt.Adam([torch.ones(3)])
+    t = torch.ones(3)
+    fusedopt.Adam([t.detach().numpy()], lr=0.5).step([np.ones(3, np.float32)])
+    assert torch.allclose(t, torch.full((3,), 0.5))  # the view shares its memory

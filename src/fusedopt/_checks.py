@@ -43,6 +43,12 @@ def param_array(x, name: str) -> np.ndarray:
     """A parameter the optimizer will update in place: a writeable, C-contiguous
     float32/float64 ndarray. Returns its flat view (no copy)."""
     if not isinstance(x, np.ndarray):
+        if type(x).__module__.split(".")[0] == "torch":
+            raise TypeError(
+                f"{name}: a torch tensor on {getattr(x, 'device', '?')}; step torch "
+                "tensors with fusedopt.torch (a drop-in for torch.optim, e.g. "
+                "fusedopt.torch.Adam(model.parameters())), or pass the tensor's NumPy "
+                "view, t.detach().numpy(), which shares its memory")
         raise TypeError(f"{name}: expected a numpy.ndarray or a CUDA array (with "
                         f"__cuda_array_interface__), got {type(x).__name__}")
     if not param_dtype(x.dtype):

@@ -47,7 +47,9 @@ def is_device_array(x) -> bool:
     if isinstance(x, np.ndarray):
         return False
     if hasattr(type(x), "__cuda_array_interface__"):
-        return True
+        # a torch tensor's class has the attribute on any device: its device says
+        # (CuPy and Numba arrays live on the GPU whatever their device attribute)
+        return getattr(getattr(x, "device", None), "type", "cuda") == "cuda"
     return simulated() and type(x).__name__ == "FakeCUDAArray"
 
 

@@ -4,6 +4,7 @@ what ``import fusedopt`` costs a process that never meets bfloat16."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
@@ -56,3 +57,31 @@ print("ok")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_a_read_only_install_caches_kernels_in_numbas_user_wide_directory(tmp_path):
+    """Where the package directory is not writable (a system or container install),
+    Numba caches the kernels in its user-wide cache directory instead, and
+    show_config says so. Read-only is simulated: Numba's in-tree locator is made to
+    fail as it does on a read-only directory (root writes through chmod)."""
+    code = """
+import numba.core.caching as caching
+def read_only(self):
+    raise PermissionError("read-only file system")
+caching.InTreeCacheLocator.ensure_cache_path = read_only
+import numpy as np
+import fusedopt
+where = fusedopt._config.config()["numba_cache_dir"]
+assert "UserWideCacheLocator" in where, where
+p = np.ones(8, np.float32)
+fusedopt.Adam([p], lr=0.1, backend="numba").step([np.ones_like(p)])
+assert np.allclose(p, 0.9)
+print(where)
+"""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("NUMBA_CACHE_DIR", None)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith(str(tmp_path)), run.stdout
+    assert any(tmp_path.rglob("*.nbi")), "the kernels were cached there"

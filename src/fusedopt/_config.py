@@ -75,14 +75,23 @@ def _numba() -> dict[str, Any]:
         info["numba_threading_layer"] = (
             f"chosen at the first parallel step (requested: {requested!r}; omp, then "
             "tbb, then workqueue)")
-    from .backends import numba_cpu
-    cache = numba.config.CACHE_DIR or str(Path(numba_cpu.__file__).parent / "__pycache__")
-    writable = os.access(cache if os.path.isdir(cache) else os.path.dirname(cache),
-                         os.W_OK)
-    info["numba_cache_dir"] = cache + ("" if writable else
-                                       " (not writable: kernels compile in every process;"
-                                       " set NUMBA_CACHE_DIR to a writable directory)")
+    info["numba_cache_dir"] = _numba_cache()
     return info
+
+
+def _numba_cache() -> str:
+    """Where Numba caches fusedopt's compiled kernels, as Numba itself picks it for
+    one of them: NUMBA_CACHE_DIR when set, else ``__pycache__`` beside the package
+    when writable, else its user-wide cache directory (a read-only install)."""
+    try:
+        from numba.core.caching import FunctionCache
+
+        from .backends import numba_cpu
+        cache = FunctionCache(numba_cpu._grad_stats.py_func)
+        return f"{cache._cache_path} ({type(cache._impl.locator).__name__})"
+    except Exception as exc:  # no writable place at all: Numba compiles every time
+        return (f"none found ({type(exc).__name__}: {exc}): kernels compile in every "
+                "process; set NUMBA_CACHE_DIR to a writable directory")
 
 
 def _cython() -> dict[str, Any]:

@@ -149,11 +149,54 @@ def test_every_layout_with_bf16_state_has_a_row(capsys):
 
 
 def test_plot_is_written(run, tmp_path):
+    """The plot names the machine and says which way is better; every panel shown
+    has data."""
     pytest.importorskip("matplotlib")
     out, _ = run
-    _, rows = cli.load_json(str(out / "b.json"))
-    cli.write_plot(rows, str(tmp_path / "b.png"))
+    machine, rows = cli.load_json(str(out / "b.json"))
+    fig = cli.write_plot(rows, str(tmp_path / "b.png"), harness.describe(machine))
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert fig._suptitle.get_text() == f"Measured on: {harness.describe(machine)}"
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["sgd", "adam"]
+    assert all(ax.lines for ax in shown)
+    assert "higher is better" in shown[0].get_ylabel()
+
+
+def _row(optimizer, provider, fraction):
+    return harness.Row(optimizer=optimizer, provider=provider, n=1024, dtype="float32",
+                       seconds_per_step=1e-3, gb_per_second=1.0, speedup_vs_numpy=None,
+                       roofline_fraction=fraction, rounds=3, samples=[1e-3])
+
+
+def test_the_torch_row_says_which_torch_step_it_is():
+    rows = [_row("adam", "torch", 0.5), _row("rmsprop", "torch", 0.5),
+            _row("adam:gpt2-small", "torch", 0.5), _row("adam", "fusedopt-numba", 0.9)]
+    assert [cli.provider_label(r) for r in rows] == [
+        "torch fused=True", "torch default", "torch fused=True", "fusedopt-numba"]
+    assert "| adam | torch fused=True |" in cli.format_markdown(rows)
+
+
+def test_a_roofline_fraction_above_one_is_marked_not_stated():
+    """Nothing moves fewer bytes than the roofline kernel: a fraction above 1.0 is
+    the machine's noise, and the table says so instead of presenting it."""
+    clean = cli.format_markdown([_row("adam", "fusedopt-numba", 0.97)])
+    assert "0.97 |" in clean and cli.ROOFLINE_NOTE not in clean
+    over = [_row("adam", "fusedopt-numba", 1.08)]
+    for text in (cli.format_markdown(over), cli.format_table(over)):
+        assert "1.08*" in text and text.endswith(cli.ROOFLINE_NOTE)
+
+
+def test_a_skipped_peer_says_why():
+    """Not applicable (no such optimizer in that library) and not installed are told
+    apart."""
+    pytest.importorskip("torch")  # without it, torch's row says it is not installed
+    with pytest.raises(prov.ProviderUnavailable, match="not applicable: torch.optim has "
+                       "no LAMB"):
+        prov.make("torch", "lamb", 64)
+    with pytest.raises(prov.ProviderUnavailable, match="not applicable: DeepSpeed's CPU "
+                       "optimizer is Adam and AdamW only"):
+        prov.make("deepspeed", "sgd", 64)
 
 
 def test_module_entry_point_runs():

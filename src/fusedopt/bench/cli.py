@@ -130,32 +130,59 @@ HEADER = ["optimizer", "provider", "n", "dtype", "time/step", "GB/s", "x numpy",
           "roofline"]
 
 
+def provider_label(row) -> str:
+    """The provider as a reader should read it: torch's row says which torch step it
+    is (``fused=True`` where torch has a fused CPU kernel, else its default loop)."""
+    if row.provider != "torch":
+        return row.provider
+    fused = row.optimizer in prov.TORCH_FUSED or row.optimizer.startswith("adam:")
+    return "torch fused=True" if fused else "torch default"
+
+
+#: marks a roofline fraction above 1.0, which is no fact: see ``ROOFLINE_NOTE``
+OVER = "*"
+ROOFLINE_NOTE = (f"{OVER} above 1.0: the roofline kernel, which moves the same bytes, ran "
+                 "slower than this step in this run (a busy or noisy machine); re-measure "
+                 "before reading it")
+
+
 def table_cells(rows) -> list[list[str]]:
     cells = []
     for r in rows:
-        cells.append([r.optimizer, r.provider, _fmt_n(r.n), r.dtype,
+        roof = "-" if r.roofline_fraction is None else f"{r.roofline_fraction:.2f}"
+        if r.roofline_fraction is not None and r.roofline_fraction > 1.005:
+            roof += OVER
+        cells.append([r.optimizer, provider_label(r), _fmt_n(r.n), r.dtype,
                       _fmt_time(r.seconds_per_step), f"{r.gb_per_second:.1f}",
                       "-" if r.speedup_vs_numpy is None else f"{r.speedup_vs_numpy:.1f}x",
-                      "-" if r.roofline_fraction is None else f"{r.roofline_fraction:.2f}"])
+                      roof])
     return cells
 
 
+def _notes(cells) -> list[str]:
+    return [ROOFLINE_NOTE] if any(row[-1].endswith(OVER) for row in cells) else []
+
+
 def format_table(rows) -> str:
-    cells = [HEADER, *table_cells(rows)]
+    body = table_cells(rows)
+    cells = [HEADER, *body]
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
     lines = ["  ".join(c.rjust(w) if i >= 4 else c.ljust(w)
                        for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(lines + _notes(body))
 
 
 def format_markdown(rows) -> str:
+    body = table_cells(rows)
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_cells(rows)]
-    return "\n".join(lines)
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines + [""] * bool(_notes(body)) + _notes(body))
 
 
-def write_plot(rows, path: str) -> None:
+def write_plot(rows, path: str, machine: str = ""):
+    """GB/s against size, one panel per optimizer with data (higher is better),
+    titled with the machine it was measured on; returns the figure."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -163,8 +190,9 @@ def write_plot(rows, path: str) -> None:
     except ImportError as exc:
         raise SystemExit(f"fusedopt-bench: --plot needs matplotlib "
                          f"(pip install matplotlib): {exc}") from None
+    rows = [r for r in rows if r.gb_per_second > 0]
     optimizers = list(dict.fromkeys(r.optimizer for r in rows))
-    series = list(dict.fromkeys((r.provider, r.dtype) for r in rows))
+    series = list(dict.fromkeys((provider_label(r), r.dtype) for r in rows))
     colors = {key: f"C{i % 10}" for i, key in enumerate(series)}  # same color everywhere
     cols = min(3, len(optimizers))
     nrows = -(-len(optimizers) // cols)
@@ -173,7 +201,8 @@ def write_plot(rows, path: str) -> None:
     for ax, opt in zip(axes.flat, optimizers):
         mine = [r for r in rows if r.optimizer == opt]
         for key in series:
-            pts = sorted((r.n, r.gb_per_second) for r in mine if (r.provider, r.dtype) == key)
+            pts = sorted((r.n, r.gb_per_second) for r in mine
+                         if (provider_label(r), r.dtype) == key)
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=colors[key],
                         label=f"{key[0]} ({key[1]})",
@@ -186,14 +215,17 @@ def write_plot(rows, path: str) -> None:
     for ax in axes.flat[len(optimizers):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
-        ax.set_ylabel("GB/s (minimal traffic / time)")
+        ax.set_ylabel("GB/s (minimal traffic / time),\nhigher is better")
     handles = [plt.Line2D([], [], color=colors[k], marker="o",
                           linestyle="--" if k[0] == harness.ROOFLINE else "-")
                for k in series]
     fig.legend(handles, [f"{p} ({d})" for p, d in series], loc="lower center",
                ncol=min(len(series), 6), fontsize=8, frameon=False)
+    if machine:
+        fig.suptitle(f"Measured on: {machine}", fontsize=8)
     fig.tight_layout(rect=(0, 0.6 / (3.4 * nrows + 0.6) + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def load_json(path: str) -> tuple[dict, list[harness.Row]]:
@@ -263,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
-    _write(args, argv, harness.rows_to_dicts(rows), format_markdown(rows),
-           harness.machine())
+    machine = harness.machine()
+    _write(args, argv, harness.rows_to_dicts(rows), format_markdown(rows), machine)
     if args.plot:
-        write_plot(rows, args.plot)
+        write_plot(rows, args.plot, harness.describe(machine))
     return 0
 
 

@@ -146,11 +146,7 @@ def _torch(arena: Arena) -> Callable[[], None]:
 def _deepspeed(arena: Arena, bf16: bool = False) -> Callable[[], None]:
     """DeepSpeed's CPU Adam; ``bf16``: on bf16 params, grads and state."""
     _, params, ms, vs = _torch_params(arena, bf16)
-    try:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-    except Exception as exc:
-        raise prov.ProviderUnavailable(f"DeepSpeed CPU Adam unavailable ({exc})") from exc
-    opt = DeepSpeedCPUAdam(params, lr=LR, adamw_mode=False,
+    opt = prov._deepspeed_adam()(params, lr=LR, adamw_mode=False,
                            fp32_optimizer_states=not bf16)
     for p, m, v in zip(params, ms, vs):
         opt.state[p] = {"step": 0, "exp_avg": m, "exp_avg_sq": v}

@@ -129,16 +129,27 @@ def make_torch(optimizer, n, dtype):
 
 def make_deepspeed(optimizer, n, dtype):
     if optimizer not in ("adam", "adamw"):
-        raise ProviderUnavailable("DeepSpeed's CPU optimizer here is Adam/AdamW only")
+        raise ProviderUnavailable("not applicable: DeepSpeed's CPU optimizer is Adam "
+                                  "and AdamW only")
     torch, param = _torch_param(n, dtype)
-    try:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-    except Exception as exc:  # not installed, or its C++ op failed to build
-        raise ProviderUnavailable(f"DeepSpeed CPU Adam unavailable ({exc})") from exc
+    DeepSpeedCPUAdam = _deepspeed_adam()
     kwargs = _float_state_kwargs(optimizer)
     if optimizer == "adamw":
         return DeepSpeedCPUAdam([param], **kwargs, weight_decay=1e-2, adamw_mode=True).step
     return DeepSpeedCPUAdam([param], **kwargs, adamw_mode=False).step
+
+
+def _deepspeed_adam():
+    """DeepSpeed's CPU Adam class, or ProviderUnavailable saying why: not installed,
+    or installed but failing to import or to build its C++ op."""
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    except ModuleNotFoundError as exc:
+        raise ProviderUnavailable(f"DeepSpeed is not installed ({exc})") from exc
+    except Exception as exc:
+        raise ProviderUnavailable(f"DeepSpeed CPU Adam failed to load: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    return DeepSpeedCPUAdam
 
 
 def make_roofline(optimizer, n, dtype):
@@ -248,11 +259,7 @@ def _model_torch_adapter(flatten: bool) -> Callable:
 
 def make_model_deepspeed(shapes):
     torch, params = _model_torch_params(shapes)
-    try:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-    except Exception as exc:
-        raise ProviderUnavailable(f"DeepSpeed CPU Adam unavailable ({exc})") from exc
-    return DeepSpeedCPUAdam(params, lr=1e-3, adamw_mode=False).step
+    return _deepspeed_adam()(params, lr=1e-3, adamw_mode=False).step
 
 
 def make_model_roofline(shapes):

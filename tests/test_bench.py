@@ -319,3 +319,12 @@ def test_lowbit_pools_placements_for_sizes_and_models(monkeypatch):
     assert cli.main(["--lowbit", "--sizes", "4K", "--placements", "4",
                      "--model", "gpt2-small"]) == 0
     assert seen == [("4K", 4), ("gpt2-small", 4)]
+
+
+def test_each_reason_a_peer_was_skipped_is_kept():
+    skipped = harness.Skipped()
+    harness.skip(skipped, "deepspeed", "DeepSpeed is not installed", "adam")
+    harness.skip(skipped, "deepspeed", "not applicable: Adam and AdamW only", "sgd")
+    harness.skip(skipped, "deepspeed", "DeepSpeed is not installed", "adamw")
+    assert skipped == {"deepspeed": "DeepSpeed is not installed (for adam, adamw); "
+                                    "not applicable: Adam and AdamW only (for sgd)"}

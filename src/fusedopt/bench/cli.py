@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         names += ["torch", "deepspeed"]
 
     groups = [(o, n, d) for o in args.optimizer for d in args.dtype for n in sizes]
-    rows, skipped = [], {}
+    rows, skipped = [], harness.Skipped()
     started = time.perf_counter()
     for i, (opt, n, dtype) in enumerate(groups):
         _progress(i, len(groups), f"{opt} {_fmt_n(n)} {dtype}")

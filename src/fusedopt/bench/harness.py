@@ -49,14 +49,38 @@ def _batch_size(step: Callable[[], None]) -> int:
     return max(1, min(10_000, math.ceil(SAMPLE_SECONDS / max(once, 1e-9))))
 
 
+class Skipped(dict):
+    """Provider name -> why it was skipped: each distinct reason once, with the
+    optimizers (or models) it was skipped for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reasons: dict[str, dict[str, list[str]]] = {}
+
+    def add(self, name: str, why: str, what: str) -> None:
+        whats = self._reasons.setdefault(name, {}).setdefault(why, [])
+        if what not in whats:
+            whats.append(what)
+        self[name] = "; ".join(f"{r} (for {', '.join(w)})"
+                               for r, w in self._reasons[name].items())
+
+
+def skip(skipped: dict[str, str] | None, name: str, why: str, what: str) -> None:
+    """Record why provider ``name`` was skipped for ``what``, in ``skipped`` (a
+    ``Skipped``, a plain dict: the last reason, or None: not recorded)."""
+    if isinstance(skipped, Skipped):
+        skipped.add(name, why, what)
+    elif skipped is not None:
+        skipped[name] = why
+
+
 def _build(names, optimizer, n, dtype, skipped):
     steps, batches = {}, {}
     for name in names:
         try:
             steps[name] = prov.make(name, optimizer, n, dtype)
         except prov.ProviderUnavailable as exc:
-            if skipped is not None:
-                skipped[name] = str(exc)
+            skip(skipped, name, str(exc), optimizer)
             continue
         batches[name] = _batch_size(steps[name])
     return steps, batches, None
@@ -145,8 +169,7 @@ def measure_model(model: str, names: Iterable[str], budget: float,
         try:
             steps[name] = prov.make_model(name, model)
         except prov.ProviderUnavailable as exc:
-            if skipped is not None:
-                skipped[name] = str(exc)
+            skip(skipped, name, str(exc), model)
             continue
         batches[name] = _batch_size(steps[name])
     samples: dict[str, list[float]] = {}

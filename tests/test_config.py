@@ -48,6 +48,8 @@ assert "ml_dtypes" not in sys.modules and "numba" not in sys.modules, sorted(
 p = np.ones(8, np.float32)
 fusedopt.Adam([p], lr=0.1, backend="cython").step([np.ones_like(p)])
 assert "ml_dtypes" not in sys.modules and np.allclose(p, 0.9)
+fp = fusedopt.FlatParams([(4,)], "bfloat16")  # the name, before ml_dtypes is imported
+assert str(fp.views[0].dtype) == "bfloat16"
 import ml_dtypes
 b = np.ones(8, ml_dtypes.bfloat16)
 fusedopt.Adam([b], lr=0.5, backend="cython").step([np.ones_like(b)])

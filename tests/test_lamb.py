@@ -38,15 +38,21 @@ def test_a_zero_tensor_takes_the_unscaled_step(backend):
     assert _norm(other - 1.0) == pytest.approx(0.1 * _norm(np.ones(20)), rel=1e-12)
 
 
-def test_a_nan_gradient_reaches_its_own_element_only(backend):
-    """nonfinite="propagate": the NaN element's update is NaN, which makes its
-    tensor's ratio 1 (not a number: as optax); no other element turns NaN."""
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_gradient_reaches_its_own_element_only(backend, bad):
+    """nonfinite="propagate": the bad element's update is not finite, which makes its
+    tensor's ratio 1 (a norm that is not finite); no other element turns NaN or
+    inf, and they take the unscaled step."""
     p = np.linspace(0.5, 1.5, 40)
     g = np.ones(40)
-    g[7] = np.nan
-    opt = fusedopt.LAMB([p], lr=0.01, backend=backend)
-    opt.step([g])
-    assert np.isnan(p[7]) and np.isfinite(np.delete(p, 7)).all()
+    g[7] = bad
+    before = p.copy()
+    opt = fusedopt.LAMB([p], lr=0.01, eps=1e-6, backend=backend)
+    with np.errstate(invalid="ignore"):  # the NumPy reference computes inf / inf
+        opt.step([g])
+    assert not np.isfinite(p[7]) and np.isfinite(np.delete(p, 7)).all()
+    np.testing.assert_allclose(np.delete(p, 7), np.delete(before, 7) - 0.01 / (1 + 1e-6),
+                               rtol=1e-12)
     assert np.isfinite(np.delete(opt.state[0]["exp_avg"], 7)).all()
 
 

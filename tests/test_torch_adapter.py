@@ -438,3 +438,25 @@ def test_every_torch_optimizer_is_provided_or_explained():
              and c is not torch.optim.Optimizer}
     assert names <= set(ft.CLASSES) | set(NOT_PROVIDED), names - set(ft.CLASSES)
     assert not set(ft.CLASSES) & set(NOT_PROVIDED)
+
+
+def test_lamb_refuses_by_name_what_only_multi_tensor_calls_step():
+    """LAMB steps tensor by tensor (its norms are per tensor): a channels_last
+    parameter or a float16 one is refused before any write, saying why and what to
+    do, where the element-wise optimizers step them in multi-tensor calls."""
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    opt = ft.LAMB(conv.parameters(), lr=0.01)
+    conv(torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)).sum().backward()
+    before = [p.detach().clone() for p in conv.parameters()]
+    with pytest.raises(ValueError, match=r"LAMB: steps each tensor in one call over its "
+                       r"flat view \(its norms are per tensor\), so it needs contiguous "
+                       r".*or use flatten=True"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, conv.parameters()))
+    assert not opt.state
+    half = torch.nn.Parameter(torch.ones(8, dtype=torch.float16))
+    half.grad = torch.ones_like(half)
+    with pytest.raises(TypeError, match="LAMB: float16 parameters are stepped by "
+                       "multi-tensor calls"):
+        ft.LAMB([half]).step()
+    assert torch.equal(half.detach(), torch.ones(8, dtype=torch.float16))

@@ -123,6 +123,9 @@ LAMB = Spec(
 
 SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA, RADAM, RPROP, NADAM, ASGD,
          LAMB)
+#: the kernels with a reduction pass (``Spec.norms``): stepped tensor by tensor, never
+#: in one multi-tensor call (their scalars differ per tensor)
+REDUCING = frozenset(spec.name for spec in SPECS if spec.norms is not None)
 
 
 def contract(spec: Spec, launch: Callable, norms: Callable | None = None) -> Callable:
@@ -609,16 +612,18 @@ LAMB_ALGORITHM = Algorithm(
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g**2
         u = m / (1 - beta1**t) / (sqrt(v / (1 - beta2**t)) + eps) + weight_decay * theta
-        ratio = ||theta|| / ||u||     (L2 norms over the tensor; 1 where either is 0)
+        ratio = ||theta|| / ||u||     (L2 norms over the tensor; 1 where either is 0
+                                       or not finite)
         theta = theta - lr * ratio * u
 
     lr is relative: a step moves a tensor by about lr times its norm. The norms are
     a read-only pass before the update pass (summed in float64), so a step reads the
     state twice: 44 bytes per float32 element instead of Adam's 28. The ratio is one
     number per tensor, so LAMB steps tensor by tensor (one call per tensor, also in
-    a FlatParams segment), not in multi-tensor calls. A NaN or inf in the update
-    makes its tensor's ratio 1 (as optax): it reaches its own elements, and the
-    others take an unscaled step. State: ``step``, ``exp_avg`` (m), ``exp_avg_sq``
+    a FlatParams segment), not in multi-tensor calls; in ``fusedopt.torch``, of
+    contiguous float32, float64, bfloat16 or complex tensors. A NaN or inf in a
+    tensor makes its ratio 1: it reaches its own elements, and the others take an
+    unscaled step (optax's ratio would spread it over the tensor). State: ``step``, ``exp_avg`` (m), ``exp_avg_sq``
     (v), starting at zero. Defaults are optax's: ``lr=1e-3, betas=(0.9, 0.999),
     eps=1e-6, weight_decay=0``. torch.optim has no LAMB.
     """)

@@ -37,9 +37,9 @@ class FlatParams:
             if len(dtypes) != len(shapes):
                 raise ValueError(f"dtypes: expected {len(shapes)} dtypes (one per shape), "
                                  f"got {len(dtypes)}")
-            dtypes = [np.dtype(d) for d in dtypes]
+            dtypes = [_dtype(d) for d in dtypes]
         else:
-            dtypes = [np.dtype(dtypes)] * len(shapes)
+            dtypes = [_dtype(dtypes)] * len(shapes)
         for i, dt in enumerate(dtypes):
             if not _checks.param_dtype(dt):
                 raise TypeError(f"dtypes[{i}]: expected float32, float64 or bfloat16, "
@@ -85,6 +85,12 @@ class FlatParams:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{dt}: {buf.size}" for dt, buf in self.buffers.items())
         return f"FlatParams({len(self.views)} tensors; {sizes} elements)"
+
+
+def _dtype(d) -> np.dtype:
+    """``np.dtype(d)``, the name "bfloat16" included (NumPy knows it only once
+    ml_dtypes is imported, which ``import fusedopt`` leaves until needed)."""
+    return _checks.bf16() if isinstance(d, str) and d == "bfloat16" else np.dtype(d)
 
 
 def owner(array: np.ndarray) -> FlatParams | None:

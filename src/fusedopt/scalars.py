@@ -145,10 +145,11 @@ def lamb(step: int, lr: float, beta1: float, beta2: float, eps: float,
 def lamb_trust(h: tuple, param_sumsq: float, update_sumsq: float) -> tuple:
     """``h`` (``lamb``) with its step size multiplied by the trust ratio ``||p|| /
     ||u||`` of one tensor, from the sums of squares of its parameter and its update
-    direction; 1 where either norm is 0 or not a number (as optax: a zero tensor, or
-    a NaN in the update, which then reaches its own elements only)."""
+    direction; 1 where either norm is 0 (a zero tensor, as optax) or not finite (a
+    NaN or inf in the tensor, which then reaches its own elements only; optax's
+    ratio spreads it over the whole tensor)."""
     p, u = math.sqrt(param_sumsq), math.sqrt(update_sumsq)
-    ratio = p / u if p > 0.0 and u > 0.0 else 1.0
+    ratio = p / u if 0.0 < p < math.inf and 0.0 < u < math.inf else 1.0
     return (*h[:-1], h[-1] * ratio)
 
 

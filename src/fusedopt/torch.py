@@ -463,12 +463,16 @@ class _Fused(torch.optim.Optimizer):
         yet in ``state``. Then the byte ranges of all of them against each other."""
         algo, views, owner = self._algorithm, {}, type(self).__name__
         plans, arrays, index = [], [], 0
+        # the numba and cython backends plan any layout in multi-tensor calls; an
+        # algorithm that reduces per tensor (LAMB) comes here on them too
+        reducing = owner if hasattr(self._impl, "multi") else ""
         for k, group in enumerate(self.param_groups):
             hyper = self._hyper(group, k)
             spec = algo._state_spec(hyper)
             for p in group["params"]:
                 if p.grad is not None:
-                    _check_tensor(p, owner, self._dtypes, self.backend)
+                    _check_tensor(p, owner, self._dtypes, self.backend,
+                                  reducing=reducing)
                     plans.append(self._plan_param(p, hyper, spec, index, views, arrays))
                 index += 1
         _guard.check_arrays(arrays, lambda: [
@@ -875,12 +879,17 @@ def _local(t):
 
 
 def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
-                  layouts: bool = False, grad=None) -> None:
+                  layouts: bool = False, grad=None, reducing: str = "") -> None:
     """Everything a parameter and its gradient (``p.grad`` unless given) need,
     raised before any write; ``dtypes``: the parameter dtypes the backend steps;
     ``layouts``: any strides (the multi-tensor plan steps them), else contiguous
-    only."""
+    only; ``reducing``: the name of an algorithm that steps tensor by tensor for its
+    per-tensor reduction (LAMB), whose errors say so."""
     g = p.grad if grad is None else grad
+    if reducing and type(p).__name__ == "DTensor":
+        raise TypeError(f"{reducing}: a DTensor parameter; its norms are per tensor, so "
+                        "each rank would need the sums of every shard (not supported): "
+                        "step sharded parameters with an element-wise optimizer")
     if (p.is_cpu and g.is_cpu and not g.is_sparse and p.dtype in dtypes
             and g.dtype == p.dtype and g.shape == p.shape and (
                 layouts or (p.is_contiguous() and g.is_contiguous()))):
@@ -891,6 +900,10 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
     if not (p.is_cpu and g.is_cpu):
         raise RuntimeError(f"{owner}: parameter on {p.device}, gradient on {g.device}; "
                            "fusedopt.torch steps CPU tensors")
+    if reducing and p.dtype == torch.float16:
+        raise TypeError(f"{reducing}: float16 parameters are stepped by multi-tensor "
+                        "calls, which an algorithm with per-tensor norms does not make; "
+                        "keep float32 (or bfloat16) parameters")
     if p.dtype not in dtypes or g.dtype != p.dtype:
         raise TypeError(f"{owner}: expected float32, float64 or complex parameters "
                         "(bfloat16 and float16 on the numba and cython backends; this "
@@ -899,6 +912,11 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
     if g.shape != p.shape:
         raise ValueError(f"{owner}: a gradient of shape {tuple(g.shape)} for a parameter "
                          f"of shape {tuple(p.shape)} (was p.data replaced?)")
+    if reducing:
+        raise ValueError(f"{reducing}: steps each tensor in one call over its flat view "
+                         "(its norms are per tensor), so it needs contiguous parameters "
+                         "and gradients; make them contiguous (.contiguous(), "
+                         "memory_format=torch.contiguous_format) or use flatten=True")
     raise ValueError(f"{owner}: the {backend!r} backend steps contiguous parameters and "
                      "gradients only (through one flat view); the numba and cython "
                      "backends step any layout (channels_last, transposed, slices)")

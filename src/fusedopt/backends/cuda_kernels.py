@@ -71,10 +71,17 @@ def _grad_stats(g, out):
 
 
 
+#: the most threads per block a reduction kernel is launched with (a power of two)
+MAX_BLOCK = 256
+
+
 def _norms_template(rule, flags: tuple[bool, ...], slots: int):
     """The grid-stride twin of ``numba_cpu._norms_template``: ``out[0]`` and
     ``out[1]`` (float64) gain the sums of squares of the two values ``rule`` gives
-    per element, one atomic pair per thread after its partial sums; reads only."""
+    per element; reads only. Each thread sums its elements, each block its threads'
+    sums (a tree in shared memory; blocks of a power of two threads, at most
+    ``MAX_BLOCK``), then one atomic pair per block: the sums' order across blocks,
+    and so their last bits, depend on the launch."""
     pair = template.terms(rule, flags, slots)
 
     def kernel(p, g, h, grad_scale, out, s0, s1, s2, s3):
@@ -85,8 +92,21 @@ def _norms_template(rule, flags: tuple[bool, ...], slots: int):
             x, y = np.float64(a), np.float64(b)
             sa += x * x
             sb += y * y
-        cuda.atomic.add(out, 0, sa)
-        cuda.atomic.add(out, 1, sb)
+        ta = cuda.shared.array(MAX_BLOCK, np.float64)
+        tb = cuda.shared.array(MAX_BLOCK, np.float64)
+        t = cuda.threadIdx.x
+        ta[t], tb[t] = sa, sb
+        cuda.syncthreads()
+        half = cuda.blockDim.x // 2
+        while half > 0:
+            if t < half:
+                ta[t] += ta[t + half]
+                tb[t] += tb[t + half]
+            cuda.syncthreads()
+            half //= 2
+        if t == 0:
+            cuda.atomic.add(out, 0, ta[0])
+            cuda.atomic.add(out, 1, tb[0])
     return kernel
 
 

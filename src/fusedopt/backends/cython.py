@@ -68,6 +68,8 @@ _KINDS = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.uint16):
 def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, parallel):
     """One kernel call over every tensor of ``table`` (``numba_cpu.multi``'s
     contract; an absent slot is a 0 address, so ``present`` is not needed)."""
+    if name in algorithms.REDUCING:
+        raise ValueError(f"multi: {name} reduces per tensor and has no multi-tensor call")
     getattr(_k, name + "_multi")(table, counts, seeds, h, flags, grad_scale, parallel,
                                  _KINDS[dtypes[0]], _KINDS[dtypes[2]])
 

@@ -215,7 +215,10 @@ def multi_kernel(name: str, flags: tuple[bool, ...], slots: int, parallel: bool 
 def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, parallel):
     """One kernel call over every tensor of ``table`` (see ``_multi_template``):
     ``present`` says which slots the tensors have, ``dtypes`` the NumPy dtypes of
-    (parameter, gradient, state)."""
+    (parameter, gradient, state). Not for an algorithm with a reduction pass
+    (``Spec.norms``): its scalars differ per tensor."""
+    if name in algorithms.REDUCING:
+        raise ValueError(f"multi: {name} reduces per tensor and has no multi-tensor call")
     k = (_MULTI_SERIALISED if parallel and not _threadsafe else MULTI_KERNELS).get(
         (name, flags, len(present)))
     if k is None:

@@ -27,7 +27,7 @@ if not cuda.is_available():
                       "False); NUMBA_ENABLE_CUDASIM=1 runs the kernels on Numba's "
                       "CUDA simulator")
 
-THREADS = 16 if _device.simulated() else 256
+THREADS = 16 if _device.simulated() else 256  # a power of two <= cuda_kernels.MAX_BLOCK
 _local = threading.local()
 
 

@@ -209,8 +209,8 @@ def asgd(param, grad, ax, eta, mu, lambd, weight_decay, grad_scale, seed=0, out=
 def lamb(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
          grad_scale, seed=0, out=None):
     # You et al. 2020, "Large Batch Optimization for Deep Learning", Algorithm 2
-    # (LAMB), with phi the identity and optax.lamb's guard: the trust ratio is 1 where
-    # either norm is zero (or not a number).
+    # (LAMB), with phi the identity and optax.lamb's guard against a zero norm (the
+    # trust ratio is 1 there), and against a norm that is not finite.
     g = grad_scale * grad
     m = beta1 * exp_avg + (1 - beta1) * g
     v = beta2 * exp_avg_sq + (1 - beta2) * g ** 2
@@ -221,5 +221,6 @@ def lamb(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_d
     r = m_hat / (np.sqrt(v_hat) + eps) + weight_decay * param
     param_norm = np.linalg.norm(param.astype(np.float64))
     update_norm = np.linalg.norm(r.astype(np.float64))
-    trust = param_norm / update_norm if param_norm > 0 and update_norm > 0 else 1.0
+    trust = (param_norm / update_norm if np.isfinite(param_norm) and param_norm > 0
+             and np.isfinite(update_norm) and update_norm > 0 else 1.0)
     param[...] = param - lr * trust * r

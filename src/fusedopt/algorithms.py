@@ -623,9 +623,10 @@ LAMB_ALGORITHM = Algorithm(
     a FlatParams segment), not in multi-tensor calls; in ``fusedopt.torch``, of
     contiguous float32, float64, bfloat16 or complex tensors. A NaN or inf in a
     tensor makes its ratio 1: it reaches its own elements, and the others take an
-    unscaled step (optax's ratio would spread it over the tensor). State: ``step``, ``exp_avg`` (m), ``exp_avg_sq``
-    (v), starting at zero. Defaults are optax's: ``lr=1e-3, betas=(0.9, 0.999),
-    eps=1e-6, weight_decay=0``. torch.optim has no LAMB.
+    unscaled step (optax's ratio would spread it over the tensor). State: ``step``,
+    ``exp_avg`` (m), ``exp_avg_sq`` (v), starting at zero. Defaults are optax's:
+    ``lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0``. torch.optim has no
+    LAMB.
     """)
 
 ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,

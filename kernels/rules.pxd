@@ -47,12 +47,10 @@ cdef inline (floating, floating) sgd(
     return p, buf
 
 
-cdef inline (floating, floating, floating, floating) adam(
-        floating p, floating g, floating m, floating v, floating vmax, floating beta1c,
-        floating beta2, floating beta2c, floating step_size, floating inv_sqrt_bc2,
-        floating eps, floating weight_decay, floating param_scale,
-        bint decay, bint decoupled, bint amsgrad, floating grad_scale) noexcept nogil:
-    cdef floating denom
+cdef inline (floating, floating, floating, floating) _adam_moments(
+        floating p, floating g, floating m, floating v, floating beta1c, floating beta2,
+        floating beta2c, floating weight_decay, floating param_scale, bint decay,
+        bint decoupled, floating grad_scale) noexcept nogil:
     g = grad_scale * g
     if decay:
         if decoupled:
@@ -61,6 +59,17 @@ cdef inline (floating, floating, floating, floating) adam(
             g = g + weight_decay * p
     m = m + beta1c * (g - m)
     v = beta2 * v + beta2c * g * g
+    return p, g, m, v
+
+
+cdef inline (floating, floating, floating, floating) adam(
+        floating p, floating g, floating m, floating v, floating vmax, floating beta1c,
+        floating beta2, floating beta2c, floating step_size, floating inv_sqrt_bc2,
+        floating eps, floating weight_decay, floating param_scale,
+        bint decay, bint decoupled, bint amsgrad, floating grad_scale) noexcept nogil:
+    cdef floating denom
+    p, g, m, v = _adam_moments(p, g, m, v, beta1c, beta2, beta2c, weight_decay,
+                               param_scale, decay, decoupled, grad_scale)
     if amsgrad:
         # torch.maximum: a NaN wins (Python's max drops it). Written as one select
         # (rules.py: an if on ``v > vmax or v != v``): the short-circuit branch kept
@@ -160,14 +169,8 @@ cdef inline (floating, floating, floating) radam(
         floating weight_decay, floating param_scale, bint decay, bint decoupled,
         floating grad_scale) noexcept nogil:
     cdef floating k
-    g = grad_scale * g
-    if decay:
-        if decoupled:
-            p = p * param_scale
-        else:
-            g = g + weight_decay * p
-    m = m + beta1c * (g - m)
-    v = beta2 * v + beta2c * g * g
+    p, g, m, v = _adam_moments(p, g, m, v, beta1c, beta2, beta2c, weight_decay,
+                               param_scale, decay, decoupled, grad_scale)
     k = rect / (sqrt(v) + eps) if rect > 0 else step_size
     p = p - k * m
     return p, m, v
@@ -196,14 +199,8 @@ cdef inline (floating, floating, floating) nadam(
         floating beta2c, floating inv_bc2, floating grad_step, floating avg_step,
         floating eps, floating weight_decay, floating param_scale, bint decay,
         bint decoupled, floating grad_scale) noexcept nogil:
-    g = grad_scale * g
-    if decay:
-        if decoupled:
-            p = p * param_scale
-        else:
-            g = g + weight_decay * p
-    m = m + beta1c * (g - m)
-    v = beta2 * v + beta2c * g * g
+    p, g, m, v = _adam_moments(p, g, m, v, beta1c, beta2, beta2c, weight_decay,
+                               param_scale, decay, decoupled, grad_scale)
     p = p - (grad_step * g + avg_step * m) / (sqrt(v * inv_bc2) + eps)
     return p, m, v
 

@@ -98,11 +98,11 @@ def sgd(p, g, buf, lr, weight_decay, momentum, buf_grad_scale,
 
 
 @register_jitable
-def adam(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
-         weight_decay, param_scale, decay, decoupled, amsgrad, grad_scale):
-    """Adam / AdamW. ``beta1c = 1 - beta1``, ``beta2c = 1 - beta2``,
-    ``step_size = lr / (1 - beta1**t)``, ``inv_sqrt_bc2 = 1 / sqrt(1 - beta2**t)``,
-    ``param_scale = 1 - lr * weight_decay`` (decoupled decay, AdamW)."""
+def _adam_moments(p, g, m, v, beta1c, beta2, beta2c, weight_decay, param_scale, decay,
+                  decoupled, grad_scale):
+    """Adam's moments, as Adam, RAdam and NAdam update them, after the gradient's
+    scale and the weight decay: ``(p, g, m, v)``, with ``p`` decayed (decoupled,
+    ``param_scale = 1 - lr * weight_decay``) or ``g`` given the L2 penalty."""
     g = grad_scale * g
     if decay:
         if decoupled:
@@ -111,6 +111,17 @@ def adam(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
             g = g + weight_decay * p
     m = m + beta1c * (g - m)
     v = beta2 * v + beta2c * g * g
+    return p, g, m, v
+
+
+@register_jitable
+def adam(p, g, m, v, vmax, beta1c, beta2, beta2c, step_size, inv_sqrt_bc2, eps,
+         weight_decay, param_scale, decay, decoupled, amsgrad, grad_scale):
+    """Adam / AdamW. ``beta1c = 1 - beta1``, ``beta2c = 1 - beta2``,
+    ``step_size = lr / (1 - beta1**t)``, ``inv_sqrt_bc2 = 1 / sqrt(1 - beta2**t)``,
+    ``param_scale = 1 - lr * weight_decay`` (decoupled decay, AdamW)."""
+    p, g, m, v = _adam_moments(p, g, m, v, beta1c, beta2, beta2c, weight_decay,
+                               param_scale, decay, decoupled, grad_scale)
     if amsgrad:
         if v > vmax or v != v:  # torch.maximum: a NaN wins (Python's max drops it)
             vmax = v
@@ -206,14 +217,8 @@ def radam(p, g, m, v, beta1c, beta2, beta2c, step_size, rect, eps, weight_decay,
     ``step_size = lr / (1 - beta1**t)``; ``rect = step_size * r_t * sqrt(1 -
     beta2**t)`` once the variance is tractable (rho_t > 5), else 0: the step is then
     SGD with momentum; ``param_scale = 1 - lr * weight_decay`` (decoupled decay)."""
-    g = grad_scale * g
-    if decay:
-        if decoupled:
-            p = p * param_scale
-        else:
-            g = g + weight_decay * p
-    m = m + beta1c * (g - m)
-    v = beta2 * v + beta2c * g * g
+    p, g, m, v = _adam_moments(p, g, m, v, beta1c, beta2, beta2c, weight_decay,
+                               param_scale, decay, decoupled, grad_scale)
     # one product after the choice: with a subtraction in each branch, LLVM sinks the
     # two into one (of a select) and contracts it into an FMA in some loops only
     k = rect / (sqrt(v) + eps) if rect > rect - rect else step_size  # rect - rect: 0
@@ -252,14 +257,8 @@ def nadam(p, g, m, v, beta1c, beta2, beta2c, inv_bc2, grad_step, avg_step, eps,
     ``avg_step = lr mu_{t+1} / (1 - prod_t mu_{t+1})`` (the momentum schedule and
     its product, ``fusedopt.scalars.nadam``); ``param_scale = 1 - lr * weight_decay``
     (decoupled decay)."""
-    g = grad_scale * g
-    if decay:
-        if decoupled:
-            p = p * param_scale
-        else:
-            g = g + weight_decay * p
-    m = m + beta1c * (g - m)
-    v = beta2 * v + beta2c * g * g
+    p, g, m, v = _adam_moments(p, g, m, v, beta1c, beta2, beta2c, weight_decay,
+                               param_scale, decay, decoupled, grad_scale)
     p = p - (grad_step * g + avg_step * m) / (sqrt(v * inv_bc2) + eps)  # one division
     return p, m, v
 

@@ -253,3 +253,42 @@ cdef inline (floating, floating) lamb_norms(
     u, m, v = _lamb_direction(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2,
                               eps, weight_decay, decay, grad_scale)
     return p, u
+
+
+cdef extern from *:
+    """
+    /* a * b + c as one FMA where the ISA has it (as LLVM contracts the Numba rule
+       and torch's vectorised kernels compute it): GCC does not contract every
+       if-converted multiply-add by itself */
+    #if defined(__FMA__)
+    #define fusedopt_muladd_f(a, b, c) __builtin_fmaf((a), (b), (c))
+    #define fusedopt_muladd_d(a, b, c) __builtin_fma((a), (b), (c))
+    #else
+    #define fusedopt_muladd_f(a, b, c) ((a) * (b) + (c))
+    #define fusedopt_muladd_d(a, b, c) ((a) * (b) + (c))
+    #endif
+    """
+    float fusedopt_muladd_f(float a, float b, float c) noexcept nogil
+    double fusedopt_muladd_d(double a, double b, double c) noexcept nogil
+
+
+cdef inline floating _lerp(floating start, floating end, floating w,
+                           bint small) noexcept nogil:
+    cdef floating coeff = w if small else w - w / w
+    cdef floating base = start if small else end
+    if floating is float:
+        return fusedopt_muladd_f(coeff, end - start, base)
+    else:
+        return fusedopt_muladd_d(coeff, end - start, base)
+
+
+cdef inline (floating, floating) muon_momentum(
+        floating u, floating g, floating buf, floating w, floating mu, bint nesterov,
+        bint small_w, bint small_mu, floating grad_scale) noexcept nogil:
+    g = grad_scale * g
+    buf = _lerp(buf, g, w, small_w)
+    if nesterov:
+        u = _lerp(g, buf, mu, small_mu)
+    else:
+        u = buf
+    return u, buf

@@ -45,10 +45,20 @@ def test_every_provided_optimizer_is_in_optim_db():
     assert {info.optim_cls.__name__ for info in INFOS} == set(ft.CLASSES) - {"Lion", "LAMB"}
 
 
-def _model():
+#: inputs where fusedopt departs from torch by design, with the bound it keeps: with
+#: ``lr`` a Tensor, torch.optim.Muon computes its step's scalars (1 - lr * wd, the
+#: adjusted lr) in the Tensor's float32, fusedopt in float64 as for every algorithm;
+#: its bfloat16 Newton-Schulz then magnifies the difference over 25 steps of training
+ATOL = {("Muon", "Tensor lr"): 1e-5}
+
+
+def _model(info=None):
+    """Two layers; without biases for Muon, which steps matrices only (torch's
+    constructor refuses anything else)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(),
-                               torch.nn.Linear(8, 3)).double()
+    bias = info is None or info.optim_cls.__name__ != "Muon"
+    return torch.nn.Sequential(torch.nn.Linear(5, 8, bias=bias), torch.nn.Tanh(),
+                               torch.nn.Linear(8, 3, bias=bias)).double()
 
 
 def _kwargs(kwargs):
@@ -63,7 +73,7 @@ def _kwargs(kwargs):
 def test_optim_db_input_trains_as_torch(info, inp, backend):
     assert inp.params is None  # torch lists none other for CPU
     ours_cls = ft.CLASSES[info.optim_cls.__name__]
-    models = [_model(), _model()]
+    models = [_model(info), _model(info)]
     opts = [info.optim_cls(models[0].parameters(), **_kwargs(inp.kwargs)),
             ours_cls(models[1].parameters(), **_kwargs(inp.kwargs), backend=backend)]
     g = torch.Generator().manual_seed(1)
@@ -75,7 +85,8 @@ def test_optim_db_input_trains_as_torch(info, inp, backend):
             torch.nn.functional.mse_loss(model(x), y).backward()
             opt.step()
     for p, q in zip(*(m.parameters() for m in models)):
-        torch.testing.assert_close(q, p, rtol=0, atol=1e-9)
+        torch.testing.assert_close(
+            q, p, rtol=0, atol=ATOL.get((info.optim_cls.__name__, inp.desc), 1e-9))
     ref, ours = (o.state_dict() for o in opts)
     assert ours["param_groups"] == ref["param_groups"]
     for k, st in ref["state"].items():
@@ -86,7 +97,7 @@ def test_optim_db_input_trains_as_torch(info, inp, backend):
 def test_optim_db_error_input_raises_as_torch(info, err):
     ours_cls = ft.CLASSES[info.optim_cls.__name__]
     inp = err.optimizer_error_input
-    params = inp.params if inp.params is not None else _model().parameters()
+    params = inp.params if inp.params is not None else _model(info).parameters()
     expect = (pytest.warns if issubclass(err.error_type, Warning) else pytest.raises)(
         err.error_type, match=err.error_regex)
     if err.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:

@@ -502,3 +502,22 @@ def test_torch_step_tensor_aliasing_a_parameter_is_refused():
         opt.step()
     opt.state[params[1]]["step"] = real
     assert_t_unchanged(opt, params + [canary], snap)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_a_gradient_read_through_a_copy_may_not_alias_a_parameter(backend):
+    """A gradient in another layout than its parameter is read through a private
+    copy; the gradient itself must still not share a byte with what the step writes
+    (here a strided parameter, written back from its own copy, is its own gradient):
+    refused before any write, as when the layouts agree."""
+    import fusedopt.torch as ft
+
+    p = torch.nn.Parameter(torch.randn(14, dtype=torch.float64)[::2])  # gaps
+    q = torch.nn.Parameter(torch.randn(7, dtype=torch.float64))
+    p.grad, q.grad = p.detach(), torch.randn(7, dtype=torch.float64)
+    opt = ft.AdamW([p, q], lr=0.1, backend=backend)
+    before = [t.detach().clone() for t in (p, q)]
+    with pytest.raises(ValueError, match=r"shares memory with grads\[0\]"):
+        opt.step()
+    assert all(torch.equal(a, t.detach()) for a, t in zip(before, (p, q)))
+    assert not opt.state

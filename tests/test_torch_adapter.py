@@ -449,7 +449,7 @@ def test_lamb_refuses_by_name_what_only_multi_tensor_calls_step():
     conv(torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)).sum().backward()
     before = [p.detach().clone() for p in conv.parameters()]
     with pytest.raises(ValueError, match=r"LAMB: steps each tensor in one call over its "
-                       r"flat view \(its norms are per tensor\), so it needs contiguous "
+                       r"flat view \(tensor by tensor\), so it needs contiguous "
                        r".*or use flatten=True"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, conv.parameters()))

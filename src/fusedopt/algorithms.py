@@ -41,6 +41,10 @@ class Spec(NamedTuple):
     #: summed over the array (float64) by the backend's ``norms`` launcher, and
     #: ``norms(h, sum_a, sum_b)`` gives the element pass its host scalars from them
     norms: Callable[..., tuple[float, ...]] | None = None
+    #: a step made of another spec's passes around a host stage (Muon: two passes of
+    #: SGD's rule, the Newton-Schulz iteration between them), or None: the name of
+    #: that spec; each backend's contract function is ``muon_contract``'s
+    host: str | None = None
 
 
 SGD = Spec(
@@ -121,11 +125,65 @@ LAMB = Spec(
     lambda s, step, lr, beta1, beta2, eps, wd: (wd != 0.0,),
     norms=scalars.lamb_trust)
 
+MUON_MOMENTUM = Spec(
+    "muon_momentum", ("momentum_buffer",), ("momentum", "nesterov"),
+    lambda momentum, nesterov: (1.0 - momentum, momentum),
+    lambda s, momentum, nesterov: (nesterov, abs(1.0 - momentum) < 0.5,
+                                   abs(momentum) < 0.5))
+
+#: Muon: no rule of its own; its host stage between two passes (``muon_contract``)
+MUON = Spec(
+    "muon", ("momentum_buffer",),
+    ("shape", "lr", "weight_decay", "momentum", "nesterov", "a", "b", "c", "eps",
+     "ns_steps", "adjust_lr_fn"),
+    scalars.muon, lambda s, *hyper: (), host="muon_momentum")
+
+#: the specs with a rule of their own, compiled by every backend
 SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA, RADAM, RPROP, NADAM, ASGD,
-         LAMB)
+         LAMB, MUON_MOMENTUM)
 #: the kernels with a reduction pass (``Spec.norms``): stepped tensor by tensor, never
 #: in one multi-tensor call (their scalars differ per tensor)
 REDUCING = frozenset(spec.name for spec in SPECS if spec.norms is not None)
+#: the algorithms a step runs tensor by tensor: a reduction, or a host stage that
+#: needs each tensor's shape (Muon)
+PER_TENSOR = REDUCING | {MUON.name}
+
+
+def muon_contract(momentum: Callable, sgd: Callable, workspace: Callable,
+                  zeros: Callable) -> Callable:
+    """A backend's ``muon(param, grad, momentum_buffer, shape, lr, weight_decay,
+    momentum, nesterov, a, b, c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0,
+    out=None)``: Muon's step of one ``shape = (rows, cols)`` parameter, from the
+    backend's ``momentum`` (its ``muon_momentum``) and ``sgd`` contract functions,
+    ``workspace(rows, cols, dtype)`` (an object whose ``orthogonalise(u, a, b, c,
+    eps, ns_steps)`` returns the orthogonalised ``u`` flat:
+    ``fusedopt.newton_schulz.Workspace``) and ``zeros(param)`` (a zero array like
+    ``param``). Three stages:
+
+    1. ``rules.muon_momentum`` over a copy of the buffer: ``B = B.lerp(g, 1 -
+       momentum)`` and ``U = g.lerp(B, momentum)`` (Nesterov) or ``U = B``, into a
+       scratch array;
+    2. ``O = orthogonalise(U)`` (the host stage);
+    3. the new buffer copied in, and SGD's step with weight decay: ``theta - lr_t (O
+       + lr wd / lr_t theta)``, which is torch's ``theta (1 - lr wd) - lr_t O`` with
+       ``lr_t`` the adjusted rate (``fusedopt.scalars.muon``).
+
+    Nothing the caller owns is written before the host stage has returned, so an
+    exception there (no memory) leaves the parameter and its buffer as they were."""
+    first = momentum
+
+    def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nesterov,
+             a, b, c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0, out=None):
+        rows, cols = shape
+        lr_t, decay = scalars.muon(shape, lr, weight_decay, momentum, nesterov, a, b, c,
+                                   eps, ns_steps, adjust_lr_fn)
+        u, buf = zeros(param), momentum_buffer.copy()
+        work = workspace(rows, cols, param.dtype)
+        first(u, grad, buf, momentum, nesterov, grad_scale)
+        o = work.orthogonalise(u.reshape(rows, cols), a, b, c, eps, ns_steps)
+        momentum_buffer[...] = buf
+        sgd(param, o, None, False, lr_t, 0.0, 0.0, decay, False, 1.0, seed, out)
+    return muon
 
 
 def contract(spec: Spec, launch: Callable, norms: Callable | None = None) -> Callable:
@@ -167,6 +225,7 @@ class Hyper(NamedTuple):
     default: Any
     check: Callable[[Any, Any], Any]
     keyword: bool = False  # keyword-only in the constructor
+    annotation: str = ""  # the constructor's annotation, if not the default's type
 
 
 def _number(low: float = 0.0, high: float = math.inf):
@@ -204,6 +263,9 @@ class Algorithm(NamedTuple):
     scalar_state: tuple[str, ...] = ()
     scalar_init: Callable | None = None
     scalar_next: Callable | None = None
+    #: ``check_param(array, where)``: raises for a parameter the algorithm cannot step
+    #: (Muon: float32 or float64 matrices only); None: any
+    check_param: Callable | None = None
 
 
 def constructor(algo: Algorithm, name: str, scope: dict, options: str,
@@ -213,12 +275,13 @@ def constructor(algo: Algorithm, name: str, scope: dict, options: str,
     and compiled, as ``collections.namedtuple`` does), whose body is ``call`` with
     ``{hyper}`` standing for the dict of the hyperparameters."""
     def parameter(h: Hyper) -> str:
-        return f"{h.name}: {type(h.default).__name__} = {h.default!r}"
+        return f"{h.name}: {h.annotation or type(h.default).__name__} = {h.default!r}"
 
     positional = ", ".join(parameter(h) for h in algo.params if not h.keyword)
-    keyword = ", ".join(parameter(h) for h in algo.params if h.keyword)
+    keyword = "".join(parameter(h) + ", " for h in algo.params if h.keyword)
     hyper = "dict(" + ", ".join(f"{h.name}={h.name}" for h in algo.params) + ")"
-    source = (f"def __init__(self, params, {positional}, *, {keyword}, {options}) -> None:"
+    star = "" if not keyword and options.startswith("**") else "*, "
+    source = (f"def __init__(self, params, {positional}, {star}{keyword}{options}) -> None:"
               f"\n    {call.format(hyper=hyper)}\n")
     init = define("__init__", source, scope, f"{name}.__init__")
     init.__qualname__ = f"{algo.title}.__init__"
@@ -629,10 +692,89 @@ LAMB_ALGORITHM = Algorithm(
     LAMB.
     """)
 
+def _coefficients(x, name) -> tuple[float, float, float]:
+    if not isinstance(x, (tuple, list)) or len(x) != 3:
+        raise TypeError(f"{_checks._name(name)}: expected three numbers (a, b, c), got "
+                        f"{x!r}")
+    try:
+        return tuple(_checks.number(v, "", -math.inf) for v in x)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{_checks._name(name)}: expected three finite numbers, got "
+                        f"{tuple(x)!r}") from None
+
+
+def _ns_steps(x, name) -> int:
+    if type(x) is bool or not isinstance(x, int) or not 0 <= x < 100:
+        raise ValueError(f"{_checks._name(name)}: expected an int in [0, 100), got {x!r} "
+                         "(torch.optim.Muon refuses 100 or more, for computational "
+                         "efficiency)")
+    return int(x)
+
+
+def _adjust_lr_fn(x, name) -> str | None:
+    if x is not None and x not in ("original", "match_rms_adamw"):
+        raise ValueError(f"Adjust learning rate function {x} is not supported "
+                         f"({_checks._name(name)}: expected None, 'original' or "
+                         "'match_rms_adamw')")
+    return x
+
+
+def _matrix(p, where) -> None:
+    if len(p.shape) != 2:
+        raise ValueError(
+            f"{_checks._name(where)}: Muon only supports 2D parameters (matrices: the "
+            f"weights of hidden layers), got shape {tuple(p.shape)}; step biases, norms "
+            "and embeddings with another optimizer (AdamW), as torch.optim.Muon advises")
+    if str(p.dtype) not in ("float32", "float64"):
+        raise TypeError(f"{_checks._name(where)}: Muon steps float32 or float64 "
+                        f"matrices (its Newton-Schulz stage runs on BLAS), got {p.dtype}")
+
+
+MUON_ALGORITHM = Algorithm(
+    "Muon", MUON,
+    (Hyper("lr", 1e-3, _NUMBER), Hyper("weight_decay", 0.1, _NUMBER),
+     Hyper("momentum", 0.95, _NUMBER), Hyper("nesterov", True, _FLAG),
+     Hyper("ns_coefficients", (3.4445, -4.775, 2.0315), _coefficients),
+     Hyper("eps", 1e-7, _NUMBER), Hyper("ns_steps", 5, _ns_steps),
+     Hyper("adjust_lr_fn", None, _adjust_lr_fn, annotation="str | None")),
+    state=lambda h: (("momentum_buffer", 0.0),),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s["momentum_buffer"], s["shape"], h.lr, h.weight_decay, h.momentum,
+        h.nesterov, *h.ns_coefficients, h.eps, h.ns_steps, h.adjust_lr_fn, scale, seed,
+        out),
+    torch_step=False, check_param=_matrix,
+    doc=r"""Muon, MomentUm Orthogonalized by Newton-Schulz (Jordan et al., 2024), as
+    ``torch.optim.Muon``: for matrices (the weights of hidden layers), whose momentum
+    update is replaced by the nearest (semi-)orthogonal matrix before it is applied.
+
+    For each ``A x B`` parameter :math:`	heta` with gradient g::
+
+        B = momentum * B + (1 - momentum) * g                 (torch: B.lerp_(g, 1 - momentum))
+        U = (1 - momentum) * g + momentum * B if nesterov else B
+        X = U / max(||U||_F, eps)                  (transposed first if A > B)
+        X = a X + (b X X^T + c (X X^T)^2) X        ns_steps times, (a, b, c) = ns_coefficients
+        lr_t = lr * sqrt(max(1, A / B))            adjust_lr_fn None or "original"
+        lr_t = lr * 0.2 * sqrt(max(A, B))          adjust_lr_fn "match_rms_adamw"
+        theta = theta * (1 - lr * weight_decay) - lr_t * X
+
+    X has roughly unit singular values, so lr_t is in the parameter's units per step
+    per singular direction. The element-wise parts are two fused passes (the
+    momentum, with torch's lerps; the decayed step, SGD's rule), and the
+    Newton-Schulz iteration between them runs on BLAS (NumPy's matrix products) in
+    the parameter's dtype: float32 or
+    float64 parameters, on the numba, cython and numpy backends (not cuda). torch
+    runs the iteration in bfloat16; ``fusedopt.torch.Muon`` calls torch's own and
+    matches torch.optim.Muon, while ``fusedopt.Muon`` on NumPy arrays is the more
+    precise. One call per tensor (the iteration needs its shape). State:
+    ``momentum_buffer`` (B), starting at zero. Defaults are torch's: ``lr=1e-3,
+    weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.775,
+    2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None``.
+    """)
+
 ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,
               RMSPROP_ALGORITHM, LION_ALGORITHM, ADAMAX_ALGORITHM, ADADELTA_ALGORITHM,
               RADAM_ALGORITHM, RPROP_ALGORITHM, NADAM_ALGORITHM, ASGD_ALGORITHM,
-              LAMB_ALGORITHM)
+              LAMB_ALGORITHM, MUON_ALGORITHM)
 
 
 # -- functional steps: one fused pass over one buffer, state passed in ---------------
@@ -804,7 +946,6 @@ NOT_PROVIDED = {
         "torch.optim.SparseAdam for the sparse gradients (nn.Embedding(sparse=True)) "
         "and fusedopt.torch.Adam or AdamW for the dense parameters"),
     "Adafactor": (None, "torch.optim.Adafactor"),
-    "Muon": (None, "torch.optim.Muon"),
 }
 
 

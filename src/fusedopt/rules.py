@@ -315,3 +315,32 @@ def lamb_norms(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2, eps,
     u, m, v = _lamb_direction(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2,
                               eps, weight_decay, decay, grad_scale)
     return p, u
+
+
+@register_jitable
+def _lerp(start, end, w, small):
+    """torch's lerp, as its vectorised CPU kernel computes it: ``w (end - start) +
+    start`` where ``|w| < 0.5`` (``small``), else ``(w - 1)(end - start) + end``, the
+    coefficient and the base chosen first so that both are one multiply-add (one
+    FMA where the CPU has it, in GCC's loops too); ``w / w`` is 1 in ``w``'s own
+    precision (``|w| >= 0.5`` there; a literal 1 would be float64)."""
+    coeff = w if small else w - w / w
+    base = start if small else end
+    return coeff * (end - start) + base
+
+
+@register_jitable
+def muon_momentum(u, g, buf, w, mu, nesterov, small_w, small_mu, grad_scale):
+    """Muon's momentum, its first pass (``fusedopt.algorithms.muon_contract``), as
+    torch's ``buf.lerp_(g, w)`` with ``w = 1 - momentum`` and, with Nesterov,
+    ``u = g.lerp(buf, mu)`` with ``mu = momentum``, else ``u = buf``: the update the
+    Newton-Schulz iteration orthogonalises, written into ``u`` (a scratch array in
+    the parameter's place). ``small_w``, ``small_mu``: ``|w| < 0.5``, ``|mu| <
+    0.5`` (which formula each lerp takes)."""
+    g = grad_scale * g
+    buf = _lerp(buf, g, w, small_w)
+    if nesterov:
+        u = _lerp(g, buf, mu, small_mu)
+    else:
+        u = buf
+    return u, buf

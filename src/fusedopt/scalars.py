@@ -161,3 +161,19 @@ def rounding_seed(seed: int, step: int, index: int) -> int:
     x ^= x >> 31
     x = (x * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF
     return (x ^ (x >> 32)) & 0xFFFFFFFF
+
+
+def muon(shape: tuple[int, int], lr: float, weight_decay: float, *rest) -> tuple:
+    """``(lr_t, decay)`` of Muon's last pass (``algorithms.muon_contract``): the
+    learning rate adjusted to the parameter's ``shape = (A, B)`` as torch's
+    ``adjust_lr_fn`` (the last of ``rest``) says: None or "original", ``lr *
+    sqrt(max(1, A / B))`` (Keller Jordan's); "match_rms_adamw", ``0.2 lr sqrt(max(A,
+    B))`` (Moonshot's: the update's RMS matches AdamW's); and the weight decay
+    expressed as SGD's, ``lr * weight_decay / lr_t`` (0 when lr is)."""
+    rows, cols = shape
+    adjust = rest[-1]
+    if adjust == "match_rms_adamw":
+        lr_t = lr * (0.2 * math.sqrt(max(rows, cols)))
+    else:
+        lr_t = lr * math.sqrt(max(1, rows / cols))  # (torch's order)
+    return lr_t, (lr * weight_decay / lr_t if lr_t else 0.0)

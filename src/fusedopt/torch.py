@@ -79,6 +79,36 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().reshape(-1)
 
 
+class _TorchNewtonSchulz:
+    """torch.optim.Muon's own Newton-Schulz iteration (in bfloat16), in the place of
+    ``fusedopt.newton_schulz.Workspace``: what makes ``fusedopt.torch.Muon`` match
+    torch's. The result comes back in the parameter's dtype (exactly: bfloat16
+    values are float32 and float64 values)."""
+
+    def __init__(self, rows: int, cols: int, dtype) -> None:
+        self.dtype = dtype
+
+    def orthogonalise(self, u: np.ndarray, a: float, b: float, c: float, eps: float,
+                      steps: int) -> np.ndarray:
+        from torch.optim._muon import _zeropower_via_newtonschulz
+
+        o = _zeropower_via_newtonschulz(torch.from_numpy(u), (a, b, c), steps, eps)
+        return o.to(torch.from_numpy(u).dtype).reshape(-1).numpy()
+
+
+class _TorchMuon:
+    """A backend whose ``muon`` runs torch's Newton-Schulz (``_TorchNewtonSchulz``)
+    between the backend's own SGD passes; everything else is the backend's."""
+
+    def __init__(self, impl) -> None:
+        self._backend = impl
+        self.muon = _algorithms.muon_contract(impl.muon_momentum, impl.sgd,
+                                              _TorchNewtonSchulz, np.zeros_like)
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+
 class _Fused(torch.optim.Optimizer):
     _algorithm: type[_optim.Optimizer]
     _has_step = True  # torch's SGD keeps no step
@@ -107,11 +137,14 @@ class _Fused(torch.optim.Optimizer):
         self.seed = seed
         #: one kernel call per (group, dtype, step, scalar state) over all its tensors
         #: (not for a per-tensor reduction, LAMB's: it steps tensor by tensor)
+        kernel = self._algorithm._algorithm.kernel
         self._multi = (hasattr(self._impl, "multi")
-                       and self._algorithm._algorithm.kernel.norms is None)
+                       and kernel.name not in _algorithms.PER_TENSOR)
         self._dtypes = _FLOAT_DTYPES + tuple(_COMPLEX) + (
             (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ()) + (
             (torch.float16,) if self._multi else ())
+        if kernel.host:  # Muon: torch's own Newton-Schulz, float32/float64 matrices
+            self._impl, self._dtypes = _TorchMuon(self._impl), _FLOAT_DTYPES
         # NumPy views of parameters and state tensors: id -> (tensor, data_ptr, numel,
         # dtype, view). Building one costs ~2 us; each step reuses it only while the
         # live tensor still has that pointer, size and dtype, and keeps only the
@@ -235,6 +268,7 @@ class _Fused(torch.optim.Optimizer):
         slots = algo._algorithm.kernel.slots
         rows, counts, meta, indices, steps, step_tensors, keep = [], [], [], [], [], [], []
         copies: list = []  # (parameter, the row-major copy stepped in its place)
+        read: list = []  # (gradient, index): read through a copy (_check_overlap)
         new_state: dict = {}
         state, index = self.state, 0
         for k, (group, (hyper, _)) in enumerate(zip(self.param_groups, checked)):
@@ -274,6 +308,7 @@ class _Fused(torch.optim.Optimizer):
                     work = p
                 layout = work.stride()
                 if not (_same_strides(g, layout) and g.dtype is work.dtype):
+                    read.append((g, index))  # (its bytes still count for overlap)
                     g = torch.empty_like(work, memory_format=torch.preserve_format
                                          ).copy_(g)
                 row = [work.data_ptr(), g.data_ptr(), 0, 0, 0, 0]
@@ -329,7 +364,7 @@ class _Fused(torch.optim.Optimizer):
                 np.array(indices, np.int64),
                 np.array(steps if self._has_step else [0] * len(rows), np.int64),
                 step_tensors, keep, new_state, copies)
-        self._check_overlap(plan)
+        self._check_overlap(plan, read)
         return plan
 
     def _read_scalars(self, held, step: int, hyper, where: str) -> dict[str, Any]:
@@ -365,12 +400,21 @@ class _Fused(torch.optim.Optimizer):
         return (*np.array(values, np.float64).view(np.int64).tolist(),
                 _SCALAR_KINDS.index(kinds))
 
-    def _check_overlap(self, plan: tuple) -> None:
+    def _check_overlap(self, plan: tuple, read: list = ()) -> None:
         """No two tensors of the step share a byte (``_guard``), read from the
-        plan's addresses; an error names the tensors as ``_plan`` does."""
+        plan's addresses and ``read``, the ``(gradient, index)`` of each gradient
+        read through a copy (another layout or dtype): the copy is private, the
+        gradient itself must not share a byte with what the step writes (a
+        parameter written back from its copy); an error names the tensors as
+        ``_plan`` does."""
         table, counts, meta, indices, steps = plan[:5]
         slots = self._algorithm._algorithm.kernel.slots
         starts, stops, names = [], [], []
+        for g, j in read:
+            start, stop = _span(g)
+            starts.append(start)
+            stops.append(stop)
+            names.append(("grads", j))
         for p, _ in plan[8]:  # written after the kernels: every byte they span
             start, stop = _span(p)
             starts.append(start)
@@ -471,6 +515,8 @@ class _Fused(torch.optim.Optimizer):
             spec = algo._state_spec(hyper)
             for p in group["params"]:
                 if p.grad is not None:
+                    if algo._algorithm.kernel.host and p.is_complex():  # (torch's words)
+                        raise RuntimeError(f"{owner} does not support complex parameters")
                     _check_tensor(p, owner, self._dtypes, self.backend,
                                   reducing=reducing)
                     plans.append(self._plan_param(p, hyper, spec, index, views, arrays))
@@ -525,6 +571,8 @@ class _Fused(torch.optim.Optimizer):
         param, grad = self._view(p, views), self._view(p.grad, views)
         arrays += (param, grad)
         new, work, fresh = {}, {}, False
+        if self._algorithm._algorithm.kernel.host:  # (its host stage needs the shape)
+            work["shape"] = tuple(p.shape)
         numel, dtype = p.numel(), p.dtype
         for name, init in spec:
             t = live.get(name)
@@ -883,13 +931,15 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
     """Everything a parameter and its gradient (``p.grad`` unless given) need,
     raised before any write; ``dtypes``: the parameter dtypes the backend steps;
     ``layouts``: any strides (the multi-tensor plan steps them), else contiguous
-    only; ``reducing``: the name of an algorithm that steps tensor by tensor for its
-    per-tensor reduction (LAMB), whose errors say so."""
+    only; ``reducing``: the name of an algorithm that steps tensor by tensor
+    (``algorithms.PER_TENSOR``: LAMB's norms, Muon's Newton-Schulz), whose errors
+    say so."""
     g = p.grad if grad is None else grad
     if reducing and type(p).__name__ == "DTensor":
-        raise TypeError(f"{reducing}: a DTensor parameter; its norms are per tensor, so "
-                        "each rank would need the sums of every shard (not supported): "
-                        "step sharded parameters with an element-wise optimizer")
+        raise TypeError(f"{reducing}: a DTensor parameter; its step needs the whole "
+                        "tensor (LAMB's norms, Muon's Newton-Schulz), so each rank would "
+                        "need every shard (not supported): step sharded parameters with "
+                        "an element-wise optimizer")
     if (p.is_cpu and g.is_cpu and not g.is_sparse and p.dtype in dtypes
             and g.dtype == p.dtype and g.shape == p.shape and (
                 layouts or (p.is_contiguous() and g.is_contiguous()))):
@@ -902,8 +952,8 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
                            "fusedopt.torch steps CPU tensors")
     if reducing and p.dtype == torch.float16:
         raise TypeError(f"{reducing}: float16 parameters are stepped by multi-tensor "
-                        "calls, which an algorithm with per-tensor norms does not make; "
-                        "keep float32 (or bfloat16) parameters")
+                        "calls, which an algorithm that steps tensor by tensor does not "
+                        "make; keep float32 parameters")
     if p.dtype not in dtypes or g.dtype != p.dtype:
         raise TypeError(f"{owner}: expected float32, float64 or complex parameters "
                         "(bfloat16 and float16 on the numba and cython backends; this "
@@ -914,7 +964,7 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
                          f"of shape {tuple(p.shape)} (was p.data replaced?)")
     if reducing:
         raise ValueError(f"{reducing}: steps each tensor in one call over its flat view "
-                         "(its norms are per tensor), so it needs contiguous parameters "
+                         "(tensor by tensor), so it needs contiguous parameters "
                          "and gradients; make them contiguous (.contiguous(), "
                          "memory_format=torch.contiguous_format) or use flatten=True")
     raise ValueError(f"{owner}: the {backend!r} backend steps contiguous parameters and "
@@ -999,9 +1049,10 @@ class _FlatTorch:
                        "step": torch.tensor(0.0, dtype=torch.float32), "arrays": {},
                        "scalars": {},  # scalar state: 0-d tensors, as the step
                        "members": [self.members[m] for m in run],
-                       # each member's [lo, hi) in the segment (per-tensor reductions)
-                       "tensors": [(layout.offsets[m][1] - a, layout.offsets[m][2] - a)
-                                   for m in run]}
+                       # each member's [lo, hi) in the segment and its shape (for
+                       # the algorithms that step tensor by tensor)
+                       "tensors": [(layout.offsets[m][1] - a, layout.offsets[m][2] - a,
+                                    tuple(members[m].shape)) for m in run]}
                 self.segments.append(seg)
                 for m in run:
                     self.segment_of[self.members[m]] = seg

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .. import algorithms
+from .. import algorithms, newton_schulz
 from . import policy
 
 ISA_VAR = "FUSEDOPT_CYTHON_ISA"
@@ -68,14 +68,18 @@ _KINDS = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.uint16):
 def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, parallel):
     """One kernel call over every tensor of ``table`` (``numba_cpu.multi``'s
     contract; an absent slot is a 0 address, so ``present`` is not needed)."""
-    if name in algorithms.REDUCING:
-        raise ValueError(f"multi: {name} reduces per tensor and has no multi-tensor call")
+    if name in algorithms.PER_TENSOR:
+        raise ValueError(f"multi: {name} steps tensor by tensor and has no multi-tensor "
+                         "call")
     getattr(_k, name + "_multi")(table, counts, seeds, h, flags, grad_scale, parallel,
                                  _KINDS[dtypes[0]], _KINDS[dtypes[2]])
 
 # the backend contract: one function per algorithm, each built from its spec
 globals().update({spec.name: algorithms.contract(spec, _call, _norms)
                   for spec in algorithms.SPECS})
+#: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
+muon = algorithms.muon_contract(globals()["muon_momentum"], globals()["sgd"],
+                                 newton_schulz.Workspace, np.zeros_like)
 
 
 #: bf16 storage (uint16 bits) for state and parameters (kernels/lowbit.pxd)

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
-from .. import algorithms, rules
+from .. import algorithms, newton_schulz, rules
 from . import policy, template
 from ..lowbit import load
 from ..rules import cast_all, cast_like
@@ -217,8 +217,9 @@ def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, par
     ``present`` says which slots the tensors have, ``dtypes`` the NumPy dtypes of
     (parameter, gradient, state). Not for an algorithm with a reduction pass
     (``Spec.norms``): its scalars differ per tensor."""
-    if name in algorithms.REDUCING:
-        raise ValueError(f"multi: {name} reduces per tensor and has no multi-tensor call")
+    if name in algorithms.PER_TENSOR:
+        raise ValueError(f"multi: {name} steps tensor by tensor and has no multi-tensor "
+                         "call")
     k = (_MULTI_SERIALISED if parallel and not _threadsafe else MULTI_KERNELS).get(
         (name, flags, len(present)))
     if k is None:
@@ -371,6 +372,9 @@ _grad_stats_serialised = _serialised(_grad_stats)
 # the backend contract: one function per algorithm, each built from its spec
 globals().update({spec.name: algorithms.contract(spec, _call, _norms)
                   for spec in algorithms.SPECS})
+#: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
+muon = algorithms.muon_contract(globals()["muon_momentum"], globals()["sgd"],
+                                 newton_schulz.Workspace, np.zeros_like)
 
 
 #: bf16 storage (uint16 bits) for state and parameters; see ``fusedopt.lowbit``

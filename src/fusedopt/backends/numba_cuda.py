@@ -89,6 +89,13 @@ globals().update({spec.name: algorithms.contract(spec, _call, _norms)
                   for spec in algorithms.SPECS})
 
 
+def muon(param, *args, **kwargs):
+    """Muon's Newton-Schulz stage runs on host BLAS: not on this backend."""
+    raise TypeError("muon: CUDA arrays; Muon's Newton-Schulz stage runs on host BLAS, "
+                    "so fusedopt steps it on host arrays only (on the GPU, use "
+                    "torch.optim.Muon)")
+
+
 def grad_stats(grad, parallel=True):
     s = _stream()
     out = cuda.to_device(np.zeros(2, dtype=np.float64), stream=s)

@@ -224,3 +224,30 @@ def lamb(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_d
     trust = (param_norm / update_norm if np.isfinite(param_norm) and param_norm > 0
              and np.isfinite(update_norm) and update_norm > 0 else 1.0)
     param[...] = param - lr * trust * r
+
+
+def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nesterov, a, b,
+         c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0, out=None):
+    # Jordan et al. 2024 ("Muon: An optimizer for hidden layers in neural networks")
+    # as torch.optim.Muon writes it: momentum as a lerp, the quintic Newton-Schulz
+    # iteration on the wide orientation of the update, then decoupled weight decay and
+    # the shape-adjusted learning rate.
+    rows, cols = shape
+    g = grad_scale * grad
+    buf = momentum_buffer + (1 - momentum) * (g - momentum_buffer)
+    momentum_buffer[...] = buf
+    u = g + momentum * (buf - g) if nesterov else buf
+    x = u.reshape(rows, cols)
+    if rows > cols:
+        x = x.T
+    x = x / max(np.linalg.norm(x), eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if rows > cols:
+        x = x.T
+    if adjust_lr_fn == "match_rms_adamw":
+        lr_t = lr * 0.2 * np.sqrt(max(rows, cols))
+    else:
+        lr_t = lr * np.sqrt(max(1.0, rows / cols))
+    param[...] = param * (1 - lr * weight_decay) - lr_t * x.reshape(-1)

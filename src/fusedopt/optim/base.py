@@ -120,6 +120,10 @@ class Optimizer(Precision, FlatMode, Serialise):
         for group in groups:
             self.add_param_group(group)
         self.backend, self._impl = select(backend, self.device)
+        if self._algorithm.kernel.host and self.device == "cuda":
+            raise ValueError(f"params: CUDA arrays; {self._algorithm.title}'s "
+                             "Newton-Schulz stage runs on host BLAS, so fusedopt steps it "
+                             "on host arrays only (on the GPU, use torch.optim.Muon)")
         if stream is not None and self.device != "cuda":
             raise ValueError("stream: only CUDA arrays run on a stream; these parameters "
                              "are host arrays")
@@ -202,6 +206,8 @@ class Optimizer(Precision, FlatMode, Serialise):
                     f"params[0] is a {'CUDA' if space is _device else 'host'} array; one "
                     "optimizer updates arrays on one device")
             flats.append(space.param_array(p, name))
+            if self._algorithm.check_param is not None:
+                self._algorithm.check_param(p, ("params", len(self._params) + j))
             if any(p is q for q in self._params) or any(p is q for q in params[:j]):
                 raise ValueError(f"{name}: the same array appears twice in the "
                                  "optimizer's parameters")
@@ -278,7 +284,8 @@ class Optimizer(Precision, FlatMode, Serialise):
             common = None
             if (_guard.common_plan is not None and self._space is _checks
                     and type(grads) is list and type(self.state) is dict
-                    and not self._algorithm.scalar_state):
+                    and not self._algorithm.scalar_state
+                    and not self._algorithm.kernel.host):  # (Muon: shapes, not here)
                 common = _guard.common_plan(
                     self._flat, self._params, grads, self.state, self._tensor_kinds(),
                     [(len(g["params"]), h, names)
@@ -356,6 +363,8 @@ class Optimizer(Precision, FlatMode, Serialise):
         else:
             step = 0
         space, work, new, fresh = self._space, {"step": step}, {}, False
+        if self._algorithm.kernel.host:  # (its host stage needs the shape)
+            work["shape"] = self._shapes[i]
         if self._algorithm.scalar_state:
             work.update(self._plan_scalars(live, step, hyper, f"state[{i}]"))
         dtype, mastered = kind
@@ -419,8 +428,9 @@ class Optimizer(Precision, FlatMode, Serialise):
         saves) one call per array."""
         impl, state = self._impl, self.state
         multi = (getattr(impl, "multi", None) if _guard.addresses is not None
-                 and len(plans) >= _MULTI_MIN and self._algorithm.kernel.norms is None
-                 else None)  # (a per-tensor reduction, LAMB's, runs tensor by tensor)
+                 and len(plans) >= _MULTI_MIN
+                 and self._kernel not in _algorithms.PER_TENSOR
+                 else None)  # (LAMB's reduction, Muon's host stage: tensor by tensor)
         buckets: dict[tuple, list[int]] = {}
         names = self._algorithm.scalar_state
         for i, (hyper, p, out, work, new, fresh) in enumerate(plans):
@@ -547,18 +557,22 @@ class Optimizer(Precision, FlatMode, Serialise):
         """One backend call; ``scale`` multiplies the gradient (gradient clipping),
         ``seed`` drives stochastic rounding into bf16 parameters, ``out`` (master
         weights) is the bf16 parameter whose float32 master copy ``p`` is.
-        ``tensors``: where ``p`` is a flat segment, the ``[lo, hi)`` of each tensor
-        in it; an algorithm whose step reduces per tensor (LAMB's norms) then makes
-        one call per tensor, over its slices of ``p``, ``g`` and the state."""
+        ``tensors``: where ``p`` is a flat segment, the ``(lo, hi, shape)`` of each
+        tensor in it (its elements ``[lo, hi)``); an algorithm that steps tensor by
+        tensor (``algorithms.PER_TENSOR``: LAMB's norms, Muon's host stage) then
+        makes one call per tensor, over its slices of ``p``, ``g`` and the state."""
         state["step"] = step = state["step"] + 1
         algo = cls._algorithm
-        run, scale = getattr(impl, cls._kernel), -scale if hyper.maximize else scale
-        if tensors is None or algo.kernel.norms is None:
+        run = getattr(impl, cls._kernel)
+        if getattr(hyper, "maximize", False):  # (Muon has no maximize)
+            scale = -scale
+        if tensors is None or cls._kernel not in _algorithms.PER_TENSOR:
             algo.call(run, p, g, state, hyper, step, fresh, scale, seed, out)
         else:
-            for lo, hi in tensors:
+            for lo, hi, shape in tensors:
                 part = {k: v[lo:hi] if hasattr(v, "shape") and v.shape else v
                         for k, v in state.items()}
+                part["shape"] = shape
                 algo.call(run, p[lo:hi], g[lo:hi], part, hyper, step, fresh, scale,
                           scalars.rounding_seed(seed, step, lo) if seed else 0,
                           None if out is None else out[lo:hi])
@@ -574,7 +588,8 @@ class Optimizer(Precision, FlatMode, Serialise):
         state holding ``names``: ``(flags, present slots, host scalars, grad_scale)``,
         for one multi-tensor call (``impl.multi``) over tensors in that state."""
         return cls._algorithm.call(_algorithms.ARGUMENTS[cls._kernel], None, None, names,
-                                   hyper, step, fresh, -scale if hyper.maximize else scale,
+                                   hyper, step, fresh,
+                                   -scale if getattr(hyper, "maximize", False) else scale,
                                    0, None)
 
     def __repr__(self) -> str:

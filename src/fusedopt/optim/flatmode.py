@@ -42,7 +42,8 @@ class FlatMode:
                 self._segments.append(seg)
                 for t in run:
                     where[members[t]] = (seg, *fp.offsets[t][1:])
-                    seg["tensors"].append((fp.offsets[t][1] - a, fp.offsets[t][2] - a))
+                    seg["tensors"].append((fp.offsets[t][1] - a, fp.offsets[t][2] - a,
+                                           fp.views[t].shape))
             i += len(group["params"])
         self._where = where
         self.state = _FlatState(self)

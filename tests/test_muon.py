@@ -1,0 +1,254 @@
+"""Muon: its fused passes and host stage against the NumPy oracle (the numpy
+backend, written from the paper and torch's code, not from the rules), against
+torch.optim.Muon through fusedopt.torch, and what it refuses."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fusedopt
+from conftest import TOL, relative_error
+
+BACKENDS = ["numba", "cython"]
+SHAPES = [(6, 10), (12, 4), (7, 7)]  # wide, tall (stepped transposed), square
+OPTIONS = [
+    dict(lr=0.02),
+    dict(lr=0.02, nesterov=False),
+    dict(lr=0.02, momentum=0.4, weight_decay=0.2, adjust_lr_fn="match_rms_adamw"),
+    dict(lr=0.02, ns_steps=6, ns_coefficients=(3.4, -4.7, 2.0), adjust_lr_fn="original"),
+    dict(lr=0.0, weight_decay=0.3),
+]
+
+
+def _ids(options):
+    return "-".join(f"{k}={v}" for k, v in options.items())
+
+
+def _grads(rng, params, dtype):
+    return [rng.standard_normal(p.shape).astype(dtype) for p in params]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", OPTIONS, ids=_ids)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_muon_matches_the_numpy_oracle(backend, options, dtype):
+    rng = np.random.default_rng(0)
+    ours = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    ref = [p.astype(np.float64) for p in ours]
+    opt = fusedopt.Muon(ours, **options, backend=backend)
+    oracle = fusedopt.Muon(ref, **options, backend="numpy")
+    for _ in range(20):
+        grads = _grads(rng, ours, dtype)
+        opt.step(grads)
+        oracle.step([g.astype(np.float64) for g in grads])
+    for i, (p, r) in enumerate(zip(ours, ref)):
+        assert relative_error(p, r) <= TOL[dtype], i
+        assert relative_error(opt.state[i]["momentum_buffer"],
+                              oracle.state[i]["momentum_buffer"]) <= TOL[dtype], i
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["numpy"])
+def test_the_update_is_orthogonalised(backend):
+    """What makes it Muon: the applied update ``(theta (1 - lr wd) - theta') /
+    lr_t`` has the gradient's shape and singular values near 1 (the quintic
+    iteration leaves them within about 0.7-1.2), whatever the gradient's scale."""
+    rng = np.random.default_rng(1)
+    for shape in SHAPES + [(3, 40), (40, 3)]:
+        p = rng.standard_normal(shape)
+        before = p.copy()
+        opt = fusedopt.Muon([p], lr=0.01, weight_decay=0.1, backend=backend)
+        opt.step([1e3 * rng.standard_normal(shape)])
+        rows, cols = shape
+        lr_t = 0.01 * np.sqrt(max(1, rows / cols))
+        update = (before * (1 - 0.01 * 0.1) - p) / lr_t
+        s = np.linalg.svd(update, compute_uv=False)
+        assert s.size == min(shape) and 0.6 < s.min() and s.max() < 1.3, (shape, s)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flat_params_step_as_separate_arrays(backend):
+    """In a FlatParams each tensor is orthogonalised with its own shape: the same
+    bits as the arrays stepped one by one."""
+    rng = np.random.default_rng(2)
+    fp = fusedopt.FlatParams(SHAPES, np.float32)
+    arrays = []
+    for v in fp.views:
+        v[...] = rng.standard_normal(v.shape)
+        arrays.append(v.copy())
+    flat = fusedopt.Muon(fp, lr=0.02, backend=backend)
+    single = fusedopt.Muon(arrays, lr=0.02, backend=backend)
+    for _ in range(3):
+        grads = _grads(rng, arrays, np.float32)
+        for gv, g in zip(fp.grad_views, grads):
+            gv[...] = g
+        flat.step()
+        single.step(grads)
+    for v, a in zip(fp.views, arrays):
+        np.testing.assert_array_equal(v, a)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["numpy"])
+def test_refuses_what_it_cannot_step_before_any_write(backend):
+    rng = np.random.default_rng(3)
+    with pytest.raises(ValueError, match=r"params\[1\]: Muon only supports 2D parameters "
+                       r".*got shape \(5,\).*AdamW"):
+        fusedopt.Muon([np.ones((2, 3)), np.ones(5)], backend=backend)
+    with pytest.raises(TypeError, match=r"params\[0\]: Muon steps float32 or float64 "
+                       "matrices"):
+        fusedopt.Muon([np.ones((2, 3), ml_dtypes.bfloat16)], backend=backend)
+    with pytest.raises(ValueError, match="Adjust learning rate function x is not "
+                       "supported"):
+        fusedopt.Muon([np.ones((2, 3))], adjust_lr_fn="x", backend=backend)
+    with pytest.raises(ValueError, match=r"ns_steps.*\[0, 100\)"):
+        fusedopt.Muon([np.ones((2, 3))], ns_steps=100, backend=backend)
+    with pytest.raises(TypeError, match="ns_coefficients.*three numbers"):
+        fusedopt.Muon([np.ones((2, 3))], ns_coefficients=(1.0, 2.0), backend=backend)
+    # a bad gradient among good ones: nothing written, no state
+    params = [rng.standard_normal((4, 3)), rng.standard_normal((3, 4))]
+    before = [p.copy() for p in params]
+    opt = fusedopt.Muon(params, backend=backend)
+    with pytest.raises(ValueError, match=r"grads\[1\]"):
+        opt.step([np.ones((4, 3)), np.ones((4, 3))])
+    assert all(np.array_equal(a, b) for a, b in zip(params, before))
+    assert not opt.state
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_host_stage_leaves_parameters_and_buffers_untouched(backend,
+                                                                      monkeypatch):
+    """Nothing the caller owns is written before the Newton-Schulz stage returns:
+    running out of memory there leaves the parameter and its momentum as they were."""
+    from fusedopt import newton_schulz
+
+    rng = np.random.default_rng(4)
+    p = rng.standard_normal((5, 3))
+    opt = fusedopt.Muon([p], backend=backend)
+    opt.step([rng.standard_normal((5, 3))])
+    before, buf = p.copy(), opt.state[0]["momentum_buffer"].copy()
+
+    def fail(*args, **kwargs):
+        raise MemoryError("no memory")
+
+    monkeypatch.setattr(newton_schulz.Workspace, "orthogonalise", fail)
+    with pytest.raises(MemoryError):
+        opt.step([rng.standard_normal((5, 3))])
+    np.testing.assert_array_equal(p, before)
+    np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], buf)
+
+
+def test_cuda_arrays_are_refused_by_name():
+    from fusedopt.backends import numba_cuda
+
+    with pytest.raises(TypeError, match="Muon's Newton-Schulz stage runs on host BLAS"):
+        numba_cuda.muon(None)
+
+
+# -- the drop-in against torch.optim.Muon ------------------------------------------
+
+torch_options = [{k: v for k, v in o.items()} for o in OPTIONS]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("options", torch_options, ids=_ids)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropin_matches_torch_muon(backend, options, dtype):
+    """50 steps of random gradients: the momentum buffers bit for bit (torch's lerps,
+    mirrored), the parameters within the contract (torch's own bfloat16
+    Newton-Schulz runs in both)."""
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    dt = getattr(torch, dtype)
+    rng = np.random.default_rng(5)
+    start = [torch.tensor(rng.standard_normal(s), dtype=dt) for s in SHAPES]
+    theirs = [torch.nn.Parameter(t.clone()) for t in start]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    ref = torch.optim.Muon(theirs, **options)
+    opt = ft.Muon(ours, **options, backend=backend)
+    for _ in range(50):
+        for a, b in zip(theirs, ours):
+            g = torch.tensor(rng.standard_normal(a.shape), dtype=dt)
+            a.grad, b.grad = g.clone(), g.clone()
+        ref.step()
+        opt.step()
+    tol = TOL[np.dtype(dtype).type]
+    for a, b in zip(theirs, ours):
+        assert relative_error(b.detach(), a.detach()) <= tol
+        assert torch.equal(opt.state[b]["momentum_buffer"], ref.state[a]["momentum_buffer"])
+    assert opt.state_dict()["param_groups"] == ref.state_dict()["param_groups"]
+
+
+def test_dropin_checkpoints_interchange_with_torch():
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(5, 8, bias=False), torch.nn.Tanh(),
+                                   torch.nn.Linear(8, 3, bias=False)).double()
+
+    def train(m, opt, steps, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            x = torch.randn(16, 5, generator=g, dtype=torch.float64)
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+
+    a, b = model(), model()
+    ref, ours = torch.optim.Muon(a.parameters(), lr=0.02), ft.Muon(b.parameters(), lr=0.02)
+    train(a, ref, 5, 0)
+    train(b, ours, 5, 0)
+    # swap the optimizers' states: each resumes from the other's checkpoint
+    ref2, ours2 = torch.optim.Muon(a.parameters(), lr=0.02), ft.Muon(b.parameters(), lr=0.02)
+    ref2.load_state_dict(ours.state_dict())
+    ours2.load_state_dict(ref.state_dict())
+    train(a, ref2, 5, 1)
+    train(b, ours2, 5, 1)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-12)
+
+
+def test_dropin_refuses_as_torch_and_by_name():
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
+        ft.Muon([torch.nn.Parameter(torch.ones(3))])
+    z = torch.nn.Parameter(torch.ones(2, 3, dtype=torch.complex64))
+    z.grad = torch.ones_like(z)
+    with pytest.raises(RuntimeError, match="Muon does not support complex parameters"):
+        ft.Muon([z]).step()
+    for dt in (torch.bfloat16, torch.float16):
+        p = torch.nn.Parameter(torch.ones(2, 3, dtype=dt))
+        p.grad = torch.ones_like(p)
+        opt = ft.Muon([p])
+        with pytest.raises(TypeError, match="Muon"):
+            opt.step()
+        assert torch.equal(p.detach(), torch.ones(2, 3, dtype=dt)) and not opt.state
+    t = torch.nn.Parameter(torch.ones(4, 3).t())  # not contiguous
+    t.grad = torch.ones_like(t)
+    with pytest.raises(ValueError, match="Muon: steps each tensor in one call"):
+        ft.Muon([t]).step()
+
+
+def test_dropin_flatten_matches_per_tensor():
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    rng = np.random.default_rng(6)
+    start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in SHAPES]
+    flat = [torch.nn.Parameter(t.clone()) for t in start]
+    each = [torch.nn.Parameter(t.clone()) for t in start]
+    opts = [ft.Muon(flat, lr=0.02, flatten=True), ft.Muon(each, lr=0.02)]
+    for _ in range(3):
+        grads = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in SHAPES]
+        for a, b, g in zip(flat, each, grads):
+            a.grad.copy_(g)  # (a view of the flat gradient buffer)
+            b.grad = g.clone()
+        for opt in opts:
+            opt.step()
+    for a, b in zip(flat, each):
+        assert torch.equal(a.detach(), b.detach())

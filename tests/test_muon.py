@@ -252,3 +252,29 @@ def test_dropin_flatten_matches_per_tensor():
             opt.step()
     for a, b in zip(flat, each):
         assert torch.equal(a.detach(), b.detach())
+
+
+def test_dropin_refuses_a_matrix_that_is_no_longer_one_and_runs_on_numpy():
+    """torch checks the shape in its constructor only: a vector added to a group
+    later is refused at the step, before any write; the numpy backend runs its own
+    Muon under the drop-in; eps=0 with a zero update gives NaN, as torch."""
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    a = torch.nn.Parameter(torch.randn(4, 3))
+    b = torch.nn.Parameter(torch.randn(5))
+    a.grad, b.grad = torch.randn(4, 3), torch.randn(5)
+    opt = ft.Muon([a])
+    opt.add_param_group({"params": [b]})
+    before = a.detach().clone()
+    with pytest.raises(ValueError, match=r"Muon only supports 2D parameters; params\[1\]"):
+        opt.step()
+    assert torch.equal(a.detach(), before) and not opt.state
+    ours, theirs = (torch.nn.Parameter(before.double()) for _ in range(2))
+    ours.grad, theirs.grad = (torch.ones(4, 3, dtype=torch.float64) for _ in range(2))
+    ft.Muon([ours], backend="numpy").step()
+    torch.optim.Muon([theirs]).step()
+    assert relative_error(ours.detach(), theirs.detach()) < 1e-4  # (its own iteration)
+    zero = np.ones((3, 2))
+    fusedopt.Muon([zero], eps=0.0).step([np.zeros((3, 2))])
+    assert np.isnan(zero).all()

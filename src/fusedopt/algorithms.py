@@ -720,7 +720,7 @@ def _adjust_lr_fn(x, name) -> str | None:
 
 
 def _matrix(p, where) -> None:
-    if len(p.shape) != 2:
+    if len(p.shape) != 2 or 0 in p.shape:
         raise ValueError(
             f"{_checks._name(where)}: Muon only supports 2D parameters (matrices: the "
             f"weights of hidden layers), got shape {tuple(p.shape)}; step biases, norms "

@@ -47,7 +47,8 @@ class Workspace:
         np.copyto(x, u.T if self.transposed else u)
         flat = x.reshape(-1)  # (a view: x is C-contiguous)
         norm = math.sqrt(float(np.dot(flat, flat)))  # only the scale: BLAS's dot
-        x *= x.dtype.type(1.0 / max(norm, eps))
+        with np.errstate(divide="ignore", invalid="ignore"):  # eps = 0, U = 0: NaN,
+            x /= x.dtype.type(max(norm, eps))                 # as torch
         for _ in range(steps):
             np.matmul(x, x.T, out=gram)
             np.matmul(gram, gram, out=poly)

@@ -102,8 +102,10 @@ class _TorchMuon:
 
     def __init__(self, impl) -> None:
         self._backend = impl
-        self.muon = _algorithms.muon_contract(impl.muon_momentum, impl.sgd,
-                                              _TorchNewtonSchulz, np.zeros_like)
+        # (the numpy reference backend has its own Muon, with its own iteration)
+        self.muon = (_algorithms.muon_contract(impl.muon_momentum, impl.sgd,
+                                               _TorchNewtonSchulz, np.zeros_like)
+                     if hasattr(impl, "muon_momentum") else impl.muon)
 
     def __getattr__(self, name: str):
         return getattr(self._backend, name)
@@ -410,11 +412,6 @@ class _Fused(torch.optim.Optimizer):
         table, counts, meta, indices, steps = plan[:5]
         slots = self._algorithm._algorithm.kernel.slots
         starts, stops, names = [], [], []
-        for g, j in read:
-            start, stop = _span(g)
-            starts.append(start)
-            stops.append(stop)
-            names.append(("grads", j))
         for p, _ in plan[8]:  # written after the kernels: every byte they span
             start, stop = _span(p)
             starts.append(start)
@@ -437,6 +434,15 @@ class _Fused(torch.optim.Optimizer):
         pair = _guard.first_overlap(starts, stops)
         if pair is not None:
             _guard._raise(pair, lambda: names)
+        for g, j in read:  # against what the step writes (gradients are only read)
+            lo, hi = _span(g)
+            for a, b, name in zip(starts, stops, names):
+                if a < b and lo < hi and a < hi and lo < b and (
+                        not isinstance(name, tuple) or name[0] != "grads"):
+                    raise ValueError(
+                        f"grads[{j}]: shares memory with {_checks._name(name)}; a step "
+                        "writes parameters and state while it reads gradients, so each "
+                        "array must own its elements (pass separate arrays)")
 
     def _run_multi(self, table, counts, meta, indices, steps, step_tensors, keep,
                    new_state, copies, checked: list, scale: float = 1.0) -> None:
@@ -515,8 +521,14 @@ class _Fused(torch.optim.Optimizer):
             spec = algo._state_spec(hyper)
             for p in group["params"]:
                 if p.grad is not None:
-                    if algo._algorithm.kernel.host and p.is_complex():  # (torch's words)
-                        raise RuntimeError(f"{owner} does not support complex parameters")
+                    if algo._algorithm.kernel.host:  # Muon: matrices (torch's words)
+                        if p.is_complex():
+                            raise RuntimeError(f"{owner} does not support complex "
+                                               "parameters")
+                        if p.ndim != 2 or 0 in p.shape:
+                            raise ValueError(f"{owner} only supports 2D parameters; "
+                                             f"params[{index}] has size {p.size()} (was "
+                                             "it replaced, or added to a group?)")
                     _check_tensor(p, owner, self._dtypes, self.backend,
                                   reducing=reducing)
                     plans.append(self._plan_param(p, hyper, spec, index, views, arrays))

@@ -41,9 +41,9 @@ class Spec(NamedTuple):
     #: summed over the array (float64) by the backend's ``norms`` launcher, and
     #: ``norms(h, sum_a, sum_b)`` gives the element pass its host scalars from them
     norms: Callable[..., tuple[float, ...]] | None = None
-    #: a step made of another spec's passes around a host stage (Muon: two passes of
-    #: SGD's rule, the Newton-Schulz iteration between them), or None: the name of
-    #: that spec; each backend's contract function is ``muon_contract``'s
+    #: a step made of passes around a host stage (Muon: ``muon_momentum``'s pass, the
+    #: Newton-Schulz iteration, SGD's pass), or None: the name of its first pass's
+    #: spec; each backend's contract function is ``muon_contract``'s
     host: str | None = None
 
 
@@ -149,12 +149,12 @@ REDUCING = frozenset(spec.name for spec in SPECS if spec.norms is not None)
 PER_TENSOR = REDUCING | {MUON.name}
 
 
-def muon_contract(momentum: Callable, sgd: Callable, workspace: Callable,
+def muon_contract(momentum_pass: Callable, sgd: Callable, workspace: Callable,
                   zeros: Callable) -> Callable:
     """A backend's ``muon(param, grad, momentum_buffer, shape, lr, weight_decay,
     momentum, nesterov, a, b, c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0,
     out=None)``: Muon's step of one ``shape = (rows, cols)`` parameter, from the
-    backend's ``momentum`` (its ``muon_momentum``) and ``sgd`` contract functions,
+    backend's ``muon_momentum`` (``momentum_pass``) and ``sgd`` contract functions,
     ``workspace(rows, cols, dtype)`` (an object whose ``orthogonalise(u, a, b, c,
     eps, ns_steps)`` returns the orthogonalised ``u`` flat:
     ``fusedopt.newton_schulz.Workspace``) and ``zeros(param)`` (a zero array like
@@ -170,8 +170,6 @@ def muon_contract(momentum: Callable, sgd: Callable, workspace: Callable,
 
     Nothing the caller owns is written before the host stage has returned, so an
     exception there (no memory) leaves the parameter and its buffer as they were."""
-    first = momentum
-
     def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nesterov,
              a, b, c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0, out=None):
         rows, cols = shape
@@ -179,7 +177,7 @@ def muon_contract(momentum: Callable, sgd: Callable, workspace: Callable,
                                    eps, ns_steps, adjust_lr_fn)
         u, buf = zeros(param), momentum_buffer.copy()
         work = workspace(rows, cols, param.dtype)
-        first(u, grad, buf, momentum, nesterov, grad_scale)
+        momentum_pass(u, grad, buf, momentum, nesterov, grad_scale)
         o = work.orthogonalise(u.reshape(rows, cols), a, b, c, eps, ns_steps)
         momentum_buffer[...] = buf
         sgd(param, o, None, False, lr_t, 0.0, 0.0, decay, False, 1.0, seed, out)

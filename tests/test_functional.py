@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusedopt import LAMB, SGD, Adagrad, Adam, AdamW, Lion, RMSprop, functional
+from fusedopt import LAMB, SGD, Adagrad, Adam, AdamW, Lion, Muon, RMSprop, functional
 
 
 def run_functional(step_fn, make_state, kwargs, backend, steps=5):
@@ -42,6 +42,8 @@ CASES = [
      {}),
     (functional.lamb_step, lambda p: [zeros(p), zeros(p)], LAMB,
      dict(lr=0.01, weight_decay=0.1), {}),
+    (functional.muon_step, lambda p: [zeros(p)], Muon,
+     dict(lr=0.02, momentum=0.9, nesterov=False, adjust_lr_fn="match_rms_adamw"), {}),
 ]
 
 

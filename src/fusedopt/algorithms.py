@@ -924,6 +924,13 @@ FUNCTIONALS = (
         lambda k: (k.step, k.lr, k.beta1, k.beta2, k.eps, k.weight_decay),
         "LAMB step (see :class:`fusedopt.LAMB`): the buffer is one tensor, whose norms "
         "give the trust ratio (two passes: its norms, then the update)."),
+    Functional(
+        "muon_step", MUON, (("momentum_buffer", True),),
+        MUON_ALGORITHM.params,
+        lambda k, shape: (shape, k.lr, k.weight_decay, k.momentum, k.nesterov,
+                          *k.ns_coefficients, k.eps, k.ns_steps, k.adjust_lr_fn),
+        "Muon step (see :class:`fusedopt.Muon`): ``param`` is one float32 or float64 "
+        "matrix (host array), orthogonalised with its shape."),
 )
 
 

@@ -53,6 +53,9 @@ def _step(f: algorithms.Functional, keywords: type, param, grad, slots: tuple,
     scalar state after it, if it keeps any (``Functional.returns``)."""
     chk, device = _space(param)
     p = chk.param_array(param, "param")
+    shaped = f.kernel.host is not None  # (Muon: its host stage needs the shape)
+    if shaped:
+        algorithms.MUON_ALGORITHM.check_param(param, "param")
     g = chk.like_param(grad, param, "grad", "param")
     kw = keywords(*[h.check(values[h.name], h.name) for h in f.params])
     if f.validate is not None:
@@ -69,8 +72,10 @@ def _step(f: algorithms.Functional, keywords: type, param, grad, slots: tuple,
     impl, context = _run(backend, device, stream, param=p, **arrays, grad=g)
     after = None if f.returns is None else f.returns(kw)  # (may raise: before writing)
     with context:
-        getattr(impl, f.kernel.name)(p, g, *arrays.values(), *f.args(kw),
-                                     -1.0 if kw.maximize else 1.0)
+        getattr(impl, f.kernel.name)(
+            p, g, *arrays.values(), *(f.args(kw, tuple(param.shape)) if shaped
+                                      else f.args(kw)),
+            -1.0 if getattr(kw, "maximize", False) else 1.0)
     return after
 
 
@@ -81,7 +86,7 @@ def _function(f: algorithms.Functional):
     def keyword(h: algorithms.Hyper) -> str:
         if h.default is algorithms.REQUIRED:  # the step count, or scalar state
             return f"{h.name}: {'int' if h.name == 'step' else 'float'}"
-        return f"{h.name}: {type(h.default).__name__} = {h.default!r}"
+        return f"{h.name}: {h.annotation or type(h.default).__name__} = {h.default!r}"
 
     state = ", ".join(name + ("" if need is True else "=None") for name, need in f.slots)
     keywords = ", ".join(map(keyword, f.params))

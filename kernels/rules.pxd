@@ -258,8 +258,8 @@ cdef inline (floating, floating) lamb_norms(
 cdef extern from *:
     """
     /* a * b + c as one FMA where the ISA has it (as LLVM contracts the Numba rule
-       and torch's vectorised kernels compute it): GCC does not contract every
-       if-converted multiply-add by itself */
+       and torch's vectorised kernels compute it); explicit, since the kernels are
+       compiled with -ffp-contract=off (CMakeLists.txt) */
     #if defined(__FMA__)
     #define fusedopt_muladd_f(a, b, c) __builtin_fmaf((a), (b), (c))
     #define fusedopt_muladd_d(a, b, c) __builtin_fma((a), (b), (c))

@@ -281,3 +281,33 @@ def test_dropin_refuses_a_matrix_that_is_no_longer_one_and_runs_on_numpy():
     zero = np.ones((3, 2))
     fusedopt.Muon([zero], eps=0.0).step([np.zeros((3, 2))])
     assert np.isnan(zero).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_step_failing_at_its_second_tensor_leaves_each_state_whole(backend,
+                                                                     monkeypatch):
+    """Out of memory in the second tensor's host stage: the first tensor has taken
+    its step, the second is as it was and has no half-made state, and the next step
+    runs (starting the second afresh)."""
+    from fusedopt import newton_schulz
+
+    rng = np.random.default_rng(7)
+    params = [rng.standard_normal((4, 3)), rng.standard_normal((3, 5))]
+    second = params[1].copy()
+    opt = fusedopt.Muon(params, backend=backend)
+    real, calls = newton_schulz.Workspace.orthogonalise, []
+
+    def second_fails(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("no memory")
+        return real(self, *args)
+
+    monkeypatch.setattr(newton_schulz.Workspace, "orthogonalise", second_fails)
+    with pytest.raises(MemoryError):
+        opt.step(_grads(rng, params, np.float64))
+    np.testing.assert_array_equal(params[1], second)
+    assert opt.state[0]["step"] == 1 and "momentum_buffer" in opt.state[0]
+    assert not opt.state.get(1)
+    opt.step(_grads(rng, params, np.float64))
+    assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1

@@ -628,14 +628,19 @@ class _Fused(torch.optim.Optimizer):
             live = self.state.get(p)
             if live is None:
                 live = self.state[p] = {}
-            live.update(new)
+            step_t = None
             if self._has_step and step_view is None:
-                live["step"] = torch.tensor(float(step), dtype=torch.float32)
-                step_view = live["step"].numpy()
+                step_t = torch.tensor(float(step), dtype=torch.float32)
+                step_view = step_t.numpy()
             work["step"] = step
             seed = (scalars.rounding_seed(self.seed, step + 1, index)
                     if param.dtype == np.uint16 else 0)
             algo._update(impl, param, grad, work, hyper, fresh, scale, seed)
+            # new state joins after its step: a step that raises part-way (Muon's
+            # host stage out of memory) leaves each tensor's state whole
+            live.update(new)
+            if step_t is not None:
+                live["step"] = step_t
             if step_view is not None:
                 step_view[...] = work["step"]
             for name in self._scalars:  # 0-d tensors, as torch keeps them

@@ -437,9 +437,9 @@ class Optimizer(Precision, FlatMode, Serialise):
             live = state.get(i)
             if live is None:
                 live = state[i] = {}
-            if new:
-                live.update(new)
             if multi is not None and out is None:
+                if new:
+                    live.update(new)
                 key = (id(hyper), p.dtype, work["step"], fresh,
                        *(work[name] for name in names))
                 bucket = buckets.get(key)
@@ -449,6 +449,10 @@ class Optimizer(Precision, FlatMode, Serialise):
                 continue
             self._update(impl, p, flat_grads[i], work, hyper, fresh, scale,
                          self._seed(p, work, i), out)
+            # new state joins after its step: a step that raises part-way (Muon's
+            # host stage out of memory) leaves each tensor's state whole, stepped or not
+            if new:
+                live.update(new)
             live["step"] = work["step"]
             for name in names:
                 live[name] = work[name]

@@ -260,7 +260,7 @@ cdef extern from *:
     /* a * b + c as one FMA where the ISA has it (as LLVM contracts the Numba rule
        and torch's vectorised kernels compute it); explicit, since the kernels are
        compiled with -ffp-contract=off (CMakeLists.txt) */
-    #if defined(__FMA__)
+    #if defined(__FMA__) || defined(__FP_FAST_FMA)  /* x86 with FMA; aarch64 */
     #define fusedopt_muladd_f(a, b, c) __builtin_fmaf((a), (b), (c))
     #define fusedopt_muladd_d(a, b, c) __builtin_fma((a), (b), (c))
     #else

@@ -25,6 +25,7 @@ the thread count.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import inspect
 import operator
@@ -434,11 +435,20 @@ class _Fused(torch.optim.Optimizer):
         pair = _guard.first_overlap(starts, stops)
         if pair is not None:
             _guard._raise(pair, lambda: names)
-        for g, j in read:  # against what the step writes (gradients are only read)
+        if not read:
+            return
+        # each gradient read through a copy against what the step writes (gradients
+        # are only read): those ranges overlap nothing, so sorted, the ones a range
+        # may meet are the last starting at or before it and the next
+        written = sorted(((a, b, name) for a, b, name in zip(starts, stops, names)
+                         if a < b and not (isinstance(name, tuple)
+                                           and name[0] == "grads")), key=lambda w: w[0])
+        firsts = [a for a, _, _ in written]
+        for g, j in read:
             lo, hi = _span(g)
-            for a, b, name in zip(starts, stops, names):
-                if a < b and lo < hi and a < hi and lo < b and (
-                        not isinstance(name, tuple) or name[0] != "grads"):
+            k = bisect.bisect_right(firsts, lo) - 1
+            for a, b, name in written[max(k, 0):k + 2]:
+                if lo < hi and a < hi and lo < b:
                     raise ValueError(
                         f"grads[{j}]: shares memory with {_checks._name(name)}; a step "
                         "writes parameters and state while it reads gradients, so each "

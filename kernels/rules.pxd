@@ -292,3 +292,36 @@ cdef inline (floating, floating) muon_momentum(
     else:
         u = buf
     return u, buf
+
+
+cdef inline (floating, floating) _adafactor_direction(
+        floating g, floating v, floating w, floating one, floating eps1sq,
+        bint factored, bint small, floating grad_scale) noexcept nogil:
+    g = grad_scale * g
+    if not factored:
+        v = _lerp(v, g * g, w, small)
+    cdef floating m = eps1sq if v < eps1sq else v
+    return one / sqrt(m) * g, v
+
+
+cdef inline (floating, floating) adafactor_update(
+        floating p, floating g, floating v, floating w, floating one, floating eps1sq,
+        floating param_scale, floating eps2, floating rho, floating d, floating numel,
+        floating step_size, bint factored, bint small, bint decay,
+        floating grad_scale) noexcept nogil:
+    cdef floating u
+    u, v = _adafactor_direction(g, v, w, one, eps1sq, factored, small, grad_scale)
+    if decay:
+        p = p * param_scale
+    p = p - step_size * u
+    return p, v
+
+
+cdef inline (floating, floating) adafactor_update_norms(
+        floating p, floating g, floating v, floating w, floating one, floating eps1sq,
+        floating param_scale, floating eps2, floating rho, floating d, floating numel,
+        floating step_size, bint factored, bint small, bint decay,
+        floating grad_scale) noexcept nogil:
+    cdef floating u
+    u, v = _adafactor_direction(g, v, w, one, eps1sq, factored, small, grad_scale)
+    return p, u

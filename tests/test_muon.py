@@ -311,3 +311,20 @@ def test_a_step_failing_at_its_second_tensor_leaves_each_state_whole(backend,
     assert not opt.state.get(1)
     opt.step(_grads(rng, params, np.float64))
     assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_momentum_tracks_the_float_oracle(backend):
+    """state_dtype="bfloat16": the momentum buffer kept as bf16 bits, the parameters
+    within bf16's precision of the float64 oracle's."""
+    rng = np.random.default_rng(8)
+    p = rng.standard_normal((6, 4)).astype(np.float32)
+    q = p.astype(np.float64)
+    opt = fusedopt.Muon([p], state_dtype="bfloat16", backend=backend)
+    ref = fusedopt.Muon([q], backend="numpy")
+    for _ in range(10):
+        g = rng.standard_normal((6, 4)).astype(np.float32)
+        opt.step([g])
+        ref.step([g.astype(np.float64)])
+    assert opt.state[0]["momentum_buffer"].dtype == np.uint16
+    assert relative_error(p, q) < 1e-3

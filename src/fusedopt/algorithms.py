@@ -27,6 +27,8 @@ import math
 from collections import namedtuple
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
+
 from . import _checks, scalars
 
 
@@ -138,15 +140,84 @@ MUON = Spec(
      "ns_steps", "adjust_lr_fn"),
     scalars.muon, lambda s, *hyper: (), host="muon_momentum")
 
+ADAFACTOR_UPDATE = Spec(
+    "adafactor_update", ("variance",),
+    ("w", "eps1", "param_scale", "eps2", "rho", "d", "numel", "factored", "small",
+     "decay"),
+    scalars.adafactor_update,
+    lambda s, w, eps1, param_scale, eps2, rho, d, numel, factored, small, decay: (
+        factored, small, decay),
+    norms=scalars.adafactor_step_size)
+
+#: Adafactor: its factored moments on the host, then ``adafactor_update``'s passes
+#: (``adafactor_contract``)
+ADAFACTOR = Spec(
+    "adafactor", ("row_var", "col_var", "variance"),
+    ("shape", "step", "lr", "beta2_decay", "eps1", "eps2", "d", "weight_decay"),
+    scalars.adafactor_update, lambda s, *hyper: (), host="adafactor_update")
+
 #: the specs with a rule of their own, compiled by every backend
 SPECS = (SGD, ADAM, ADAGRAD, RMSPROP, LION, ADAMAX, ADADELTA, RADAM, RPROP, NADAM, ASGD,
-         LAMB, MUON_MOMENTUM)
+         LAMB, MUON_MOMENTUM, ADAFACTOR_UPDATE)
 #: the kernels with a reduction pass (``Spec.norms``): stepped tensor by tensor, never
 #: in one multi-tensor call (their scalars differ per tensor)
 REDUCING = frozenset(spec.name for spec in SPECS if spec.norms is not None)
 #: the algorithms a step runs tensor by tensor: a reduction, or a host stage that
 #: needs each tensor's shape (Muon)
-PER_TENSOR = REDUCING | {MUON.name}
+PER_TENSOR = REDUCING | {MUON.name, ADAFACTOR.name}
+
+
+def _torch_lerp(start, end, w: float):
+    """torch's lerp on host arrays (its formula; its kernel's FMA aside)."""
+    if abs(w) < 0.5:
+        return start + w * (end - start)
+    return end - (end - start) * (1.0 - w)
+
+
+def adafactor_contract(update: Callable, zeros: Callable) -> Callable:
+    """A backend's ``adafactor(param, grad, row_var, col_var, variance, shape, step,
+    lr, beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0, out=None)``:
+    torch's Adafactor step of one parameter of ``shape`` (``variance`` for a tensor of
+    fewer than two dimensions, else ``row_var`` and ``col_var``, its factored second
+    moments over the last two), from the backend's ``adafactor_update`` (a read-only
+    norms pass, then the element pass) and ``zeros(param)``. For a matrix (a batch of
+    them), the row and column means of the squared gradient (NumPy's einsum, in the
+    parameter's dtype) update the factors on the host, and their estimate ``r_i c_j /
+    max(mean(r), eps1)`` is laid out in a scratch array for the passes; the factors
+    are written after them, so nothing is written before the element pass."""
+    def adafactor(param, grad, row_var, col_var, variance, shape, step, lr,
+                  beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0,
+                  out=None):
+        held = variance if variance is not None else row_var
+        if held.dtype != param.dtype:
+            raise TypeError(f"adafactor: state of dtype {held.dtype} beside {param.dtype} "
+                            "parameters; Adafactor keeps its state in the parameters' "
+                            "dtype (no state_dtype='bfloat16')")
+        if eps1 is None:
+            eps1 = float(np.finfo(param.dtype).eps)
+        w = float(step) ** beta2_decay
+        rho = min(lr, 1 / (float(step) ** 0.5))
+        common = (eps1, 1.0 - lr * weight_decay, eps2, rho, d, param.size)
+        flags = (abs(w) < 0.5, weight_decay != 0)
+        if variance is not None:
+            update(param, grad, variance, w, *common, False, *flags, grad_scale, seed,
+                   out)
+            return
+        n, m = shape[-2], shape[-1]
+        g = grad.reshape(-1, n, m)
+        scale2 = grad_scale * grad_scale
+        rows = np.einsum("bij,bij->bi", g, g) * param.dtype.type(scale2 / m)
+        cols = np.einsum("bij,bij->bj", g, g) * param.dtype.type(scale2 / n)
+        r = _torch_lerp(row_var.reshape(-1, n), rows, w)
+        c = _torch_lerp(col_var.reshape(-1, m), cols, w)
+        estimate = zeros(param)
+        v = estimate.reshape(-1, n, m)
+        np.multiply(r[:, :, None], c[:, None, :], out=v)
+        v /= np.maximum(r.mean(axis=1), param.dtype.type(eps1))[:, None, None]
+        update(param, grad, estimate, w, *common, True, *flags, grad_scale, seed, out)
+        row_var[...] = r.reshape(-1)
+        col_var[...] = c.reshape(-1)
+    return adafactor
 
 
 def muon_contract(momentum_pass: Callable, sgd: Callable, workspace: Callable,
@@ -264,6 +335,19 @@ class Algorithm(NamedTuple):
     #: ``check_param(array, where)``: raises for a parameter the algorithm cannot step
     #: (Muon: float32 or float64 matrices only); None: any
     check_param: Callable | None = None
+    #: ``state_shape(name, shape)``: the shape of the state array ``name`` of a
+    #: parameter of ``shape``, None where it keeps none (Adafactor's factored
+    #: moments); None: every state array has its parameter's shape
+    state_shape: Callable | None = None
+
+
+def state_shapes(algo: "Algorithm", spec, shape: tuple) -> list[tuple[str, Any, tuple]]:
+    """``(name, first value, shape)`` of each state array of ``spec`` (the group's,
+    ``Algorithm.state``) that a parameter of ``shape`` keeps."""
+    if algo.state_shape is None:
+        return [(name, init, shape) for name, init in spec]
+    return [(name, init, s) for name, init in spec
+            if (s := algo.state_shape(name, shape)) is not None]
 
 
 def constructor(algo: Algorithm, name: str, scope: dict, options: str,
@@ -769,10 +853,71 @@ MUON_ALGORITHM = Algorithm(
     2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None``.
     """)
 
+def _eps_pair(x, name) -> tuple[float | None, float]:
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        raise TypeError(f"{_checks._name(name)}: expected a pair (eps1 or None, eps2), "
+                        f"got {x!r}")
+    eps1 = None if x[0] is None else _checks.number(x[0], name)
+    return eps1, _checks.number(x[1], name)
+
+
+def _factored(name: str, shape: tuple) -> tuple | None:
+    """Adafactor's state of a parameter of ``shape``: its row and column factors
+    over the last two dimensions (torch's keepdim shapes), or for fewer than two
+    dimensions its second moment."""
+    if len(shape) > 1:
+        if name == "row_var":
+            return (*shape[:-1], 1)
+        if name == "col_var":
+            return (*shape[:-2], 1, shape[-1])
+        return None
+    return shape if name == "variance" else None
+
+
+ADAFACTOR_ALGORITHM = Algorithm(
+    "Adafactor", ADAFACTOR,
+    (Hyper("lr", 1e-2, _NUMBER), Hyper("beta2_decay", -0.8, _number(low=-math.inf,
+                                                                     high=0.0)),
+     Hyper("eps", (None, 1e-3), _eps_pair), Hyper("d", 1.0, _number(low=1.0)),
+     Hyper("weight_decay", 0.0, _NUMBER), _MAXIMIZE),
+    state=lambda h: (("row_var", 0.0), ("col_var", 0.0), ("variance", 0.0)),
+    call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
+        p, g, s.get("row_var"), s.get("col_var"), s.get("variance"), s["shape"], step,
+        h.lr, h.beta2_decay, h.eps[0], h.eps[1], h.d, h.weight_decay, scale, seed, out),
+    state_shape=_factored,
+    doc=r"""Adafactor, as ``torch.optim.Adafactor`` (Shazeer & Stern, 2018, with
+    torch's use of lr and eps1): second moments kept factored, a row and a column
+    vector per matrix, so the state costs O(rows + cols) per matrix instead of Adam's
+    two full copies.
+
+    At step :math:`t` (1-based), for each parameter :math:`	heta` with gradient g::
+
+        g = -g if maximize
+        w = t ** beta2_decay ; rho = min(lr, 1 / sqrt(t))
+        alpha = max(eps2, RMS(theta)) * rho
+        theta = theta * (1 - lr * weight_decay)
+        2+ dims, over the last two (n x m):
+            R = R.lerp(mean_j g**2, w) ; C = C.lerp(mean_i g**2, w)
+            V = R C / max(mean_i R, eps1)
+        fewer: V = V.lerp(g**2, w)
+        U = g / sqrt(max(V, eps1**2))
+        theta = theta - alpha / max(1, RMS(U) / d) * U
+
+    eps1 None is the parameter dtype's machine epsilon. State: ``step``, and
+    ``row_var`` and ``col_var`` (shapes ``(..., n, 1)`` and ``(..., 1, m)``) for
+    tensors of 2+ dimensions, ``variance`` for the others. The row and column means
+    run on the host (NumPy's einsum), then two fused passes (the norms, then the
+    update) over the parameter, its gradient and the estimate ``V`` laid out in a
+    scratch array; one call per tensor. float32 and float64 parameters on host
+    arrays (numba, cython, numpy; cuda refuses it); not over a FlatParams or with
+    ``flatten=True`` (its state is not flat). Defaults are torch's: ``lr=1e-2,
+    beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0``.
+    """)
+
 ALGORITHMS = (SGD_ALGORITHM, ADAM_ALGORITHM, ADAMW_ALGORITHM, ADAGRAD_ALGORITHM,
               RMSPROP_ALGORITHM, LION_ALGORITHM, ADAMAX_ALGORITHM, ADADELTA_ALGORITHM,
               RADAM_ALGORITHM, RPROP_ALGORITHM, NADAM_ALGORITHM, ASGD_ALGORITHM,
-              LAMB_ALGORITHM, MUON_ALGORITHM)
+              LAMB_ALGORITHM, MUON_ALGORITHM, ADAFACTOR_ALGORITHM)
 
 
 # -- functional steps: one fused pass over one buffer, state passed in ---------------
@@ -950,7 +1095,6 @@ NOT_PROVIDED = {
         "step dense arrays",
         "torch.optim.SparseAdam for the sparse gradients (nn.Embedding(sparse=True)) "
         "and fusedopt.torch.Adam or AdamW for the dense parameters"),
-    "Adafactor": (None, "torch.optim.Adafactor"),
 }
 
 

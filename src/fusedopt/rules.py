@@ -344,3 +344,39 @@ def muon_momentum(u, g, buf, w, mu, nesterov, small_w, small_mu, grad_scale):
     else:
         u = buf
     return u, buf
+
+
+@register_jitable
+def _adafactor_direction(g, v, w, one, eps1sq, factored, small, grad_scale):
+    """Adafactor's update direction ``u = g / sqrt(max(v, eps1**2))`` (torch's
+    ``clamp_(min=eps1 * eps1).rsqrt_()`` then ``mul_(grad)``), with ``v`` the
+    factored estimate (read only) or, for a vector, its second moment after torch's
+    ``variance.lerp_(g * g, w)``: ``(u, v)``. ``one``: 1 in the compute dtype."""
+    g = grad_scale * g
+    if not factored:
+        v = _lerp(v, g * g, w, small)
+    m = eps1sq if v < eps1sq else v  # (torch's clamp: a NaN stays NaN)
+    return one / sqrt(m) * g, v
+
+
+@register_jitable
+def adafactor_update(p, g, v, w, one, eps1sq, param_scale, eps2, rho, d, numel,
+                     step_size, factored, small, decay, grad_scale):
+    """Adafactor's element pass (``fusedopt.algorithms.adafactor_contract``): ``p =
+    p (1 - lr weight_decay) - step_size u``; ``step_size = alpha / denom`` from the
+    norms ``adafactor_update_norms`` summed before this pass (``eps2``, ``rho``,
+    ``d``, ``numel``: the host's, unused here)."""
+    u, v = _adafactor_direction(g, v, w, one, eps1sq, factored, small, grad_scale)
+    if decay:
+        p = p * param_scale
+    p = p - step_size * u
+    return p, v
+
+
+@register_jitable
+def adafactor_update_norms(p, g, v, w, one, eps1sq, param_scale, eps2, rho, d, numel,
+                           step_size, factored, small, decay, grad_scale):
+    """The two vectors whose norms Adafactor's step size needs: ``(p, u)`` (the
+    parameter before its decay, the update direction). Read only."""
+    u, v = _adafactor_direction(g, v, w, one, eps1sq, factored, small, grad_scale)
+    return p, u

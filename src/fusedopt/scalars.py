@@ -177,3 +177,21 @@ def muon(shape: tuple[int, int], lr: float, weight_decay: float, *rest) -> tuple
     else:
         lr_t = lr * math.sqrt(max(1, rows / cols))  # (torch's order)
     return lr_t, (lr * weight_decay / lr_t if lr_t else 0.0)
+
+
+def adafactor_update(w: float, eps1: float, param_scale: float, eps2: float, rho: float,
+                     d: float, numel: int, factored: bool, small: bool, decay: bool):
+    """``(w, 1, eps1**2, 1 - lr wd, eps2, rho, d, numel, step_size)`` of Adafactor's
+    element pass (``rules.adafactor_update``); the step size becomes ``alpha /
+    denom`` once the tensor's norms are summed (``adafactor_step_size``)."""
+    return w, 1.0, eps1 * eps1, param_scale, eps2, rho, d, float(numel), 0.0
+
+
+def adafactor_step_size(h: tuple, param_sumsq: float, update_sumsq: float) -> tuple:
+    """``h`` (``adafactor_update``) with its step size ``alpha / denom``, as torch:
+    ``alpha = max(eps2, RMS(p)) * rho`` (the parameter before its decay) and
+    ``denom = max(1, RMS(u) / d)``."""
+    eps2, rho, d, numel = h[4], h[5], h[6], h[7]
+    alpha = max(eps2, math.sqrt(param_sumsq) / numel ** 0.5) * rho
+    denom = max(1.0, math.sqrt(update_sumsq) / (numel ** 0.5 * d))
+    return (*h[:-1], alpha / denom)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import collections
 import inspect
+import math
 import operator
 import sys
 import threading
@@ -146,8 +147,14 @@ class _Fused(torch.optim.Optimizer):
         self._dtypes = _FLOAT_DTYPES + tuple(_COMPLEX) + (
             (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ()) + (
             (torch.float16,) if self._multi else ())
-        if kernel.host:  # Muon: torch's own Newton-Schulz, float32/float64 matrices
-            self._impl, self._dtypes = _TorchMuon(self._impl), _FLOAT_DTYPES
+        if kernel.host:  # Muon, Adafactor: float32/float64, on host BLAS or einsum
+            self._dtypes = _FLOAT_DTYPES
+        if kernel.name == "muon":  # torch's own Newton-Schulz
+            self._impl = _TorchMuon(self._impl)
+        if flatten and self._algorithm._algorithm.state_shape:
+            raise ValueError(f"flatten=True: {type(self).__name__} keeps state of other "
+                             "shapes than its parameters' (factored moments), which flat "
+                             "buffers do not hold; use flatten=False")
         # NumPy views of parameters and state tensors: id -> (tensor, data_ptr, numel,
         # dtype, view). Building one costs ~2 us; each step reuses it only while the
         # live tensor still has that pointer, size and dtype, and keeps only the
@@ -531,11 +538,12 @@ class _Fused(torch.optim.Optimizer):
             spec = algo._state_spec(hyper)
             for p in group["params"]:
                 if p.grad is not None:
-                    if algo._algorithm.kernel.host:  # Muon: matrices (torch's words)
+                    if algo._algorithm.kernel.host:  # Muon, Adafactor (torch's words)
                         if p.is_complex():
                             raise RuntimeError(f"{owner} does not support complex "
                                                "parameters")
-                        if p.ndim != 2 or 0 in p.shape:
+                        if algo._algorithm.kernel.name == "muon" and (
+                                p.ndim != 2 or 0 in p.shape):
                             raise ValueError(f"{owner} only supports 2D parameters; "
                                              f"params[{index}] has size {p.size()} (was "
                                              "it replaced, or added to a group?)")
@@ -574,7 +582,7 @@ class _Fused(torch.optim.Optimizer):
                 and t.is_contiguous()):
             views[id(t)] = c
             return c[4]
-        _check_state(t, p, name)
+        _check_state(t, p, name, numel=numel)
         return self._view(t, views)
 
     def _plan_param(self, p, hyper, spec, index: int, views: dict, arrays: list
@@ -595,15 +603,17 @@ class _Fused(torch.optim.Optimizer):
         new, work, fresh = {}, {}, False
         if self._algorithm._algorithm.kernel.host:  # (its host stage needs the shape)
             work["shape"] = tuple(p.shape)
-        numel, dtype = p.numel(), p.dtype
-        for name, init in spec:
+        dtype = p.dtype
+        for name, init, shape in _algorithms.state_shapes(self._algorithm._algorithm,
+                                                          spec, tuple(p.shape)):
             t = live.get(name)
             if t is None:
-                t = new[name] = _full_like(p, init)
+                t = new[name] = (_full_like(p, init) if shape == p.shape
+                                 else torch.full(shape, init, dtype=dtype))
                 fresh = True
                 work[name] = self._view(t, views)
             else:
-                work[name] = self._state_view(t, numel, dtype, views,
+                work[name] = self._state_view(t, math.prod(shape), dtype, views,
                                               ("state", ("params", index), name), p)
             arrays.append(work[name])
         step, step_view = 0, None
@@ -718,9 +728,11 @@ class _Fused(torch.optim.Optimizer):
                                     f"{type(st).__name__}")
                 tensors = [n for n in algo._state_names
                            if isinstance(st.get(n), torch.Tensor)]
+                kept = {n: shape for n, _, shape in _algorithms.state_shapes(
+                    algo._algorithm, spec, tuple(p.shape))}
                 if tensors or _started(st.get("step")) or (
                         self._eager_state and "step" in st):
-                    missing = [n for n, _ in spec if st.get(n) is None]
+                    missing = [n for n in kept if st.get(n) is None]
                     if self._has_step and "step" not in st:
                         missing.insert(0, "step")
                     if missing:
@@ -735,11 +747,13 @@ class _Fused(torch.optim.Optimizer):
                     if not isinstance(t, torch.Tensor):
                         raise TypeError(f"{label}[{name!r}]: expected a tensor, got "
                                         f"{type(t).__name__}")
-                    if t.shape != p.shape:
+                    want = kept.get(name, tuple(p.shape))
+                    if tuple(t.shape) != tuple(want):
                         raise ValueError(f"{label}[{name!r}]: expected shape "
-                                         f"{tuple(p.shape)} (that of its parameter), got "
-                                         f"{tuple(t.shape)}")
-                    st[name] = _in_layout(t, p)
+                                         f"{tuple(want)} (its parameter's is "
+                                         f"{tuple(p.shape)}), got {tuple(t.shape)}")
+                    st[name] = (_in_layout(t, p) if tuple(want) == tuple(p.shape)
+                                else t.contiguous())
                 if self._has_step and "step" in st:
                     step = st["step"]
                     if isinstance(step, torch.Tensor):
@@ -864,11 +878,13 @@ def _started(step) -> bool:
         return True
 
 
-def _check_state(t, p: torch.Tensor, name, strides=None) -> None:
+def _check_state(t, p: torch.Tensor, name, strides=None, numel=None) -> None:
     """A live state tensor the kernel will update in place beside ``p``: contiguous,
-    or with ``strides`` (those of the layout ``p`` is stepped in)."""
+    or with ``strides`` (those of the layout ``p`` is stepped in); of ``numel``
+    elements where given (a factored moment), else ``p``'s."""
+    numel = p.numel() if numel is None else numel
     if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.is_cpu
-            and t.numel() == p.numel() and not t.is_sparse and (
+            and t.numel() == numel and not t.is_sparse and (
                 t.is_contiguous() if strides is None
                 else t.shape == p.shape and _same_strides(t, strides))):
         return  # the common case
@@ -883,9 +899,9 @@ def _check_state(t, p: torch.Tensor, name, strides=None) -> None:
     if not t.is_cpu or t.is_sparse:
         raise ValueError(f"{where}: expected a dense CPU tensor, got {t.layout} on "
                          f"{t.device}")
-    if t.numel() != p.numel():
-        raise ValueError(f"{where}: expected {p.numel()} elements (shape "
-                         f"{tuple(p.shape)}, that of its parameter), got shape "
+    if t.numel() != numel:
+        raise ValueError(f"{where}: expected {numel} elements (shape "
+                         f"{tuple(p.shape)} is its parameter's), got shape "
                          f"{tuple(t.shape)}")
     if strides is None:
         raise ValueError(f"{where}: expected a contiguous tensor (the kernel updates it "

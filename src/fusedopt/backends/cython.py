@@ -80,6 +80,8 @@ globals().update({spec.name: algorithms.contract(spec, _call, _norms)
 #: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
 muon = algorithms.muon_contract(globals()["muon_momentum"], globals()["sgd"],
                                  newton_schulz.Workspace, np.zeros_like)
+#: Adafactor: its factored moments on the host around adafactor_update's two passes
+adafactor = algorithms.adafactor_contract(globals()["adafactor_update"], np.zeros_like)
 
 
 #: bf16 storage (uint16 bits) for state and parameters (kernels/lowbit.pxd)

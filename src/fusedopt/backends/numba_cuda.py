@@ -89,6 +89,13 @@ globals().update({spec.name: algorithms.contract(spec, _call, _norms)
                   for spec in algorithms.SPECS})
 
 
+def adafactor(param, *args, **kwargs):
+    """Adafactor's factored moments are reduced on the host: not on this backend."""
+    raise TypeError("adafactor: CUDA arrays; Adafactor's row and column means run on "
+                    "the host, so fusedopt steps it on host arrays only (on the GPU, use "
+                    "torch.optim.Adafactor)")
+
+
 def muon(param, *args, **kwargs):
     """Muon's Newton-Schulz stage runs on host BLAS: not on this backend."""
     raise TypeError("muon: CUDA arrays; Muon's Newton-Schulz stage runs on host BLAS, "

@@ -251,3 +251,34 @@ def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nester
     else:
         lr_t = lr * np.sqrt(max(1.0, rows / cols))
     param[...] = param * (1 - lr * weight_decay) - lr_t * x.reshape(-1)
+
+
+def adafactor(param, grad, row_var, col_var, variance, shape, step, lr, beta2_decay,
+              eps1, eps2, d, weight_decay, grad_scale, seed=0, out=None):
+    # Shazeer & Stern 2018 (Algorithm 4 with update clipping) as torch.optim.Adafactor
+    # writes it: lr caps the relative step size rho and scales the decoupled weight
+    # decay; eps1 clamps the variance estimate (not the factors); means, not sums.
+    if eps1 is None:
+        eps1 = np.finfo(param.dtype).eps
+    g = grad_scale * grad
+    beta2c = step ** beta2_decay  # the weight of the new squared gradient
+    rho = min(lr, 1 / np.sqrt(step))
+    alpha = max(eps2, np.sqrt(np.mean(param ** 2))) * rho
+    theta = param * (1 - lr * weight_decay)
+    if variance is None:
+        n, m = shape[-2], shape[-1]
+        g2 = (g ** 2).reshape(-1, n, m)
+        r = row_var.reshape(-1, n)
+        c = col_var.reshape(-1, m)
+        r = r + beta2c * (g2.mean(axis=2) - r)
+        c = c + beta2c * (g2.mean(axis=1) - c)
+        row_var[...] = r.reshape(-1)
+        col_var[...] = c.reshape(-1)
+        v = (r[:, :, None] * c[:, None, :]
+             / np.maximum(r.mean(axis=1), eps1)[:, None, None]).reshape(-1)
+    else:
+        v = variance + beta2c * (g ** 2 - variance)
+        variance[...] = v
+    u = g / np.sqrt(np.maximum(v, eps1 * eps1))
+    denom = max(1.0, np.sqrt(np.mean(u ** 2)) / d)
+    param[...] = theta - alpha / denom * u

@@ -121,9 +121,11 @@ class Optimizer(Precision, FlatMode, Serialise):
             self.add_param_group(group)
         self.backend, self._impl = select(backend, self.device)
         if self._algorithm.kernel.host and self.device == "cuda":
-            raise ValueError(f"params: CUDA arrays; {self._algorithm.title}'s "
-                             "Newton-Schulz stage runs on host BLAS, so fusedopt steps it "
-                             "on host arrays only (on the GPU, use torch.optim.Muon)")
+            title = self._algorithm.title
+            raise ValueError(f"params: CUDA arrays; {title}'s host stage (Muon's "
+                             "Newton-Schulz iteration, Adafactor's factored moments) "
+                             "runs on the host, so fusedopt steps it on host arrays only "
+                             f"(on the GPU, use torch.optim.{title})")
         if stream is not None and self.device != "cuda":
             raise ValueError("stream: only CUDA arrays run on a stream; these parameters "
                              "are host arrays")
@@ -379,13 +381,20 @@ class Optimizer(Precision, FlatMode, Serialise):
             work[MASTER], p, out = master, master, flat
             arrays.append(master)
             names.append(("state", i, MASTER))
+        shaped = self._algorithm.state_shape is not None  # (Adafactor's factors)
         for name, init in spec:
+            if shaped:
+                shape = self._algorithm.state_shape(name, self._shapes[i])
+                if shape is None:
+                    continue
+                size = math.prod(shape)
             a = live.get(name)
             if (type(a) is np.ndarray and a.dtype is dtype and a.size == size
                     and a.ndim == 1 and a.flags.carray):
                 pass  # as the step left it: _checks.state_array's common case, inline
             elif a is None:
-                a = new[name] = self._new_state(flat, init)
+                a = new[name] = (np.full(size, init, dtype) if shaped
+                                 else self._new_state(flat, init))
                 fresh = True
             else:
                 a = space.state_array(a, size, dtype, ("state", i, name))

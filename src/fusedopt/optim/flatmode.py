@@ -27,6 +27,10 @@ class FlatMode:
         index = {id(v): j for j, v in enumerate(fp.views)}
         if any(id(p) not in index for p in self._params):
             return  # views of the buffer, but not the FlatParams' own tensors
+        if self._algorithm.state_shape is not None:
+            raise ValueError(f"params: a FlatParams; {self._algorithm.title} keeps state "
+                             "of other shapes than its parameters' (factored moments), "
+                             "which flat buffers do not hold: pass the arrays as a list")
         self.flat_params = fp
         self._flat_state: dict[str, dict[np.dtype, np.ndarray]] = {}
         self._segments: list[dict[str, Any]] = []

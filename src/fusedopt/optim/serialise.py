@@ -22,10 +22,12 @@ class Serialise:
         torch): copy them if you keep them while training goes on. With CUDA
         parameters they are host copies (NumPy arrays), taken after the last step."""
         state, numbers = {}, ("step", *self._algorithm.scalar_state)
+        shaped = self._algorithm.state_shape  # (Adafactor's factors), else None
         for i, st in self.state.items():
             shape = self._shapes[i]
             state[i] = {k: (v if k in numbers else _checks.user_view(
-                self._host(v)).reshape(shape)) for k, v in st.items()}
+                self._host(v)).reshape(shape if shaped is None or k == MASTER
+                                       else shaped(k, shape))) for k, v in st.items()}
         groups, i = [], 0
         for group in self.param_groups:
             n = len(group["params"])
@@ -138,6 +140,10 @@ class Serialise:
                              f"{[n for n in scalars if n not in out]} beside "
                              f"{[n for n in scalars if n in out]}; a parameter's state "
                              "is loaded whole (or left out, to start it afresh)")
+        shaped = self._algorithm.state_shape  # (Adafactor's factors), else None
+        if shaped is not None:  # the arrays a parameter of this shape keeps
+            spec = [(name, init) for name, init in spec
+                    if shaped(name, shape) is not None]
         if arrays or out["step"]:  # stepped: loaded whole
             missing = [name for name, _ in spec if st.get(name) is None]
             missing += [name for name in scalars if st.get(name) is None]
@@ -154,9 +160,11 @@ class Serialise:
                     value.dtype.kind == "f" or _checks.is_bf16(value.dtype)):
                 raise TypeError(f"{label}[{name!r}]: expected a float array, got "
                                 f"{getattr(value, 'dtype', type(value).__name__)}")
-            if value.shape != shape:
-                raise ValueError(f"{label}[{name!r}]: expected shape {shape} (that "
-                                 f"of its parameter), got {value.shape}")
+            want = shape if shaped is None or name == MASTER else shaped(name, shape)
+            if value.shape != want:
+                raise ValueError(f"{label}[{name!r}]: expected shape {want} (that "
+                                 f"{'of its parameter' if want == shape else 'its parameter keeps'}"
+                                 f"), got {value.shape}")
             if name == MASTER:
                 out[name] = np.array(value, dtype=np.float32, order="C").reshape(-1)
             elif dtype == np.uint16:  # bf16 state: round to nearest even, keep the bits

@@ -14,56 +14,31 @@ step and the median over rounds of torch's time / this one's (higher is better).
 
 from __future__ import annotations
 
-import statistics
-import time
-
-import numpy as np
 import torch
 
 import fusedopt
 import fusedopt.torch as ft
+from against_torch import compare, numpy_step, tensors
 
 D = 768
 ROWS = {"768x768": [(D, D)], "768x3072": [(D, 4 * D)]}
 
 
 def make(impl: str, shapes):
-    g = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=g) * 0.02) for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=g) * 1e-3
+    params = tensors(shapes)
     if impl == "torch.optim.Muon":
         opt = torch.optim.Muon(params, lr=0.02)
     elif impl == "fusedopt.torch.Muon":
         opt = ft.Muon(params, lr=0.02)
     else:
-        arrays = [p.detach().numpy() for p in params]
-        grads = [p.grad.numpy() for p in params]
-        opt = fusedopt.Muon(arrays, lr=0.02)
-        opt.step(grads)
-        return lambda: opt.step(grads)
+        return numpy_step(fusedopt.Muon, params, lr=0.02)
     opt.step()
     return opt.step
 
 
 def main() -> None:
     impls = ["torch.optim.Muon", "fusedopt.torch.Muon", "fusedopt.Muon"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, numpy "
-          f"{np.__version__}")
-    print(f"{'row':24s} {'implementation':20s} {'time/step':>11s} {'vs torch':>9s}")
-    for row, shapes in ROWS.items():
-        steps = [make(impl, shapes) for impl in impls]
-        n = 2
-        times = [[] for _ in impls]
-        for _ in range(3):
-            for step, out in zip(steps, times):
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    step()
-                out.append((time.perf_counter() - t0) / n * 1e3)
-        for impl, t in zip(impls, times):
-            ratio = statistics.median(a / b for a, b in zip(times[0], t))
-            print(f"{row:24s} {impl:20s} {statistics.median(t):8.2f} ms {ratio:8.2f}x")
+    compare(ROWS, impls, make)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,65 @@ NUMBERS = ("step", "mu_product", "eta", "mu")
 SHAPES = [(7,), (3, 5), (1,), (2, 3, 4)]
 
 __all__ = ["fusedopt"]
+
+
+# -- beside torch.optim: what the drop-in tests of several algorithms share --------
+
+def step_beside_torch(name: str, shapes, options: dict, backend: str, dtype: str,
+                      steps: int = 50, seed: int = 5):
+    """``torch.optim.<name>`` and ``fusedopt.torch.<name>``, each over its own copy of
+    float parameters of ``shapes``, after ``steps`` steps with the same random
+    gradients: ``(theirs, ours, ref, opt)``."""
+    import torch
+
+    import fusedopt.torch as ft
+
+    dt = getattr(torch, dtype)
+    rng = np.random.default_rng(seed)
+    start = [torch.tensor(rng.standard_normal(s), dtype=dt) for s in shapes]
+    theirs = [torch.nn.Parameter(t.clone()) for t in start]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    ref = getattr(torch.optim, name)(theirs, **options)
+    opt = getattr(ft, name)(ours, **options, backend=backend)
+    for _ in range(steps):
+        for a, b in zip(theirs, ours):
+            g = torch.tensor(rng.standard_normal(a.shape), dtype=dt)
+            a.grad, b.grad = g.clone(), g.clone()
+        ref.step()
+        opt.step()
+    return theirs, ours, ref, opt
+
+
+def resume_from_each_other(name: str, bias: bool = True, **options) -> None:
+    """Five steps of a small float64 model with ``torch.optim.<name>`` and its twin
+    ``fusedopt.torch.<name>``; then each resumes from the other's ``state_dict`` for
+    five more: the parameters must stay equal (checkpoints interchange both ways)."""
+    import torch
+
+    import fusedopt.torch as ft
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(5, 8, bias=bias), torch.nn.Tanh(),
+                                   torch.nn.Linear(8, 3, bias=bias)).double()
+
+    def train(m, opt, steps, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            x = torch.randn(16, 5, generator=g, dtype=torch.float64)
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+
+    theirs_cls, ours_cls = getattr(torch.optim, name), getattr(ft, name)
+    a, b = model(), model()
+    ref, ours = theirs_cls(a.parameters(), **options), ours_cls(b.parameters(), **options)
+    train(a, ref, 5, 0)
+    train(b, ours, 5, 0)
+    ref2, ours2 = theirs_cls(a.parameters(), **options), ours_cls(b.parameters(), **options)
+    ref2.load_state_dict(ours.state_dict())
+    ours2.load_state_dict(ref.state_dict())
+    train(a, ref2, 5, 1)
+    train(b, ours2, 5, 1)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-12)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from conftest import TOL, relative_error
+from conftest import TOL, relative_error, resume_from_each_other, step_beside_torch
 
 BACKENDS = ["numba", "cython"]
 #: a vector, a matrix, a batch of matrices, a scalar, a column
@@ -75,16 +75,6 @@ def test_refuses_what_it_cannot_step(backend):
         fusedopt.Adafactor(fp, backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_bf16_state_is_refused_before_any_write(backend):
-    p = np.ones((3, 4), np.float32)
-    opt = fusedopt.Adafactor([p], state_dtype="bfloat16", backend=backend)
-    with pytest.raises(TypeError, match="Adafactor keeps its state in the parameters' "
-                       "dtype"):
-        opt.step([np.ones((3, 4), np.float32)])
-    assert (p == 1).all() and not opt.state.get(0)
-
-
 def test_cuda_arrays_are_refused_by_name():
     from fusedopt.backends import numba_cuda
 
@@ -101,22 +91,9 @@ def test_cuda_arrays_are_refused_by_name():
 def test_dropin_matches_torch_adafactor(backend, options, dtype):
     """50 steps of random gradients: parameters and every state tensor within the
     contract, with torch's keys and shapes."""
-    torch = pytest.importorskip("torch")
-    import fusedopt.torch as ft
-
-    dt = getattr(torch, dtype)
-    rng = np.random.default_rng(5)
-    start = [torch.tensor(rng.standard_normal(s), dtype=dt) for s in SHAPES]
-    theirs = [torch.nn.Parameter(t.clone()) for t in start]
-    ours = [torch.nn.Parameter(t.clone()) for t in start]
-    ref = torch.optim.Adafactor(theirs, **options)
-    opt = ft.Adafactor(ours, **options, backend=backend)
-    for _ in range(50):
-        for a, b in zip(theirs, ours):
-            g = torch.tensor(rng.standard_normal(a.shape), dtype=dt)
-            a.grad, b.grad = g.clone(), g.clone()
-        ref.step()
-        opt.step()
+    pytest.importorskip("torch")
+    theirs, ours, ref, opt = step_beside_torch("Adafactor", SHAPES, options, backend,
+                                               dtype)
     tol = TOL[np.dtype(dtype).type]
     for a, b in zip(theirs, ours):
         assert relative_error(b.detach(), a.detach()) <= tol
@@ -128,37 +105,19 @@ def test_dropin_matches_torch_adafactor(backend, options, dtype):
 
 
 def test_dropin_checkpoints_interchange_with_torch():
+    """Both ways; a loaded factor of another shape is refused by name."""
     torch = pytest.importorskip("torch")
     import fusedopt.torch as ft
 
-    def model():
-        torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(),
-                                   torch.nn.Linear(8, 3)).double()
-
-    def train(m, opt, steps, seed):
-        g = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            x = torch.randn(16, 5, generator=g, dtype=torch.float64)
-            opt.zero_grad()
-            m(x).square().mean().backward()
-            opt.step()
-
-    a, b = model(), model()
-    ref, ours = torch.optim.Adafactor(a.parameters()), ft.Adafactor(b.parameters())
-    train(a, ref, 5, 0)
-    train(b, ours, 5, 0)
-    ref2, ours2 = torch.optim.Adafactor(a.parameters()), ft.Adafactor(b.parameters())
-    ref2.load_state_dict(ours.state_dict())
-    ours2.load_state_dict(ref.state_dict())
-    train(a, ref2, 5, 1)
-    train(b, ours2, 5, 1)
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(q, p, rtol=0, atol=1e-12)
+    resume_from_each_other("Adafactor")
+    model = torch.nn.Linear(5, 8).double()
+    ref = torch.optim.Adafactor(model.parameters())
+    model(torch.ones(2, 5, dtype=torch.float64)).sum().backward()
+    ref.step()
     bad = ref.state_dict()
-    bad["state"][0]["row_var"] = torch.zeros(8, 5)
+    bad["state"][0]["row_var"] = torch.zeros(8, 5, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"\['row_var'\]: expected shape \(8, 1\)"):
-        ft.Adafactor(b.parameters()).load_state_dict(bad)
+        ft.Adafactor(model.parameters()).load_state_dict(bad)
 
 
 def test_dropin_refuses_as_torch_and_by_name():
@@ -181,3 +140,33 @@ def test_dropin_refuses_as_torch_and_by_name():
         opt.step()
     assert torch.equal(h.detach(), torch.ones(2, 3, dtype=torch.bfloat16))
     assert not opt.state
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_refuses_at_construction_what_a_step_could_not_finish(backend):
+    """bfloat16 parameters or state, and tensors without elements, are refused when
+    the optimizer is built, not part-way through a step."""
+    import ml_dtypes
+
+    with pytest.raises(TypeError, match=r"params\[1\]: Adafactor steps float32 or "
+                       "float64"):
+        fusedopt.Adafactor([np.ones(3), np.ones(3, ml_dtypes.bfloat16)],
+                           backend=backend)
+    with pytest.raises(ValueError, match=r"params\[0\]: Adafactor steps tensors with "
+                       "elements"):
+        fusedopt.Adafactor([np.ones((0, 5))], backend=backend)
+    with pytest.raises(ValueError, match="state_dtype: Adafactor keeps its state in"):
+        fusedopt.Adafactor([np.ones(3, np.float32)], state_dtype="bfloat16",
+                           backend=backend)
+
+
+def test_dropin_refuses_an_empty_tensor_before_any_write():
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    a, e = torch.nn.Parameter(torch.ones(3, 4)), torch.nn.Parameter(torch.ones(0, 4))
+    a.grad, e.grad = torch.ones(3, 4), torch.ones(0, 4)
+    opt = ft.Adafactor([a, e])
+    with pytest.raises(ValueError, match=r"Adafactor: params\[1\] has no elements"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(3, 4)) and not opt.state

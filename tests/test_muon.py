@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from conftest import TOL, relative_error
+from conftest import TOL, relative_error, resume_from_each_other, step_beside_torch
 
 BACKENDS = ["numba", "cython"]
 SHAPES = [(6, 10), (12, 4), (7, 7)]  # wide, tall (stepped transposed), square
@@ -96,7 +96,7 @@ def test_refuses_what_it_cannot_step_before_any_write(backend):
                        r".*got shape \(5,\).*AdamW"):
         fusedopt.Muon([np.ones((2, 3)), np.ones(5)], backend=backend)
     with pytest.raises(TypeError, match=r"params\[0\]: Muon steps float32 or float64 "
-                       "matrices"):
+                       "parameters"):
         fusedopt.Muon([np.ones((2, 3), ml_dtypes.bfloat16)], backend=backend)
     with pytest.raises(ValueError, match="Adjust learning rate function x is not "
                        "supported"):
@@ -158,21 +158,7 @@ def test_dropin_matches_torch_muon(backend, options, dtype):
     mirrored), the parameters within the contract (torch's own bfloat16
     Newton-Schulz runs in both)."""
     torch = pytest.importorskip("torch")
-    import fusedopt.torch as ft
-
-    dt = getattr(torch, dtype)
-    rng = np.random.default_rng(5)
-    start = [torch.tensor(rng.standard_normal(s), dtype=dt) for s in SHAPES]
-    theirs = [torch.nn.Parameter(t.clone()) for t in start]
-    ours = [torch.nn.Parameter(t.clone()) for t in start]
-    ref = torch.optim.Muon(theirs, **options)
-    opt = ft.Muon(ours, **options, backend=backend)
-    for _ in range(50):
-        for a, b in zip(theirs, ours):
-            g = torch.tensor(rng.standard_normal(a.shape), dtype=dt)
-            a.grad, b.grad = g.clone(), g.clone()
-        ref.step()
-        opt.step()
+    theirs, ours, ref, opt = step_beside_torch("Muon", SHAPES, options, backend, dtype)
     tol = TOL[np.dtype(dtype).type]
     for a, b in zip(theirs, ours):
         assert relative_error(b.detach(), a.detach()) <= tol
@@ -181,34 +167,8 @@ def test_dropin_matches_torch_muon(backend, options, dtype):
 
 
 def test_dropin_checkpoints_interchange_with_torch():
-    torch = pytest.importorskip("torch")
-    import fusedopt.torch as ft
-
-    def model():
-        torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Linear(5, 8, bias=False), torch.nn.Tanh(),
-                                   torch.nn.Linear(8, 3, bias=False)).double()
-
-    def train(m, opt, steps, seed):
-        g = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            x = torch.randn(16, 5, generator=g, dtype=torch.float64)
-            opt.zero_grad()
-            m(x).square().mean().backward()
-            opt.step()
-
-    a, b = model(), model()
-    ref, ours = torch.optim.Muon(a.parameters(), lr=0.02), ft.Muon(b.parameters(), lr=0.02)
-    train(a, ref, 5, 0)
-    train(b, ours, 5, 0)
-    # swap the optimizers' states: each resumes from the other's checkpoint
-    ref2, ours2 = torch.optim.Muon(a.parameters(), lr=0.02), ft.Muon(b.parameters(), lr=0.02)
-    ref2.load_state_dict(ours.state_dict())
-    ours2.load_state_dict(ref.state_dict())
-    train(a, ref2, 5, 1)
-    train(b, ours2, 5, 1)
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(q, p, rtol=0, atol=1e-12)
+    pytest.importorskip("torch")
+    resume_from_each_other("Muon", bias=False, lr=0.02)
 
 
 def test_dropin_refuses_as_torch_and_by_name():

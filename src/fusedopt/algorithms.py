@@ -801,15 +801,25 @@ def _adjust_lr_fn(x, name) -> str | None:
     return x
 
 
+def _host_stage_param(title: str, p, where) -> None:
+    """A parameter an algorithm with a host stage steps: float32 or float64 (its
+    host stage runs in NumPy), with elements."""
+    if str(p.dtype) not in ("float32", "float64"):
+        raise TypeError(f"{_checks._name(where)}: {title} steps float32 or float64 "
+                        f"parameters (its host stage runs in NumPy), got {p.dtype}")
+    if 0 in p.shape:
+        raise ValueError(f"{_checks._name(where)}: {title} steps tensors with elements "
+                         f"(its RMS and means divide by their count), got shape "
+                         f"{tuple(p.shape)}")
+
+
 def _matrix(p, where) -> None:
     if len(p.shape) != 2 or 0 in p.shape:
         raise ValueError(
             f"{_checks._name(where)}: Muon only supports 2D parameters (matrices: the "
             f"weights of hidden layers), got shape {tuple(p.shape)}; step biases, norms "
             "and embeddings with another optimizer (AdamW), as torch.optim.Muon advises")
-    if str(p.dtype) not in ("float32", "float64"):
-        raise TypeError(f"{_checks._name(where)}: Muon steps float32 or float64 "
-                        f"matrices (its Newton-Schulz stage runs on BLAS), got {p.dtype}")
+    _host_stage_param("Muon", p, where)
 
 
 MUON_ALGORITHM = Algorithm(
@@ -885,6 +895,7 @@ ADAFACTOR_ALGORITHM = Algorithm(
         p, g, s.get("row_var"), s.get("col_var"), s.get("variance"), s["shape"], step,
         h.lr, h.beta2_decay, h.eps[0], h.eps[1], h.d, h.weight_decay, scale, seed, out),
     state_shape=_factored,
+    check_param=lambda p, where: _host_stage_param("Adafactor", p, where),
     doc=r"""Adafactor, as ``torch.optim.Adafactor`` (Shazeer & Stern, 2018, with
     torch's use of lr and eps1): second moments kept factored, a row and a column
     vector per matrix, so the state costs O(rows + cols) per matrix instead of Adam's

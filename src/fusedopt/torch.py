@@ -9,8 +9,9 @@ Same constructor arguments and defaults as the torch twins plus ``backend=`` and
 ``clip_grad_norm_``, DDP and ``ZeroRedundancyOptimizer`` work as with torch. The state
 has torch's keys and types (``step`` a float32 tensor, ``exp_avg``, ``exp_avg_sq``,
 ``max_exp_avg_sq``, ``momentum_buffer``, ``sum``, ``square_avg``, ``grad_avg``,
-``exp_inf``, ``acc_delta``, ``prev``, ``step_size``, ``ax``; NAdam's ``mu_product`` and
-ASGD's ``eta`` and ``mu`` as 0-d tensors), so a checkpoint moves between
+``exp_inf``, ``acc_delta``, ``prev``, ``step_size``, ``ax``, Adafactor's ``row_var``,
+``col_var`` and ``variance`` in torch's shapes; NAdam's ``mu_product`` and ASGD's
+``eta`` and ``mu`` as 0-d tensors), so a checkpoint moves between
 ``fusedopt.torch.X`` and ``torch.optim.X`` both ways. ``from fusedopt.torch import
 LBFGS`` (or another optimizer fusedopt lacks) raises an ImportError saying what to
 use instead.
@@ -542,6 +543,9 @@ class _Fused(torch.optim.Optimizer):
                         if p.is_complex():
                             raise RuntimeError(f"{owner} does not support complex "
                                                "parameters")
+                        if p.numel() == 0 and algo._algorithm.kernel.name != "muon":
+                            raise ValueError(f"{owner}: params[{index}] has no elements "
+                                             "(its RMS and means divide by their count)")
                         if algo._algorithm.kernel.name == "muon" and (
                                 p.ndim != 2 or 0 in p.shape):
                             raise ValueError(f"{owner} only supports 2D parameters; "
@@ -603,17 +607,22 @@ class _Fused(torch.optim.Optimizer):
         new, work, fresh = {}, {}, False
         if self._algorithm._algorithm.kernel.host:  # (its host stage needs the shape)
             work["shape"] = tuple(p.shape)
-        dtype = p.dtype
-        for name, init, shape in _algorithms.state_shapes(self._algorithm._algorithm,
-                                                          spec, tuple(p.shape)):
+        numel, dtype = p.numel(), p.dtype
+        shaped = self._algorithm._algorithm.state_shape is not None  # (Adafactor)
+        for name, init in spec:
+            if shaped:
+                shape = self._algorithm._algorithm.state_shape(name, tuple(p.shape))
+                if shape is None:
+                    continue
             t = live.get(name)
             if t is None:
-                t = new[name] = (_full_like(p, init) if shape == p.shape
-                                 else torch.full(shape, init, dtype=dtype))
+                t = new[name] = (torch.full(shape, init, dtype=dtype) if shaped
+                                 else _full_like(p, init))
                 fresh = True
                 work[name] = self._view(t, views)
             else:
-                work[name] = self._state_view(t, math.prod(shape), dtype, views,
+                work[name] = self._state_view(t, math.prod(shape) if shaped else numel,
+                                              dtype, views,
                                               ("state", ("params", index), name), p)
             arrays.append(work[name])
         step, step_view = 0, None

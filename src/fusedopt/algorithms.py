@@ -953,6 +953,8 @@ class Functional(NamedTuple):
     doc: str
     validate: Callable | None = None
     returns: Callable | None = None
+    #: ``check_param(param, where)``, as ``Algorithm.check_param``; None: any
+    check_param: Callable | None = None
 
 
 _STEP = Hyper("step", REQUIRED, _checks.step_count)
@@ -1086,7 +1088,7 @@ FUNCTIONALS = (
         lambda k, shape: (shape, k.lr, k.weight_decay, k.momentum, k.nesterov,
                           *k.ns_coefficients, k.eps, k.ns_steps, k.adjust_lr_fn),
         "Muon step (see :class:`fusedopt.Muon`): ``param`` is one float32 or float64 "
-        "matrix (host array), orthogonalised with its shape."),
+        "matrix (host array), orthogonalised with its shape.", check_param=_matrix),
 )
 
 

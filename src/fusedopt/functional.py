@@ -53,9 +53,9 @@ def _step(f: algorithms.Functional, keywords: type, param, grad, slots: tuple,
     scalar state after it, if it keeps any (``Functional.returns``)."""
     chk, device = _space(param)
     p = chk.param_array(param, "param")
+    if f.check_param is not None:
+        f.check_param(param, "param")
     shaped = f.kernel.host is not None  # (Muon: its host stage needs the shape)
-    if shaped:
-        algorithms.MUON_ALGORITHM.check_param(param, "param")
     g = chk.like_param(grad, param, "grad", "param")
     kw = keywords(*[h.check(values[h.name], h.name) for h in f.params])
     if f.validate is not None:

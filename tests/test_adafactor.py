@@ -75,6 +75,43 @@ def test_refuses_what_it_cannot_step(backend):
         fusedopt.Adafactor(fp, backend=backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["numpy"])
+def test_functional_step_keeps_the_state_of_each_shape(backend):
+    """fusedopt.functional.adafactor_step on a vector (variance) and a batch of
+    matrices (factors), against the optimizer; state of the wrong shape, missing or
+    not kept for that shape is refused by name before any write."""
+    rng = np.random.default_rng(5)
+    for shape in [(9,), (2, 3, 4)]:
+        p = rng.standard_normal(shape)
+        twin = p.copy()
+        opt = fusedopt.Adafactor([twin], lr=0.03, backend=backend)
+        state = ({"variance": np.zeros(shape)} if len(shape) == 1 else
+                 {"row_var": np.zeros((2, 3, 1)), "col_var": np.zeros((2, 1, 4))})
+        for t in range(1, 6):
+            g = rng.standard_normal(shape)
+            fusedopt.functional.adafactor_step(p, g, **state, step=t, lr=0.03,
+                                               backend=backend)
+            opt.step([g])
+        np.testing.assert_array_equal(p, twin)
+        for name, a in state.items():
+            np.testing.assert_array_equal(a, opt.state[0][name].reshape(a.shape))
+    p, g = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    row, col = np.full((3, 1), 0.5), np.full((1, 4), 0.5)
+    before = [a.copy() for a in (p, row, col)]
+    bad = [(dict(row_var=row, col_var=np.zeros(4)),
+            r"^col_var: expected shape \(1, 4\) \(for param of shape \(3, 4\)\)"),
+           (dict(row_var=row), r"^col_var: expected an array of shape \(1, 4\)"),
+           (dict(row_var=row, col_var=col, variance=np.zeros((3, 4))),
+            r"^variance: not kept for a parameter of shape \(3, 4\); pass None"),
+           (dict(row_var=row.astype(np.float32), col_var=col),
+            "^row_var: expected dtype float64")]
+    for state, match in bad:
+        with pytest.raises((ValueError, TypeError), match=match):
+            fusedopt.functional.adafactor_step(p, g, **state, step=2, backend=backend)
+        for a, b in zip((p, row, col), before):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_cuda_arrays_are_refused_by_name():
     from fusedopt.backends import numba_cuda
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusedopt import LAMB, SGD, Adagrad, Adam, AdamW, Lion, Muon, RMSprop, functional
+from fusedopt import (LAMB, SGD, Adafactor, Adagrad, Adam, AdamW, Lion, Muon, RMSprop,
+                      functional)
 
 
 def run_functional(step_fn, make_state, kwargs, backend, steps=5):
@@ -44,6 +45,9 @@ CASES = [
      dict(lr=0.01, weight_decay=0.1), {}),
     (functional.muon_step, lambda p: [zeros(p)], Muon,
      dict(lr=0.02, momentum=0.9, nesterov=False, adjust_lr_fn="match_rms_adamw"), {}),
+    (functional.adafactor_step,  # a (4, 5) matrix: its row and column factors
+     lambda p: [zeros(p[:, :1]), zeros(p[:1])], Adafactor,
+     dict(lr=0.02, weight_decay=0.1, d=1.5), {}),
 ]
 
 

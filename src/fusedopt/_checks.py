@@ -64,21 +64,23 @@ def param_array(x, name: str) -> np.ndarray:
     return kernel_view(x if x.ndim == 1 else x.reshape(-1))
 
 
-def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
-               ) -> np.ndarray:
-    """An array that must match ``param`` (a gradient or a state buffer) in shape,
-    dtype and layout. Returns its flat view (no copy). Names may be lazy (see
-    ``_name``): ``("grads", 3)`` names ``grads[3]``. Overlap with other arrays is
-    checked by the caller over everything the step touches (``_guard``)."""
-    if (type(x) is np.ndarray and x.dtype is param.dtype and x.shape == param.shape
+def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False,
+               shape: tuple | None = None) -> np.ndarray:
+    """An array that must match ``param`` (a gradient or a state buffer) in shape
+    (``shape`` where given: Adafactor's factors), dtype and layout. Returns its flat
+    view (no copy). Names may be lazy (see ``_name``): ``("grads", 3)`` names
+    ``grads[3]``. Overlap with other arrays is checked by the caller over everything
+    the step touches (``_guard``)."""
+    want = param.shape if shape is None else shape
+    if (type(x) is np.ndarray and x.dtype is param.dtype and x.shape == want
             and x.flags.c_contiguous and (not writeable or x.flags.writeable)):
         return kernel_view(x if x.ndim == 1 else x.reshape(-1))  # the common case
     name, param_name = _name(name), _name(param_name)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if x.shape != param.shape:
-        raise ValueError(f"{name}: expected shape {param.shape} (that of {param_name}), "
-                         f"got {x.shape}")
+    if x.shape != want:
+        raise ValueError(f"{name}: expected shape {want} "
+                         f"({shape_of(param_name, shape, param.shape)}), got {x.shape}")
     if x.dtype != param.dtype:
         raise TypeError(f"{name}: expected dtype {param.dtype} (that of {param_name}), "
                         f"got {x.dtype}; cast it once with .astype(...)")
@@ -87,6 +89,13 @@ def like_param(x, param: np.ndarray, name, param_name, writeable: bool = False
     if writeable and not x.flags.writeable:
         raise ValueError(f"{name}: the array is read-only; it is updated in place")
     return kernel_view(x if x.ndim == 1 else x.reshape(-1))  # a subclass that passed
+
+
+def shape_of(param_name: str, shape, param_shape) -> str:
+    """Why an array must have the shape an error names: ``param``'s own, or the one
+    its algorithm keeps for it (``shape``)."""
+    return (f"that of {param_name}" if shape is None
+            else f"for {param_name} of shape {tuple(param_shape)}")
 
 
 def state_array(x, size: int, dtype: np.dtype, name) -> np.ndarray:

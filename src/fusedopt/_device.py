@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, _name
+from ._checks import FLOAT_DTYPES, _name, shape_of
 
 
 def simulated() -> bool:
@@ -125,17 +125,21 @@ def param_array(x, name: str):
     return wrap(x, i)
 
 
-def like_param(x, param, name, param_name, writeable: bool = False):
+def like_param(x, param, name, param_name, writeable: bool = False,
+               shape: tuple | None = None):
     """A CUDA gradient or state array matching ``param`` (a CUDA parameter): same
-    shape, dtype, layout and device, no overlap. Returns its flat device array."""
+    shape (``shape`` where given), dtype, layout and device, no overlap. Returns its
+    flat device array."""
     p, i = info(param, param_name), info(x, name) if is_device_array(x) else None
     if i is None:
         raise TypeError(f"{_name(name)}: expected a CUDA array like {_name(param_name)}, "
                         f"got {type(x).__name__}; host and device arrays do not mix in "
                         "one step")
-    if i.shape != p.shape:
-        raise ValueError(f"{_name(name)}: expected shape {p.shape} (that of "
-                         f"{_name(param_name)}), got {i.shape}")
+    want = p.shape if shape is None else shape
+    if i.shape != want:
+        raise ValueError(f"{_name(name)}: expected shape {want} "
+                         f"({shape_of(_name(param_name), shape, p.shape)}), got "
+                         f"{i.shape}")
     if i.dtype != p.dtype:
         raise TypeError(f"{_name(name)}: expected dtype {p.dtype} (that of "
                         f"{_name(param_name)}), got {i.dtype}")

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from . import _checks, scalars
+from . import _checks, _device, scalars
 
 
 class Spec(NamedTuple):
@@ -801,23 +801,36 @@ def _adjust_lr_fn(x, name) -> str | None:
     return x
 
 
+def _shape_dtype(p, where) -> tuple[tuple, str]:
+    """A parameter's shape and dtype's name: a host array's or tensor's, or a CUDA
+    array's through its interface (a CuPy array or a ``Foreign`` has no ``dtype``
+    torch or NumPy would read)."""
+    if _device.is_device_array(p):
+        i = _device.info(p, where)
+        return i.shape, str(i.dtype)
+    return tuple(p.shape), str(p.dtype).removeprefix("torch.")
+
+
 def _host_stage_param(title: str, p, where) -> None:
-    """A parameter an algorithm with a host stage steps: float32 or float64 (its
-    host stage runs in NumPy), with elements."""
-    if str(p.dtype) not in ("float32", "float64"):
+    """A parameter an algorithm with a host stage steps: float32 or float64 (the
+    stage computes in the parameter's dtype), with elements."""
+    shape, dtype = _shape_dtype(p, where)
+    if dtype not in ("float32", "float64"):
         raise TypeError(f"{_checks._name(where)}: {title} steps float32 or float64 "
-                        f"parameters (its host stage runs in NumPy), got {p.dtype}")
-    if 0 in p.shape:
+                        f"parameters (its host stage computes in their dtype), got "
+                        f"{dtype}")
+    if 0 in shape:
         raise ValueError(f"{_checks._name(where)}: {title} steps tensors with elements "
                          f"(its RMS and means divide by their count), got shape "
-                         f"{tuple(p.shape)}")
+                         f"{shape}")
 
 
 def _matrix(p, where) -> None:
-    if len(p.shape) != 2 or 0 in p.shape:
+    shape, _ = _shape_dtype(p, where)
+    if len(shape) != 2 or 0 in shape:
         raise ValueError(
             f"{_checks._name(where)}: Muon only supports 2D parameters (matrices: the "
-            f"weights of hidden layers), got shape {tuple(p.shape)}; step biases, norms "
+            f"weights of hidden layers), got shape {shape}; step biases, norms "
             "and embeddings with another optimizer (AdamW), as torch.optim.Muon advises")
     _host_stage_param("Muon", p, where)
 
@@ -955,6 +968,10 @@ class Functional(NamedTuple):
     returns: Callable | None = None
     #: ``check_param(param, where)``, as ``Algorithm.check_param``; None: any
     check_param: Callable | None = None
+    #: ``state_shape(name, shape)``, as ``Algorithm.state_shape``: the shape of each
+    #: state argument for a parameter of ``shape`` (None: that argument is not kept
+    #: for it, and must be None); None: every state argument has the parameter's
+    state_shape: Callable | None = None
 
 
 _STEP = Hyper("step", REQUIRED, _checks.step_count)
@@ -1089,6 +1106,17 @@ FUNCTIONALS = (
                           *k.ns_coefficients, k.eps, k.ns_steps, k.adjust_lr_fn),
         "Muon step (see :class:`fusedopt.Muon`): ``param`` is one float32 or float64 "
         "matrix (host array), orthogonalised with its shape.", check_param=_matrix),
+    Functional(
+        "adafactor_step", ADAFACTOR,
+        (("row_var", None), ("col_var", None), ("variance", None)),
+        (_STEP, *ADAFACTOR_ALGORITHM.params),
+        lambda k, shape: (shape, k.step, k.lr, k.beta2_decay, *k.eps, k.d,
+                          k.weight_decay),
+        "Adafactor step (see :class:`fusedopt.Adafactor`): a parameter of two or more "
+        "dimensions (..., n, m) takes ``row_var`` of shape (..., n, 1) and ``col_var`` "
+        "of shape (..., 1, m), any other ``variance`` of its own shape, all in its "
+        "dtype and zero before the first step (``step`` 1).",
+        check_param=ADAFACTOR_ALGORITHM.check_param, state_shape=_factored),
 )
 
 

@@ -46,6 +46,23 @@ def _run(backend: str, device: str, stream, **arrays):
     return impl, contextlib.nullcontext()
 
 
+def _shaped_state(chk, f: algorithms.Functional, x, param, name: str):
+    """State argument ``name`` of the shape ``f.state_shape`` gives for ``param``:
+    that array's flat view, or None where the algorithm keeps no such state for a
+    parameter of this shape (and the caller passed none)."""
+    shape, _ = algorithms._shape_dtype(param, "param")
+    want = f.state_shape(name, shape)
+    if want is None:
+        if x is not None:
+            raise ValueError(f"{name}: not kept for a parameter of shape {shape}; "
+                             "pass None")
+        return None
+    if x is None:
+        raise ValueError(f"{name}: expected an array of shape {want} for a parameter "
+                         f"of shape {shape}, got None")
+    return chk.like_param(x, param, name, "param", writeable=True, shape=want)
+
+
 def _step(f: algorithms.Functional, keywords: type, param, grad, slots: tuple,
           values: dict, backend: str, stream) -> Any:
     """One functional step: every argument checked (into ``keywords``, the
@@ -62,6 +79,9 @@ def _step(f: algorithms.Functional, keywords: type, param, grad, slots: tuple,
         f.validate(kw, "")
     arrays = {}
     for (name, need), x in zip(f.slots, slots):
+        if f.state_shape is not None:  # (Adafactor: its factors' shapes, or variance)
+            arrays[name] = _shaped_state(chk, f, x, param, name)
+            continue
         if isinstance(need, tuple):  # (predicate, words): needed, or unused
             if not need[0](kw):
                 x = None

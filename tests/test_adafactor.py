@@ -112,14 +112,6 @@ def test_functional_step_keeps_the_state_of_each_shape(backend):
             np.testing.assert_array_equal(a, b)
 
 
-def test_cuda_arrays_are_refused_by_name():
-    from fusedopt.backends import numba_cuda
-
-    with pytest.raises(TypeError, match="Adafactor's row and column means run on the "
-                       "host"):
-        numba_cuda.adafactor(None)
-
-
 # -- the drop-in against torch.optim.Adafactor --------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -241,6 +241,76 @@ def test_state_dict_is_host_and_loads_back_to_device():
     np.testing.assert_array_equal(dev[0].copy_to_host(), dev2[0].copy_to_host())
 
 
+# -- Adafactor: its factored stage on the device ---------------------------------------
+
+#: a vector, a batch of matrices, a matrix wider than the simulator's blocks (its
+#: tree and stride loops run); few and small: the simulator runs a thread per element
+ADAFACTOR_SHAPES = [(7,), (2, 3, 4), (5, 20)]
+
+
+@pytest.mark.parametrize("options,dtype", [
+    (dict(lr=0.02), np.float32),
+    (dict(lr=0.05, weight_decay=0.1, maximize=True, beta2_decay=-0.5, eps=(1e-3, 1e-2),
+          d=1.5), np.float64)], ids=["defaults-float32", "options-float64"])
+def test_adafactor_matches_the_numpy_oracle(options, dtype):
+    """Row and column means reduced on the device, the factors lerped between, the
+    estimate laid out on the device; the state leaves in torch's shapes and a device
+    optimizer resumes from it."""
+    rng = np.random.default_rng(4)
+    ref = [np.asarray(rng.standard_normal(s), dtype=dtype) for s in ADAFACTOR_SHAPES]
+    dev = [cuda.to_device(p) for p in ref]
+    ours = fusedopt.Adafactor(dev, **options)
+    oracle = fusedopt.Adafactor([p.astype(np.float64) for p in ref], **options,
+                                backend="numpy")
+    assert ours.backend == "cuda"
+    grads = [[np.asarray(rng.standard_normal(s), dtype=dtype) for s in ADAFACTOR_SHAPES]
+             for _ in range(5)]
+    for gs in grads[:3]:
+        ours.step([cuda.to_device(g) for g in gs])
+        oracle.step([g.astype(np.float64) for g in gs])
+    sd = ours.state_dict()
+    resumed = [cuda.to_device(host(d)) for d in dev]
+    again = fusedopt.Adafactor(resumed, **options)
+    again.load_state_dict(sd)
+    for gs in grads[3:]:
+        for opt in (ours, again):
+            opt.step([cuda.to_device(g) for g in gs])
+        oracle.step([g.astype(np.float64) for g in gs])
+    oracle_sd = oracle.state_dict()["state"]
+    for i, (d, r) in enumerate(zip(dev, oracle.param_groups[0]["params"])):
+        assert relative_error(host(d), r) <= TOL[dtype], i
+        np.testing.assert_array_equal(host(resumed[i]), host(d))
+        for name, value in ours.state_dict()["state"][i].items():
+            if name == "step":
+                assert value == oracle_sd[i]["step"] == 5
+            else:
+                assert value.shape == oracle_sd[i][name].shape, (i, name)
+                assert relative_error(value, oracle_sd[i][name]) <= TOL[dtype], (i, name)
+
+
+def test_adafactor_functional_on_device_and_its_errors():
+    rng = np.random.default_rng(5)
+    p, row, col = rng.standard_normal((2, 3, 4)), np.zeros((2, 3, 1)), np.zeros((2, 1, 4))
+    dev = [cuda.to_device(a) for a in (p, row, col)]
+    for t in range(1, 3):
+        g = rng.standard_normal(p.shape)
+        functional.adafactor_step(dev[0], cuda.to_device(g), dev[1], dev[2], step=t,
+                                  lr=0.03, stream=cuda.stream())
+        functional.adafactor_step(p, g, row, col, step=t, lr=0.03, backend="numpy")
+    for d, r in zip(dev, (p, row, col)):
+        assert relative_error(d.copy_to_host(), r) <= 1e-12
+    before = [d.copy_to_host() for d in dev]
+    g = cuda.to_device(rng.standard_normal(p.shape))
+    with pytest.raises(ValueError, match=r"^col_var: expected shape \(2, 1, 4\) \(for "
+                       r"param of shape \(2, 3, 4\)\), got \(2, 4\)"):
+        functional.adafactor_step(dev[0], g, dev[1], cuda.to_device(np.zeros((2, 4))),
+                                  step=3)
+    with pytest.raises(TypeError, match="^row_var: expected a CUDA array"):
+        functional.adafactor_step(dev[0], g, row, dev[2], step=3)
+    for d, b in zip(dev, before):
+        np.testing.assert_array_equal(d.copy_to_host(), b)
+
+
 # -- error paths: a clear exception before any write ----------------------------------
 
 def _snapshot(opt, dev):
@@ -389,7 +459,7 @@ ALGORITHMS = [(rules.sgd, 3, (True,), 4), (rules.adam, 3, (True, True, True), 8)
               (rules.adam, 3, (True, True, False), 8), (rules.adagrad, 1, (True,), 3),
               (rules.rmsprop, 3, (True, True, True), 6),
               (rules.rmsprop, 3, (True, False, False), 6), (rules.lion, 1, (True,), 6),
-              (rules.lamb, 1, (True, True), 8)]
+              (rules.lamb, 1, (True, True), 8), (rules.adafactor_update, 3, (True,), 9)]
 for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
     A, S = nt.Array(dt, 1, "C"), nt.Array(st, 1, "C")  # S: state (uint16: bf16 bits)
     sigs = [(k._fill.py_func, (S, f)), (k._grad_stats.py_func, (A, nt.Array(float64, 1, "C")))]
@@ -402,9 +472,17 @@ for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
     norms = k._norms_template(rules.lamb_norms, (True,), 2)
     sigs.append((norms, (A, A, nt.UniTuple(f, 8), f, nt.Array(float64, 1, "C"), S, S,
                          none, none)))
+    factored = k._norms_template(rules.adafactor_update_norms, (True,) * 3, 1)
+    sigs.append((factored, (A, A, nt.UniTuple(f, 9), f, nt.Array(float64, 1, "C"), S,
+                            none, none, none)))
+    # Adafactor's factored stage (its means summed in float64 by design)
+    i64 = nt.int64
+    sigs += [(k._adafactor_means.py_func, (A, i64, i64, f, A, A)),
+             (k._adafactor_estimate.py_func, (A, A, A, A, i64, i64))]
     for kernel, sig in sigs:
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(9, 0))
-        if dt is float32 and kernel not in (k._grad_stats.py_func, norms):
+        if dt is float32 and kernel not in (k._grad_stats.py_func, norms, factored,
+                                            k._adafactor_means.py_func):
             math64 = re.findall(r"\b(?:add|sub|mul|div|fma|sqrt|neg|setp)\.\S*f64", ptx)
             assert not math64, (kernel.__name__, math64[:5])
 print("ok")

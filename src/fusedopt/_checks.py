@@ -164,13 +164,14 @@ def fill(a: np.ndarray, value: float) -> None:
         a.fill(value)
 
 
-def full_like(a: np.ndarray, value: float, dtype=None) -> np.ndarray:
-    """New state for ``a`` in ``dtype`` (default: ``a``'s; bf16 as uint16 bits). The
-    device-array twin is ``numba_cuda.full_like``."""
+def full_like(a: np.ndarray, value: float, dtype=None, shape=None) -> np.ndarray:
+    """New state for ``a`` in ``dtype`` (default: ``a``'s; bf16 as uint16 bits), of
+    ``a``'s shape or ``shape``. The device-array twin is ``numba_cuda.full_like``."""
     dtype = a.dtype if dtype is None else np.dtype(dtype)
+    shape = a.shape if shape is None else shape
     if dtype == np.uint16 or is_bf16(dtype):
-        return np.full(a.shape, value, bf16()).view(np.uint16)
-    return np.full(a.shape, value, dtype)
+        return np.full(shape, value, bf16()).view(np.uint16)
+    return np.full(shape, value, dtype)
 
 
 def _name(name) -> str:

@@ -174,17 +174,54 @@ def _torch_lerp(start, end, w: float):
     return end - (end - start) * (1.0 - w)
 
 
-def adafactor_contract(update: Callable, zeros: Callable) -> Callable:
+class HostFactors:
+    """Adafactor's factored stage on host arrays (``adafactor_contract``): the row
+    and column means by NumPy's einsum in the parameter's dtype. The CUDA backend's
+    twin (``numba_cuda.DeviceFactors``) reduces and lays out on the device."""
+
+    @staticmethod
+    def means(grad, n: int, m: int, scale2: float):
+        """``(rows, cols)``, host arrays ``(batch, n)`` and ``(batch, m)`` in
+        ``grad``'s dtype: the means of ``scale2 g**2`` over each row and column of
+        the flat ``grad`` seen as ``batch`` matrices ``n x m``."""
+        g = grad.reshape(-1, n, m)
+        rows = np.einsum("bij,bij->bi", g, g) * grad.dtype.type(scale2 / m)
+        cols = np.einsum("bij,bij->bj", g, g) * grad.dtype.type(scale2 / n)
+        return rows, cols
+
+    @staticmethod
+    def read(state):
+        """A factor as a host array (here: itself)."""
+        return state
+
+    @staticmethod
+    def estimate(param, r, c, denom):
+        """A new array like ``param``: ``r_i c_j / denom`` per matrix (host arrays
+        ``(batch, n)``, ``(batch, m)``, ``(batch,)``), in ``param``'s dtype."""
+        out = np.empty_like(param)
+        v = out.reshape(len(r), r.shape[1], c.shape[1])
+        np.multiply(r[:, :, None], c[:, None, :], out=v)
+        v /= denom[:, None, None]
+        return out
+
+    @staticmethod
+    def write(state, value) -> None:
+        """``state[...] = value`` (a host array of its size)."""
+        state[...] = value.reshape(-1)
+
+
+def adafactor_contract(update: Callable, factors=HostFactors) -> Callable:
     """A backend's ``adafactor(param, grad, row_var, col_var, variance, shape, step,
     lr, beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0, out=None)``:
     torch's Adafactor step of one parameter of ``shape`` (``variance`` for a tensor of
     fewer than two dimensions, else ``row_var`` and ``col_var``, its factored second
     moments over the last two), from the backend's ``adafactor_update`` (a read-only
-    norms pass, then the element pass) and ``zeros(param)``. For a matrix (a batch of
-    them), the row and column means of the squared gradient (NumPy's einsum, in the
-    parameter's dtype) update the factors on the host, and their estimate ``r_i c_j /
-    max(mean(r), eps1)`` is laid out in a scratch array for the passes; the factors
-    are written after them, so nothing is written before the element pass."""
+    norms pass, then the element pass) and ``factors`` (``HostFactors`` or its
+    device twin). For a matrix (a batch of them), the row and column means of the
+    squared gradient (``factors.means``) update the factors on the host, in the
+    parameter's dtype, and their estimate ``r_i c_j / max(mean(r), eps1)`` is laid
+    out in a scratch array for the passes; the factors are written after them, so
+    nothing is written before the element pass."""
     def adafactor(param, grad, row_var, col_var, variance, shape, step, lr,
                   beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0,
                   out=None):
@@ -204,19 +241,14 @@ def adafactor_contract(update: Callable, zeros: Callable) -> Callable:
                    out)
             return
         n, m = shape[-2], shape[-1]
-        g = grad.reshape(-1, n, m)
-        scale2 = grad_scale * grad_scale
-        rows = np.einsum("bij,bij->bi", g, g) * param.dtype.type(scale2 / m)
-        cols = np.einsum("bij,bij->bj", g, g) * param.dtype.type(scale2 / n)
-        r = _torch_lerp(row_var.reshape(-1, n), rows, w)
-        c = _torch_lerp(col_var.reshape(-1, m), cols, w)
-        estimate = zeros(param)
-        v = estimate.reshape(-1, n, m)
-        np.multiply(r[:, :, None], c[:, None, :], out=v)
-        v /= np.maximum(r.mean(axis=1), param.dtype.type(eps1))[:, None, None]
+        rows, cols = factors.means(grad, n, m, grad_scale * grad_scale)
+        r = _torch_lerp(factors.read(row_var).reshape(-1, n), rows, w)
+        c = _torch_lerp(factors.read(col_var).reshape(-1, m), cols, w)
+        estimate = factors.estimate(
+            param, r, c, np.maximum(r.mean(axis=1), param.dtype.type(eps1)))
         update(param, grad, estimate, w, *common, True, *flags, grad_scale, seed, out)
-        row_var[...] = r.reshape(-1)
-        col_var[...] = c.reshape(-1)
+        factors.write(row_var, r)
+        factors.write(col_var, c)
     return adafactor
 
 
@@ -930,11 +962,11 @@ ADAFACTOR_ALGORITHM = Algorithm(
     eps1 None is the parameter dtype's machine epsilon. State: ``step``, and
     ``row_var`` and ``col_var`` (shapes ``(..., n, 1)`` and ``(..., 1, m)``) for
     tensors of 2+ dimensions, ``variance`` for the others. The row and column means
-    run on the host (NumPy's einsum), then two fused passes (the norms, then the
-    update) over the parameter, its gradient and the estimate ``V`` laid out in a
-    scratch array; one call per tensor. float32 and float64 parameters on host
-    arrays (numba, cython, numpy; cuda refuses it); not over a FlatParams or with
-    ``flatten=True`` (its state is not flat). Defaults are torch's: ``lr=1e-2,
+    (NumPy's einsum on host arrays, a reduction kernel on CUDA arrays) update the
+    factors on the host, then two fused passes (the norms, then the update) run over
+    the parameter, its gradient and the estimate ``V`` laid out in a scratch array;
+    one call per tensor. float32 and float64 parameters on every backend; not over a
+    FlatParams or with ``flatten=True`` (its state is not flat). Defaults are torch's: ``lr=1e-2,
     beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0``.
     """)
 

@@ -75,6 +75,49 @@ def _grad_stats(g, out):
 MAX_BLOCK = 256
 
 
+@_jit
+def _adafactor_means(g, n, m, scale2, rows, cols):
+    # Adafactor's factored stage (numba_cuda.DeviceFactors): g flat, batch x n x m;
+    # rows[k] = scale2 / m * sum_j g[k, j]**2 (a row per block: its threads read the
+    # row together and sum as a tree in shared memory), cols[b m + j] = scale2 / n *
+    # sum_i g[b, i, j]**2 (a column per thread: neighbouring threads read neighbouring
+    # elements); float64 sums, stored in g's dtype
+    t, width = cuda.threadIdx.x, cuda.blockDim.x
+    part = cuda.shared.array(MAX_BLOCK, np.float64)
+    for k in range(cuda.blockIdx.x, rows.size, cuda.gridDim.x):
+        s = 0.0
+        for j in range(t, m, width):
+            x = np.float64(g[k * m + j])
+            s += x * x
+        part[t] = s
+        cuda.syncthreads()
+        half = width // 2
+        while half > 0:
+            if t < half:
+                part[t] += part[t + half]
+            cuda.syncthreads()
+            half //= 2
+        if t == 0:
+            rows[k] = part[0] * scale2 / m
+        cuda.syncthreads()
+    for k in range(cuda.grid(1), cols.size, cuda.gridsize(1)):
+        first = (k // m) * n * m + k % m
+        s = 0.0
+        for i in range(n):
+            x = np.float64(g[first + i * m])
+            s += x * x
+        cols[k] = s * scale2 / n
+
+
+@_jit
+def _adafactor_estimate(v, r, c, denom, n, m):
+    # v[b, i, j] = r[b, i] c[b, j] / denom[b] in v's dtype, as HostFactors.estimate
+    for k in range(cuda.grid(1), v.size, cuda.gridsize(1)):
+        b, j = k // (n * m), k % m
+        i = (k // m) % n
+        v[k] = r[b * n + i] * c[b * m + j] / denom[b]
+
+
 def _norms_template(rule, flags: tuple[bool, ...], slots: int):
     """The grid-stride twin of ``numba_cpu._norms_template``: ``out[0]`` and
     ``out[1]`` (float64) gain the sums of squares of the two values ``rule`` gives

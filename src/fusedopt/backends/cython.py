@@ -81,7 +81,7 @@ globals().update({spec.name: algorithms.contract(spec, _call, _norms)
 muon = algorithms.muon_contract(globals()["muon_momentum"], globals()["sgd"],
                                  newton_schulz.Workspace, np.zeros_like)
 #: Adafactor: its factored moments on the host around adafactor_update's two passes
-adafactor = algorithms.adafactor_contract(globals()["adafactor_update"], np.zeros_like)
+adafactor = algorithms.adafactor_contract(globals()["adafactor_update"])
 
 
 #: bf16 storage (uint16 bits) for state and parameters (kernels/lowbit.pxd)

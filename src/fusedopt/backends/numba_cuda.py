@@ -20,7 +20,8 @@ from numba import cuda
 
 from .. import _device, algorithms
 from . import template
-from .cuda_kernels import _fill, _grad_stats, kernel, norms_kernel
+from .cuda_kernels import (_adafactor_estimate, _adafactor_means, _fill, _grad_stats,
+                           kernel, norms_kernel)
 
 if not cuda.is_available():
     raise ImportError("no CUDA GPU visible to Numba (numba.cuda.is_available() is "
@@ -89,11 +90,47 @@ globals().update({spec.name: algorithms.contract(spec, _call, _norms)
                   for spec in algorithms.SPECS})
 
 
-def adafactor(param, *args, **kwargs):
-    """Adafactor's factored moments are reduced on the host: not on this backend."""
-    raise TypeError("adafactor: CUDA arrays; Adafactor's row and column means run on "
-                    "the host, so fusedopt steps it on host arrays only (on the GPU, use "
-                    "torch.optim.Adafactor)")
+class DeviceFactors:
+    """Adafactor's factored stage on device arrays (``algorithms.HostFactors``'s
+    twin): the row and column means reduced on the device, read back with the
+    factors (``n + m`` numbers per matrix: the step waits for the stream, as the
+    norms pass does), lerped on the host as on every backend, and the estimate laid
+    out on the device."""
+
+    @staticmethod
+    def means(grad, n: int, m: int, scale2: float):
+        s, batch = _stream(), grad.size // (n * m)
+        rows = cuda.device_array(batch * n, dtype=grad.dtype, stream=s)
+        cols = cuda.device_array(batch * m, dtype=grad.dtype, stream=s)
+        _launch(_adafactor_means, max(batch * n * THREADS, batch * m))(
+            grad, n, m, float(scale2), rows, cols)
+        out = rows.copy_to_host(stream=s), cols.copy_to_host(stream=s)
+        s.synchronize()
+        return out[0].reshape(batch, n), out[1].reshape(batch, m)
+
+    @staticmethod
+    def read(state):
+        s = _stream()
+        out = state.copy_to_host(stream=s)
+        s.synchronize()
+        return out
+
+    @staticmethod
+    def estimate(param, r, c, denom):
+        s = _stream()
+        n, m = r.shape[1], c.shape[1]
+        out = cuda.device_array(param.size, dtype=param.dtype, stream=s)
+        r, c, denom = (cuda.to_device(np.ascontiguousarray(a).reshape(-1), stream=s)
+                       for a in (r, c, denom))
+        _launch(_adafactor_estimate, out.size)(out, r, c, denom, n, m)
+        return out
+
+    @staticmethod
+    def write(state, value) -> None:
+        state.copy_to_device(np.ascontiguousarray(value).reshape(-1), stream=_stream())
+
+
+adafactor = algorithms.adafactor_contract(globals()["adafactor_update"], DeviceFactors)
 
 
 def muon(param, *args, **kwargs):
@@ -116,11 +153,12 @@ def grad_stats(grad, parallel=True):
 BF16 = ("state",)
 
 
-def full_like(a, value: float, dtype=None):
-    """A new device array of ``a``'s shape and ``dtype`` (default: ``a``'s; uint16
-    holds bf16 bits), filled with ``value`` on the device: new state. The host twin
-    is ``_checks.full_like``."""
-    out = cuda.device_array(a.shape, dtype=a.dtype if dtype is None else dtype)
+def full_like(a, value: float, dtype=None, shape=None):
+    """A new device array of ``a``'s shape (or ``shape``) and ``dtype`` (default:
+    ``a``'s; uint16 holds bf16 bits), filled with ``value`` on the device: new state.
+    The host twin is ``_checks.full_like``."""
+    out = cuda.device_array(a.shape if shape is None else shape,
+                            dtype=a.dtype if dtype is None else dtype)
     _launch(_fill, out.size)(out, float(value))
     return out
 

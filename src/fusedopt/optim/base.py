@@ -120,12 +120,10 @@ class Optimizer(Precision, FlatMode, Serialise):
         for group in groups:
             self.add_param_group(group)
         self.backend, self._impl = select(backend, self.device)
-        if self._algorithm.kernel.host and self.device == "cuda":
-            title = self._algorithm.title
-            raise ValueError(f"params: CUDA arrays; {title}'s host stage (Muon's "
-                             "Newton-Schulz iteration, Adafactor's factored moments) "
-                             "runs on the host, so fusedopt steps it on host arrays only "
-                             f"(on the GPU, use torch.optim.{title})")
+        if self._algorithm.kernel is _algorithms.MUON and self.device == "cuda":
+            raise ValueError("params: CUDA arrays; Muon's Newton-Schulz iteration runs "
+                             "on host BLAS, so fusedopt steps it on host arrays only (on "
+                             "the GPU, use torch.optim.Muon)")
         if stream is not None and self.device != "cuda":
             raise ValueError("stream: only CUDA arrays run on a stream; these parameters "
                              "are host arrays")
@@ -393,8 +391,7 @@ class Optimizer(Precision, FlatMode, Serialise):
                     and a.ndim == 1 and a.flags.carray):
                 pass  # as the step left it: _checks.state_array's common case, inline
             elif a is None:
-                a = new[name] = (np.full(size, init, dtype) if shaped
-                                 else self._new_state(flat, init))
+                a = new[name] = self._new_state(flat, init, size if shaped else None)
                 fresh = True
             else:
                 a = space.state_array(a, size, dtype, ("state", i, name))

@@ -75,11 +75,13 @@ class Precision:
         return (None if state_dtype is None else np.dtype(
             _checks.bf16() if state_dtype == "bfloat16" else state_dtype)), seed
 
-    def _new_state(self, flat, init: float):
-        """A state array for the kernel view ``flat``, in the state dtype."""
+    def _new_state(self, flat, init: float, size: int | None = None):
+        """A state array for the kernel view ``flat``, in the state dtype, of its size
+        or ``size`` (Adafactor's factors)."""
+        shape = None if size is None else (size,)
         if self._space is _device:  # allocated and filled by the CUDA backend
-            return self._impl.full_like(flat, init, self._state_dtype_of(flat))
-        return _checks.full_like(flat, init, self._state_dtype_of(flat))
+            return self._impl.full_like(flat, init, self._state_dtype_of(flat), shape)
+        return _checks.full_like(flat, init, self._state_dtype_of(flat), shape)
 
     def _mastered(self, flat) -> bool:
         """Whether the kernel view ``flat`` is stepped through a float32 master copy."""

@@ -173,8 +173,8 @@ def test_dropin_refuses_as_torch_and_by_name():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_refuses_at_construction_what_a_step_could_not_finish(backend):
-    """bfloat16 parameters or state, and tensors without elements, are refused when
-    the optimizer is built, not part-way through a step."""
+    """bfloat16 parameters and tensors without elements are refused when the
+    optimizer is built, not part-way through a step."""
     import ml_dtypes
 
     with pytest.raises(TypeError, match=r"params\[1\]: Adafactor steps float32 or "
@@ -184,9 +184,48 @@ def test_refuses_at_construction_what_a_step_could_not_finish(backend):
     with pytest.raises(ValueError, match=r"params\[0\]: Adafactor steps tensors with "
                        "elements"):
         fusedopt.Adafactor([np.ones((0, 5))], backend=backend)
-    with pytest.raises(ValueError, match="state_dtype: Adafactor keeps its state in"):
-        fusedopt.Adafactor([np.ones(3, np.float32)], state_dtype="bfloat16",
-                           backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_state_is_float32_math_rounded_when_stored(backend):
+    """state_dtype="bfloat16": the factors (and a vector's variance) are read
+    exactly, updated in float32 and rounded to nearest even when stored, as every
+    algorithm's bf16 state. A float32 run whose state is rounded after each step
+    is the reference; the state leaves as bfloat16 of torch's shapes and resumes."""
+    bf16 = fusedopt._checks.bf16()
+    rng = np.random.default_rng(6)
+    ours = [np.asarray(rng.standard_normal(s), np.float32) for s in SHAPES]
+    twin = [p.copy() for p in ours]
+    opt = fusedopt.Adafactor(ours, lr=0.02, weight_decay=0.1, state_dtype="bfloat16",
+                             backend=backend)
+    ref = fusedopt.Adafactor(twin, lr=0.02, weight_decay=0.1, backend=backend)
+    grads = [[np.asarray(rng.standard_normal(s), np.float32) for s in SHAPES]
+             for _ in range(12)]
+    for gs in grads[:8]:
+        opt.step(gs)
+        ref.step(gs)
+        for st in ref.state.values():
+            for name, a in st.items():
+                if name != "step":
+                    a[...] = a.astype(bf16).astype(np.float32)
+    for p, q in zip(ours, twin):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)
+    sd, ref_sd = opt.state_dict(), ref.state_dict()
+    for i, st in sd["state"].items():
+        for name, a in st.items():
+            if name != "step":
+                assert a.dtype == bf16 and a.shape == ref_sd["state"][i][name].shape
+                np.testing.assert_allclose(a.astype(np.float32), ref_sd["state"][i][name],
+                                           rtol=2 ** -7, atol=1e-30)
+    resumed = [p.copy() for p in ours]
+    again = fusedopt.Adafactor(resumed, lr=0.02, weight_decay=0.1,
+                               state_dtype="bfloat16", backend=backend)
+    again.load_state_dict(sd)
+    for gs in grads[8:]:
+        opt.step(gs)
+        again.step(gs)
+    for p, q in zip(ours, resumed):
+        np.testing.assert_array_equal(p, q)
 
 
 def test_dropin_refuses_an_empty_tensor_before_any_write():

@@ -288,6 +288,28 @@ def test_adafactor_matches_the_numpy_oracle(options, dtype):
                 assert relative_error(value, oracle_sd[i][name]) <= TOL[dtype], (i, name)
 
 
+def test_adafactor_bf16_state_matches_the_numba_backend():
+    rng = np.random.default_rng(7)
+    ref = [rng.standard_normal(s).astype(np.float32) for s in ADAFACTOR_SHAPES]
+    dev = [cuda.to_device(p) for p in ref]
+    ours = fusedopt.Adafactor(dev, lr=0.02, state_dtype="bfloat16")
+    cpu = fusedopt.Adafactor(ref, lr=0.02, state_dtype="bfloat16", backend="numba")
+    for _ in range(3):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in ADAFACTOR_SHAPES]
+        ours.step([cuda.to_device(g) for g in grads])
+        cpu.step(grads)
+    for d, r in zip(dev, ref):
+        np.testing.assert_allclose(host(d), r, rtol=1e-5, atol=1e-6)
+    ours_sd, cpu_sd = ours.state_dict()["state"], cpu.state_dict()["state"]
+    for i, st in cpu_sd.items():
+        for key, value in st.items():
+            if key != "step":
+                assert ours_sd[i][key].dtype == value.dtype  # bfloat16
+                assert ours_sd[i][key].shape == value.shape
+                np.testing.assert_allclose(ours_sd[i][key].astype(np.float32),
+                                           value.astype(np.float32), rtol=2 ** -7)
+
+
 def test_adafactor_functional_on_device_and_its_errors():
     rng = np.random.default_rng(5)
     p, row, col = rng.standard_normal((2, 3, 4)), np.zeros((2, 3, 1)), np.zeros((2, 1, 4))

@@ -226,10 +226,11 @@ def adafactor_contract(update: Callable, factors=HostFactors) -> Callable:
                   beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0,
                   out=None):
         held = variance if variance is not None else row_var
-        if held.dtype != param.dtype:
+        bf16 = held.dtype == np.uint16 and param.dtype == np.float32  # (bf16 bits)
+        if held.dtype != param.dtype and not bf16:
             raise TypeError(f"adafactor: state of dtype {held.dtype} beside {param.dtype} "
-                            "parameters; Adafactor keeps its state in the parameters' "
-                            "dtype (no state_dtype='bfloat16')")
+                            "parameters; expected the parameters' dtype, or bf16 bits "
+                            "(uint16) beside float32 parameters")
         if eps1 is None:
             eps1 = float(np.finfo(param.dtype).eps)
         w = float(step) ** beta2_decay
@@ -242,13 +243,18 @@ def adafactor_contract(update: Callable, factors=HostFactors) -> Callable:
             return
         n, m = shape[-2], shape[-1]
         rows, cols = factors.means(grad, n, m, grad_scale * grad_scale)
-        r = _torch_lerp(factors.read(row_var).reshape(-1, n), rows, w)
-        c = _torch_lerp(factors.read(col_var).reshape(-1, m), cols, w)
+        r_held, c_held = factors.read(row_var), factors.read(col_var)
+        if bf16:  # float32 math, rounded to nearest even when stored, as the kernels
+            r_held, c_held = (a.view(_checks.bf16()).astype(np.float32)
+                              for a in (r_held, c_held))
+        r = _torch_lerp(r_held.reshape(-1, n), rows, w)
+        c = _torch_lerp(c_held.reshape(-1, m), cols, w)
         estimate = factors.estimate(
             param, r, c, np.maximum(r.mean(axis=1), param.dtype.type(eps1)))
         update(param, grad, estimate, w, *common, True, *flags, grad_scale, seed, out)
-        factors.write(row_var, r)
-        factors.write(col_var, c)
+        for state, value in ((row_var, r), (col_var, c)):
+            factors.write(state, value.astype(_checks.bf16()).view(np.uint16) if bf16
+                          else value)
     return adafactor
 
 

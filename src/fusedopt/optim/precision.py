@@ -45,10 +45,6 @@ class Precision:
             raise ValueError("state_dtype: expected None, 'float32' or 'bfloat16', got "
                              f"{state_dtype!r}")
         seed = _checks.seed(seed, "seed")
-        if state_dtype is not None and self._algorithm.state_shape is not None:
-            raise ValueError(f"state_dtype: {self._algorithm.title} keeps its state in "
-                             "its parameters' dtype (its factored moments are updated "
-                             f"on the host), got {state_dtype!r}")
         dtypes = {f.dtype for f in self._flat}
         if self.master_weights and np.dtype(np.uint16) not in dtypes:
             raise ValueError("master_weights: keeps float32 master copies of bfloat16 "

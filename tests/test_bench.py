@@ -97,7 +97,7 @@ def test_traffic_is_minimal_bytes():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--optimizer", "adafactor"], "invalid choice(s) ['adafactor']"),
+    (["--optimizer", "lbfgs"], "invalid choice(s) ['lbfgs']"),
     (["--sizes", "12Q"], "not a size: '12Q'"),
     (["--dtype", "float16"], "invalid choice(s) ['float16']"),
     (["--rounds", "0"], "--rounds: must be >= 1"),
@@ -139,13 +139,35 @@ def test_every_layout_with_bf16_state_has_a_row(capsys):
     assert prov.traffic("adam-bf16", "float32") == 20
     assert prov.traffic("sgd-bf16", "float32") == 16
     assert set(prov.BF16_STATE) == {f"{name}-bf16" for name, c in prov.CONFIGS.items()
-                                    if c[2] > 0 and not name.endswith("-bf16")}
+                                    if c[2] > 0 and not name.endswith("-bf16")
+                                    and name not in prov.MATRIX}
     assert cli.main(["--optimizer", "bf16", "--sizes", "64", "--rounds", "1",
                      "--no-peers", "--backend", "numba,cython"]) == 0
     rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
     for name in prov.BF16_STATE:
         for provider in ("fusedopt-numba", "fusedopt-cython", "roofline"):
             assert [name, provider] in rows, (name, provider)
+
+
+def test_matrix_algorithms_have_rows(capsys):
+    """Adafactor and Muon are timed on a matrix of n elements, as near square as n
+    allows; Adafactor against the roofline of its 24 bytes (float32), Muon (bound by
+    its matrix products) with no roofline row, and only when asked for by name."""
+    assert [prov.shape_of("adafactor", n) for n in (1 << 20, 1 << 24, 96, 7)] == [
+        (1024, 1024), (4096, 4096), (8, 12), (1, 7)]
+    assert prov.shape_of("adam", 96) == (96,)
+    assert prov.traffic("adafactor", "float32") == 24
+    assert "adafactor" in cli.OPTIMIZERS and "muon" not in cli.OPTIMIZERS
+    assert cli.main(["--optimizer", "adafactor,muon", "--sizes", "96", "--rounds", "1",
+                     "--no-peers", "--backend", "numba,cython"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[:2] for line in out.splitlines()]
+    for name in ("adafactor", "muon"):
+        for provider in ("fusedopt-numba", "fusedopt-cython", "fusedopt-numpy"):
+            assert [name, provider] in rows, (name, provider)
+    assert ["adafactor", "roofline"] in rows and ["muon", "roofline"] not in rows
+    assert ("skipped roofline: not applicable: Muon's step is bound by its matrix "
+            "products, not by memory (for muon)") in out
 
 
 def test_plot_is_written(run, tmp_path):

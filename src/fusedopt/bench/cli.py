@@ -15,8 +15,8 @@ import time
 from . import harness
 from . import providers as prov
 
-OPTIMIZERS = [name for name in prov.CONFIGS
-              if name not in prov.LAYOUTS and name not in prov.BF16_STATE]
+OPTIMIZERS = [name for name in prov.CONFIGS if name not in prov.LAYOUTS
+              and name not in prov.BF16_STATE and name not in prov.COMPUTE_BOUND]
 DEFAULT_SIZES = "1K,64K,1M,16M"
 QUICK_SIZES = "1K,64K,1M"
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                     type=comma_list(list(prov.CONFIGS), {"layouts": list(prov.LAYOUTS),
                                                          "bf16": list(prov.BF16_STATE)}),
                     help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default all), "
+                         f"or {','.join(prov.COMPUTE_BOUND)} (compute-bound: by name only), "
                          f"or of the other state layouts {','.join(prov.LAYOUTS)} "
                          "('layouts': all of them), or any with bfloat16 state, "
                          "'<name>-bf16' ('bf16': all of them)")

@@ -11,11 +11,12 @@ fused CPU kernel: SGD, Adam, AdamW, Adagrad; its default loop for RMSprop),
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 
-from .roofline import bytes_per_element, read_traffic, same_traffic
+from .roofline import bytes_per_element, read_each, read_traffic, same_traffic
 
 #: The configuration benchmarked per algorithm (torch defaults; SGD with momentum)
 #: and the number of state arrays it keeps.
@@ -58,6 +59,20 @@ BF16_STATE: dict[str, tuple[str, dict, int]] = {
     f"{name}-bf16": (torch_name, {**kwargs, "state_dtype": "bfloat16"}, k)
     for name, (torch_name, kwargs, k) in CONFIGS.items() if k > 0}
 CONFIGS.update(BF16_STATE)
+#: The algorithms that step matrices, timed on an ``n``-element matrix as near square
+#: as ``n`` allows (``shape_of``; 1M: 1024 x 1024): Adafactor, whose state is two
+#: factors (n + m elements, so none in the count) and whose least traffic is
+#: ``MATRIX_TRAFFIC`` arrays (its means read the gradient; its norms the parameter and
+#: gradient; its update those and the parameter's write), and Muon, whose
+#: Newton-Schulz products bound it by compute: it has no roofline row, and is timed
+#: only when asked for by name (its 16M matrix takes seconds a step).
+MATRIX: dict[str, tuple[str, dict, int]] = {
+    "adafactor": ("Adafactor", dict(lr=1e-2), 0),
+    "muon": ("Muon", dict(lr=1e-3), 1),
+}
+MATRIX_TRAFFIC = {"adafactor": 6}
+COMPUTE_BOUND = {"muon"}
+CONFIGS.update(MATRIX)
 TORCH_FUSED = {"sgd", "adam", "adamw", "adagrad", "sgd-plain", "sgd-nesterov",
                "adam-amsgrad", "adamw-amsgrad"}
 
@@ -75,6 +90,8 @@ def traffic(optimizer: str, dtype) -> int:
     """Bytes per element one step of ``optimizer`` must move at the least (with its
     reduction pass, for ``REDUCING``)."""
     k, size = CONFIGS[optimizer][2], np.dtype(dtype).itemsize
+    if optimizer in MATRIX_TRAFFIC:
+        return MATRIX_TRAFFIC[optimizer] * size
     state = _state_dtype(optimizer, dtype).itemsize
     reads = 2 * size + k * state if optimizer in REDUCING else 0
     return bytes_per_element(k, size, state) + reads
@@ -86,9 +103,23 @@ def _float_state_kwargs(optimizer: str) -> dict:
     return {k: v for k, v in CONFIGS[optimizer][1].items() if k != "state_dtype"}
 
 
-def _arrays(n: int, count: int, dtype) -> list[np.ndarray]:
+def shape_of(optimizer: str, n: int) -> tuple[int, ...]:
+    """The shape ``n`` elements of ``optimizer``'s parameter are timed in: ``(n,)``,
+    or for ``MATRIX`` algorithms ``(r, n // r)`` with ``r`` the largest divisor of
+    ``n`` not above its square root."""
+    if optimizer not in MATRIX:
+        return (n,)
+    r = math.isqrt(n)
+    while n % r:
+        r -= 1
+    return (r, n // r)
+
+
+def _arrays(n: int, count: int, dtype, shape: tuple[int, ...] | None = None
+            ) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    return [rng.standard_normal(n).astype(dtype) for _ in range(count)]
+    return [rng.standard_normal(n).astype(dtype).reshape(shape or (n,))
+            for _ in range(count)]
 
 
 def _fusedopt(backend: str, guarded: bool = False) -> Callable:
@@ -99,7 +130,7 @@ def _fusedopt(backend: str, guarded: bool = False) -> Callable:
         name, kwargs, _ = CONFIGS[optimizer]
         if backend == "numpy":  # the baseline: NumPy keeps float32/float64 state only
             kwargs = _float_state_kwargs(optimizer)
-        p, g = _arrays(n, 2, dtype)
+        p, g = _arrays(n, 2, dtype, shape_of(optimizer, n))
         extra = dict(nonfinite="skip", max_grad_norm=1.0) if guarded else {}
         opt = getattr(fusedopt, name)([p], **kwargs, **extra, backend=backend)
         grads = [g]
@@ -107,19 +138,19 @@ def _fusedopt(backend: str, guarded: bool = False) -> Callable:
     return make
 
 
-def _torch_param(n, dtype):
+def _torch_param(n, dtype, shape=None):
     try:
         import torch
     except ImportError as exc:
         raise ProviderUnavailable(f"torch is not installed ({exc})") from exc
-    p, g = (torch.from_numpy(a) for a in _arrays(n, 2, dtype))
+    p, g = (torch.from_numpy(a) for a in _arrays(n, 2, dtype, shape))
     param = torch.nn.Parameter(p)
     param.grad = g
     return torch, param
 
 
 def make_torch(optimizer, n, dtype):
-    torch, param = _torch_param(n, dtype)
+    torch, param = _torch_param(n, dtype, shape_of(optimizer, n))
     name, kwargs = CONFIGS[optimizer][0], _float_state_kwargs(optimizer)
     if not hasattr(torch.optim, name):
         raise ProviderUnavailable(f"not applicable: torch.optim has no {name}")
@@ -153,7 +184,15 @@ def _deepspeed_adam():
 
 
 def make_roofline(optimizer, n, dtype):
+    if optimizer in COMPUTE_BOUND:
+        raise ProviderUnavailable(f"not applicable: {CONFIGS[optimizer][0]}'s step is "
+                                  "bound by its matrix products, not by memory")
     p, g, *state = _arrays(n, 2 + CONFIGS[optimizer][2], dtype)
+    if optimizer in MATRIX_TRAFFIC:  # Adafactor: g; then p, g; then the update's
+        def step():
+            read_each(g, p, g)
+            same_traffic(p, g, *state)
+        return step
     state = [a.astype(_state_dtype(optimizer, dtype)) for a in state]
     if optimizer in REDUCING:  # a read-only pass first, then the update's traffic
         def step():

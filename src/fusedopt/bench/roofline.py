@@ -4,7 +4,8 @@ An update with ``k`` state arrays reads ``k + 2`` arrays (param, grad, state) an
 writes ``k + 1`` (param, state): ``(2k + 3) * itemsize`` bytes per element, 28 for
 float32 Adam (k = 2); an algorithm with a read-only reduction pass first (LAMB's
 norms: parameter, gradient and two state arrays) reads those once more, 44 for
-float32 LAMB. These kernels move exactly those bytes with one add per element,
+float32 LAMB; Adafactor's factored step reads the gradient for its means, then the
+parameter and gradient for its norms, before its update: 24. These kernels move exactly those bytes with one add per element,
 under the Numba backend's serial/parallel policy and threads. Their time is what the
 memory system allows; a kernel as fast is limited by bandwidth alone.
 """
@@ -80,6 +81,18 @@ def _read_only(p, g, a, b, parallel):
     return s
 
 
+@njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})
+def _read_one(a, parallel):
+    s = 0.0
+    if parallel:
+        for i in prange(a.size):
+            s += a[i]
+    else:
+        for i in range(a.size):
+            s += a[i]
+    return s
+
+
 def bytes_per_element(n_state: int, itemsize: int, state_itemsize: int | None = None
                       ) -> int:
     """Minimal traffic of an update with ``n_state`` state arrays (of
@@ -91,6 +104,12 @@ def bytes_per_element(n_state: int, itemsize: int, state_itemsize: int | None = 
 def same_traffic(p, g, *state) -> None:
     """Move exactly the bytes of one update of ``p`` with these state arrays."""
     _KERNELS[len(state)](p, g, *state, p.size >= policy.PARALLEL_MIN_SIZE)
+
+
+def read_each(*arrays) -> float:
+    """Read each array once, one pass each, writing nothing (Adafactor's means and
+    norms passes)."""
+    return sum(_read_one(a, a.size >= policy.PARALLEL_MIN_SIZE) for a in arrays)
 
 
 def read_traffic(p, g, a, b) -> float:

@@ -48,6 +48,39 @@ def test_adafactor_matches_the_numpy_oracle(backend, options, dtype):
                 assert relative_error(a, oracle.state[i][name]) <= TOL[dtype], (i, name)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_factored_passes_cross_rows_blocks_and_matrices(backend, dtype):
+    """Tensors large enough for the parallel loops, whose blocks of
+    REDUCE_BLOCK elements (and of MEANS_ROWS rows) start and end inside rows and
+    span matrices of a batch, and a wide and a tall matrix, against the oracle; on
+    numba, the same bits with one thread as with all (the blocks are fixed)."""
+    import numba
+
+    rng = np.random.default_rng(8)
+    shapes = [(3, 129, 257), (7, 5003), (5003, 7)]
+    runs = []
+    for threads in (numba.get_num_threads(), 1):
+        numba.set_num_threads(threads)
+        try:
+            rng = np.random.default_rng(8)
+            ours = [np.asarray(rng.standard_normal(s), dtype=dtype) for s in shapes]
+            ref = [p.astype(np.float64) for p in ours]
+            opt = fusedopt.Adafactor(ours, lr=0.02, weight_decay=0.1, backend=backend)
+            oracle = fusedopt.Adafactor(ref, lr=0.02, weight_decay=0.1, backend="numpy")
+            for _ in range(3):
+                grads = [np.asarray(rng.standard_normal(s), dtype=dtype) for s in shapes]
+                opt.step(grads)
+                oracle.step([g.astype(np.float64) for g in grads])
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        for i, (p, r) in enumerate(zip(ours, ref)):
+            assert relative_error(p, r) <= TOL[dtype], i
+        runs.append(ours)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_state_is_factored():
     """A matrix keeps n + m moments (Adam: 2 n m); a batch of matrices, per matrix;
     a vector keeps its full second moment."""

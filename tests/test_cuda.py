@@ -497,14 +497,17 @@ for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
     factored = k._norms_template(rules.adafactor_update_norms, (True,) * 3, 1)
     sigs.append((factored, (A, A, nt.UniTuple(f, 9), f, nt.Array(float64, 1, "C"), S,
                             none, none, none)))
-    # Adafactor's factored stage (its means summed in float64 by design)
-    i64 = nt.int64
+    # Adafactor's factored stage: its means and norms summed in float64 by design
+    i64, out = nt.int64, nt.Array(float64, 1, "C")
+    passes = [k._factored_template(rules.adafactor_update_norms, (True,) * 3, True),
+              k._factored_template(rules.adafactor_update, (True,) * 3, False)]
     sigs += [(k._adafactor_means.py_func, (A, i64, i64, f, A, A)),
-             (k._adafactor_estimate.py_func, (A, A, A, A, i64, i64))]
+             (passes[0], (A, A, A, A, A, i64, i64, nt.UniTuple(f, 9), f, out)),
+             (passes[1], (A, A, A, A, A, i64, i64, nt.UniTuple(f, 9), f, none))]
     for kernel, sig in sigs:
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(9, 0))
         if dt is float32 and kernel not in (k._grad_stats.py_func, norms, factored,
-                                            k._adafactor_means.py_func):
+                                            k._adafactor_means.py_func, passes[0]):
             math64 = re.findall(r"\b(?:add|sub|mul|div|fma|sqrt|neg|setp)\.\S*f64", ptx)
             assert not math64, (kernel.__name__, math64[:5])
 print("ok")

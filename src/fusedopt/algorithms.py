@@ -30,6 +30,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from . import _checks, _device, scalars
+from .backends import policy
 
 
 class Spec(NamedTuple):
@@ -175,19 +176,37 @@ def _torch_lerp(start, end, w: float):
 
 
 class HostFactors:
-    """Adafactor's factored stage on host arrays (``adafactor_contract``): the row
-    and column means by NumPy's einsum in the parameter's dtype. The CUDA backend's
-    twin (``numba_cuda.DeviceFactors``) reduces and lays out on the device."""
+    """Adafactor's factored stage on host arrays (``adafactor_contract``), the base
+    of the compiled backends' (``numba_cpu.NumbaFactors``, ``cython.CythonFactors``;
+    ``numba_cuda.DeviceFactors`` is the device twin). A backend's class gives:
+
+    - ``means(grad, n, m, scale2)``: ``(rows, cols)``, host arrays ``(batch, n)``
+      and ``(batch, m)`` in ``grad``'s dtype, the means of ``scale2 g**2`` over each
+      row and column of the flat ``grad`` seen as ``batch`` matrices ``n x m``;
+    - ``norms(flags, h, param, grad, r, c, denom, grad_scale)`` and ``update(...,
+      seed=0, out=None)``: the read-only pass of ``rules.adafactor_update_norms``
+      (its two float64 sums of squares) and the pass of ``rules.adafactor_update``,
+      each with the estimate ``v = r_i c_j / denom_b`` made per element from the
+      factors ``r`` ``(batch, n)``, ``c`` ``(batch, m)`` and ``denom`` ``(batch,)``
+      (host arrays in the parameter's dtype): no array of the parameter's size;
+    - ``read(state)`` and ``write(state, value)``: a factor to and from the host."""
 
     @staticmethod
-    def means(grad, n: int, m: int, scale2: float):
-        """``(rows, cols)``, host arrays ``(batch, n)`` and ``(batch, m)`` in
-        ``grad``'s dtype: the means of ``scale2 g**2`` over each row and column of
-        the flat ``grad`` seen as ``batch`` matrices ``n x m``."""
-        g = grad.reshape(-1, n, m)
-        rows = np.einsum("bij,bij->bi", g, g) * grad.dtype.type(scale2 / m)
-        cols = np.einsum("bij,bij->bj", g, g) * grad.dtype.type(scale2 / n)
-        return rows, cols
+    def sums_arrays(grad, n: int, m: int):
+        """``(rows, parts)``: where a compiled means kernel puts the float64 sums of
+        ``g**2`` of each row, and of each column of each block of
+        ``backends.policy.MEANS_ROWS`` rows (one row of ``parts`` per block)."""
+        batch, per = grad.size // (n * m), -(-n // policy.MEANS_ROWS)
+        return np.empty(batch * n, np.float64), np.empty((batch * per, m), np.float64)
+
+    @staticmethod
+    def from_sums(rows, parts, grad, n: int, m: int, scale2: float):
+        """``means``'s result from a kernel's ``sums_arrays``: the blocks' column sums
+        added in order, both scaled to means and rounded to ``grad``'s dtype."""
+        batch, dtype = grad.size // (n * m), grad.dtype.type
+        cols = parts.reshape(batch, -1, m).sum(axis=1)
+        return ((rows.reshape(batch, n) * (scale2 / m)).astype(dtype),
+                (cols * (scale2 / n)).astype(dtype))
 
     @staticmethod
     def read(state):
@@ -195,33 +214,26 @@ class HostFactors:
         return state
 
     @staticmethod
-    def estimate(param, r, c, denom):
-        """A new array like ``param``: ``r_i c_j / denom`` per matrix (host arrays
-        ``(batch, n)``, ``(batch, m)``, ``(batch,)``), in ``param``'s dtype."""
-        out = np.empty_like(param)
-        v = out.reshape(len(r), r.shape[1], c.shape[1])
-        np.multiply(r[:, :, None], c[:, None, :], out=v)
-        v /= denom[:, None, None]
-        return out
-
-    @staticmethod
     def write(state, value) -> None:
         """``state[...] = value`` (a host array of its size)."""
         state[...] = value.reshape(-1)
 
 
-def adafactor_contract(update: Callable, factors=HostFactors) -> Callable:
+def adafactor_contract(update: Callable, factors) -> Callable:
     """A backend's ``adafactor(param, grad, row_var, col_var, variance, shape, step,
     lr, beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0, out=None)``:
     torch's Adafactor step of one parameter of ``shape`` (``variance`` for a tensor of
     fewer than two dimensions, else ``row_var`` and ``col_var``, its factored second
-    moments over the last two), from the backend's ``adafactor_update`` (a read-only
-    norms pass, then the element pass) and ``factors`` (``HostFactors`` or its
-    device twin). For a matrix (a batch of them), the row and column means of the
-    squared gradient (``factors.means``) update the factors on the host, in the
-    parameter's dtype, and their estimate ``r_i c_j / max(mean(r), eps1)`` is laid
-    out in a scratch array for the passes; the factors are written after them, so
-    nothing is written before the element pass."""
+    moments over the last two). A vector: the backend's ``adafactor_update`` (a
+    read-only norms pass, then the element pass, ``variance`` a state slot). A matrix
+    (a batch of them): the row and column means of the squared gradient
+    (``factors.means``, see ``HostFactors``) update the factors on the host, in the
+    parameter's dtype, then ``factors.norms`` and ``factors.update`` make their
+    estimate ``r_i c_j / max(mean(r), eps1)`` element by element in their passes;
+    the factors are written after them, so nothing is written before the update
+    pass. Reads 24 bytes per float32 element in all: the means read the gradient,
+    the norms the parameter and gradient, the update those and writes the
+    parameter."""
     def adafactor(param, grad, row_var, col_var, variance, shape, step, lr,
                   beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0,
                   out=None):
@@ -249,9 +261,12 @@ def adafactor_contract(update: Callable, factors=HostFactors) -> Callable:
                               for a in (r_held, c_held))
         r = _torch_lerp(r_held.reshape(-1, n), rows, w)
         c = _torch_lerp(c_held.reshape(-1, m), cols, w)
-        estimate = factors.estimate(
-            param, r, c, np.maximum(r.mean(axis=1), param.dtype.type(eps1)))
-        update(param, grad, estimate, w, *common, True, *flags, grad_scale, seed, out)
+        denom = np.maximum(r.mean(axis=1), param.dtype.type(eps1))
+        f = (True, *flags)  # factored, small, decay
+        h = scalars.adafactor_update(w, *common, *f)
+        h = scalars.adafactor_step_size(h, *factors.norms(f, h, param, grad, r, c, denom,
+                                                          grad_scale))
+        factors.update(f, h, param, grad, r, c, denom, grad_scale, seed, out)
         for state, value in ((row_var, r), (col_var, c)):
             factors.write(state, value.astype(_checks.bf16()).view(np.uint16) if bf16
                           else value)

@@ -109,13 +109,61 @@ def _adafactor_means(g, n, m, scale2, rows, cols):
         cols[k] = s * scale2 / n
 
 
-@_jit
-def _adafactor_estimate(v, r, c, denom, n, m):
-    # v[b, i, j] = r[b, i] c[b, j] / denom[b] in v's dtype, as HostFactors.estimate
-    for k in range(cuda.grid(1), v.size, cuda.gridsize(1)):
-        b, j = k // (n * m), k % m
-        i = (k // m) % n
-        v[k] = r[b * n + i] * c[b * m + j] / denom[b]
+def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):
+    """The grid-stride twin of ``numba_cpu._factored_template``: Adafactor's passes
+    over a batch of ``n x m`` matrices with the estimate ``v = r_i c_j / denom_b``
+    made per element from the factors; ``reduce``: ``out[0]`` and ``out[1]`` gain the
+    float64 sums of squares of ``rules.adafactor_update_norms``'s two values (as
+    ``_norms_template``: threads, then a tree per block, then one atomic pair per
+    block), else ``rules.adafactor_update`` updates ``p``."""
+    sources = template.SOURCES
+
+    def kernel(p, g, r, c, denom, n, m, h, grad_scale, out):
+        sources  # noqa: B018 - in the closure: the cache key (see template.SOURCES)
+        h, grad_scale = cast_all(h, p), cast_like(grad_scale, p)
+        sa, sb = 0.0, 0.0
+        for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+            i = k // m
+            b = i // n
+            v = r[i] * c[b * m + k - i * m] / denom[b]
+            new = rule(p[k], g[k], v, *h, *flags, grad_scale)
+            if reduce:
+                x, y = np.float64(new[0]), np.float64(new[1])
+                sa += x * x
+                sb += y * y
+            else:
+                p[k] = new[0]
+        if reduce:
+            ta = cuda.shared.array(MAX_BLOCK, np.float64)
+            tb = cuda.shared.array(MAX_BLOCK, np.float64)
+            t = cuda.threadIdx.x
+            ta[t], tb[t] = sa, sb
+            cuda.syncthreads()
+            half = cuda.blockDim.x // 2
+            while half > 0:
+                if t < half:
+                    ta[t] += ta[t + half]
+                    tb[t] += tb[t + half]
+                cuda.syncthreads()
+                half //= 2
+            if t == 0:
+                cuda.atomic.add(out, 0, ta[0])
+                cuda.atomic.add(out, 1, tb[0])
+    return kernel
+
+
+#: Adafactor's factored passes, by ``(reduce, flags)``; see ``factored_kernel``
+FACTORED: dict[tuple, object] = {}
+
+
+def factored_kernel(reduce: bool, flags: tuple[bool, ...]):
+    """The CUDA kernel of Adafactor's factored norms (``reduce``) or update pass."""
+    key = (bool(reduce), tuple(map(bool, flags)))
+    k = FACTORED.get(key)
+    if k is None:
+        rule = rules.adafactor_update_norms if key[0] else rules.adafactor_update
+        k = FACTORED[key] = _jit(_factored_template(rule, key[1], key[0]))
+    return k
 
 
 def _norms_template(rule, flags: tuple[bool, ...], slots: int):

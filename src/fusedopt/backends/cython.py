@@ -80,8 +80,35 @@ globals().update({spec.name: algorithms.contract(spec, _call, _norms)
 #: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
 muon = algorithms.muon_contract(globals()["muon_momentum"], globals()["sgd"],
                                  newton_schulz.Workspace, np.zeros_like)
-#: Adafactor: its factored moments on the host around adafactor_update's two passes
-adafactor = algorithms.adafactor_contract(globals()["adafactor_update"])
+class CythonFactors(algorithms.HostFactors):
+    """Adafactor's factored stage on this backend (``algorithms.HostFactors``): the
+    row and column sums in one parallel read of the gradient (``adafactor_means``),
+    then the norms and update passes with the estimate made per element from the
+    factors (``adafactor_factored``): the mirrors of ``numba_cpu.NumbaFactors``."""
+
+    @classmethod
+    def means(cls, grad, n: int, m: int, scale2: float):
+        rows, parts = cls.sums_arrays(grad, n, m)
+        _k.adafactor_means(grad, n, m, rows, parts, grad.size >= policy.PARALLEL_MIN_SIZE)
+        return cls.from_sums(rows, parts, grad, n, m, scale2)
+
+    @staticmethod
+    def _passes(reduce, flags, h, param, grad, r, c, denom, grad_scale):
+        return _k.adafactor_factored(param, grad, r, c, denom, r.shape[1], c.shape[1],
+                                     h, flags, grad_scale, reduce,
+                                     param.size >= policy.PARALLEL_MIN_SIZE)
+
+    @classmethod
+    def norms(cls, flags, h, param, grad, r, c, denom, grad_scale):
+        return cls._passes(True, flags, h, param, grad, r, c, denom, grad_scale)
+
+    @classmethod
+    def update(cls, flags, h, param, grad, r, c, denom, grad_scale, seed=0, out=None):
+        cls._passes(False, flags, h, param, grad, r, c, denom, grad_scale)
+
+
+#: Adafactor: its factored moments on the host around its two passes
+adafactor = algorithms.adafactor_contract(globals()["adafactor_update"], CythonFactors)
 
 
 #: bf16 storage (uint16 bits) for state and parameters (kernels/lowbit.pxd)

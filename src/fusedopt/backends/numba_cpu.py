@@ -319,6 +319,141 @@ def _norms_template(rule, flags: tuple[bool, ...], slots: int):
     return loop
 
 
+# -- Adafactor's factored passes: its estimate made per element from the factors ------
+
+MEANS_ROWS = policy.MEANS_ROWS
+
+
+def _means(sources: int):
+    # Adafactor's row and column sums of g**2 over a batch of n x m matrices, in one
+    # read of g: float64, "reassoc" (vectorised), blocks of MEANS_ROWS rows (see
+    # algorithms.HostFactors.from_sums)
+    def means(g, n, m, rows, parts, parallel):
+        sources  # noqa: B018 - in the closure: the cache key
+        per = (n + MEANS_ROWS - 1) // MEANS_ROWS  # blocks per matrix
+        if parallel:
+            for q in prange(parts.shape[0]):
+                _means_block(g, n, m, q, per, rows, parts)
+        else:
+            for q in range(parts.shape[0]):
+                _means_block(g, n, m, q, per, rows, parts)
+    return means
+
+
+@register_jitable
+def _means_block(g, n, m, q, per, rows, parts):
+    b, first = q // per, (q % per) * MEANS_ROWS
+    cols = parts[q]
+    cols[:] = 0.0
+    for i in range(b * n + first, b * n + min(n, first + MEANS_ROWS)):
+        row, s = g[i * m:(i + 1) * m], 0.0
+        for j in range(np.uint64(0), np.uint64(m)):
+            x = np.float64(row[j])
+            s += x * x
+            cols[j] += x * x
+        rows[i] = s
+
+
+def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):
+    """Adafactor's two passes over a batch of ``n x m`` matrices (flat ``p``, ``g``)
+    with its second-moment estimate made per element from the factors, ``v = r_i
+    c_j / denom_b`` (as ``algorithms.HostFactors`` would lay it out; no scratch
+    array): ``rule`` is ``rules.adafactor_update_norms`` (``reduce``: the two sums
+    of squares, float64, in fixed blocks of ``policy.REDUCE_BLOCK`` elements summed in
+    order, as ``_norms_template``) or ``rules.adafactor_update`` (the update). Each
+    block walks the rows it covers, one vectorised loop per row piece."""
+    size, sources = policy.REDUCE_BLOCK, template.SOURCES
+
+    @register_jitable
+    def block(parts, k, p, g, r, c, denom, n, m, h, grad_scale, zero):
+        sources  # noqa: B018 - in the closure: the cache key (see template.SOURCES)
+        lo, hi = k * size, min(k * size + size, p.size)
+        sa, sb = zero, zero
+        i = lo // m  # the row (of all the matrices) lo lies in
+        while lo < hi:
+            stop = min(hi, (i + 1) * m)
+            b = i // n
+            first = b * m + lo - i * m  # the column of lo in the factors
+            ri, di = r[i], denom[b]
+            pp, gg, cc = p[lo:stop], g[lo:stop], c[first:first + stop - lo]
+            for j in range(np.uint64(0), np.uint64(stop - lo)):
+                v = ri * cc[j] / di
+                new = rule(pp[j], gg[j], v, *h, *flags, grad_scale)
+                if reduce:
+                    sa += new[0] * new[0]
+                    sb += new[1] * new[1]
+                else:
+                    pp[j] = new[0]
+            lo, i = stop, i + 1
+        parts[k, 0], parts[k, 1] = np.float64(sa), np.float64(sb)
+
+    def loop(p, g, r, c, denom, n, m, h, grad_scale, parallel):
+        h, grad_scale, zero = cast_all(h, p), cast_like(grad_scale, p), cast_like(0.0, p)
+        blocks = (p.size + size - 1) // size
+        parts = np.empty((blocks, 2), np.float64)
+        if parallel:
+            for k in prange(blocks):
+                block(parts, k, p, g, r, c, denom, n, m, h, grad_scale, zero)
+        else:
+            for k in range(blocks):
+                block(parts, k, p, g, r, c, denom, n, m, h, grad_scale, zero)
+        sa, sb = 0.0, 0.0
+        for k in range(blocks):
+            sa += parts[k, 0]
+            sb += parts[k, 1]
+        return sa, sb
+    return loop
+
+
+class NumbaFactors(algorithms.HostFactors):
+    """Adafactor's factored stage on this backend (``algorithms.HostFactors``): the
+    row and column means in one parallel read of the gradient, and the norms and
+    update passes with the estimate made per element from the factors
+    (``_factored_template``): 24 bytes per float32 element in all, no scratch."""
+
+    _kernels: dict[tuple, object] = {}
+
+    @classmethod
+    def _kernel(cls, key):
+        k = cls._kernels.get(key)
+        if k is None:
+            if key == "means":
+                k = _reducing_jit(_means(template.SOURCES))
+                s = _serialised(k, 5)
+            else:
+                rule = rules.adafactor_update_norms if key[0] else rules.adafactor_update
+                k = (_reducing_jit if key[0] else _jit)(
+                    _factored_template(rule, tuple(map(bool, key[1])), key[0]))
+                s = _serialised(k, 9)
+            cls._kernels[key] = (k, s)
+            k = (k, s)
+        return k
+
+    @classmethod
+    def _run(cls, key, *args):
+        k, s = cls._kernel(key)
+        return (s if args[-1] and not _threadsafe else k)(*args)
+
+    @classmethod
+    def means(cls, grad, n: int, m: int, scale2: float):
+        rows, parts = cls.sums_arrays(grad, n, m)
+        cls._run("means", grad, n, m, rows, parts,
+                 grad.size >= policy.PARALLEL_MIN_SIZE)
+        return cls.from_sums(rows, parts, grad, n, m, scale2)
+
+    @classmethod
+    def norms(cls, flags, h, param, grad, r, c, denom, grad_scale):
+        return cls._run((True, flags), param, grad, r.reshape(-1), c.reshape(-1), denom,
+                        r.shape[1], c.shape[1], h, grad_scale,
+                        param.size >= policy.PARALLEL_MIN_SIZE)
+
+    @classmethod
+    def update(cls, flags, h, param, grad, r, c, denom, grad_scale, seed=0, out=None):
+        cls._run((False, flags), param, grad, r.reshape(-1), c.reshape(-1), denom,
+                 r.shape[1], c.shape[1], h, grad_scale,
+                 param.size >= policy.PARALLEL_MIN_SIZE)
+
+
 #: compiled reduction passes, by ``(name, flags, slots)``; see ``_norms``
 NORMS: dict[tuple, object] = {}
 _NORMS_SERIALISED: dict[tuple, object] = {}
@@ -376,7 +511,7 @@ globals().update({spec.name: algorithms.contract(spec, _call, _norms)
 muon = algorithms.muon_contract(globals()["muon_momentum"], globals()["sgd"],
                                  newton_schulz.Workspace, np.zeros_like)
 #: Adafactor: its factored moments on the host around adafactor_update's two passes
-adafactor = algorithms.adafactor_contract(globals()["adafactor_update"])
+adafactor = algorithms.adafactor_contract(globals()["adafactor_update"], NumbaFactors)
 
 
 #: bf16 storage (uint16 bits) for state and parameters; see ``fusedopt.lowbit``

@@ -20,7 +20,7 @@ from numba import cuda
 
 from .. import _device, algorithms
 from . import template
-from .cuda_kernels import (_adafactor_estimate, _adafactor_means, _fill, _grad_stats,
+from .cuda_kernels import (_adafactor_means, _fill, _grad_stats, factored_kernel,
                            kernel, norms_kernel)
 
 if not cuda.is_available():
@@ -94,8 +94,8 @@ class DeviceFactors:
     """Adafactor's factored stage on device arrays (``algorithms.HostFactors``'s
     twin): the row and column means reduced on the device, read back with the
     factors (``n + m`` numbers per matrix: the step waits for the stream, as the
-    norms pass does), lerped on the host as on every backend, and the estimate laid
-    out on the device."""
+    norms pass does), lerped on the host as on every backend, then the norms and
+    update passes with the estimate made per element from the factors."""
 
     @staticmethod
     def means(grad, n: int, m: int, scale2: float):
@@ -116,14 +116,26 @@ class DeviceFactors:
         return out
 
     @staticmethod
-    def estimate(param, r, c, denom):
+    def _factors(r, c, denom):
         s = _stream()
-        n, m = r.shape[1], c.shape[1]
-        out = cuda.device_array(param.size, dtype=param.dtype, stream=s)
-        r, c, denom = (cuda.to_device(np.ascontiguousarray(a).reshape(-1), stream=s)
-                       for a in (r, c, denom))
-        _launch(_adafactor_estimate, out.size)(out, r, c, denom, n, m)
-        return out
+        return tuple(cuda.to_device(np.ascontiguousarray(a).reshape(-1), stream=s)
+                     for a in (r, c, denom))
+
+    @classmethod
+    def norms(cls, flags, h, param, grad, r, c, denom, grad_scale):
+        s, (n, m) = _stream(), (r.shape[1], c.shape[1])
+        out = cuda.to_device(np.zeros(2, dtype=np.float64), stream=s)
+        _launch(factored_kernel(True, flags), param.size)(
+            param, grad, *cls._factors(r, c, denom), n, m, h, grad_scale, out)
+        sa, sb = out.copy_to_host(stream=s)
+        s.synchronize()
+        return float(sa), float(sb)
+
+    @classmethod
+    def update(cls, flags, h, param, grad, r, c, denom, grad_scale, seed=0, out=None):
+        _launch(factored_kernel(False, flags), param.size)(
+            param, grad, *cls._factors(r, c, denom), r.shape[1], c.shape[1], h,
+            grad_scale, None)
 
     @staticmethod
     def write(state, value) -> None:

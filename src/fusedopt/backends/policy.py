@@ -16,3 +16,8 @@ TABLE_COLUMNS = 2 + MAX_SLOTS
 #: one thread, then the blocks' sums in order: its result does not depend on the
 #: thread count or on taking the serial or the parallel loop.
 REDUCE_BLOCK = 4096
+
+#: Adafactor's row and column sums take blocks of this many rows of one matrix, each
+#: summed by one thread with its own partial column sums, then the blocks' column
+#: sums added in order: the same sums whatever the threads.
+MEANS_ROWS = 64

@@ -106,9 +106,9 @@ class _TorchMuon:
     def __init__(self, impl) -> None:
         self._backend = impl
         # (the numpy reference backend has its own Muon, with its own iteration)
-        self.muon = (_algorithms.muon_contract(impl.muon_momentum, impl.sgd,
-                                               _TorchNewtonSchulz, np.zeros_like)
-                     if hasattr(impl, "muon_momentum") else impl.muon)
+        self.muon = (_algorithms.muon_contract(*impl.MUON_PASSES, _TorchNewtonSchulz,
+                                               np.zeros_like)
+                     if hasattr(impl, "MUON_PASSES") else impl.muon)
 
     def __getattr__(self, name: str):
         return getattr(self._backend, name)

@@ -44,11 +44,18 @@ ISA, _k = _load()
 OPENMP_THREADS = _k.openmp_threads()
 
 
-def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
-    """One kernel call over ``param``: ``states`` holds one array or None per slot."""
+def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None,
+          parallel=None):
+    """One kernel call over ``param``: ``states`` holds one array or None per slot;
+    in parallel when ``param`` is large enough (``parallel`` None) or if told."""
     pad = (None,) * (_SLOTS - len(states))
     getattr(_k, name)(param, grad, *states, *pad, h, flags, grad_scale,
-                      param.size >= policy.PARALLEL_MIN_SIZE, seed, out)
+                      param.size >= policy.PARALLEL_MIN_SIZE if parallel is None
+                      else parallel, seed, out)
+
+
+def _serial_call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
+    _call(name, flags, states, h, param, grad, grad_scale, seed, out, False)
 
 
 _SLOTS = 4  # the kernels' s0..s3
@@ -77,9 +84,12 @@ def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, par
 # the backend contract: one function per algorithm, each built from its spec
 globals().update({spec.name: algorithms.contract(spec, _call, _norms)
                   for spec in algorithms.SPECS})
+#: Muon's passes on one thread (see ``numba_cpu.MUON_PASSES``: OpenMP threads
+#: spin-waiting after a parallel region slow the BLAS products between them)
+MUON_PASSES = tuple(algorithms.contract(spec, _serial_call)
+                    for spec in (algorithms.MUON_MOMENTUM, algorithms.SGD))
 #: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
-muon = algorithms.muon_contract(globals()["muon_momentum"], globals()["sgd"],
-                                 newton_schulz.Workspace, np.zeros_like)
+muon = algorithms.muon_contract(*MUON_PASSES, newton_schulz.Workspace, np.zeros_like)
 class CythonFactors(algorithms.HostFactors):
     """Adafactor's factored stage on this backend (``algorithms.HostFactors``): the
     row and column sums in one parallel read of the gradient (``adafactor_means``),

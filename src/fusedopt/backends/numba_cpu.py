@@ -241,9 +241,11 @@ def _prototype(dtype) -> np.ndarray:
     return a
 
 
-def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
-    """One kernel call over ``param``: ``states`` holds one array or None per slot."""
-    par = param.size >= policy.PARALLEL_MIN_SIZE
+def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None,
+          parallel=None):
+    """One kernel call over ``param``: ``states`` holds one array or None per slot;
+    in parallel when ``param`` is large enough (``parallel`` None) or if told."""
+    par = param.size >= policy.PARALLEL_MIN_SIZE if parallel is None else parallel
     k = (_SERIALISED if par and not _threadsafe else KERNELS).get(
         (name, flags, len(states)))
     if k is None:
@@ -507,9 +509,20 @@ _grad_stats_serialised = _serialised(_grad_stats)
 # the backend contract: one function per algorithm, each built from its spec
 globals().update({spec.name: algorithms.contract(spec, _call, _norms)
                   for spec in algorithms.SPECS})
+
+
+def _serial_call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
+    _call(name, flags, states, h, param, grad, grad_scale, seed, out, False)
+
+
+#: Muon's momentum pass and SGD's step, on one thread: the Newton-Schulz products
+#: between them run on BLAS's threads, which a parallel region's OpenMP threads,
+#: spin-waiting after it, slow down 2x (256 x 256: 6.4 ms a step instead of 3.1);
+#: the passes are a small part of a step dominated by matrix products
+MUON_PASSES = tuple(algorithms.contract(spec, _serial_call)
+                    for spec in (algorithms.MUON_MOMENTUM, algorithms.SGD))
 #: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
-muon = algorithms.muon_contract(globals()["muon_momentum"], globals()["sgd"],
-                                 newton_schulz.Workspace, np.zeros_like)
+muon = algorithms.muon_contract(*MUON_PASSES, newton_schulz.Workspace, np.zeros_like)
 #: Adafactor: its factored moments on the host around adafactor_update's two passes
 adafactor = algorithms.adafactor_contract(globals()["adafactor_update"], NumbaFactors)
 

@@ -60,10 +60,10 @@ __all__ = ["fusedopt"]
 # -- beside torch.optim: what the drop-in tests of several algorithms share --------
 
 def step_beside_torch(name: str, shapes, options: dict, backend: str, dtype: str,
-                      steps: int = 50, seed: int = 5):
-    """``torch.optim.<name>`` and ``fusedopt.torch.<name>``, each over its own copy of
-    float parameters of ``shapes``, after ``steps`` steps with the same random
-    gradients: ``(theirs, ours, ref, opt)``."""
+                      steps: int = 50, seed: int = 5, flatten: bool = False):
+    """``torch.optim.<name>`` and ``fusedopt.torch.<name>`` (with ``flatten``), each
+    over its own copy of float parameters of ``shapes``, after ``steps`` steps with
+    the same random gradients: ``(theirs, ours, ref, opt)``."""
     import torch
 
     import fusedopt.torch as ft
@@ -74,7 +74,7 @@ def step_beside_torch(name: str, shapes, options: dict, backend: str, dtype: str
     theirs = [torch.nn.Parameter(t.clone()) for t in start]
     ours = [torch.nn.Parameter(t.clone()) for t in start]
     ref = getattr(torch.optim, name)(theirs, **options)
-    opt = getattr(ft, name)(ours, **options, backend=backend)
+    opt = getattr(ft, name)(ours, **options, backend=backend, flatten=flatten)
     for _ in range(steps):
         for a, b in zip(theirs, ours):
             g = torch.tensor(rng.standard_normal(a.shape), dtype=dt)
@@ -84,10 +84,12 @@ def step_beside_torch(name: str, shapes, options: dict, backend: str, dtype: str
     return theirs, ours, ref, opt
 
 
-def resume_from_each_other(name: str, bias: bool = True, **options) -> None:
+def resume_from_each_other(name: str, bias: bool = True, flatten: bool = False,
+                           **options) -> None:
     """Five steps of a small float64 model with ``torch.optim.<name>`` and its twin
-    ``fusedopt.torch.<name>``; then each resumes from the other's ``state_dict`` for
-    five more: the parameters must stay equal (checkpoints interchange both ways)."""
+    ``fusedopt.torch.<name>`` (with ``flatten``); then each resumes from the other's
+    ``state_dict`` for five more: the parameters must stay equal (checkpoints
+    interchange both ways)."""
     import torch
 
     import fusedopt.torch as ft
@@ -107,10 +109,12 @@ def resume_from_each_other(name: str, bias: bool = True, **options) -> None:
 
     theirs_cls, ours_cls = getattr(torch.optim, name), getattr(ft, name)
     a, b = model(), model()
-    ref, ours = theirs_cls(a.parameters(), **options), ours_cls(b.parameters(), **options)
+    ref = theirs_cls(a.parameters(), **options)
+    ours = ours_cls(b.parameters(), **options, flatten=flatten)
     train(a, ref, 5, 0)
     train(b, ours, 5, 0)
-    ref2, ours2 = theirs_cls(a.parameters(), **options), ours_cls(b.parameters(), **options)
+    ref2 = theirs_cls(a.parameters(), **options)
+    ours2 = ours_cls(b.parameters(), **options, flatten=flatten)
     ref2.load_state_dict(ours.state_dict())
     ours2.load_state_dict(ref.state_dict())
     train(a, ref2, 5, 1)

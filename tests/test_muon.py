@@ -166,6 +166,19 @@ def test_dropin_matches_torch_muon(backend, options, dtype):
     assert opt.state_dict()["param_groups"] == ref.state_dict()["param_groups"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropin_lerp_switch_is_decided_in_float32(backend):
+    """momentum = 0.5 + 2**-26: 1 - momentum is below 0.5 in float64 but rounds to 0.5
+    in float32, where torch's lerp decides which formula to use: the buffers stay
+    bit for bit torch's."""
+    torch = pytest.importorskip("torch")
+    options = dict(lr=0.02, momentum=0.5 + 2.0 ** -26, nesterov=True)
+    theirs, ours, ref, opt = step_beside_torch("Muon", SHAPES, options, backend,
+                                               "float32", steps=5)
+    for a, b in zip(theirs, ours):
+        assert torch.equal(opt.state[b]["momentum_buffer"], ref.state[a]["momentum_buffer"])
+
+
 def test_dropin_checkpoints_interchange_with_torch():
     pytest.importorskip("torch")
     resume_from_each_other("Muon", bias=False, lr=0.02)

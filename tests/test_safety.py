@@ -181,11 +181,11 @@ def test_out_of_memory_while_allocating_first_step_state_writes_nothing(monkeypa
     opt = fusedopt.Adam(params, lr=0.1)
     real, calls = _checks.full_like, []
 
-    def failing(a, value, dtype=None):
+    def failing(a, value, dtype=None, shape=None):
         calls.append(a.size)
         if len(calls) == 5:  # the third parameter's exp_avg
             raise MemoryError("simulated")
-        return real(a, value, dtype)
+        return real(a, value, dtype, shape)
 
     monkeypatch.setattr(_checks, "full_like", failing)
     with pytest.raises(MemoryError):

@@ -128,11 +128,20 @@ LAMB = Spec(
     lambda s, step, lr, beta1, beta2, eps, wd: (wd != 0.0,),
     norms=scalars.lamb_trust)
 
+def _small_weight(w: float, state) -> bool:
+    """torch's lerp switch ``|w| < 0.5``, decided as its kernel does on ``w`` in the
+    compute dtype: float32 beside float32 (or bf16) ``state``, where ``1 - momentum``
+    a hair below 0.5 rounds to 0.5."""
+    if state is not None and state.dtype != np.float64:
+        w = float(np.float32(w))
+    return abs(w) < 0.5
+
+
 MUON_MOMENTUM = Spec(
     "muon_momentum", ("momentum_buffer",), ("momentum", "nesterov"),
     lambda momentum, nesterov: (1.0 - momentum, momentum),
-    lambda s, momentum, nesterov: (nesterov, abs(1.0 - momentum) < 0.5,
-                                   abs(momentum) < 0.5))
+    lambda s, momentum, nesterov: (nesterov, _small_weight(1.0 - momentum, s[0]),
+                                   _small_weight(momentum, s[0])))
 
 #: Muon: no rule of its own; its host stage between two passes (``muon_contract``)
 MUON = Spec(
@@ -983,11 +992,11 @@ ADAFACTOR_ALGORITHM = Algorithm(
     eps1 None is the parameter dtype's machine epsilon. State: ``step``, and
     ``row_var`` and ``col_var`` (shapes ``(..., n, 1)`` and ``(..., 1, m)``) for
     tensors of 2+ dimensions, ``variance`` for the others. The row and column means
-    (NumPy's einsum on host arrays, a reduction kernel on CUDA arrays) update the
-    factors on the host, then two fused passes (the norms, then the update) run over
-    the parameter, its gradient and the estimate ``V`` laid out in a scratch array;
-    one call per tensor. float32 and float64 parameters on every backend; not over a
-    FlatParams or with ``flatten=True`` (its state is not flat). Defaults are torch's: ``lr=1e-2,
+    (one parallel read of the gradient) update the factors on the host, then two
+    fused passes (the norms, then the update) make ``V`` element by element from the
+    factors: no array of the tensor's size; one call per tensor. float32 and float64
+    parameters on every backend, bf16 state (``state_dtype``), over a FlatParams (its
+    state in flat buffers of its own layout). Defaults are torch's: ``lr=1e-2,
     beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0``.
     """)
 

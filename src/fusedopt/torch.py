@@ -44,6 +44,7 @@ from . import algorithms as _algorithms
 from . import flat as _flat
 from . import optim as _optim
 from .optim import base as _optim_base
+from .optim.flatmode import state_layout
 from . import scalars
 from .backends import policy, select
 
@@ -152,10 +153,6 @@ class _Fused(torch.optim.Optimizer):
             self._dtypes = _FLOAT_DTYPES
         if kernel.name == "muon":  # torch's own Newton-Schulz
             self._impl = _TorchMuon(self._impl)
-        if flatten and self._algorithm._algorithm.state_shape:
-            raise ValueError(f"flatten=True: {type(self).__name__} keeps state of other "
-                             "shapes than its parameters' (factored moments), which flat "
-                             "buffers do not hold; use flatten=False")
         # NumPy views of parameters and state tensors: id -> (tensor, data_ptr, numel,
         # dtype, view). Building one costs ~2 us; each step reuses it only while the
         # live tensor still has that pointer, size and dtype, and keeps only the
@@ -1088,6 +1085,13 @@ class _FlatTorch:
             self.grad_views[j] = gview
             self.offsets[j] = (dt, a, b)
             self.layout.append((p.data_ptr(), p.dtype))
+        # state of other shapes than the parameters' (Adafactor's factors): where each
+        # member's lies in its slot's buffers (flatmode.state_layout), and per member
+        # its range in its segment's view of each (None: it keeps none of that name)
+        shaped = opt._algorithm._algorithm.state_shape
+        self.state_layout = None if shaped is None else state_layout(
+            layout, opt._algorithm._state_names, shaped)
+        self.ranges: dict[int, dict | None] = {}
         position = {j: m for m, j in enumerate(self.members)}
         first = 0
         for k, group in enumerate(opt.param_groups):
@@ -1104,17 +1108,53 @@ class _FlatTorch:
                        # each member's [lo, hi) in the segment and its shape (for
                        # the algorithms that step tensor by tensor)
                        "tensors": [(layout.offsets[m][1] - a, layout.offsets[m][2] - a,
-                                    tuple(members[m].shape)) for m in run]}
+                                    tuple(members[m].shape)) for m in run],
+                       "slots": {}}
                 self.segments.append(seg)
                 for m in run:
                     self.segment_of[self.members[m]] = seg
+                    self.ranges[self.members[m]] = None
+                if self.state_layout is not None:  # as flatmode._setup_flat
+                    for name, at in self.state_layout[0].items():
+                        kept = [at[m] for m in run if at[m] is not None]
+                        seg["slots"][name] = ((kept[0][0], kept[-1][1]) if kept
+                                              else (0, 0))
+                    for i, m in enumerate(run):
+                        ranges = {name: None if at[m] is None else (
+                            at[m][0] - seg["slots"][name][0],
+                            at[m][1] - seg["slots"][name][0])
+                            for name, at in self.state_layout[0].items()}
+                        seg["tensors"][i] += (ranges,)
+                        self.ranges[self.members[m]] = ranges
         self._snapshot_state()
 
     def _state_buffer(self, name: str, dt) -> torch.Tensor:
         per_dtype = self.state_buffers.setdefault(name, {})
         if dt not in per_dtype:
-            per_dtype[dt] = torch.zeros_like(self.buffers[dt])
+            sizes = {} if self.state_layout is None else self.state_layout[1]
+            per_dtype[dt] = (torch.zeros(sizes[name].get(dt, 0),
+                                         dtype=self.buffers[dt].dtype)
+                             if name in sizes else torch.zeros_like(self.buffers[dt]))
         return per_dtype[dt]
+
+    def _segment_state(self, seg: dict[str, Any], name: str) -> torch.Tensor:
+        """``seg``'s view of the flat buffer of state ``name`` (flatmode's
+        ``_segment_state``)."""
+        lo, hi = seg["slots"].get(name, (seg["start"], seg["stop"]))
+        return self._state_buffer(name, seg["dtype"])[lo:hi]
+
+    def _member_state(self, j: int, name: str, t: torch.Tensor) -> torch.Tensor | None:
+        """Parameter ``j``'s part of its segment's view ``t`` of state ``name``, in
+        the shape it keeps; None where it keeps none of that name."""
+        seg, p, ranges = self.segment_of[j], self.params[j], self.ranges[j]
+        if ranges is None:
+            _, a, b = self.offsets[j]
+            return t[a - seg["start"]:b - seg["start"]].view_as(p)
+        if ranges[name] is None:
+            return None
+        lo, hi = ranges[name]
+        shape = self.opt._algorithm._algorithm.state_shape(name, tuple(p.shape))
+        return t[lo:hi].view(shape)
 
     def zero_grad(self) -> None:
         for gbuf in self.grad_buffers.values():
@@ -1175,8 +1215,7 @@ class _FlatTorch:
         for seg in self.segments:
             for name, init in algo._state_spec(opt._hyper(
                     opt.param_groups[seg["group"]], seg["group"])):
-                seg["arrays"][name] = self._state_buffer(name, seg["dtype"])[
-                    seg["start"]:seg["stop"]]
+                seg["arrays"][name] = self._segment_state(seg, name)
                 seg["arrays"][name].fill_(init)
                 self._expose(seg, name)
             seg["views"] = {n: t.numpy() for n, t in seg["arrays"].items()}
@@ -1247,7 +1286,7 @@ class _FlatTorch:
             fresh = False
             for name, init in spec:
                 if name not in seg["arrays"]:
-                    buf = self._state_buffer(name, seg["dtype"])[seg["start"]:seg["stop"]]
+                    buf = self._segment_state(seg, name)
                     buf.fill_(init)
                     seg["arrays"][name] = buf
                     seg["views"] = {n: t.numpy() for n, t in seg["arrays"].items()}
@@ -1282,8 +1321,9 @@ class _FlatTorch:
             for key, t in seg["scalars"].items():
                 st.setdefault(key, t)
             if name is not None:
-                _, a, b = self.offsets[j]
-                st[name] = seg["arrays"][name][a - seg["start"]:b - seg["start"]].view_as(p)
+                view = self._member_state(j, name, seg["arrays"][name])
+                if view is not None:
+                    st[name] = view
 
     def check_loaded(self) -> None:
         """After torch's load and ``_Fused._adopt_loaded`` (each entry complete, of
@@ -1293,9 +1333,11 @@ class _FlatTorch:
         for j in self.members:
             st = self.opt.state.get(self.params[j], {})
             numbers = ("step", *self.opt._scalars)
-            key = (*(float(st.get(n, 0.0)) for n in numbers),
-                   sorted(n for n, v in st.items() if n not in numbers and
-                          isinstance(v, torch.Tensor)))
+            kept = sorted(n for n, v in st.items() if n not in numbers and
+                          isinstance(v, torch.Tensor))
+            if self.state_layout is not None:  # which depends on the shape (checked)
+                kept = bool(kept)
+            key = (*(float(st.get(n, 0.0)) for n in numbers), kept)
             seg = id(self.segment_of[j])
             if held.setdefault(seg, key) != key:
                 raise ValueError(f"state_dict['state'][{j}]: flatten=True steps each "
@@ -1327,16 +1369,13 @@ class _FlatTorch:
             for name in self.opt._scalars:  # (as _adopt_loaded made them: 0-d tensors)
                 if name in st:
                     seg["scalars"][name] = st[name].detach().clone()
-            _, a, b = self.offsets[j]
             for name, value in st.items():
                 if name in numbers or not isinstance(value, torch.Tensor):
                     continue
                 if name not in seg["arrays"]:
-                    seg["arrays"][name] = self._state_buffer(name, seg["dtype"])[
-                        seg["start"]:seg["stop"]]
+                    seg["arrays"][name] = self._segment_state(seg, name)
                     seg["arrays"][name].zero_()
-                seg["arrays"][name][a - seg["start"]:b - seg["start"]].copy_(
-                    value.reshape(-1))
+                self._member_state(j, name, seg["arrays"][name]).copy_(value)
         for j in self.members:
             self.opt.state[self.params[j]] = {}
         for seg in self.segments:

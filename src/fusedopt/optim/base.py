@@ -570,7 +570,9 @@ class Optimizer(Precision, FlatMode, Serialise):
         ``tensors``: where ``p`` is a flat segment, the ``(lo, hi, shape)`` of each
         tensor in it (its elements ``[lo, hi)``); an algorithm that steps tensor by
         tensor (``algorithms.PER_TENSOR``: LAMB's norms, Muon's host stage) then
-        makes one call per tensor, over its slices of ``p``, ``g`` and the state."""
+        makes one call per tensor, over its slices of ``p``, ``g`` and the state
+        (where the state has other shapes, Adafactor's, a fourth item maps each state
+        name to the tensor's ``(lo, hi)`` in it, None where it keeps none)."""
         state["step"] = step = state["step"] + 1
         algo = cls._algorithm
         run = getattr(impl, cls._kernel)
@@ -579,9 +581,15 @@ class Optimizer(Precision, FlatMode, Serialise):
         if tensors is None or cls._kernel not in _algorithms.PER_TENSOR:
             algo.call(run, p, g, state, hyper, step, fresh, scale, seed, out)
         else:
-            for lo, hi, shape in tensors:
-                part = {k: v[lo:hi] if hasattr(v, "shape") and v.shape else v
-                        for k, v in state.items()}
+            for lo, hi, shape, *ranges in tensors:
+                part = {}
+                for k, v in state.items():
+                    if not (hasattr(v, "shape") and v.shape):
+                        part[k] = v
+                    elif not ranges or k not in ranges[0]:
+                        part[k] = v[lo:hi]
+                    elif (r := ranges[0][k]) is not None:
+                        part[k] = v[r[0]:r[1]]
                 part["shape"] = shape
                 algo.call(run, p[lo:hi], g[lo:hi], part, hyper, step, fresh, scale,
                           scalars.rounding_seed(seed, step, lo) if seed else 0,

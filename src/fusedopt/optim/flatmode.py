@@ -3,6 +3,7 @@ flat buffers, state in flat buffers of its own, and ``state`` as read-only views
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,14 +28,16 @@ class FlatMode:
         index = {id(v): j for j, v in enumerate(fp.views)}
         if any(id(p) not in index for p in self._params):
             return  # views of the buffer, but not the FlatParams' own tensors
-        if self._algorithm.state_shape is not None:
-            raise ValueError(f"params: a FlatParams; {self._algorithm.title} keeps state "
-                             "of other shapes than its parameters' (factored moments), "
-                             "which flat buffers do not hold: pass the arrays as a list")
         self.flat_params = fp
         self._flat_state: dict[str, dict[np.dtype, np.ndarray]] = {}
         self._segments: list[dict[str, Any]] = []
         where: dict[int, tuple[dict, int, int]] = {}  # tensor -> (segment, start, stop)
+        # state of other shapes than the parameters' (Adafactor's factors): per slot,
+        # where each tensor's lies in that slot's buffer, and the buffers' sizes
+        shaped = self._algorithm.state_shape
+        self._layout = None if shaped is None else state_layout(
+            fp, self._state_names, shaped)
+        self._ranges: dict[int, dict | None] = {}  # tensor -> its slots in its segment's
         i = 0
         for k, group in enumerate(self.param_groups):
             members = {index[id(p)]: i + j for j, p in enumerate(group["params"])}
@@ -42,12 +45,26 @@ class FlatMode:
                 seg = {"group": k, "dtype": dt, "start": a, "stop": b,
                        "param": _checks.kernel_view(fp.buffers[dt][a:b]),
                        "grad": _checks.kernel_view(fp.grad_buffers[dt][a:b]),
-                       "state": {"step": 0}, "tensors": []}
+                       "state": {"step": 0}, "tensors": [], "slots": {}}
                 self._segments.append(seg)
+                if self._layout is not None:  # each slot's range over the run
+                    for name, at in self._layout[0].items():
+                        kept = [at[t] for t in run if at[t] is not None]
+                        seg["slots"][name] = ((kept[0][0], kept[-1][1]) if kept
+                                              else (0, 0))
                 for t in run:
                     where[members[t]] = (seg, *fp.offsets[t][1:])
-                    seg["tensors"].append((fp.offsets[t][1] - a, fp.offsets[t][2] - a,
-                                           fp.views[t].shape))
+                    entry = (fp.offsets[t][1] - a, fp.offsets[t][2] - a,
+                             fp.views[t].shape)
+                    ranges = None
+                    if self._layout is not None:
+                        ranges = {name: None if at[t] is None else (
+                            at[t][0] - seg["slots"][name][0],
+                            at[t][1] - seg["slots"][name][0])
+                            for name, at in self._layout[0].items()}
+                        entry += (ranges,)
+                    self._ranges[members[t]] = ranges
+                    seg["tensors"].append(entry)
             i += len(group["params"])
         self._where = where
         self.state = _FlatState(self)
@@ -87,8 +104,7 @@ class FlatMode:
             hyper, state = hypers[seg["group"]], seg["state"]
             state.update(held)
             for name in missing:
-                state[name] = self._flat_state_buffer(name, seg["dtype"])[
-                    seg["start"]:seg["stop"]]
+                state[name] = self._segment_state(seg, name)
                 if name != MASTER:
                     _checks.fill(state[name], dict(self._state_spec(hyper))[name])
             p, out = seg["param"], None
@@ -102,9 +118,28 @@ class FlatMode:
         per_dtype = self._flat_state.setdefault(name, {})
         if dtype not in per_dtype:
             like = _checks.kernel_view(self.flat_params.buffers[dtype])
-            per_dtype[dtype] = (self._master_copy(like) if name == MASTER
-                                else self._new_state(like, 0.0))
+            sizes = {} if self._layout is None else self._layout[1]
+            per_dtype[dtype] = (
+                self._master_copy(like) if name == MASTER else self._new_state(
+                    like, 0.0, sizes[name].get(dtype, 0) if name in sizes else None))
         return per_dtype[dtype]
+
+    def _segment_state(self, seg: dict, name: str) -> np.ndarray:
+        """``seg``'s view of the flat buffer of state ``name`` (allocated if need be):
+        its parameters' range, or the range its tensors' state of other shapes takes
+        (``state_layout``)."""
+        lo, hi = seg["slots"].get(name, (seg["start"], seg["stop"]))
+        return self._flat_state_buffer(name, seg["dtype"])[lo:hi]
+
+    def _tensor_range(self, i: int, name: str) -> tuple[int, int] | None:
+        """Where tensor ``i``'s state ``name`` lies in its segment's view of that
+        state, or None where it keeps none of that name (Adafactor's ``variance``
+        beside a matrix)."""
+        ranges = self._ranges[i]
+        if ranges is None or name not in ranges:
+            seg, a, b = self._where[i]
+            return a - seg["start"], b - seg["start"]
+        return ranges[name]
 
     def _check_flat_steps(self, new_state: Mapping[int, Mapping[str, Any]]) -> None:
         """A segment steps as one: its tensors must come with the same step and the
@@ -114,13 +149,37 @@ class FlatMode:
             seg = self._where[i][0]
             st = new_state.get(i, {"step": 0})
             numbers = ("step", *self._algorithm.scalar_state)
-            key = (*(st.get(k) for k in numbers),
-                   tuple(sorted(k for k in st if k not in numbers)))
+            kept = tuple(sorted(k for k in st if k not in numbers))
+            if self._layout is not None:  # which arrays depends on the tensor's shape
+                kept = bool(kept)  # (_load_param_state checked that they are its)
+            key = (*(st.get(k) for k in numbers), kept)
             if seen.setdefault(id(seg), key) != key:
                 raise ValueError(
                     f"state_dict['state'][{i}]: a FlatParams optimizer steps each "
                     f"segment as one, but this tensor's step/state {key} differs from "
                     f"its segment's {seen[id(seg)]}")
+
+
+def state_layout(fp: _flat.FlatParams, names: list[str], shaped) -> tuple[dict, dict]:
+    """Where each tensor of ``fp`` keeps its state of each slot in ``names`` when the
+    algorithm's ``state_shape`` (``shaped``) gives it other shapes than the
+    parameters' (Adafactor's factors): ``(at, sizes)``, ``at[name][t]`` the ``(lo,
+    hi)`` of tensor ``t``'s in the flat buffer of ``name`` for its dtype (None: it
+    keeps none), in the tensors' order, so that a segment's are one range;
+    ``sizes[name][dtype]`` that buffer's size."""
+    at: dict[str, list] = {}
+    sizes: dict[str, dict] = {}
+    for name in names:
+        at[name], total = [], sizes.setdefault(name, {})
+        for (dt, _, _), view in zip(fp.offsets, fp.views):
+            shape = shaped(name, view.shape)
+            if shape is None:
+                at[name].append(None)
+                continue
+            start = total.get(dt, 0)
+            total[dt] = start + math.prod(shape)
+            at[name].append((start, total[dt]))
+    return at, sizes
 
 
 class _FlatState(Mapping):
@@ -136,12 +195,16 @@ class _FlatState(Mapping):
     def __getitem__(self, i: int) -> Mapping[str, Any]:
         if i not in self._opt._where or not self._started(i):
             raise KeyError(i)
-        seg, a, b = self._opt._where[i]
-        lo, hi = a - seg["start"], b - seg["start"]
+        seg = self._opt._where[i][0]
+        out = {}
+        for k, v in seg["state"].items():
+            if not isinstance(v, np.ndarray):
+                out[k] = v
+            elif (r := self._opt._tensor_range(i, k)) is not None:
+                out[k] = v[r[0]:r[1]]
         # read-only: an assignment into it would be lost (views of the flat state
         # are updated in place instead, or replaced with load_state_dict)
-        return _ReadOnly({k: (v[lo:hi] if isinstance(v, np.ndarray) else v)
-                          for k, v in seg["state"].items()})
+        return _ReadOnly(out)
 
     def __iter__(self):
         return (i for i in range(len(self._opt._params)) if self._started(i))

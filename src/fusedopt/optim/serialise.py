@@ -101,17 +101,17 @@ class Serialise:
         for seg in self._segments:  # copy into the flat state, segment by segment
             seg["state"] = {"step": 0}
         for i, st in new_state.items():
-            seg, a, b = self._where[i]
+            seg = self._where[i][0]
             for name in numbers:
                 if name in st:
                     seg["state"][name] = st[name]
             for name, value in st.items():
                 if name not in numbers:
                     if name not in seg["state"]:
-                        seg["state"][name] = self._flat_state_buffer(
-                            name, seg["dtype"])[seg["start"]:seg["stop"]]
+                        seg["state"][name] = self._segment_state(seg, name)
                         seg["state"][name].fill(0)
-                    seg["state"][name][a - seg["start"]:b - seg["start"]] = value
+                    lo, hi = self._tensor_range(i, name)
+                    seg["state"][name][lo:hi] = value
 
     def _host(self, a):
         return _device.to_host(a) if self._space is _device else a

@@ -98,6 +98,54 @@ def test_clipping_matches_torch_clip_grad_norm(name, backend):
         assert relative_error(p, tp.detach().numpy()) <= 1e-10
 
 
+def test_clipping_and_skipping_reach_the_host_stage_algorithms(backend):
+    """Adafactor (its means see the clipped gradient) against torch with
+    clip_grad_norm_; Muon (whose iteration differs from torch's bf16 one) against
+    itself fed the clipped gradients; both skip a step with a non-finite gradient
+    without a write."""
+    torch = pytest.importorskip("torch")
+    shapes = [(6, 5), (2, 3, 4), (7,)]
+    rng = np.random.default_rng(4)
+    params = [rng.standard_normal(s) for s in shapes]
+    tparams = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    ours = fusedopt.Adafactor(params, lr=0.05, backend=backend, max_grad_norm=0.7,
+                              nonfinite="skip")
+    theirs = torch.optim.Adafactor(tparams, lr=0.05)
+    matrices = [rng.standard_normal((6, 5)), rng.standard_normal((4, 8))]
+    twins = [m.copy() for m in matrices]
+    muon = fusedopt.Muon(matrices, lr=0.05, backend=backend, max_grad_norm=0.7,
+                         nonfinite="skip")
+    muon_twin = fusedopt.Muon(twins, lr=0.05, backend=backend)
+    for step in range(12):
+        big = 0.01 if step % 3 == 0 else 3.0
+        grads = [rng.standard_normal(s) * big for s in shapes]
+        for tp, g in zip(tparams, grads):
+            tp.grad = torch.from_numpy(g.copy())
+        torch.nn.utils.clip_grad_norm_(tparams, max_norm=0.7)
+        theirs.step()
+        ours.step(grads)
+        mgrads = [rng.standard_normal(m.shape) * big for m in matrices]
+        norm = np.sqrt(sum(float(np.sum(g * g)) for g in mgrads))
+        muon.step(mgrads)
+        muon_twin.step([g * min(1.0, 0.7 / (norm + 1e-6)) for g in mgrads])
+    for p, tp in zip(params, tparams):
+        assert relative_error(p, tp.detach().numpy()) <= 1e-10
+    for m, t in zip(matrices, twins):
+        assert relative_error(m, t) <= 1e-12
+    for opt, arrays in ((ours, params), (muon, matrices)):
+        before = [a.copy() for a in arrays]
+        state = {i: {k: np.copy(v) for k, v in st.items()} for i, st in opt.state.items()}
+        bad = [np.full(a.shape, np.inf) if i == 1 else np.ones(a.shape)
+               for i, a in enumerate(arrays)]
+        opt.step(bad)
+        assert opt.last_step_skipped
+        for a, b in zip(arrays, before):
+            np.testing.assert_array_equal(a, b)
+        for i, st in state.items():
+            for k, v in st.items():
+                np.testing.assert_array_equal(opt.state[i][k], v)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_grad_stats_is_the_sum_of_squares_and_the_nonfinite_count(backend, dtype):
     impl = fusedopt.backends.load(backend)

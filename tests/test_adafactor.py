@@ -234,6 +234,36 @@ def test_dropin_flatten_matches_torch_adafactor(backend, dtype):
     resume_from_each_other("Adafactor", flatten=True, weight_decay=0.1)
 
 
+@pytest.mark.parametrize("flatten", [False, True])
+def test_loaded_state_a_parameter_does_not_keep_is_refused(flatten):
+    """A checkpoint giving a matrix a ``variance`` (a vector's state) is refused by
+    name before anything changes, in the drop-in (flatten or not) and the NumPy API."""
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    a, v = torch.nn.Parameter(torch.ones(4, 3)), torch.nn.Parameter(torch.ones(5))
+    opt = ft.Adafactor([a, v], flatten=flatten)
+    a.grad, v.grad = torch.full((4, 3), 0.5), torch.full((5,), 0.5)
+    opt.step()
+    sd = opt.state_dict()
+    before = {k: t.clone() for k, t in opt.state[v].items()}
+    bad = {"state": {0: {**sd["state"][0], "variance": torch.zeros(4, 3)},
+                     1: sd["state"][1]}, "param_groups": sd["param_groups"]}
+    with pytest.raises(ValueError, match=r"\['variance'\]: a parameter of shape \(4, 3\) "
+                       r"keeps \['col_var', 'row_var'\], not 'variance'"):
+        opt.load_state_dict(bad)
+    for k, t in before.items():
+        assert torch.equal(opt.state[v][k], t), k
+    opt.step()
+    ours = fusedopt.Adafactor([np.ones((4, 3)), np.ones(5)])
+    ours.step([np.full((4, 3), 0.5), np.full(5, 0.5)])
+    sd = ours.state_dict()
+    sd["state"][0]["variance"] = np.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"\['variance'\]: a parameter of shape \(4, 3\) "
+                       r"keeps \['row_var', 'col_var'\], not 'variance'"):
+        ours.load_state_dict(sd)
+
+
 def test_dropin_checkpoints_interchange_with_torch():
     """Both ways; a loaded factor of another shape is refused by name."""
     torch = pytest.importorskip("torch")

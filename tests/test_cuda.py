@@ -501,7 +501,7 @@ for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
     i64, out = nt.int64, nt.Array(float64, 1, "C")
     passes = [k._factored_template(rules.adafactor_update_norms, (True,) * 3, True),
               k._factored_template(rules.adafactor_update, (True,) * 3, False)]
-    sigs += [(k._adafactor_means.py_func, (A, i64, i64, f, A, A)),
+    sigs += [(k._adafactor_means.py_func, (A, i64, i64, i64, out, out)),
              (passes[0], (A, A, A, A, A, i64, i64, nt.UniTuple(f, 9), f, out)),
              (passes[1], (A, A, A, A, A, i64, i64, nt.UniTuple(f, 9), f, none))]
     for kernel, sig in sigs:

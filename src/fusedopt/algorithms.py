@@ -192,13 +192,19 @@ class HostFactors:
     - ``means(grad, n, m, scale2)``: ``(rows, cols)``, host arrays ``(batch, n)``
       and ``(batch, m)`` in ``grad``'s dtype, the means of ``scale2 g**2`` over each
       row and column of the flat ``grad`` seen as ``batch`` matrices ``n x m``;
-    - ``norms(flags, h, param, grad, r, c, denom, grad_scale)`` and ``update(...,
+    - ``prepare(r, c, denom)``: the factors ``r`` ``(batch, n)``, ``c`` ``(batch,
+      m)`` and ``denom`` ``(batch,)`` (host arrays in the parameter's dtype) as the
+      passes take them, ``(r, c, denom, n, m)``, flat (here: views);
+    - ``norms(flags, h, param, grad, factors, grad_scale)`` and ``update(...,
       seed=0, out=None)``: the read-only pass of ``rules.adafactor_update_norms``
-      (its two float64 sums of squares) and the pass of ``rules.adafactor_update``,
-      each with the estimate ``v = r_i c_j / denom_b`` made per element from the
-      factors ``r`` ``(batch, n)``, ``c`` ``(batch, m)`` and ``denom`` ``(batch,)``
-      (host arrays in the parameter's dtype): no array of the parameter's size;
+      (its two sums of squares) and the pass of ``rules.adafactor_update``, each with
+      the estimate ``v = r_i c_j / denom_b`` made per element from the prepared
+      ``factors``: no array of the parameter's size;
     - ``read(state)`` and ``write(state, value)``: a factor to and from the host."""
+
+    @staticmethod
+    def prepare(r, c, denom) -> tuple:
+        return r.reshape(-1), c.reshape(-1), denom, r.shape[1], c.shape[1]
 
     @staticmethod
     def sums_arrays(grad, n: int, m: int):
@@ -273,9 +279,10 @@ def adafactor_contract(update: Callable, factors) -> Callable:
         denom = np.maximum(r.mean(axis=1), param.dtype.type(eps1))
         f = (True, *flags)  # factored, small, decay
         h = scalars.adafactor_update(w, *common, *f)
-        h = scalars.adafactor_step_size(h, *factors.norms(f, h, param, grad, r, c, denom,
+        prepared = factors.prepare(r, c, denom)
+        h = scalars.adafactor_step_size(h, *factors.norms(f, h, param, grad, prepared,
                                                           grad_scale))
-        factors.update(f, h, param, grad, r, c, denom, grad_scale, seed, out)
+        factors.update(f, h, param, grad, prepared, grad_scale, seed, out)
         for state, value in ((row_var, r), (col_var, c)):
             factors.write(state, value.astype(_checks.bf16()).view(np.uint16) if bf16
                           else value)

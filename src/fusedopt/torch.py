@@ -149,7 +149,7 @@ class _Fused(torch.optim.Optimizer):
         self._dtypes = _FLOAT_DTYPES + tuple(_COMPLEX) + (
             (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ()) + (
             (torch.float16,) if self._multi else ())
-        if kernel.host:  # Muon, Adafactor: float32/float64, on host BLAS or einsum
+        if kernel.host:  # Muon, Adafactor: float32/float64 (host BLAS, host factors)
             self._dtypes = _FLOAT_DTYPES
         if kernel.name == "muon":  # torch's own Newton-Schulz
             self._impl = _TorchMuon(self._impl)
@@ -753,6 +753,10 @@ class _Fused(torch.optim.Optimizer):
                     if not isinstance(t, torch.Tensor):
                         raise TypeError(f"{label}[{name!r}]: expected a tensor, got "
                                         f"{type(t).__name__}")
+                    if algo._algorithm.state_shape is not None and name not in kept:
+                        raise ValueError(f"{label}[{name!r}]: a parameter of shape "
+                                         f"{tuple(p.shape)} keeps {sorted(kept)}, not "
+                                         f"{name!r}")
                     want = kept.get(name, tuple(p.shape))
                     if tuple(t.shape) != tuple(want):
                         raise ValueError(f"{label}[{name!r}]: expected shape "

@@ -12,6 +12,7 @@ import numpy as np
 from numba import cuda
 
 from .. import _device, rules
+from .policy import MEANS_ROWS
 from ..lowbit import store
 from ..rules import cast_all, cast_like
 from . import template
@@ -76,12 +77,13 @@ MAX_BLOCK = 256
 
 
 @_jit
-def _adafactor_means(g, n, m, scale2, rows, cols):
-    # Adafactor's factored stage (numba_cuda.DeviceFactors): g flat, batch x n x m;
-    # rows[k] = scale2 / m * sum_j g[k, j]**2 (a row per block: its threads read the
-    # row together and sum as a tree in shared memory), cols[b m + j] = scale2 / n *
-    # sum_i g[b, i, j]**2 (a column per thread: neighbouring threads read neighbouring
-    # elements); float64 sums, stored in g's dtype
+def _adafactor_means(g, n, m, per, rows, parts):
+    # Adafactor's factored stage (numba_cuda.DeviceFactors), the sums its host twin
+    # (algorithms.HostFactors.sums_arrays) takes: g flat, batch x n x m; rows[k] =
+    # sum_j g[k, j]**2 (a row per block: its threads read the row together and sum
+    # as a tree in shared memory); parts[q, j] = the sum of g[i, j]**2 over block q
+    # of MEANS_ROWS rows of one matrix (per blocks per matrix; a (block, column) per
+    # thread: neighbouring threads read neighbouring elements); float64
     t, width = cuda.threadIdx.x, cuda.blockDim.x
     part = cuda.shared.array(MAX_BLOCK, np.float64)
     for k in range(cuda.blockIdx.x, rows.size, cuda.gridDim.x):
@@ -98,15 +100,16 @@ def _adafactor_means(g, n, m, scale2, rows, cols):
             cuda.syncthreads()
             half //= 2
         if t == 0:
-            rows[k] = part[0] * scale2 / m
+            rows[k] = part[0]
         cuda.syncthreads()
-    for k in range(cuda.grid(1), cols.size, cuda.gridsize(1)):
-        first = (k // m) * n * m + k % m
+    for k in range(cuda.grid(1), parts.size, cuda.gridsize(1)):
+        q, j = k // m, k % m
+        b, first = q // per, (q % per) * MEANS_ROWS
         s = 0.0
-        for i in range(n):
-            x = np.float64(g[first + i * m])
+        for i in range(b * n + first, b * n + min(n, first + MEANS_ROWS)):
+            x = np.float64(g[i * m + j])
             s += x * x
-        cols[k] = s * scale2 / n
+        parts[k] = s
 
 
 def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):

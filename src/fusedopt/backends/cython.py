@@ -99,22 +99,22 @@ class CythonFactors(algorithms.HostFactors):
     @classmethod
     def means(cls, grad, n: int, m: int, scale2: float):
         rows, parts = cls.sums_arrays(grad, n, m)
-        _k.adafactor_means(grad, n, m, rows, parts, grad.size >= policy.PARALLEL_MIN_SIZE)
+        _k.adafactor_means(grad, n, m, policy.MEANS_ROWS, rows, parts,
+                           grad.size >= policy.PARALLEL_MIN_SIZE)
         return cls.from_sums(rows, parts, grad, n, m, scale2)
 
     @staticmethod
-    def _passes(reduce, flags, h, param, grad, r, c, denom, grad_scale):
-        return _k.adafactor_factored(param, grad, r, c, denom, r.shape[1], c.shape[1],
-                                     h, flags, grad_scale, reduce,
+    def _passes(reduce, flags, h, param, grad, factors, grad_scale):
+        return _k.adafactor_factored(param, grad, *factors, h, flags, grad_scale, reduce,
                                      param.size >= policy.PARALLEL_MIN_SIZE)
 
     @classmethod
-    def norms(cls, flags, h, param, grad, r, c, denom, grad_scale):
-        return cls._passes(True, flags, h, param, grad, r, c, denom, grad_scale)
+    def norms(cls, flags, h, param, grad, factors, grad_scale):
+        return cls._passes(True, flags, h, param, grad, factors, grad_scale)
 
     @classmethod
-    def update(cls, flags, h, param, grad, r, c, denom, grad_scale, seed=0, out=None):
-        cls._passes(False, flags, h, param, grad, r, c, denom, grad_scale)
+    def update(cls, flags, h, param, grad, factors, grad_scale, seed=0, out=None):
+        cls._passes(False, flags, h, param, grad, factors, grad_scale)
 
 
 #: Adafactor: its factored moments on the host around its two passes

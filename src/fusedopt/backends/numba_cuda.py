@@ -99,14 +99,14 @@ class DeviceFactors:
 
     @staticmethod
     def means(grad, n: int, m: int, scale2: float):
-        s, batch = _stream(), grad.size // (n * m)
-        rows = cuda.device_array(batch * n, dtype=grad.dtype, stream=s)
-        cols = cuda.device_array(batch * m, dtype=grad.dtype, stream=s)
-        _launch(_adafactor_means, max(batch * n * THREADS, batch * m))(
-            grad, n, m, float(scale2), rows, cols)
-        out = rows.copy_to_host(stream=s), cols.copy_to_host(stream=s)
+        s = _stream()
+        rows, parts = (cuda.device_array(a.shape, dtype=np.float64, stream=s)
+                       for a in algorithms.HostFactors.sums_arrays(grad, n, m))
+        _launch(_adafactor_means, max(rows.size * THREADS, parts.size))(
+            grad, n, m, parts.shape[0] // (grad.size // (n * m)), rows, parts.reshape(-1))
+        host = rows.copy_to_host(stream=s), parts.copy_to_host(stream=s)
         s.synchronize()
-        return out[0].reshape(batch, n), out[1].reshape(batch, m)
+        return algorithms.HostFactors.from_sums(*host, grad, n, m, scale2)
 
     @staticmethod
     def read(state):
@@ -116,26 +116,25 @@ class DeviceFactors:
         return out
 
     @staticmethod
-    def _factors(r, c, denom):
+    def prepare(r, c, denom) -> tuple:
         s = _stream()
-        return tuple(cuda.to_device(np.ascontiguousarray(a).reshape(-1), stream=s)
-                     for a in (r, c, denom))
+        return (*(cuda.to_device(np.ascontiguousarray(a).reshape(-1), stream=s)
+                  for a in (r, c, denom)), r.shape[1], c.shape[1])
 
-    @classmethod
-    def norms(cls, flags, h, param, grad, r, c, denom, grad_scale):
-        s, (n, m) = _stream(), (r.shape[1], c.shape[1])
+    @staticmethod
+    def norms(flags, h, param, grad, factors, grad_scale):
+        s = _stream()
         out = cuda.to_device(np.zeros(2, dtype=np.float64), stream=s)
         _launch(factored_kernel(True, flags), param.size)(
-            param, grad, *cls._factors(r, c, denom), n, m, h, grad_scale, out)
+            param, grad, *factors, h, grad_scale, out)
         sa, sb = out.copy_to_host(stream=s)
         s.synchronize()
         return float(sa), float(sb)
 
-    @classmethod
-    def update(cls, flags, h, param, grad, r, c, denom, grad_scale, seed=0, out=None):
+    @staticmethod
+    def update(flags, h, param, grad, factors, grad_scale, seed=0, out=None):
         _launch(factored_kernel(False, flags), param.size)(
-            param, grad, *cls._factors(r, c, denom), r.shape[1], c.shape[1], h,
-            grad_scale, None)
+            param, grad, *factors, h, grad_scale, None)
 
     @staticmethod
     def write(state, value) -> None:

@@ -161,6 +161,9 @@ class Serialise:
                 raise TypeError(f"{label}[{name!r}]: expected a float array, got "
                                 f"{getattr(value, 'dtype', type(value).__name__)}")
             want = shape if shaped is None or name == MASTER else shaped(name, shape)
+            if want is None:
+                raise ValueError(f"{label}[{name!r}]: a parameter of shape {shape} keeps "
+                                 f"{[n for n, _ in spec]}, not {name!r}")
             if value.shape != want:
                 raise ValueError(f"{label}[{name!r}]: expected shape {want} (that "
                                  f"{'of its parameter' if want == shape else 'its parameter keeps'}"

@@ -203,8 +203,11 @@ def test_dropin_matches_torch_adafactor(backend, options, dtype):
     """50 steps of random gradients: parameters and every state tensor within the
     contract, with torch's keys and shapes."""
     pytest.importorskip("torch")
-    theirs, ours, ref, opt = step_beside_torch("Adafactor", SHAPES, options, backend,
-                                               dtype)
+    _assert_like_torch(*step_beside_torch("Adafactor", SHAPES, options, backend, dtype),
+                       dtype)
+
+
+def _assert_like_torch(theirs, ours, ref, opt, dtype) -> None:
     tol = TOL[np.dtype(dtype).type]
     for a, b in zip(theirs, ours):
         assert relative_error(b.detach(), a.detach()) <= tol
@@ -222,15 +225,8 @@ def test_dropin_flatten_matches_torch_adafactor(backend, dtype):
     their own layout, exposed in opt.state with torch's shapes; 50 steps against
     torch, and checkpoints both ways."""
     pytest.importorskip("torch")
-    theirs, ours, ref, opt = step_beside_torch("Adafactor", SHAPES, OPTIONS[1], backend,
-                                               dtype, flatten=True)
-    tol = TOL[np.dtype(dtype).type]
-    for a, b in zip(theirs, ours):
-        assert relative_error(b.detach(), a.detach()) <= tol
-        assert opt.state[b].keys() == ref.state[a].keys()
-        for name, t in ref.state[a].items():
-            assert opt.state[b][name].shape == t.shape, name
-            assert relative_error(opt.state[b][name], t) <= tol, name
+    _assert_like_torch(*step_beside_torch("Adafactor", SHAPES, OPTIONS[1], backend, dtype,
+                                          flatten=True), dtype)
     resume_from_each_other("Adafactor", flatten=True, weight_decay=0.1)
 
 

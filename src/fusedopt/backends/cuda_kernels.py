@@ -76,6 +76,28 @@ def _grad_stats(g, out):
 MAX_BLOCK = 256
 
 
+@cuda.jit(device=True, cache=not _device.simulated())
+def _add_block_sums(sa, sb, out):
+    # out[0] and out[1] (float64) gain the block's threads' sa and sb: a tree in
+    # shared memory (blocks of a power of two threads, at most MAX_BLOCK), then one
+    # atomic pair per block; every thread of the block calls it
+    ta = cuda.shared.array(MAX_BLOCK, np.float64)
+    tb = cuda.shared.array(MAX_BLOCK, np.float64)
+    t = cuda.threadIdx.x
+    ta[t], tb[t] = sa, sb
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if t < half:
+            ta[t] += ta[t + half]
+            tb[t] += tb[t + half]
+        cuda.syncthreads()
+        half //= 2
+    if t == 0:
+        cuda.atomic.add(out, 0, ta[0])
+        cuda.atomic.add(out, 1, tb[0])
+
+
 @_jit
 def _adafactor_means(g, n, m, per, rows, parts):
     # Adafactor's factored stage (numba_cuda.DeviceFactors), the sums its host twin
@@ -137,21 +159,7 @@ def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):
             else:
                 p[k] = new[0]
         if reduce:
-            ta = cuda.shared.array(MAX_BLOCK, np.float64)
-            tb = cuda.shared.array(MAX_BLOCK, np.float64)
-            t = cuda.threadIdx.x
-            ta[t], tb[t] = sa, sb
-            cuda.syncthreads()
-            half = cuda.blockDim.x // 2
-            while half > 0:
-                if t < half:
-                    ta[t] += ta[t + half]
-                    tb[t] += tb[t + half]
-                cuda.syncthreads()
-                half //= 2
-            if t == 0:
-                cuda.atomic.add(out, 0, ta[0])
-                cuda.atomic.add(out, 1, tb[0])
+            _add_block_sums(sa, sb, out)
     return kernel
 
 
@@ -186,21 +194,7 @@ def _norms_template(rule, flags: tuple[bool, ...], slots: int):
             x, y = np.float64(a), np.float64(b)
             sa += x * x
             sb += y * y
-        ta = cuda.shared.array(MAX_BLOCK, np.float64)
-        tb = cuda.shared.array(MAX_BLOCK, np.float64)
-        t = cuda.threadIdx.x
-        ta[t], tb[t] = sa, sb
-        cuda.syncthreads()
-        half = cuda.blockDim.x // 2
-        while half > 0:
-            if t < half:
-                ta[t] += ta[t + half]
-                tb[t] += tb[t + half]
-            cuda.syncthreads()
-            half //= 2
-        if t == 0:
-            cuda.atomic.add(out, 0, ta[0])
-            cuda.atomic.add(out, 1, tb[0])
+        _add_block_sums(sa, sb, out)
     return kernel
 
 

@@ -313,12 +313,18 @@ def _norms_template(rule, flags: tuple[bool, ...], slots: int):
         else:
             for k in range(blocks):
                 block(parts, k, p, g, h, grad_scale, zero, s0, s1, s2, s3)
-        sa, sb = 0.0, 0.0
-        for k in range(blocks):
-            sa += parts[k, 0]
-            sb += parts[k, 1]
-        return sa, sb
+        return _in_order(parts)
     return loop
+
+
+@register_jitable
+def _in_order(parts):
+    """The blocks' two sums (``parts[k]``), added in block order."""
+    sa, sb = 0.0, 0.0
+    for k in range(parts.shape[0]):
+        sa += parts[k, 0]
+        sb += parts[k, 1]
+    return sa, sb
 
 
 # -- Adafactor's factored passes: its estimate made per element from the factors ------
@@ -402,11 +408,7 @@ def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):
         else:
             for k in range(blocks):
                 block(parts, k, p, g, r, c, denom, n, m, h, grad_scale, zero)
-        sa, sb = 0.0, 0.0
-        for k in range(blocks):
-            sa += parts[k, 0]
-            sb += parts[k, 1]
-        return sa, sb
+        return _in_order(parts)
     return loop
 
 

@@ -260,6 +260,87 @@ def test_loaded_state_a_parameter_does_not_keep_is_refused(flatten):
         ours.load_state_dict(sd)
 
 
+def test_dropin_refuses_bad_state_and_layouts_by_name_before_any_write():
+    """What a probe of the drop-in found: each refused by name with nothing written
+    (flatten=True: a state name it cannot hold, a bad step in a later segment, an
+    empty parameter; both: a live factor of the wrong shape, a gradient that is its
+    parameter); a checkpoint whose tensors require grad loads."""
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Linear(5, 3).double()
+
+    def step(m, opt):
+        opt.zero_grad()
+        m(torch.ones(2, 5, dtype=torch.float64)).square().sum().backward()
+        opt.step()
+
+    def snapshot(m, opt):
+        return ([p.detach().clone() for p in m.parameters()],
+                {k: t.clone() for st in opt.state.values() for k, t in st.items()})
+
+    def unchanged(m, opt, snap):
+        now = snapshot(m, opt)
+        assert all(torch.equal(a, b) for a, b in zip(now[0], snap[0]))
+        assert now[1].keys() == snap[1].keys()
+        assert all(torch.equal(now[1][k], snap[1][k]) for k in now[1])
+
+    m = model()
+    opt = ft.Adafactor(m.parameters(), flatten=True)
+    step(m, opt)
+    good = opt.state_dict()
+    bad = {"state": {0: dict(good["state"][0]), 1: {**good["state"][1],
+                                                    "exp_avg": torch.zeros(3)}},
+           "param_groups": good["param_groups"]}
+    snap = snapshot(m, opt)
+    with pytest.raises(ValueError, match=r"state_dict\['state'\]\[1\]: unknown state "
+                       r"\['exp_avg'\]; flatten=True keeps only"):
+        opt.load_state_dict(bad)
+    unchanged(m, opt, snap)
+    grad_tracking = {"state": {i: {k: (t.clone().requires_grad_(True)
+                                       if t.is_floating_point() and t.dim() else t)
+                                   for k, t in st.items()}
+                               for i, st in good["state"].items()},
+                     "param_groups": good["param_groups"]}
+    opt.load_state_dict(grad_tracking)
+    step(m, opt)
+    two = torch.nn.Linear(5, 3).double()
+    opt = ft.Adafactor([{"params": [two.weight]}, {"params": [two.bias], "lr": 0.1}],
+                       flatten=True)
+    step(two, opt)
+    opt.state[two.bias]["step"].fill_(-1)
+    snap = snapshot(two, opt)
+    with pytest.raises(ValueError, match=r"state\[params\[1\]\]\['step'\]: expected "
+                       "an int >= 0"):
+        step(two, opt)
+    unchanged(two, opt, snap)
+    with pytest.raises(ValueError, match=r"params\[1\]: Adafactor steps tensors with "
+                       "elements"):
+        ft.Adafactor([torch.nn.Parameter(torch.ones(2, 3)),
+                      torch.nn.Parameter(torch.ones(0, 3))], flatten=True)
+    for flatten in (False, True):
+        m = model()
+        opt = ft.Adafactor(m.parameters(), flatten=flatten)
+        step(m, opt)
+        if not flatten:
+            opt.state[m.weight]["row_var"] = torch.zeros(3, dtype=torch.float64)
+            snap = snapshot(m, opt)
+            with pytest.raises(ValueError, match=r"\['row_var'\]: expected shape "
+                               r"\(3, 1\) \(shape \(3, 5\) is its parameter's\), got "
+                               r"shape \(3,\)"):
+                opt.step()
+            unchanged(m, opt, snap)
+            opt.state[m.weight]["row_var"] = torch.zeros(3, 1, dtype=torch.float64)
+        m.bias.grad = m.bias.data
+        snap = snapshot(m, opt)
+        with pytest.raises(ValueError, match=r"grads\[1\]: shares memory with "
+                           r"(params\[1\]|the flat buffers)"):
+            opt.step()
+        unchanged(m, opt, snap)
+
+
 def test_dropin_checkpoints_interchange_with_torch():
     """Both ways; a loaded factor of another shape is refused by name."""
     torch = pytest.importorskip("torch")

@@ -99,6 +99,9 @@ def test_traffic_is_minimal_bytes():
 @pytest.mark.parametrize("argv,message", [
     (["--optimizer", "lbfgs"], "invalid choice(s) ['lbfgs']"),
     (["--sizes", "12Q"], "not a size: '12Q'"),
+    (["--sizes", "1.5"], "not a size: '1.5' (expected a whole count"),
+    (["--sizes", ""], "no size in ''"),
+    (["--sizes", ","], "no size in ','"),
     (["--dtype", "float16"], "invalid choice(s) ['float16']"),
     (["--rounds", "0"], "--rounds: must be >= 1"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),

@@ -890,13 +890,13 @@ def _host_stage_param(title: str, p, where) -> None:
                         f"{dtype}")
     if 0 in shape:
         raise ValueError(f"{_checks._name(where)}: {title} steps tensors with elements "
-                         f"(its RMS and means divide by their count), got shape "
+                         f"(its norms and means divide by their count), got shape "
                          f"{shape}")
 
 
 def _matrix(p, where) -> None:
     shape, _ = _shape_dtype(p, where)
-    if len(shape) != 2 or 0 in shape:
+    if len(shape) != 2:
         raise ValueError(
             f"{_checks._name(where)}: Muon only supports 2D parameters (matrices: the "
             f"weights of hidden layers), got shape {shape}; step biases, norms "

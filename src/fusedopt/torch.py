@@ -540,14 +540,14 @@ class _Fused(torch.optim.Optimizer):
                         if p.is_complex():
                             raise RuntimeError(f"{owner} does not support complex "
                                                "parameters")
-                        if p.numel() == 0 and algo._algorithm.kernel.name != "muon":
-                            raise ValueError(f"{owner}: params[{index}] has no elements "
-                                             "(its RMS and means divide by their count)")
-                        if algo._algorithm.kernel.name == "muon" and (
-                                p.ndim != 2 or 0 in p.shape):
+                        if algo._algorithm.kernel.name == "muon" and p.ndim != 2:
                             raise ValueError(f"{owner} only supports 2D parameters; "
                                              f"params[{index}] has size {p.size()} (was "
                                              "it replaced, or added to a group?)")
+                        if p.numel() == 0:
+                            raise ValueError(f"{owner}: params[{index}] has no elements "
+                                             "(its norms and means divide by their "
+                                             "count)")
                     _check_tensor(p, owner, self._dtypes, self.backend,
                                   reducing=reducing)
                     plans.append(self._plan_param(p, hyper, spec, index, views, arrays))
@@ -555,7 +555,8 @@ class _Fused(torch.optim.Optimizer):
         _guard.check_arrays(arrays, lambda: [
             name for plan in plans for name in (
                 ("params", plan[3]), ("grads", plan[3]),
-                *(("state", ("params", plan[3]), n) for n in plan[5]),
+                *(("state", ("params", plan[3]), n) for n, a in plan[5].items()
+                  if isinstance(a, np.ndarray)),
                 *((("state", ("params", plan[3]), "step"),) if plan[9] is not None
                   else ()))])
         self._views = views
@@ -572,18 +573,19 @@ class _Fused(torch.optim.Optimizer):
         views[key] = c
         return c[4]
 
-    def _state_view(self, t, numel: int, dtype, views: dict, name, p) -> np.ndarray:
+    def _state_view(self, t, numel: int, dtype, views: dict, name, p,
+                    shape: tuple | None = None) -> np.ndarray:
         """The NumPy view of the live state tensor ``t`` of ``p`` (``numel``
-        elements of ``dtype``): the cached one while ``t`` is the same contiguous
-        tensor at the same address with ``p``'s size and dtype, else checked in full
-        (``_check_state``) and made anew."""
+        elements of ``dtype``; of ``shape`` where given, a factored moment): the
+        cached one while ``t`` is the same contiguous tensor at the same address with
+        that size and dtype, else checked in full (``_check_state``) and made anew."""
         c = self._views.get(id(t))
         if (c is not None and c[0] is t and c[1] == t.data_ptr() and c[2] == numel
                 and c[3] is dtype and t.numel() == numel and t.dtype is dtype
-                and t.is_contiguous()):
+                and t.is_contiguous() and (shape is None or t.shape == shape)):
             views[id(t)] = c
             return c[4]
-        _check_state(t, p, name, numel=numel)
+        _check_state(t, p, name, numel=numel, shape=shape)
         return self._view(t, views)
 
     def _plan_param(self, p, hyper, spec, index: int, views: dict, arrays: list
@@ -620,7 +622,8 @@ class _Fused(torch.optim.Optimizer):
             else:
                 work[name] = self._state_view(t, math.prod(shape) if shaped else numel,
                                               dtype, views,
-                                              ("state", ("params", index), name), p)
+                                              ("state", ("params", index), name), p,
+                                              shape if shaped else None)
             arrays.append(work[name])
         step, step_view = 0, None
         if type(step_t) is torch.Tensor and step_t.dtype in _STEP_DTYPES and (
@@ -888,13 +891,15 @@ def _started(step) -> bool:
         return True
 
 
-def _check_state(t, p: torch.Tensor, name, strides=None, numel=None) -> None:
+def _check_state(t, p: torch.Tensor, name, strides=None, numel=None,
+                 shape=None) -> None:
     """A live state tensor the kernel will update in place beside ``p``: contiguous,
     or with ``strides`` (those of the layout ``p`` is stepped in); of ``numel``
-    elements where given (a factored moment), else ``p``'s."""
+    elements and ``shape`` where given (a factored moment), else ``p``'s size."""
     numel = p.numel() if numel is None else numel
     if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.is_cpu
-            and t.numel() == numel and not t.is_sparse and (
+            and t.numel() == numel and not t.is_sparse
+            and (shape is None or t.shape == shape) and (
                 t.is_contiguous() if strides is None
                 else t.shape == p.shape and _same_strides(t, strides))):
         return  # the common case
@@ -909,10 +914,10 @@ def _check_state(t, p: torch.Tensor, name, strides=None, numel=None) -> None:
     if not t.is_cpu or t.is_sparse:
         raise ValueError(f"{where}: expected a dense CPU tensor, got {t.layout} on "
                          f"{t.device}")
-    if t.numel() != numel:
-        raise ValueError(f"{where}: expected {numel} elements (shape "
-                         f"{tuple(p.shape)} is its parameter's), got shape "
-                         f"{tuple(t.shape)}")
+    if t.numel() != numel or (shape is not None and t.shape != shape):
+        want = (f"{numel} elements" if shape is None else f"shape {tuple(shape)}")
+        raise ValueError(f"{where}: expected {want} (shape {tuple(p.shape)} is its "
+                         f"parameter's), got shape {tuple(t.shape)}")
     if strides is None:
         raise ValueError(f"{where}: expected a contiguous tensor (the kernel updates it "
                          "in place through one flat view)")
@@ -1008,6 +1013,9 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
                         "calls, which an algorithm that steps tensor by tensor does not "
                         "make; keep float32 parameters")
     if p.dtype not in dtypes or g.dtype != p.dtype:
+        if dtypes == _FLOAT_DTYPES:  # (Muon, Adafactor: their host stage's dtypes)
+            raise TypeError(f"{owner}: expected float32 or float64 parameters with "
+                            f"gradients of the same dtype, got {p.dtype} and {g.dtype}")
         raise TypeError(f"{owner}: expected float32, float64 or complex parameters "
                         "(bfloat16 and float16 on the numba and cython backends; this "
                         f"is {backend!r}) with gradients of the same dtype, got "
@@ -1047,10 +1055,13 @@ class _FlatTorch:
     def __init__(self, opt: _Fused) -> None:
         self.opt = opt
         params = [p for group in opt.param_groups for p in group["params"]]
-        for p in params:
+        check = opt._algorithm._algorithm.check_param  # (Muon's matrices, Adafactor's)
+        for j, p in enumerate(params):
             if p.device.type != "cpu" or p.dtype not in _FLOAT_DTYPES:
                 raise TypeError(f"flatten=True: expected float32/float64 CPU parameters, "
                                 f"got {p.dtype} on {p.device}")
+            if check is not None:  # its layout is fixed now: refused now
+                check(p, ("params", j))
         self.params = params
         #: indices of the parameters in the buffers (requires_grad at construction)
         self.members = [j for j, p in enumerate(params) if p.requires_grad]
@@ -1272,12 +1283,14 @@ class _FlatTorch:
         for seg, spec in zip(self.segments, specs):  # allocate before any write
             for name, _ in spec:
                 self._state_buffer(name, seg["dtype"])
+        steps = [_checks.state_step(seg["step"].item(), (
+            "state", ("params", seg["members"][0]), "step")) for seg in self.segments]
         numbers = [{}] * len(self.segments)
         if opt._scalars:  # scalar state, checked before any write
             numbers = [opt._read_scalars(
-                seg["scalars"], int(seg["step"].item()), hypers[seg["group"]],
+                seg["scalars"], step, hypers[seg["group"]],
                 f"the state of params[{seg['members'][0]}]'s segment")
-                for seg in self.segments]
+                for seg, step in zip(self.segments, steps)]
         for _, p, gview in replaced:
             if p.grad is None:
                 gview.zero_()
@@ -1285,7 +1298,7 @@ class _FlatTorch:
                 gview.copy_(p.grad)
             p.grad = gview
         exposed = False
-        for seg, spec, held in zip(self.segments, specs, numbers):
+        for seg, spec, held, step in zip(self.segments, specs, numbers, steps):
             hyper = hypers[seg["group"]]
             fresh = False
             for name, init in spec:
@@ -1297,7 +1310,7 @@ class _FlatTorch:
                     fresh = True
                     self._expose(seg, name)
             views = dict(seg.get("views", {}))
-            views["step"] = int(seg["step"].item())
+            views["step"] = step
             views.update(held)
             algo._update(opt._impl, seg["param"], seg["grad"], views, hyper, fresh, scale,
                          tensors=seg["tensors"])
@@ -1334,9 +1347,16 @@ class _FlatTorch:
         its parameter's shape): a segment steps as one, so its parameters must hold
         the same step and the same state names (else the load is rolled back)."""
         held: dict[int, tuple] = {}
+        names = set(self.opt._algorithm._state_names)
         for j in self.members:
             st = self.opt.state.get(self.params[j], {})
             numbers = ("step", *self.opt._scalars)
+            unknown = sorted(n for n, v in st.items() if n not in numbers
+                             and n not in names and isinstance(v, torch.Tensor))
+            if unknown:
+                raise ValueError(f"state_dict['state'][{j}]: unknown state {unknown}; "
+                                 "flatten=True keeps only "
+                                 f"{sorted(names)} in its flat buffers")
             kept = sorted(n for n, v in st.items() if n not in numbers and
                           isinstance(v, torch.Tensor))
             if self.state_layout is not None:  # which depends on the shape (checked)
@@ -1379,7 +1399,8 @@ class _FlatTorch:
                 if name not in seg["arrays"]:
                     seg["arrays"][name] = self._segment_state(seg, name)
                     seg["arrays"][name].zero_()
-                self._member_state(j, name, seg["arrays"][name]).copy_(value)
+                with torch.no_grad():
+                    self._member_state(j, name, seg["arrays"][name]).copy_(value)
         for j in self.members:
             self.opt.state[self.params[j]] = {}
         for seg in self.segments:

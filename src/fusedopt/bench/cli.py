@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -26,10 +27,13 @@ def parse_size(text: str) -> int:
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
     digits = text[:-1] if text[-1:] in "KMG" else text
     try:
-        value = int(float(digits) * scale)
+        exact = float(digits) * scale
     except ValueError:
+        exact = math.nan
+    if not (math.isfinite(exact) and exact.is_integer()):
         raise argparse.ArgumentTypeError(
-            f"not a size: {text!r} (expected e.g. 1000, 1K, 16M)") from None
+            f"not a size: {text!r} (expected a whole count, e.g. 1000, 1K, 1.5K, 16M)")
+    value = int(exact)
     if value < 1:
         raise argparse.ArgumentTypeError(f"size must be >= 1, got {text!r}")
     return value
@@ -252,10 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        sizes = [parse_size(s) for s in (args.sizes or (
+        sizes = [parse_size(s) for s in (args.sizes if args.sizes is not None else (
             QUICK_SIZES if args.quick else DEFAULT_SIZES)).split(",") if s.strip()]
     except argparse.ArgumentTypeError as exc:
         ap.error(f"argument --sizes: {exc}")
+    if not sizes:
+        ap.error(f"argument --sizes: no size in {args.sizes!r} (expected e.g. 1K,1M)")
     if args.rounds is not None and args.rounds < 1:
         ap.error("argument --rounds: must be >= 1")
     if args.placements is not None and args.placements < 1:

@@ -44,7 +44,7 @@ from . import algorithms as _algorithms
 from . import flat as _flat
 from . import optim as _optim
 from .optim import base as _optim_base
-from .optim.flatmode import state_layout
+from .optim.flatmode import segment_slots, state_layout
 from . import scalars
 from .backends import policy, select
 
@@ -1130,17 +1130,10 @@ class _FlatTorch:
                     self.segment_of[self.members[m]] = seg
                     self.ranges[self.members[m]] = None
                 if self.state_layout is not None:  # as flatmode._setup_flat
-                    for name, at in self.state_layout[0].items():
-                        kept = [at[m] for m in run if at[m] is not None]
-                        seg["slots"][name] = ((kept[0][0], kept[-1][1]) if kept
-                                              else (0, 0))
-                    for i, m in enumerate(run):
-                        ranges = {name: None if at[m] is None else (
-                            at[m][0] - seg["slots"][name][0],
-                            at[m][1] - seg["slots"][name][0])
-                            for name, at in self.state_layout[0].items()}
-                        seg["tensors"][i] += (ranges,)
-                        self.ranges[self.members[m]] = ranges
+                    seg["slots"], ranges = segment_slots(self.state_layout[0], run)
+                    for i, (m, r) in enumerate(zip(run, ranges)):
+                        seg["tensors"][i] += (r,)
+                        self.ranges[self.members[m]] = r
         self._snapshot_state()
 
     def _state_buffer(self, name: str, dt) -> torch.Tensor:

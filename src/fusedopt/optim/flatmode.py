@@ -47,24 +47,14 @@ class FlatMode:
                        "grad": _checks.kernel_view(fp.grad_buffers[dt][a:b]),
                        "state": {"step": 0}, "tensors": [], "slots": {}}
                 self._segments.append(seg)
-                if self._layout is not None:  # each slot's range over the run
-                    for name, at in self._layout[0].items():
-                        kept = [at[t] for t in run if at[t] is not None]
-                        seg["slots"][name] = ((kept[0][0], kept[-1][1]) if kept
-                                              else (0, 0))
-                for t in run:
+                ranges = [None] * len(run)
+                if self._layout is not None:
+                    seg["slots"], ranges = segment_slots(self._layout[0], run)
+                for t, r in zip(run, ranges):
                     where[members[t]] = (seg, *fp.offsets[t][1:])
-                    entry = (fp.offsets[t][1] - a, fp.offsets[t][2] - a,
-                             fp.views[t].shape)
-                    ranges = None
-                    if self._layout is not None:
-                        ranges = {name: None if at[t] is None else (
-                            at[t][0] - seg["slots"][name][0],
-                            at[t][1] - seg["slots"][name][0])
-                            for name, at in self._layout[0].items()}
-                        entry += (ranges,)
-                    self._ranges[members[t]] = ranges
-                    seg["tensors"].append(entry)
+                    self._ranges[members[t]] = r
+                    seg["tensors"].append((fp.offsets[t][1] - a, fp.offsets[t][2] - a,
+                                           fp.views[t].shape) + ((r,) if r else ()))
             i += len(group["params"])
         self._where = where
         self.state = _FlatState(self)
@@ -180,6 +170,20 @@ def state_layout(fp: _flat.FlatParams, names: list[str], shaped) -> tuple[dict, 
             total[dt] = start + math.prod(shape)
             at[name].append((start, total[dt]))
     return at, sizes
+
+
+def segment_slots(at: dict, run: list[int]) -> tuple[dict, list[dict]]:
+    """For a segment of the tensors ``run``: its range in each slot's buffer
+    (``state_layout``'s ``at``), and each tensor's range relative to it (None where
+    the tensor keeps none of that slot)."""
+    slots = {}
+    for name, where in at.items():
+        kept = [where[t] for t in run if where[t] is not None]
+        slots[name] = (kept[0][0], kept[-1][1]) if kept else (0, 0)
+    ranges = [{name: None if where[t] is None else (where[t][0] - slots[name][0],
+                                                    where[t][1] - slots[name][0])
+               for name, where in at.items()} for t in run]
+    return slots, ranges
 
 
 class _FlatState(Mapping):

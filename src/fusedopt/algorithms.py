@@ -131,8 +131,9 @@ LAMB = Spec(
 def _small_weight(w: float, state) -> bool:
     """torch's lerp switch ``|w| < 0.5``, decided as its kernel does on ``w`` in the
     compute dtype: float32 beside float32 (or bf16) ``state``, where ``1 - momentum``
-    a hair below 0.5 rounds to 0.5."""
-    if state is not None and state.dtype != np.float64:
+    a hair below 0.5 rounds to 0.5 (a ``state`` with no dtype: as float64)."""
+    dtype = getattr(state, "dtype", None)
+    if dtype is not None and dtype != np.float64:
         w = float(np.float32(w))
     return abs(w) < 0.5
 

@@ -319,7 +319,8 @@ def _norms_template(rule, flags: tuple[bool, ...], slots: int):
 
 @register_jitable
 def _in_order(parts):
-    """The blocks' two sums (``parts[k]``), added in block order."""
+    """The blocks' two sums (``parts[k]``), added in one fixed order (whatever the
+    threads that made them)."""
     sa, sb = 0.0, 0.0
     for k in range(parts.shape[0]):
         sa += parts[k, 0]
@@ -365,12 +366,13 @@ def _means_block(g, n, m, q, per, rows, parts):
 def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):
     """Adafactor's two passes over a batch of ``n x m`` matrices (flat ``p``, ``g``)
     with its second-moment estimate made per element from the factors, ``v = r_i
-    c_j / denom_b`` (as ``algorithms.HostFactors`` would lay it out; no scratch
-    array): ``rule`` is ``rules.adafactor_update_norms`` (``reduce``: the two sums
-    of squares in fixed blocks of ``policy.REDUCE_BLOCK`` elements, each summed in
-    the parameter's dtype in any order (vectorised: in float64 the sums' dependency
-    chain made the pass 2x slower at 16M float32), the blocks' in float64 in order:
-    more precise than torch's float32 norm, and the same whatever the threads) or
+    c_j / denom_b`` (rounded as torch's ``(r c) / denom``; no scratch array):
+    ``rule`` is ``rules.adafactor_update_norms`` (``reduce``: the two sums of
+    squares in fixed blocks of ``policy.REDUCE_BLOCK`` elements, each summed in the
+    parameter's dtype in any order (vectorised: in float64 the sums' dependency
+    chain made the pass 2x slower at 16M float32), the blocks' in float64 in one
+    fixed order: as precise as torch's float32 norm, and the same whatever the
+    threads) or
     ``rules.adafactor_update`` (the update). Each block walks the rows it covers,
     one vectorised loop per row piece."""
     size, sources = policy.REDUCE_BLOCK, template.SOURCES

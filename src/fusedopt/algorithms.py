@@ -325,6 +325,18 @@ def muon_contract(momentum_pass: Callable, sgd: Callable, workspace: Callable,
     return muon
 
 
+def muon_passes(call: Callable) -> tuple[Callable, Callable]:
+    """Muon's momentum pass and SGD's step (``muon_contract``'s ``momentum_pass`` and
+    ``sgd``) from a CPU backend's launcher ``call`` (``contract``'s ``launch`` with a
+    ``parallel=`` keyword), always on one thread: the Newton-Schulz products between
+    them run on BLAS's threads, which a parallel region's OpenMP threads, spin-waiting
+    after it, slow down 2x (256 x 256: 6.4 ms a step instead of 3.1); the passes are
+    a small part of a step dominated by matrix products."""
+    def serial(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
+        call(name, flags, states, h, param, grad, grad_scale, seed, out, parallel=False)
+    return contract(MUON_MOMENTUM, serial), contract(SGD, serial)
+
+
 def contract(spec: Spec, launch: Callable, norms: Callable | None = None) -> Callable:
     """The backend contract's ``<name>(param, grad, *slots, *hyper, grad_scale,
     seed=0, out=None)`` for ``spec`` (with those parameter names), running

@@ -54,9 +54,6 @@ def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None,
                       else parallel, seed, out)
 
 
-def _serial_call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
-    _call(name, flags, states, h, param, grad, grad_scale, seed, out, False)
-
 
 _SLOTS = 4  # the kernels' s0..s3
 
@@ -84,10 +81,8 @@ def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, par
 # the backend contract: one function per algorithm, each built from its spec
 globals().update({spec.name: algorithms.contract(spec, _call, _norms)
                   for spec in algorithms.SPECS})
-#: Muon's passes on one thread (see ``numba_cpu.MUON_PASSES``: OpenMP threads
-#: spin-waiting after a parallel region slow the BLAS products between them)
-MUON_PASSES = tuple(algorithms.contract(spec, _serial_call)
-                    for spec in (algorithms.MUON_MOMENTUM, algorithms.SGD))
+#: Muon's momentum pass and SGD's step, on one thread (``algorithms.muon_passes``)
+MUON_PASSES = algorithms.muon_passes(_call)
 #: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
 muon = algorithms.muon_contract(*MUON_PASSES, newton_schulz.Workspace, np.zeros_like)
 class CythonFactors(algorithms.HostFactors):

@@ -514,18 +514,8 @@ _grad_stats_serialised = _serialised(_grad_stats)
 # the backend contract: one function per algorithm, each built from its spec
 globals().update({spec.name: algorithms.contract(spec, _call, _norms)
                   for spec in algorithms.SPECS})
-
-
-def _serial_call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
-    _call(name, flags, states, h, param, grad, grad_scale, seed, out, False)
-
-
-#: Muon's momentum pass and SGD's step, on one thread: the Newton-Schulz products
-#: between them run on BLAS's threads, which a parallel region's OpenMP threads,
-#: spin-waiting after it, slow down 2x (256 x 256: 6.4 ms a step instead of 3.1);
-#: the passes are a small part of a step dominated by matrix products
-MUON_PASSES = tuple(algorithms.contract(spec, _serial_call)
-                    for spec in (algorithms.MUON_MOMENTUM, algorithms.SGD))
+#: Muon's momentum pass and SGD's step, on one thread (``algorithms.muon_passes``)
+MUON_PASSES = algorithms.muon_passes(_call)
 #: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
 muon = algorithms.muon_contract(*MUON_PASSES, newton_schulz.Workspace, np.zeros_like)
 #: Adafactor: its factored moments on the host around adafactor_update's two passes

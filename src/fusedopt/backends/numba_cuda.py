@@ -72,17 +72,24 @@ def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
                                                          *states, *pad)
 
 
+def _two_sums(launch) -> tuple[float, float]:
+    """The two float64 sums a reduction kernel adds into its ``out``: ``launch(out)``
+    launches it on a zeroed pair, which is then read back (waiting for the stream)."""
+    s = _stream()
+    out = cuda.to_device(np.zeros(2, dtype=np.float64), stream=s)
+    launch(out)
+    a, b = out.copy_to_host(stream=s)
+    s.synchronize()
+    return float(a), float(b)
+
+
 def _norms(name, flags, states, h, param, grad, grad_scale):
     """The reduction pass of ``rules.<name>_norms`` over ``param`` (``Spec.norms``):
     its two sums of squares, read back to the host (which waits for the stream)."""
-    s = _stream()
-    out = cuda.to_device(np.zeros(2, dtype=np.float64), stream=s)
     pad = (None,) * (template.MAX_SLOTS - len(states))
-    _launch(norms_kernel(name, flags, len(states)), param.size)(
-        param, grad, h, grad_scale, out, *states, *pad)
-    sa, sb = out.copy_to_host(stream=s)
-    s.synchronize()
-    return float(sa), float(sb)
+    return _two_sums(lambda out: _launch(norms_kernel(name, flags, len(states)),
+                                         param.size)(param, grad, h, grad_scale, out,
+                                                     *states, *pad))
 
 
 # the backend contract: one function per algorithm, each built from its spec
@@ -123,13 +130,8 @@ class DeviceFactors:
 
     @staticmethod
     def norms(flags, h, param, grad, factors, grad_scale):
-        s = _stream()
-        out = cuda.to_device(np.zeros(2, dtype=np.float64), stream=s)
-        _launch(factored_kernel(True, flags), param.size)(
-            param, grad, *factors, h, grad_scale, out)
-        sa, sb = out.copy_to_host(stream=s)
-        s.synchronize()
-        return float(sa), float(sb)
+        return _two_sums(lambda out: _launch(factored_kernel(True, flags), param.size)(
+            param, grad, *factors, h, grad_scale, out))
 
     @staticmethod
     def update(flags, h, param, grad, factors, grad_scale, seed=0, out=None):
@@ -152,12 +154,8 @@ def muon(param, *args, **kwargs):
 
 
 def grad_stats(grad, parallel=True):
-    s = _stream()
-    out = cuda.to_device(np.zeros(2, dtype=np.float64), stream=s)
-    _launch(_grad_stats, grad.size)(grad, out)
-    sumsq, bad = out.copy_to_host(stream=s)
-    s.synchronize()
-    return float(sumsq), int(bad)
+    sumsq, bad = _two_sums(lambda out: _launch(_grad_stats, grad.size)(grad, out))
+    return sumsq, int(bad)
 
 
 #: bf16 storage (uint16 bits) for state beside float32 parameters (``lowbit``)

@@ -198,6 +198,15 @@ def wrap(x, i: Info):
     return flat.reshape(-1) if flat.ndim != 1 else flat
 
 
+def simulated_view(a: np.ndarray):
+    """Under Numba's CUDA simulator, where device memory is host memory: the
+    simulator's device array over the host array ``a`` (no copy), so a host buffer
+    (a CPU tensor's memory) stands in for a device one in tests."""
+    if not simulated():
+        raise RuntimeError("simulated_view: only under NUMBA_ENABLE_CUDASIM=1")
+    return _sim_array_type()(a)
+
+
 def stream(s):
     """A Numba stream for ``s``: None (the default stream), a Numba stream, a raw
     ``cudaStream_t`` handle (int), or an object carrying one (torch's ``.cuda_stream``,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import inspect
 import math
 import operator
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch.optim import optimizer as _torch_optimizer
 
-from . import _checks, _guard
+from . import _checks, _device, _guard
 from . import algorithms as _algorithms
 from . import flat as _flat
 from . import optim as _optim
@@ -81,6 +82,37 @@ def _np(t: torch.Tensor) -> np.ndarray:
     if t.is_complex():
         return torch.view_as_real(t.detach()).numpy().reshape(-1)
     return t.detach().numpy().reshape(-1)
+
+
+def _cuda_view(t: torch.Tensor):
+    """The flat Numba device array over a contiguous CUDA tensor's memory (no copy;
+    complex as its real view, a DTensor as its local shard). Under Numba's CUDA
+    simulator, where device memory is host memory, over a CPU tensor's: what the
+    ``cuda`` backend's tests step."""
+    if _device.simulated():
+        return _device.simulated_view(_np(t))
+    t = _local(t).detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return _device.wrap(t, _device.info(t, "tensor"))
+
+
+def _device_of(groups: list, backend: str) -> torch.device | None:
+    """The CUDA device the optimizer steps on: that of its parameters, which must
+    all be on it; None for CPU tensors (and for other devices, refused by name at
+    the step). Under Numba's CUDA simulator ``backend="cuda"`` steps CPU tensors as
+    device memory (the CPU device is returned)."""
+    devices = {p.device for group in groups for p in group["params"]}
+    cuda = sorted(str(d) for d in devices if d.type == "cuda")
+    if cuda and len(devices) > 1:
+        raise ValueError(f"params: on {', '.join(sorted(map(str, devices)))}; one "
+                         "fusedopt.torch optimizer steps the tensors of one CUDA "
+                         "device (build one optimizer per device)")
+    if cuda:
+        return devices.pop()
+    if backend == "cuda" and _device.simulated():
+        return torch.device("cpu")
+    return None
 
 
 class _TorchNewtonSchulz:
@@ -138,7 +170,20 @@ class _Fused(torch.optim.Optimizer):
                 if group.get(key):
                     raise ValueError(f"{key}=True: {_REFUSED[key]}")
         self._hyper_memo: list = []  # see _hypers
-        self.backend, self._impl = select(backend, "cpu")
+        #: the CUDA device stepped (the ``cuda`` backend: one launch per tensor on
+        #: torch's current stream), None for CPU tensors
+        self._device = _device_of(self.param_groups, backend)
+        self.backend, self._impl = select(backend, "cpu" if self._device is None
+                                          else "cuda")
+        if self._device is not None:
+            if flatten:
+                raise ValueError("flatten=True: CUDA parameters are stepped one launch "
+                                 "per tensor (flatten=False); the flat buffers are "
+                                 "host memory")
+            if self._algorithm._algorithm.kernel.name == "muon":
+                raise TypeError("Muon: CUDA parameters; fusedopt runs Muon's "
+                                "Newton-Schulz stage on host BLAS, so on the GPU use "
+                                "torch.optim.Muon")
         #: the stochastic-rounding seed of bf16 parameters
         self.seed = seed
         #: one kernel call per (group, dtype, step, scalar state) over all its tensors
@@ -549,27 +594,30 @@ class _Fused(torch.optim.Optimizer):
                                              "(its norms and means divide by their "
                                              "count)")
                     _check_tensor(p, owner, self._dtypes, self.backend,
-                                  reducing=reducing)
+                                  reducing=reducing, device=self._device)
                     plans.append(self._plan_param(p, hyper, spec, index, views, arrays))
                 index += 1
-        _guard.check_arrays(arrays, lambda: [
+        check = _guard.check_arrays if self._device is None else _check_device_arrays
+        check(arrays, lambda: [
             name for plan in plans for name in (
                 ("params", plan[3]), ("grads", plan[3]),
                 *(("state", ("params", plan[3]), n) for n, a in plan[5].items()
-                  if isinstance(a, np.ndarray)),
+                  if isinstance(a, np.ndarray) or _device.is_device_array(a)),
                 *((("state", ("params", plan[3]), "step"),) if plan[9] is not None
                   else ()))])
         self._views = views
         return plans
 
-    def _view(self, t: torch.Tensor, views: dict) -> np.ndarray:
-        """The NumPy view of ``t``, reused while ``t`` still has the pointer, size
-        and dtype it was made for."""
+    def _view(self, t: torch.Tensor, views: dict, host: bool = False) -> np.ndarray:
+        """The NumPy view of ``t`` (its device array on the ``cuda`` backend, unless
+        ``host``: a step count), reused while ``t`` still has the pointer, size and
+        dtype it was made for."""
         key, ptr = id(t), t.data_ptr()
         c = self._views.get(key)
         if c is None or c[0] is not t or c[1] != ptr or c[2] != t.numel() or (
                 c[3] is not t.dtype):
-            c = (t, ptr, t.numel(), t.dtype, _np(t))
+            view = _np(t) if host or self._device is None else _cuda_view(t)
+            c = (t, ptr, t.numel(), t.dtype, view)
         views[key] = c
         return c[4]
 
@@ -615,8 +663,8 @@ class _Fused(torch.optim.Optimizer):
                     continue
             t = live.get(name)
             if t is None:
-                t = new[name] = (torch.full(shape, init, dtype=dtype) if shaped
-                                 else _full_like(p, init))
+                t = new[name] = (torch.full(shape, init, dtype=dtype, device=p.device)
+                                 if shaped else _full_like(p, init))
                 fresh = True
                 work[name] = self._view(t, views)
             else:
@@ -628,7 +676,7 @@ class _Fused(torch.optim.Optimizer):
         step, step_view = 0, None
         if type(step_t) is torch.Tensor and step_t.dtype in _STEP_DTYPES and (
                 step_t.is_cpu and step_t.numel() == 1):
-            step_view = self._view(step_t, views)
+            step_view = self._view(step_t, views, host=True)
             step = _checks.state_step(step_view.item(0),
                                       ("state", ("params", index), "step"))
             arrays.append(step_view)  # written too: it must not alias anything
@@ -641,17 +689,31 @@ class _Fused(torch.optim.Optimizer):
     @staticmethod
     def _odd_step(step_t, index: int) -> int:
         """A ``step`` that is not a one-element CPU float/int tensor: a number (older
-        checkpoints) or another tensor; it becomes a float32 tensor after the step,
-        as torch converts it at load."""
+        checkpoints) or another tensor (one on the GPU, as torch's fused and
+        capturable steps keep it); it becomes a float32 CPU tensor after the step, as
+        torch converts it at load."""
         name = f"state[params[{index}]]['step']"
         if isinstance(step_t, torch.Tensor):
-            if step_t.numel() != 1 or not step_t.is_cpu:
-                raise ValueError(f"{name}: expected a one-element CPU tensor, got shape "
-                                 f"{tuple(step_t.shape)} on {step_t.device}")
+            if step_t.numel() != 1 or step_t.is_complex():
+                raise ValueError(f"{name}: expected a one-element real tensor, got "
+                                 f"shape {tuple(step_t.shape)}, {step_t.dtype}")
             step_t = step_t.item()
         return _checks.state_step(step_t, name)
 
     def _run(self, plans, scale: float = 1.0) -> None:
+        with self._stream():
+            self._run_plans(plans, scale)
+
+    def _stream(self):
+        """Where the ``cuda`` backend launches: torch's current stream on the
+        parameters' device, so a step is ordered after the backward that made its
+        gradients without a synchronisation (the simulator's: its default)."""
+        if self._device is None:
+            return contextlib.nullcontext()
+        return self._impl.on_stream(None if _device.simulated()
+                                    else torch.cuda.current_stream(self._device))
+
+    def _run_plans(self, plans, scale: float) -> None:
         algo, impl = self._algorithm, self._impl
         for p, param, grad, index, hyper, work, new, fresh, step, step_view in plans:
             live = self.state.get(p)
@@ -820,9 +882,9 @@ _REFUSED = {
     "differentiable": "fusedopt's kernels update parameters in place outside autograd; "
                       "for a step that autograd can differentiate use torch.optim",
     "capturable": "capturable steps (step counts kept on the GPU for CUDA graphs) are "
-                  "not supported by fusedopt.torch, which steps CPU tensors here with "
-                  "the count on the host (torch.optim refuses capturable=True for CPU "
-                  "tensors too)",
+                  "not supported by fusedopt.torch, which keeps the count on the host "
+                  "and passes it to each launch as a number (torch.optim refuses "
+                  "capturable=True for CPU tensors too)",
 }
 
 
@@ -897,7 +959,7 @@ def _check_state(t, p: torch.Tensor, name, strides=None, numel=None,
     or with ``strides`` (those of the layout ``p`` is stepped in); of ``numel``
     elements and ``shape`` where given (a factored moment), else ``p``'s size."""
     numel = p.numel() if numel is None else numel
-    if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.is_cpu
+    if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.device == p.device
             and t.numel() == numel and not t.is_sparse
             and (shape is None or t.shape == shape) and (
                 t.is_contiguous() if strides is None
@@ -911,9 +973,9 @@ def _check_state(t, p: torch.Tensor, name, strides=None, numel=None,
                         f"{t.dtype}; torch.optim refuses mixed dtypes too (after "
                         "model.double() or .half(), build a new optimizer or load a "
                         "state_dict, which casts)")
-    if not t.is_cpu or t.is_sparse:
-        raise ValueError(f"{where}: expected a dense CPU tensor, got {t.layout} on "
-                         f"{t.device}")
+    if t.device != p.device or t.is_sparse:
+        raise ValueError(f"{where}: expected a dense tensor on {p.device} (its "
+                         f"parameter's device), got {t.layout} on {t.device}")
     if t.numel() != numel or (shape is not None and t.shape != shape):
         want = (f"{numel} elements" if shape is None else f"shape {tuple(shape)}")
         raise ValueError(f"{where}: expected {want} (shape {tuple(p.shape)} is its "
@@ -967,6 +1029,14 @@ def _in_layout(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
                             ).copy_(t)
 
 
+def _check_device_arrays(arrays: list, names) -> None:
+    """``_guard.check_arrays`` over the device arrays (and host step counts) of a
+    step on the ``cuda`` backend: by byte range (CUDA's addresses are unified)."""
+    _guard.check_spans([(a.ctypes.data, a.ctypes.data + a.nbytes)
+                        if isinstance(a, np.ndarray) else _device.span(a, "array")
+                        for a in arrays], names)
+
+
 def _span(t: torch.Tensor) -> tuple[int, int]:
     """Every byte an element of ``t`` may occupy: ``[start, stop)``."""
     start = stop = t.data_ptr()
@@ -985,29 +1055,35 @@ def _local(t):
 
 
 def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
-                  layouts: bool = False, grad=None, reducing: str = "") -> None:
+                  layouts: bool = False, grad=None, reducing: str = "",
+                  device: torch.device | None = None) -> None:
     """Everything a parameter and its gradient (``p.grad`` unless given) need,
     raised before any write; ``dtypes``: the parameter dtypes the backend steps;
     ``layouts``: any strides (the multi-tensor plan steps them), else contiguous
     only; ``reducing``: the name of an algorithm that steps tensor by tensor
     (``algorithms.PER_TENSOR``: LAMB's norms, Muon's Newton-Schulz), whose errors
-    say so."""
+    say so; ``device``: the CUDA device stepped (``_device_of``), None for CPU."""
     g = p.grad if grad is None else grad
+    here = (p.is_cpu and g.is_cpu if device is None
+            else p.device == device and g.device == device)
     if reducing and type(p).__name__ == "DTensor":
         raise TypeError(f"{reducing}: a DTensor parameter; its step needs the whole "
                         "tensor (LAMB's norms, Muon's Newton-Schulz), so each rank would "
                         "need every shard (not supported): step sharded parameters with "
                         "an element-wise optimizer")
-    if (p.is_cpu and g.is_cpu and not g.is_sparse and p.dtype in dtypes
+    if (here and not g.is_sparse and p.dtype in dtypes
             and g.dtype == p.dtype and g.shape == p.shape and (
                 layouts or (p.is_contiguous() and g.is_contiguous()))):
         return  # the common case, first and fast (~1 us, paid per tensor and step)
     if g.is_sparse:
         raise RuntimeError(f"{owner} does not support sparse gradients (fusedopt's "
                            "kernels update dense buffers); use torch.optim.SparseAdam")
-    if not (p.is_cpu and g.is_cpu):
+    if not here:
         raise RuntimeError(f"{owner}: parameter on {p.device}, gradient on {g.device}; "
-                           "fusedopt.torch steps CPU tensors")
+                           "this optimizer steps "
+                           f"{'CPU tensors' if device is None else f'tensors on {device}'}"
+                           " (those of the device its parameters were on when it was "
+                           "built)")
     if reducing and p.dtype == torch.float16:
         raise TypeError(f"{reducing}: float16 parameters are stepped by multi-tensor "
                         "calls, which an algorithm that steps tensor by tensor does not "

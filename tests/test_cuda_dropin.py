@@ -1,0 +1,200 @@
+"""fusedopt.torch on the ``cuda`` backend: every algorithm and option against
+torch.optim, checkpoints both ways, the device wrappers reused per tensor but never
+trusted over a re-pointed tensor, and the refusals before any write.
+
+Under Numba's CUDA simulator (``conftest`` sets ``NUMBA_ENABLE_CUDASIM=1``) device
+memory is host memory: ``backend="cuda"`` steps CPU tensors there, through the same
+plan, checks and kernels as CUDA tensors on a GPU. ``NUMBA_ENABLE_CUDASIM=0`` runs
+this file on a GPU's CUDA tensors, against torch.optim on the same device.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("numba_cuda", reason="numba-cuda is not installed")
+import fusedopt  # noqa: E402
+import fusedopt.torch as ft  # noqa: E402
+from fusedopt import _device  # noqa: E402
+from cases import TORCH_ALGORITHMS as ALGORITHMS, TORCH_CASES as CASES, case_id  # noqa: E402
+
+SIM = _device.simulated()
+pytestmark = pytest.mark.skipif(
+    not fusedopt.backends.available()["cuda"].ok or not (SIM or torch.cuda.is_available()),
+    reason=f"cuda backend: {fusedopt.backends.available()['cuda'].detail}; or torch "
+           "without CUDA")
+DEVICE = "cpu" if SIM else "cuda"
+TOL = 1e-9
+STEPS = 6
+# Muon's Newton-Schulz stage runs on host BLAS: refused on CUDA parameters (below)
+STEPPED = [c for c in CASES if c[0] != "muon"]
+
+
+def model(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
+                               torch.nn.Linear(6, 2)).to(DEVICE, dtype)
+
+
+def batches(steps, seed=1, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 4, generator=gen, dtype=dtype).to(DEVICE),
+             torch.randn(8, 2, generator=gen, dtype=dtype).to(DEVICE))
+            for _ in range(steps)]
+
+
+def train(m, opt, data):
+    for x, y in data:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(m(x), y).backward()
+        opt.step()
+
+
+def max_diff(m1, m2):
+    return max(((a - b).abs() / (b.abs() + 1e-3)).max().item()
+               for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+@pytest.mark.parametrize("case", STEPPED, ids=[case_id(c) for c in STEPPED])
+def test_training_matches_torch(case):
+    name, kwargs = case
+    torch_name = ALGORITHMS[name][1]
+    m1, m2, data = model(), model(), batches(STEPS)
+    o1 = getattr(ft, torch_name)(m1.parameters(), **kwargs, backend="cuda")
+    o2 = getattr(torch.optim, torch_name)(m2.parameters(), **kwargs)
+    assert o1.backend == "cuda"
+    train(m1, o1, data)
+    train(m2, o2, data)
+    assert max_diff(m1, m2) <= TOL
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        s1, s2 = o1.state[p1], o2.state[p2]
+        assert sorted(s1) == sorted(s2)
+        for key, t in s2.items():
+            assert s1[key].device == t.device and s1[key].dtype == t.dtype, key
+
+
+def test_float32_and_complex_match_torch():
+    m1, m2 = model(dtype=torch.float32), model(dtype=torch.float32)
+    data = batches(STEPS, dtype=torch.float32)
+    o1 = ft.AdamW(m1.parameters(), lr=0.01, backend="cuda")
+    o2 = torch.optim.AdamW(m2.parameters(), lr=0.01)
+    train(m1, o1, data)
+    train(m2, o2, data)
+    assert max_diff(m1, m2) <= 2e-4
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(7, dtype=torch.complex128, generator=gen).to(DEVICE)
+    p1, p2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    o1 = ft.Adam([p1], lr=0.05, weight_decay=0.1, backend="cuda")
+    o2 = torch.optim.Adam([p2], lr=0.05, weight_decay=0.1)
+    for _ in range(STEPS):
+        g = torch.randn(7, dtype=torch.complex128, generator=gen).to(DEVICE)
+        p1.grad, p2.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+    assert (p1 - p2).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "muon"])
+def test_checkpoints_move_both_ways(name):
+    """Half the steps in one library, a checkpoint into the other, the rest there:
+    the parameters of all the steps in torch."""
+    kwargs, torch_name = ALGORITHMS[name][2][-1], ALGORITHMS[name][1]
+    data = batches(2 * STEPS)
+    ref = model()
+    train(ref, getattr(torch.optim, torch_name)(ref.parameters(), **kwargs), data)
+    for first, second in ((ft, torch.optim), (torch.optim, ft)):
+        extra = {"backend": "cuda"}
+        m = model()
+        o = getattr(first, torch_name)(m.parameters(), **kwargs,
+                                       **(extra if first is ft else {}))
+        train(m, o, data[:STEPS])
+        ckpt = copy.deepcopy(o.state_dict())
+        m2 = model()
+        m2.load_state_dict(m.state_dict())
+        o2 = getattr(second, torch_name)(m2.parameters(), **kwargs,
+                                         **(extra if second is ft else {}))
+        o2.load_state_dict(ckpt)
+        train(m2, o2, data[STEPS:])
+        assert max_diff(m2, ref) <= TOL, (first.__name__, second.__name__)
+
+
+def test_device_arrays_are_made_once_per_tensor_but_follow_a_repointed_one():
+    p = torch.zeros(10, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    opt = ft.SGD([p], lr=1.0, backend="cuda")
+    p.grad = torch.ones_like(p)
+    opt.step()
+    view = opt._views[id(p)][4]
+    opt.step()
+    assert opt._views[id(p)][4] is view  # no new wrapper per step
+    assert torch.equal(p.detach(), torch.full_like(p, -2.0))
+    p.data = torch.full((10,), 5.0, dtype=torch.float64, device=DEVICE)
+    opt.step()  # the live tensor, not the cached wrapper of the old one
+    assert torch.equal(p.detach(), torch.full_like(p, 4.0))
+    assert opt._views[id(p)][4] is not view
+
+
+def fresh_adam():
+    p = torch.randn(6, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    canary = torch.randn(8, dtype=torch.float64, device=DEVICE)
+    opt = ft.Adam([p], lr=0.1, backend="cuda")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    return p, canary, opt
+
+
+def snapshot(p, canary, opt):
+    return ([p.detach().clone(), canary.clone()]
+            + [t.clone() for t in opt.state[p].values()])
+
+
+@pytest.mark.parametrize("break_it, error, match", [
+    (lambda p, c, o: setattr(p, "data", p.detach().float()), TypeError, "float32"),
+    (lambda p, c, o: o.state[p].__setitem__("exp_avg", torch.zeros(
+        29, dtype=torch.float64, device=DEVICE)), ValueError, "exp_avg"),
+    (lambda p, c, o: o.state[p].__setitem__("exp_avg_sq", torch.zeros(
+        6, 5, dtype=torch.float32, device=DEVICE)), TypeError, "exp_avg_sq"),
+    (lambda p, c, o: o.state[p].__setitem__("exp_avg", p.grad), ValueError,
+     "shares memory"),
+    (lambda p, c, o: o.state[p].__setitem__("exp_avg_sq", o.state[p]["exp_avg"]),
+     ValueError, "shares memory"),
+    (lambda p, c, o: setattr(p, "grad", torch.ones(5, 6, dtype=torch.float64,
+                                                   device=DEVICE).t()),
+     ValueError, "contiguous"),
+    (lambda p, c, o: o.state[p].__setitem__("step", torch.tensor([1.0, 2.0])),
+     ValueError, "step"),
+], ids=["param-dtype", "state-shape", "state-dtype", "state-is-grad", "state-aliased",
+        "grad-layout", "step-shape"])
+def test_refusals_leave_params_state_and_a_neighbour_untouched(break_it, error, match):
+    p, canary, opt = fresh_adam()
+    break_it(p, canary, opt)
+    before = snapshot(p, canary, opt)
+    with pytest.raises(error, match=match):
+        opt.step()
+    for a, b in zip(before, snapshot(p, canary, opt)):
+        assert torch.equal(a, b)
+
+
+def test_what_the_cuda_backend_cannot_step_is_refused_at_construction():
+    p = torch.randn(4, 4, device=DEVICE, requires_grad=True)
+    with pytest.raises(ValueError, match="flatten=True"):
+        ft.Adam([p], backend="cuda", flatten=True)
+    with pytest.raises(TypeError, match="torch.optim.Muon"):
+        ft.Muon([p], backend="cuda")
+    with pytest.raises(TypeError, match="bfloat16"):
+        q = torch.randn(4, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+        q.grad = torch.ones_like(q)
+        ft.Adam([q], backend="cuda").step()
+
+
+def test_lamb_steps_tensor_by_tensor_on_the_device():
+    """LAMB's norms are reduced on the device, one tensor at a time: as the numpy
+    backend steps the same model on the host."""
+    m1, m2, data = model(), model().cpu(), batches(STEPS)
+    o1 = ft.LAMB(m1.parameters(), lr=0.01, weight_decay=0.01, backend="cuda")
+    o2 = ft.LAMB(m2.parameters(), lr=0.01, weight_decay=0.01, backend="numpy")
+    train(m1, o1, data)
+    train(m2, o2, [(x.cpu(), y.cpu()) for x, y in data])
+    assert max_diff(m1.cpu(), m2) <= TOL

@@ -98,7 +98,27 @@ def test_float32_and_complex_match_torch():
 
 
 @pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "muon"])
-def test_checkpoints_move_both_ways(name):
+def test_flatten_matches_torch_in_one_launch_per_segment(name):
+    kwargs, torch_name = ALGORITHMS[name][2][-1], ALGORITHMS[name][1]
+    m1, m2, data = model(), model(), batches(STEPS)
+    o1 = getattr(ft, torch_name)(m1.parameters(), **kwargs, backend="cuda", flatten=True)
+    o2 = getattr(torch.optim, torch_name)(m2.parameters(), **kwargs)
+    assert len(o1._flat.segments) == 1
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(m1.parameters(),
+                                                            m2.parameters()))
+    train(m1, o1, data)
+    train(m2, o2, data)
+    assert max_diff(m1, m2) <= TOL
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        s1, s2 = o1.state[p1], o2.state[p2]
+        assert sorted(s1) == sorted(s2)
+        for key, t in s2.items():
+            assert s1[key].device == t.device and s1[key].shape == t.shape, key
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "muon"])
+def test_checkpoints_move_both_ways(name, flatten):
     """Half the steps in one library, a checkpoint into the other, the rest there:
     the parameters of all the steps in torch."""
     kwargs, torch_name = ALGORITHMS[name][2][-1], ALGORITHMS[name][1]
@@ -106,7 +126,7 @@ def test_checkpoints_move_both_ways(name):
     ref = model()
     train(ref, getattr(torch.optim, torch_name)(ref.parameters(), **kwargs), data)
     for first, second in ((ft, torch.optim), (torch.optim, ft)):
-        extra = {"backend": "cuda"}
+        extra = {"backend": "cuda", "flatten": flatten}
         m = model()
         o = getattr(first, torch_name)(m.parameters(), **kwargs,
                                        **(extra if first is ft else {}))
@@ -177,10 +197,8 @@ def test_refusals_leave_params_state_and_a_neighbour_untouched(break_it, error, 
         assert torch.equal(a, b)
 
 
-def test_what_the_cuda_backend_cannot_step_is_refused_at_construction():
+def test_what_the_cuda_backend_cannot_step_is_refused():
     p = torch.randn(4, 4, device=DEVICE, requires_grad=True)
-    with pytest.raises(ValueError, match="flatten=True"):
-        ft.Adam([p], backend="cuda", flatten=True)
     with pytest.raises(TypeError, match="torch.optim.Muon"):
         ft.Muon([p], backend="cuda")
     with pytest.raises(TypeError, match="bfloat16"):
@@ -198,3 +216,22 @@ def test_lamb_steps_tensor_by_tensor_on_the_device():
     train(m1, o1, data)
     train(m2, o2, [(x.cpu(), y.cpu()) for x, y in data])
     assert max_diff(m1.cpu(), m2) <= TOL
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_launches_per_step(flatten, monkeypatch):
+    """One launch per tensor, or with ``flatten=True`` one per (group, dtype)
+    segment: two groups of two tensors here."""
+    from fusedopt.backends import numba_cuda
+
+    launches = []
+    launch = numba_cuda._launch
+    monkeypatch.setattr(numba_cuda, "_launch",
+                        lambda kernel, n: launches.append(n) or launch(kernel, n))
+    m = model()
+    layers = [list(m[0].parameters()), list(m[2].parameters())]
+    opt = ft.AdamW([{"params": layers[0]}, {"params": layers[1], "lr": 0.1}],
+                   backend="cuda", flatten=flatten)
+    train(m, opt, batches(1))
+    sizes = [p.numel() for group in layers for p in group]
+    assert launches == ([sum(sizes[:2]), sum(sizes[2:])] if flatten else sizes)

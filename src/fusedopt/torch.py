@@ -17,7 +17,13 @@ LBFGS`` (or another optimizer fusedopt lacks) raises an ImportError saying what 
 use instead.
 
 CPU tensors are updated zero-copy through NumPy views, by the algorithm definitions
-of ``fusedopt.optim`` (no second copy of any update rule). ``torch.bfloat16``
+of ``fusedopt.optim`` (no second copy of any update rule). CUDA tensors go to the
+``cuda`` backend (picked from the parameters' device; one optimizer steps one
+device): each tensor is wrapped once as a Numba device array through
+``__cuda_array_interface__``, kernels are launched on torch's current stream, one per
+tensor (one per group and dtype with ``flatten=True``), with the step count on the
+host as torch keeps it; state lives beside the parameters, with torch's keys. Muon
+is refused there (its Newton-Schulz stage runs on host BLAS). ``torch.bfloat16``
 parameters (numba and cython backends) keep bf16 state, as torch does, but the math
 runs in float32 and the parameters are stored with stochastic rounding, drawn from
 ``seed=`` (default 0), the step and the parameter's position: reproducible whatever
@@ -175,15 +181,9 @@ class _Fused(torch.optim.Optimizer):
         self._device = _device_of(self.param_groups, backend)
         self.backend, self._impl = select(backend, "cpu" if self._device is None
                                           else "cuda")
-        if self._device is not None:
-            if flatten:
-                raise ValueError("flatten=True: CUDA parameters are stepped one launch "
-                                 "per tensor (flatten=False); the flat buffers are "
-                                 "host memory")
-            if self._algorithm._algorithm.kernel.name == "muon":
-                raise TypeError("Muon: CUDA parameters; fusedopt runs Muon's "
-                                "Newton-Schulz stage on host BLAS, so on the GPU use "
-                                "torch.optim.Muon")
+        if self._device is not None and self._algorithm._algorithm.kernel.name == "muon":
+            raise TypeError("Muon: CUDA parameters; fusedopt runs Muon's Newton-Schulz "
+                            "stage on host BLAS, so on the GPU use torch.optim.Muon")
         #: the stochastic-rounding seed of bf16 parameters
         self.seed = seed
         #: one kernel call per (group, dtype, step, scalar state) over all its tensors
@@ -274,7 +274,7 @@ class _Fused(torch.optim.Optimizer):
                 return loss
             if grad_scale is not None:
                 scale = 1.0 / float(grad_scale)
-        with self._lock:
+        with self._lock, self._stream():
             if self._flat is not None:
                 self._flat.step(scale)
             elif self._multi:
@@ -700,10 +700,6 @@ class _Fused(torch.optim.Optimizer):
             step_t = step_t.item()
         return _checks.state_step(step_t, name)
 
-    def _run(self, plans, scale: float = 1.0) -> None:
-        with self._stream():
-            self._run_plans(plans, scale)
-
     def _stream(self):
         """Where the ``cuda`` backend launches: torch's current stream on the
         parameters' device, so a step is ordered after the backward that made its
@@ -713,7 +709,7 @@ class _Fused(torch.optim.Optimizer):
         return self._impl.on_stream(None if _device.simulated()
                                     else torch.cuda.current_stream(self._device))
 
-    def _run_plans(self, plans, scale: float) -> None:
+    def _run(self, plans, scale: float = 1.0) -> None:
         algo, impl = self._algorithm, self._impl
         for p, param, grad, index, hyper, work, new, fresh, step, step_view in plans:
             live = self.state.get(p)
@@ -1132,10 +1128,13 @@ class _FlatTorch:
         self.opt = opt
         params = [p for group in opt.param_groups for p in group["params"]]
         check = opt._algorithm._algorithm.check_param  # (Muon's matrices, Adafactor's)
+        device = torch.device("cpu") if opt._device is None else opt._device
+        #: the kernels' view of a flat buffer: NumPy's, or a device array
+        self.array = _np if opt._device is None else _cuda_view
         for j, p in enumerate(params):
-            if p.device.type != "cpu" or p.dtype not in _FLOAT_DTYPES:
-                raise TypeError(f"flatten=True: expected float32/float64 CPU parameters, "
-                                f"got {p.dtype} on {p.device}")
+            if p.device != device or p.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"flatten=True: expected float32/float64 parameters on "
+                                f"{device}, got {p.dtype} on {p.device}")
             if check is not None:  # its layout is fixed now: refused now
                 check(p, ("params", j))
         self.params = params
@@ -1162,8 +1161,9 @@ class _FlatTorch:
         layout = _flat.FlatParams([tuple(p.shape) for p in members],
                                   [np.dtype(str(p.dtype).removeprefix("torch."))
                                    for p in members])  # offsets only; buffers are torch's
-        self.buffers = {dt: torch.from_numpy(b) for dt, b in layout.buffers.items()}
-        self.grad_buffers = {dt: torch.from_numpy(b)
+        self.buffers = {dt: torch.from_numpy(b).to(device)
+                        for dt, b in layout.buffers.items()}
+        self.grad_buffers = {dt: torch.from_numpy(b).to(device)
                              for dt, b in layout.grad_buffers.items()}
         for m, (j, p, (dt, a, b)) in enumerate(zip(self.members, members, layout.offsets)):
             view = self.buffers[dt][a:b].view_as(p)
@@ -1191,8 +1191,8 @@ class _FlatTorch:
             first += len(group["params"])
             for dt, a, b, run in _flat.segments(layout, [position[j] for j in indices]):
                 seg = {"group": k, "dtype": dt, "start": a, "stop": b,
-                       "param": self.buffers[dt][a:b].numpy(),
-                       "grad": self.grad_buffers[dt][a:b].numpy(),
+                       "param": self.array(self.buffers[dt][a:b]),
+                       "grad": self.array(self.grad_buffers[dt][a:b]),
                        "step": torch.tensor(0.0, dtype=torch.float32), "arrays": {},
                        "scalars": {},  # scalar state: 0-d tensors, as the step
                        "members": [self.members[m] for m in run],
@@ -1217,7 +1217,8 @@ class _FlatTorch:
         if dt not in per_dtype:
             sizes = {} if self.state_layout is None else self.state_layout[1]
             per_dtype[dt] = (torch.zeros(sizes[name].get(dt, 0),
-                                         dtype=self.buffers[dt].dtype)
+                                         dtype=self.buffers[dt].dtype,
+                                         device=self.buffers[dt].device)
                              if name in sizes else torch.zeros_like(self.buffers[dt]))
         return per_dtype[dt]
 
@@ -1302,7 +1303,7 @@ class _FlatTorch:
                 seg["arrays"][name] = self._segment_state(seg, name)
                 seg["arrays"][name].fill_(init)
                 self._expose(seg, name)
-            seg["views"] = {n: t.numpy() for n, t in seg["arrays"].items()}
+            seg["views"] = {n: self.array(t) for n, t in seg["arrays"].items()}
             self._expose(seg, None)
         self._snapshot_state()
 
@@ -1345,7 +1346,8 @@ class _FlatTorch:
                     "a view of its place in the flat buffer; build the optimizer after "
                     "changing the model (or use flatten=False)")
             if p.grad is not None:
-                _check_tensor(p, type(opt).__name__, _FLOAT_DTYPES, opt.backend)
+                _check_tensor(p, type(opt).__name__, _FLOAT_DTYPES, opt.backend,
+                              device=opt._device)
         if replaced:
             self._check_replaced([j for j, p, _ in replaced if p.grad is not None])
         specs = [algo._state_spec(hypers[seg["group"]]) for seg in self.segments]
@@ -1375,7 +1377,7 @@ class _FlatTorch:
                     buf = self._segment_state(seg, name)
                     buf.fill_(init)
                     seg["arrays"][name] = buf
-                    seg["views"] = {n: t.numpy() for n, t in seg["arrays"].items()}
+                    seg["views"] = {n: self.array(t) for n, t in seg["arrays"].items()}
                     fresh = True
                     self._expose(seg, name)
             views = dict(seg.get("views", {}))
@@ -1473,7 +1475,7 @@ class _FlatTorch:
         for j in self.members:
             self.opt.state[self.params[j]] = {}
         for seg in self.segments:
-            seg["views"] = {n: t.numpy() for n, t in seg["arrays"].items()}
+            seg["views"] = {n: self.array(t) for n, t in seg["arrays"].items()}
             if seg["arrays"] or seg["step"].item() > 0:
                 for name in seg["arrays"]:
                     self._expose(seg, name)
@@ -1485,7 +1487,8 @@ _NOTE = ("\n\nRun by fusedopt's fused kernels with torch.optim's arguments, defa
          "checks (a subclass of the torch.optim class, whose constructor it runs). "
          "``foreach`` and ``fused`` are accepted and change nothing (every step is "
          "fused); ``differentiable=True`` and ``capturable=True`` are refused. "
-         "``backend``: 'auto' | 'numba' | 'cython' | 'numpy'; ``flatten=True``: the "
+         "``backend``: 'auto' | 'numba' | 'cython' | 'numpy' | 'cuda' (CUDA tensors); "
+         "``flatten=True``: the "
          "parameters become views of one buffer, one kernel call per group; "
          "``seed``: stochastic rounding of bfloat16 parameters.")
 

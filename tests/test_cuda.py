@@ -10,6 +10,7 @@ PyTorch CUDA tensors reach fusedopt.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -529,6 +530,8 @@ def test_gpu_bench_reports_every_provider(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| 64 | fusedopt-cuda | 28 |" in out and "| 64 | copy | 28 |" in out
     assert "| 64 | fusedopt-cuda-bf16-state | 20 |" in out
+    if importlib.util.find_spec("torch") is not None:
+        assert "| 64 | fusedopt.torch | 28 |" in out
     rows = json.loads((tmp_path / "g.json").read_text())["rows"]
     by = {r["provider"]: r for r in rows}
     assert by["copy"]["copy_fraction"] == pytest.approx(1.0)

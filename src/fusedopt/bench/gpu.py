@@ -2,8 +2,9 @@
 
 Providers: ``fusedopt-cuda`` (the ``cuda`` backend on Numba device arrays),
 ``fusedopt-cuda-bf16-state`` (the same with ``state_dtype="bfloat16"``),
-``torch-fused`` (``torch.optim.Adam(fused=True)`` on CUDA tensors, when torch has
-CUDA) and ``copy``, a device-to-device copy, which sets the bandwidth ceiling. Each
+``fusedopt.torch`` (the drop-in ``fusedopt.torch.Adam`` on a torch CUDA tensor: its
+per-step checks and launch on torch's stream), ``torch-fused``
+(``torch.optim.Adam(fused=True)`` on CUDA tensors; both when torch has CUDA) and ``copy``, a device-to-device copy, which sets the bandwidth ceiling. Each
 row gives the effective bandwidth of a step at its bytes per element (float32
 state: read p, g, m, v and write p, m, v, 28 bytes; bf16 state: 20) and its
 fraction of the measured copy bandwidth (a copy of B bytes moves 2B). Timing: the
@@ -46,6 +47,21 @@ def _torch(n: int) -> Callable[[], None]:
     return opt.step
 
 
+def _dropin(n: int) -> Callable[[], None]:
+    import torch
+
+    import fusedopt.torch as ft
+    from .. import _device
+
+    device = "cpu" if _device.simulated() else "cuda"  # the simulator's "device"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("torch has no CUDA device here")
+    p = torch.randn(n, device=device, requires_grad=True)
+    p.grad = torch.randn(n, device=device)
+    opt = ft.Adam([p], lr=1e-3, backend="cuda")
+    return opt.step
+
+
 def _copy(n: int) -> Callable[[], None]:
     from numba import cuda
 
@@ -56,7 +72,7 @@ def _copy(n: int) -> Callable[[], None]:
 
 PROVIDERS = {"fusedopt-cuda": _fusedopt,
              "fusedopt-cuda-bf16-state": lambda n: _fusedopt(n, "bfloat16"),
-             "torch-fused": _torch, "copy": _copy}
+             "fusedopt.torch": _dropin, "torch-fused": _torch, "copy": _copy}
 
 
 def _sync() -> None:

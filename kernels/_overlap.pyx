@@ -153,12 +153,13 @@ cdef object _np = None
 
 
 def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_step,
-                double max_step):
+                double max_step, object device=None):
     """The common case of ``fusedopt.torch``'s multi-tensor plan (``_Fused._plan_multi``,
     its Python twin, which a test holds to the same answers) in one call, or None
     whenever anything is off it: then the caller runs the Python plan, which raises
     the precise error or allocates first-step state. The common case: every
-    parameter with a gradient a ``types`` tensor of a ``kinds`` dtype on the CPU,
+    parameter with a gradient a ``types`` tensor of a ``kinds`` dtype on the CPU
+    (on ``device``, a CUDA device, where given: the ``cuda`` backend's tables),
     C-contiguous or dense in another order of dimensions (then its gradient and state
     in the same strides), with a data pointer (torch raises on ``data_ptr()`` of a sparse or
     mkldnn tensor: any exception here means "not the common case"), its gradient a plain tensor of the same dtype, size and
@@ -175,13 +176,13 @@ def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_ste
     the kernels have run; (the Python plan's step tensors, new state and copies of
     strided parameters: none)."""
     try:
-        return _tensor_plan(groups, state, kinds, types, has_step, max_step)
+        return _tensor_plan(groups, state, kinds, types, has_step, max_step, device)
     except Exception:  # whatever it was, the Python plan names it
         return None
 
 
 cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_step,
-                double max_step):
+                double max_step, object device):
     global _np
     if _np is None:
         import numpy
@@ -222,7 +223,10 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             kind = kinds.get(dtype)
             if kind is None or g.dtype is not dtype:
                 return None
-            if not (p.is_cpu and g.is_cpu):
+            if device is None:
+                if not (p.is_cpu and g.is_cpu):
+                    return None
+            elif p.device != device or g.device != device:
                 return None
             numel = p.numel()
             if g.numel() != numel:
@@ -244,7 +248,8 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             keep.append(g)
             for name, c in columns:
                 obj = (<dict>live).get(name)
-                if (type(obj) is not tensor or obj.dtype is not dtype or not obj.is_cpu
+                if (type(obj) is not tensor or obj.dtype is not dtype
+                        or not (obj.is_cpu if device is None else obj.device == device)
                         or obj.numel() != numel or not (
                             obj.is_contiguous() if strides is None
                             else obj.stride() == strides)):

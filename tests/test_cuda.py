@@ -33,6 +33,9 @@ pytestmark = pytest.mark.skipif(
 
 SIM = _device.simulated()
 SHAPES = [(100,), (3, 5), (1,)]  # 100 > the simulator's grid: the stride loop runs
+# enough arrays for one multi-tensor launch (optim.base._MULTI_MIN), one of them
+# empty and one cut into several pieces (numba_cuda.CHUNK under the simulator)
+MANY = SHAPES + [(0,), (150,), (2, 33)]
 STEPS = 8
 
 
@@ -61,26 +64,27 @@ def host(a) -> np.ndarray:
     return a.host.copy() if isinstance(a, Foreign) else a.copy_to_host()
 
 
-def run_pair(name, kwargs, dtype, steps=STEPS, seed=0, **options):
+def run_pair(name, kwargs, dtype, steps=STEPS, seed=0, shapes=SHAPES, **options):
     """The same steps on CUDA arrays (cuda backend) and on host arrays (oracle)."""
     cls = ALGORITHMS[name][0]
     rng = np.random.default_rng(seed)
-    ref_params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    ref_params = [rng.standard_normal(s).astype(dtype) for s in shapes]
     dev_params = [cuda.to_device(p) for p in ref_params]
     ours = cls(dev_params, **kwargs, **options)
     oracle = cls(ref_params, **kwargs, **options, backend="numpy")
     for _ in range(steps):
-        grads = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+        grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
         ours.step([cuda.to_device(g) for g in grads])
         oracle.step(grads)
     return dev_params, ref_params, ours, oracle
 
 
+@pytest.mark.parametrize("shapes", [SHAPES, MANY], ids=["per-array", "multi"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_matches_numpy_oracle(case, dtype):
+def test_matches_numpy_oracle(case, dtype, shapes):
     name, kwargs = case
-    dev_params, ref_params, ours, oracle = run_pair(name, kwargs, dtype)
+    dev_params, ref_params, ours, oracle = run_pair(name, kwargs, dtype, shapes=shapes)
     assert ours.backend == "cuda" and ours.device == "cuda"
     tol = TOL[dtype]
     for i, (d, r) in enumerate(zip(dev_params, ref_params)):
@@ -98,20 +102,21 @@ def test_matches_numpy_oracle(case, dtype):
                 assert relative_error(ours_sd["state"][i][key], value) <= tol, key
 
 
+@pytest.mark.parametrize("shapes", [SHAPES, MANY], ids=["per-array", "multi"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_bf16_state_matches_the_numba_backend(case):
+def test_bf16_state_matches_the_numba_backend(case, shapes):
     """state_dtype="bfloat16" on the device: the same rounding as the numba backend
     (float32 math, round to nearest even on store). The two compilers may contract
     multiply-adds differently, so a state element may differ by one bf16 step."""
     name, kwargs = case
     cls = ALGORITHMS[name][0]
     rng = np.random.default_rng(11)
-    ref = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    ref = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     dev = [cuda.to_device(p) for p in ref]
     ours = cls(dev, **kwargs, state_dtype="bfloat16")
     cpu = cls(ref, **kwargs, state_dtype="bfloat16", backend="numba")
     for _ in range(STEPS):
-        grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
         ours.step([cuda.to_device(g) for g in grads])
         cpu.step(grads)
     for d, r in zip(dev, ref):
@@ -127,6 +132,22 @@ def test_bf16_state_matches_the_numba_backend(case):
                                            atol=1e-6)
     for st in ours.state.values():  # on the device: 2 bytes per element
         assert all(v.dtype == np.uint16 for k, v in st.items() if k not in NUMBERS)
+
+
+def test_many_arrays_step_in_one_launch_per_group(monkeypatch):
+    """From ``_MULTI_MIN`` arrays in a step on, one multi-tensor launch per group
+    and dtype."""
+    from fusedopt.backends import numba_cuda
+
+    sizes = []
+    real = numba_cuda.multi
+    monkeypatch.setattr(numba_cuda, "multi", lambda *a: sizes.append(a[6].tolist())
+                        or real(*a))
+    dev = [cuda.to_device(np.zeros(s, np.float32)) for s in MANY]
+    opt = fusedopt.SGD([{"params": dev[:4]}, {"params": dev[4:], "lr": 0.5}], lr=1.0)
+    opt.step([cuda.to_device(np.ones(s, np.float32)) for s in MANY])
+    assert sizes == [[100, 15, 1, 0], [150, 66]]
+    assert [host(d).sum() for d in dev] == [-100.0, -15.0, -1.0, 0.0, -75.0, -33.0]
 
 
 def test_bf16_state_resumes_on_the_device_and_refuses_bf16_params():
@@ -463,8 +484,9 @@ def _has_nvvm() -> bool:
                     "nvidia-nvvm nvidia-cuda-nvrtc); .ci/run installs them")
 def test_kernels_compile_for_the_gpu_in_their_dtype():
     """The real CUDA target (not the simulator) types and compiles every kernel, for
-    float32, float64 and bf16 state (uint16 bits beside float32 parameters), and a
-    float32 kernel does no float64 arithmetic. Needs
+    float32, float64 and bf16 state (uint16 bits beside float32 parameters), the
+    multi-tensor launches among them, and a float32 kernel does no float64
+    arithmetic. Needs
     NVVM (the ``nvidia-nvvm`` wheel or a CUDA toolkit), not a GPU."""
     code = r"""
 import re, types
@@ -491,6 +513,12 @@ for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
         slots += (none,) * (4 - len(slots))
         sigs.append((k._template(rule, (True,) * nflags, len(present)),
                      (A, A, nt.UniTuple(f, nh), f) + slots))
+        if rule not in (rules.lamb, rules.adafactor_update):  # (tensor by tensor)
+            # the multi-tensor launch: tensors by address, from tables of int64
+            table, ints = nt.Array(nt.int64, 2, "C"), nt.Array(nt.int64, 1, "C")
+            sigs.append((k._multi_template(rule, (True,) * nflags, len(present)),
+                         (table, ints, table, nt.int64, nt.UniTuple(f, nh), f, A)
+                         + slots))
     # LAMB's reduction pass (its sums are float64 by design, as grad_stats')
     norms = k._norms_template(rules.lamb_norms, (True,), 2)
     sigs.append((norms, (A, A, nt.UniTuple(f, 8), f, nt.Array(float64, 1, "C"), S, S,

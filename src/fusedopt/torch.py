@@ -19,11 +19,12 @@ use instead.
 CPU tensors are updated zero-copy through NumPy views, by the algorithm definitions
 of ``fusedopt.optim`` (no second copy of any update rule). CUDA tensors go to the
 ``cuda`` backend (picked from the parameters' device; one optimizer steps one
-device): each tensor is wrapped once as a Numba device array through
-``__cuda_array_interface__``, kernels are launched on torch's current stream, one per
-tensor (one per group and dtype with ``flatten=True``), with the step count on the
-host as torch keeps it; state lives beside the parameters, with torch's keys. Muon
-is refused there (its Newton-Schulz stage runs on host BLAS). ``torch.bfloat16``
+device): one launch per group and dtype over a table of the tensors' device
+addresses (an algorithm that steps tensor by tensor, LAMB or Adafactor: each tensor
+wrapped once as a Numba device array through ``__cuda_array_interface__``), on
+torch's current stream, with the step count on the host as torch keeps it; state
+lives beside the parameters, with torch's keys. Muon is refused there (its
+Newton-Schulz stage runs on host BLAS). ``torch.bfloat16``
 parameters (numba and cython backends) keep bf16 state, as torch does, but the math
 runs in float32 and the parameters are stored with stochastic rounding, drawn from
 ``seed=`` (default 0), the step and the parameter's position: reproducible whatever
@@ -303,7 +304,8 @@ class _Fused(torch.optim.Optimizer):
         if (_guard.tensor_plan is not None and type(self.state) in _STATE_TYPES
                 and not self._scalars):
             common = _guard.tensor_plan(groups, self.state, self._kinds, _TYPES,
-                                        self._has_step, float(_checks.MAX_STEP))
+                                        self._has_step, float(_checks.MAX_STEP),
+                                        self._device)
             if common is not None:
                 return checked, common
         return checked, self._plan_multi_full(checked)
@@ -332,7 +334,8 @@ class _Fused(torch.optim.Optimizer):
                     index += 1
                     continue
                 p, g = _local(param), _local(g)  # a DTensor's shard on this rank
-                _check_tensor(p, owner, dtypes, self.backend, layouts=True, grad=g)
+                _check_tensor(p, owner, dtypes, self.backend, layouts=True, grad=g,
+                              device=self._device)
                 live = state.get(param)
                 if live is None:
                     live = {}

@@ -8,8 +8,12 @@ and ``store``, so it may be bf16 bits (uint16) beside float32 parameters.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 from numba import cuda
+from numba.core import types
+from numba.extending import overload
 
 from .. import _device, rules
 from .policy import MEANS_ROWS
@@ -53,6 +57,68 @@ def kernel(name: str, flags: tuple[bool, ...], slots: int):
     if k is None:
         k = KERNELS[key] = _jit(_template(getattr(rules, name), tuple(map(bool, flags)),
                                           slots))
+    return k
+
+
+def pointer_at(address, n, like):
+    """The ``n`` elements of ``like``'s dtype at ``address``, for a kernel to index
+    (``p[i]``): None where ``like`` is None (an absent slot, chosen by type at compile
+    time). Compiled, a raw pointer (``template._pointer``; ``n`` unused); this body
+    runs under Numba's CUDA simulator, where device memory is host memory: a NumPy
+    view of it. The addresses are of tensors the caller has checked (dtype, size,
+    dense, device, no overlap) and keeps alive until the launch is done."""
+    if like is None:
+        return None
+    dtype = np.dtype(like.dtype)
+    if n == 0:
+        return np.empty(0, dtype)
+    return np.frombuffer((ctypes.c_char * (int(n) * dtype.itemsize)).from_address(
+        int(address)), dtype)
+
+
+@overload(pointer_at, target="generic")
+def _pointer_at_impl(address, n, like):
+    if isinstance(like, (types.NoneType, types.Omitted)):
+        return lambda address, n, like: None
+    return lambda address, n, like: template._pointer(address, like)
+
+
+def _multi_template(rule, flags: tuple[bool, ...], slots: int):
+    """``_template`` over many tensors in one launch (torch's and apex's multi-tensor
+    apply): row ``t`` of ``table`` holds the device addresses of tensor ``t``'s
+    parameter, gradient and slots (``template.TABLE_COLUMNS``; 0: absent), ``counts[t]``
+    its elements; ``chunks`` rows ``(t, lo)`` cut every tensor into pieces of at most
+    ``chunk`` elements, and each block takes pieces in turn (a grid-stride loop over
+    them), its threads striding through one. ``pp`` and ``s0..s3`` are zero-size
+    device arrays of the parameter's (and gradient's) and the slots' dtypes (None
+    where a slot is absent): the types, and so the specialisation. Same body per
+    element as ``_template``."""
+    step = template.element(rule, flags, slots)
+
+    def kernel(table, counts, chunks, chunk, h, grad_scale, pp, s0, s1, s2, s3):
+        h, grad_scale, zero = cast_all(h, pp), cast_like(grad_scale, pp), cast_like(0.0, pp)
+        for k in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+            t, lo = chunks[k, 0], chunks[k, 1]
+            m = counts[t]
+            p, g = pointer_at(table[t, 0], m, pp), pointer_at(table[t, 1], m, pp)
+            a0, a1 = pointer_at(table[t, 2], m, s0), pointer_at(table[t, 3], m, s1)
+            a2, a3 = pointer_at(table[t, 4], m, s2), pointer_at(table[t, 5], m, s3)
+            for i in range(lo + cuda.threadIdx.x, min(lo + chunk, m), cuda.blockDim.x):
+                step(p, g, i, h, grad_scale, zero, 0, None, a0, a1, a2, a3)
+    return kernel
+
+
+#: compiled multi-tensor kernels, by ``(name, flags, slots)``; see ``multi_kernel``
+MULTI_KERNELS: dict[tuple, object] = {}
+
+
+def multi_kernel(name: str, flags: tuple[bool, ...], slots: int):
+    """The CUDA multi-tensor kernel of ``rules.<name>`` with these options."""
+    key = (name, tuple(map(bool, flags)), slots)
+    k = MULTI_KERNELS.get(key)
+    if k is None:
+        k = MULTI_KERNELS[key] = _jit(_multi_template(getattr(rules, name), key[1],
+                                                      slots))
     return k
 
 

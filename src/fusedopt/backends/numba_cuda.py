@@ -4,13 +4,16 @@ Same contract as the CPU backends, over flat Numba device arrays (``fusedopt._de
 wraps Numba, CuPy and PyTorch arrays once, without a copy). Hyperparameters are
 runtime scalars, so a new lr never recompiles: one specialisation per dtype.
 
-Launches go to the stream set by ``on_stream`` (the optimizer's ``stream=``), else
-the default stream. ``grad_stats`` reads its two numbers back, which waits for that
+``multi`` steps many tensors in one launch, given by their device addresses (the
+multi-tensor path of ``fusedopt.optim`` and ``fusedopt.torch``). Launches go to the
+stream set by ``on_stream`` (the optimizer's ``stream=``, torch's current stream),
+else the default stream. ``grad_stats`` reads its two numbers back, which waits for that
 stream.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import threading
@@ -21,7 +24,7 @@ from numba import cuda
 from .. import _device, algorithms
 from . import template
 from .cuda_kernels import (_adafactor_means, _fill, _grad_stats, factored_kernel,
-                           kernel, norms_kernel)
+                           kernel, multi_kernel, norms_kernel)
 
 if not cuda.is_available():
     raise ImportError("no CUDA GPU visible to Numba (numba.cuda.is_available() is "
@@ -70,6 +73,79 @@ def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
     pad = (None,) * (template.MAX_SLOTS - len(states))
     _launch(kernel(name, flags, len(states)), param.size)(param, grad, h, grad_scale,
                                                          *states, *pad)
+
+
+#: elements per piece of a multi-tensor launch (a block's work at a time; as torch's
+#: multi-tensor apply); small under the simulator, so tests cut tensors into pieces
+CHUNK = 64 if _device.simulated() else 65536
+#: the device copies of recent multi-tensor tables, by their contents (addresses
+#: and sizes): a step whose tensors have not moved uploads nothing
+_TABLES: collections.OrderedDict = collections.OrderedDict()
+_TABLES_KEPT = 32
+_tables_lock = threading.Lock()
+_PROTOTYPES: dict = {}
+
+
+def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, parallel):
+    """One launch over every tensor of ``table`` (``cuda_kernels._multi_template``;
+    the contract of ``numba_cpu.multi``): rows of device addresses of each tensor's
+    parameter, gradient and slots, checked by the caller, which keeps the tensors
+    alive. ``dtypes``: the NumPy dtypes of (parameter, gradient, state); ``seeds``
+    and ``parallel`` are the host backends' (bf16 parameters are refused here)."""
+    if name in algorithms.PER_TENSOR:
+        raise ValueError(f"multi: {name} steps tensor by tensor and has no multi-tensor "
+                         "call")
+    if np.dtype(dtypes[1]) != np.dtype(dtypes[0]) or np.dtype(dtypes[0]) == np.uint16:
+        raise TypeError(f"multi: expected float32/float64 parameters and gradients of "
+                        f"their dtype, got {dtypes[:2]}")
+    table = np.ascontiguousarray(table, dtype=np.int64)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    if table.shape != (counts.size, template.TABLE_COLUMNS):
+        raise ValueError(f"multi: expected a table of {counts.size} rows of "
+                         f"{template.TABLE_COLUMNS} addresses, got {table.shape}")
+    device_table, device_counts, chunks = _tables(table, counts)
+    if chunks.shape[0] == 0:
+        return  # no elements
+    pp, sp = _prototype(dtypes[0]), _prototype(dtypes[2])
+    states = [sp if x else None for x in present]
+    states += [None] * (template.MAX_SLOTS - len(states))
+    blocks = max(1, min(chunks.shape[0], _max_blocks()))
+    multi_kernel(name, flags, len(present))[blocks, THREADS, _stream()](
+        device_table, device_counts, chunks, CHUNK, h, grad_scale, pp, *states)
+
+
+def _tables(table: np.ndarray, counts: np.ndarray) -> tuple:
+    """The device copies of ``table`` and ``counts`` and the pieces ``(t, lo)`` of
+    ``CHUNK`` elements they cut into: uploaded on the launch's stream, or reused
+    where these very contents were uploaded before."""
+    key = (table.tobytes(), counts.tobytes())
+    with _tables_lock:
+        found = _TABLES.get(key)
+        if found is not None:
+            _TABLES.move_to_end(key)
+            return found
+    pieces = (counts + CHUNK - 1) // CHUNK
+    first = np.cumsum(pieces) - pieces
+    owner = np.repeat(np.arange(counts.size, dtype=np.int64), pieces)
+    lo = (np.arange(owner.size, dtype=np.int64) - first[owner]) * CHUNK
+    s = _stream()
+    found = tuple(cuda.to_device(np.ascontiguousarray(a), stream=s)
+                  for a in (table, counts, np.stack([owner, lo], axis=1)))
+    with _tables_lock:
+        _TABLES[key] = found
+        while len(_TABLES) > _TABLES_KEPT:
+            _TABLES.popitem(last=False)
+    return found
+
+
+def _prototype(dtype):
+    """A zero-size device array of ``dtype``: what a multi-tensor kernel is typed
+    by."""
+    dtype = np.dtype(dtype)
+    a = _PROTOTYPES.get(dtype)
+    if a is None:
+        a = _PROTOTYPES[dtype] = cuda.device_array(0, dtype=dtype)
+    return a
 
 
 def _two_sums(launch) -> tuple[float, float]:

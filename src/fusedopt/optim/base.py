@@ -428,10 +428,10 @@ class Optimizer(Precision, FlatMode, Serialise):
 
     def _run(self, plans, flat_grads, scale: float) -> None:
         """The kernel calls of a checked plan; first-step state joins ``state``.
-        On the compiled host backends, one multi-tensor call (``impl.multi``) per
-        group, dtype and step over all its arrays; else (and for master copies, or
-        fewer than ``_MULTI_MIN`` arrays, where building the table costs more than it
-        saves) one call per array."""
+        On the compiled host backends and on CUDA, one multi-tensor call
+        (``impl.multi``) per group, dtype and step over all its arrays; else (and
+        for master copies, or fewer than ``_MULTI_MIN`` arrays, where building the
+        table costs more than it saves) one call per array."""
         impl, state = self._impl, self.state
         multi = (getattr(impl, "multi", None) if _guard.addresses is not None
                  and len(plans) >= _MULTI_MIN
@@ -478,7 +478,9 @@ class Optimizer(Precision, FlatMode, Serialise):
         for i in members:
             work = plans[i][3]
             arrays += (plans[i][1], flat_grads[i], *(work[name] for name in columns))
-        found = _guard.addresses(arrays).reshape(len(members), 2 + len(columns))
+        found = (_guard.addresses(arrays) if self._space is _checks else np.array(
+            [_device.info(a, "array").ptr for a in arrays], np.int64)
+                 ).reshape(len(members), 2 + len(columns))
         table = np.zeros((len(members), policy.TABLE_COLUMNS), np.int64)
         table[:, :2] = found[:, :2]
         for c, name in enumerate(columns):

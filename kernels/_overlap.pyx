@@ -161,7 +161,7 @@ def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_ste
     parameter with a gradient a ``types`` tensor of a ``kinds`` dtype on the CPU
     (on ``device``, a CUDA device, where given: the ``cuda`` backend's tables),
     C-contiguous or dense in another order of dimensions (then its gradient and state
-    in the same strides), with a data pointer (torch raises on ``data_ptr()`` of a sparse or
+    of its shape and in the same strides), with a data pointer (torch raises on ``data_ptr()`` of a sparse or
     mkldnn tensor: any exception here means "not the common case"), its gradient a plain tensor of the same dtype, size and
     layout; its ``state`` entry a dict holding, for each state tensor its group needs,
     a plain tensor of the same dtype, size and layout, and (``has_step``) a ``step``
@@ -189,6 +189,7 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
         _np = numpy
     cdef Py_ssize_t total = 0, t = 0, index = 0, k, c, col, spans_n = 0, far = -1, ncols
     cdef object params, columns, p, g, live, obj, dtype, kind, name, f32, byid, strides
+    cdef object shape
     cdef list keep = []
     cdef long long numel, size
     cdef double step
@@ -229,7 +230,8 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             elif p.device != device or g.device != device:
                 return None
             numel = p.numel()
-            if g.numel() != numel:
+            shape = p.shape
+            if g.numel() != numel or g.shape != shape:
                 return None
             # contiguous, or dense in another order of dimensions (channels_last,
             # transposed) with its gradient and state in the very same strides
@@ -250,7 +252,7 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
                 obj = (<dict>live).get(name)
                 if (type(obj) is not tensor or obj.dtype is not dtype
                         or not (obj.is_cpu if device is None else obj.device == device)
-                        or obj.numel() != numel or not (
+                        or obj.numel() != numel or obj.shape != shape or not (
                             obj.is_contiguous() if strides is None
                             else obj.stride() == strides)):
                     return None

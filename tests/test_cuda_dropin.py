@@ -282,3 +282,24 @@ def test_one_launch_per_group_and_dtype(flatten, monkeypatch):
     train(m, opt, batches(2))
     sizes = [p.numel() for group in layers for p in group]
     assert launches == [sum(sizes[:2]), sum(sizes[2:])] * 2
+
+
+def test_many_groups_upload_their_tables_once(monkeypatch):
+    """One table per launch, kept while its tensors stay where they are: a step of
+    a model with 40 param groups uploads nothing once the first has."""
+    from fusedopt.backends import numba_cuda
+
+    gen = torch.Generator().manual_seed(4)
+    params = [torch.randn(5, dtype=torch.float64, generator=gen).to(DEVICE)
+              .requires_grad_() for _ in range(80)]
+    opt = ft.AdamW([{"params": params[k:k + 2], "lr": 0.01 * (1 + k)}
+                    for k in range(0, 80, 2)], backend="cuda")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    uploads = []
+    to_device = numba_cuda.cuda.to_device
+    monkeypatch.setattr(numba_cuda.cuda, "to_device",
+                        lambda *a, **k: uploads.append(1) or to_device(*a, **k))
+    opt.step()
+    assert uploads == []

@@ -537,3 +537,123 @@ def test_gradients_read_through_copies_may_share_a_buffer():
     torch.optim.AdamW([tq, tk]).step()
     torch.testing.assert_close(q, tq, rtol=0, atol=1e-12)
     torch.testing.assert_close(k, tk, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_a_gradient_or_state_of_another_shape_is_refused_on_every_path(backend):
+    """The multi-tensor plan in C (the common case) refuses what its Python twin
+    refuses: a gradient or a state tensor of the parameter's size but another shape
+    (after ``p.data`` was replaced by a transposed copy), before any write."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3, 4, generator=gen))
+    canary = torch.randn(8, generator=gen)
+    opt = ft.Adam([p], lr=0.1, backend=backend)
+    p.grad = torch.randn(3, 4, generator=gen)
+    opt.step()
+    opt.step()  # the state now as the C plan expects it
+    p.data = p.data.t().contiguous()
+    p.grad = torch.randn(4, 3, generator=gen)
+    snap = t_snapshot(opt, [p, canary])
+    with pytest.raises(ValueError, match=r"exp_avg.*shape \(4, 3\)"):
+        opt.step()
+    assert_t_unchanged(opt, [p, canary], snap)
+    p.data = p.data.t().contiguous()  # back to (3, 4), the gradient still (4, 3)
+    snap = t_snapshot(opt, [p, canary])
+    with pytest.raises(ValueError, match=r"gradient of shape \(4, 3\)"):
+        opt.step()
+    assert_t_unchanged(opt, [p, canary], snap)
+
+
+def test_a_lazily_conjugated_gradient_is_read_as_its_values():
+    gen = torch.Generator().manual_seed(1)
+    p = torch.nn.Parameter(torch.randn(6, dtype=torch.complex128, generator=gen))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = ft.SGD([p], lr=0.1, momentum=0.9)
+    theirs = torch.optim.SGD([q], lr=0.1, momentum=0.9)
+    for _ in range(3):
+        g = torch.randn(6, dtype=torch.complex128, generator=gen)
+        p.grad, q.grad = g.conj(), g.conj()
+        ours.step()
+        theirs.step()
+    assert (p - q).abs().max().item() <= 1e-12
+    buf = ours.state[p]["momentum_buffer"] = ours.state[p]["momentum_buffer"].conj()
+    before = p.detach().clone(), buf.resolve_conj()
+    with pytest.raises(ValueError, match="momentum_buffer.*conjugated"):
+        ours.step()
+    assert torch.equal(p.detach(), before[0])
+    assert torch.equal(ours.state[p]["momentum_buffer"].resolve_conj(), before[1])
+
+
+def test_refused_options_are_refused_however_they_arrive():
+    p = torch.nn.Parameter(torch.ones(4))
+    q = torch.nn.Parameter(torch.ones(4))
+    opt = ft.Adam([p], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]: differentiable=True"):
+        opt.add_param_group({"params": [q], "differentiable": True})
+    assert len(opt.param_groups) == 1
+    opt.param_groups[0]["capturable"] = True
+    p.grad = torch.ones(4)
+    snap = t_snapshot(opt, [p])
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: capturable=True"):
+        opt.step()
+    assert_t_unchanged(opt, [p], snap)
+
+
+def test_a_grad_scale_is_read_as_torch_reads_it():
+    """``fused=True`` with a GradScaler's attributes: a scale of 0 divides as torch's
+    (the step is inf/NaN, as torch's); a scale or inf flag of more than one element
+    is refused by name, before any write."""
+    p = torch.nn.Parameter(torch.ones(4))
+    q = torch.nn.Parameter(torch.ones(4))
+    ours, theirs = ft.SGD([p], lr=0.1, fused=True), torch.optim.SGD([q], lr=0.1, fused=True)
+    for opt, t in ((ours, p), (theirs, q)):
+        t.grad = torch.ones(4)
+        opt.grad_scale, opt.found_inf = torch.tensor(0.0), torch.tensor(0.0)
+        opt.step()
+    torch.testing.assert_close(p.detach(), q.detach(), equal_nan=True)
+    for name in ("grad_scale", "found_inf"):
+        setattr(ours, name, torch.ones(2))
+        snap = t_snapshot(ours, [p])
+        with pytest.raises(ValueError, match=f"{name}: expected a number or a one-element"):
+            ours.step()
+        assert_t_unchanged(ours, [p], snap)
+        setattr(ours, name, torch.tensor(0.0 if name == "found_inf" else 1.0))
+
+
+def test_flatten_copies_in_a_replaced_gradient_of_any_layout():
+    gen = torch.Generator().manual_seed(2)
+    p = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64, generator=gen))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = ft.Adam([p], lr=0.1, flatten=True)
+    theirs = torch.optim.Adam([q], lr=0.1)
+    for _ in range(2):
+        g = torch.randn(3, 8, dtype=torch.float64, generator=gen)[:, ::2]
+        p.grad, q.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    assert (p - q).abs().max().item() <= 1e-12
+
+
+def test_a_meta_step_is_refused_by_name():
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = ft.Adam([p], lr=0.1, backend="numpy")
+    p.grad = torch.ones(4)
+    opt.step()
+    opt.state[p]["step"] = torch.tensor(1.0, device="meta")
+    with pytest.raises(ValueError, match="'step'.*one-element real tensor"):
+        opt.step()
+
+
+def test_strided_parameters_of_one_storage_are_named_when_refused():
+    """Column halves of one matrix are stepped through copies written back over
+    every byte between their first and last elements, so they are refused (as
+    overlapping, conservatively), by name and before any write."""
+    w = torch.randn(3, 8, dtype=torch.float64)
+    a, b = torch.nn.Parameter(w[:, :4]), torch.nn.Parameter(w[:, 4:])
+    opt = ft.Adam([a, b], lr=0.01)
+    a.grad, b.grad = torch.ones(3, 4, dtype=torch.float64), torch.ones(3, 4,
+                                                                       dtype=torch.float64)
+    before = w.clone()
+    with pytest.raises(ValueError, match=r"params\[1\]: shares memory with params\[0\]"):
+        opt.step()
+    assert torch.equal(w, before) and not opt.state

@@ -207,6 +207,12 @@ def simulated_view(a: np.ndarray):
     return _sim_array_type()(a)
 
 
+def on_device(index: int):
+    """Numba's current device made CUDA device ``index`` inside (its launches and
+    allocations go there; the device a torch tensor lives on need not be current)."""
+    return _cuda().gpus[index]
+
+
 def stream(s):
     """A Numba stream for ``s``: None (the default stream), a Numba stream, a raw
     ``cudaStream_t`` handle (int), or an object carrying one (torch's ``.cuda_stream``,

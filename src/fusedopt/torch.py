@@ -111,6 +111,10 @@ def _device_of(groups: list, backend: str) -> torch.device | None:
     device memory (the CPU device is returned)."""
     devices = {p.device for group in groups for p in group["params"]}
     cuda = sorted(str(d) for d in devices if d.type == "cuda")
+    if cuda and _device.simulated():
+        raise ValueError(f"params: on {cuda[0]}, but Numba's CUDA simulator is on "
+                         "(NUMBA_ENABLE_CUDASIM=1), whose device memory is host "
+                         "memory; unset it to step CUDA tensors")
     if cuda and len(devices) > 1:
         raise ValueError(f"params: on {', '.join(sorted(map(str, devices)))}; one "
                          "fusedopt.torch optimizer steps the tensors of one CUDA "
@@ -173,12 +177,9 @@ class _Fused(torch.optim.Optimizer):
         self._flat = None
         for k, group in enumerate(self.param_groups):
             self._hyper(group, k)
-            for key in _REFUSED:
-                if group.get(key):
-                    raise ValueError(f"{key}=True: {_REFUSED[key]}")
         self._hyper_memo: list = []  # see _hypers
-        #: the CUDA device stepped (the ``cuda`` backend: one launch per tensor on
-        #: torch's current stream), None for CPU tensors
+        #: the CUDA device stepped (the ``cuda`` backend, on torch's current
+        #: stream), None for CPU tensors
         self._device = _device_of(self.param_groups, backend)
         self.backend, self._impl = select(backend, "cpu" if self._device is None
                                           else "cuda")
@@ -221,7 +222,12 @@ class _Fused(torch.optim.Optimizer):
         """The checked hyperparameters of ``group`` (``Optimizer._check_group``); a
         value torch allows as a Tensor (``lr``, ``betas``, ``weight_decay``) is read
         as its number, every time (torch's constructor has checked it has one
-        element; a Tensor changed in place since is read as it now is)."""
+        element; a Tensor changed in place since is read as it now is). A group
+        that asks for what fusedopt refuses (``_REFUSED``: given to the constructor,
+        ``add_param_group`` or set between steps) is refused by name."""
+        for key in _REFUSED:
+            if group.get(key):
+                raise ValueError(f"param_groups[{k}]: {key}=True: {_REFUSED[key]}")
         for v in group.values():
             if isinstance(v, torch.Tensor) or (type(v) is tuple and any(
                     isinstance(x, torch.Tensor) for x in v)):
@@ -250,6 +256,11 @@ class _Fused(torch.optim.Optimizer):
                              "flat buffers laid out at construction; build the optimizer "
                              "with every group (or use flatten=False)")
         super().add_param_group(param_group)
+        try:  # (checked with torch's defaults filled in; refused, it is not added)
+            self._hyper(self.param_groups[-1], len(self.param_groups) - 1)
+        except BaseException:
+            self.param_groups.pop()
+            raise
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
@@ -271,10 +282,11 @@ class _Fused(torch.optim.Optimizer):
         if getattr(self, "_step_supports_amp_scaling", False):  # set by the scaler
             found_inf, grad_scale = (getattr(self, "found_inf", None),
                                      getattr(self, "grad_scale", None))
-            if found_inf is not None and float(found_inf) != 0.0:
+            if found_inf is not None and _number(found_inf, "found_inf") != 0.0:
                 return loss
             if grad_scale is not None:
-                scale = 1.0 / float(grad_scale)
+                value = float(_number(grad_scale, "grad_scale"))
+                scale = 1.0 / value if value else math.inf  # (as torch's 1 / 0)
         with self._lock, self._stream():
             if self._flat is not None:
                 self._flat.step(scale)
@@ -323,6 +335,7 @@ class _Fused(torch.optim.Optimizer):
         slots = algo._algorithm.kernel.slots
         rows, counts, meta, indices, steps, step_tensors, keep = [], [], [], [], [], [], []
         copies: list = []  # (parameter, the row-major copy stepped in its place)
+        copied: list = []  # the name of each, for errors
         read: list = []  # (gradient, index): read through a copy (_check_overlap)
         new_state: dict = {}
         state, index = self.state, 0
@@ -351,19 +364,27 @@ class _Fused(torch.optim.Optimizer):
                 # float16: float32 copies of the parameter, gradient and state,
                 # stepped and rounded back (the math in float32, as torch's fused
                 # step does it; the state stays float16, as torch keeps it)
+                if p.is_conj() or p.is_neg():
+                    raise ValueError(f"params[{index}]: a lazily conjugated (or "
+                                     "negated) view, whose memory holds other values "
+                                     "than it shows; train p.resolve_conj() instead")
                 strides = _dense_strides(p)
                 half = dtype is torch.float16
                 if half:
                     work = p.detach().float()
                     copies.append((p, work))
+                    copied.append(("params", index))
                     dtype = torch.float32
                 elif strides is None:
                     work = p.detach().contiguous()
                     copies.append((p, work))
+                    copied.append(("params", index))
                 else:
                     work = p
                 layout = work.stride()
-                if not (_same_strides(g, layout) and g.dtype is work.dtype):
+                # (a lazily conjugated or negated gradient: its values, through a copy)
+                if not (_same_strides(g, layout) and g.dtype is work.dtype) or (
+                        g.is_conj() or g.is_neg()):
                     read.append((g, index))  # (its bytes still count for overlap)
                     g = torch.empty_like(work, memory_format=torch.preserve_format
                                          ).copy_(g)
@@ -381,6 +402,7 @@ class _Fused(torch.optim.Optimizer):
                                      strides or layout)
                     if half:
                         copies.append((t, t.float()))
+                        copied.append(("state", ("params", index), name))
                         t = copies[-1][1]
                     row[2 + slots.index(name)] = t.data_ptr()
                     keep.append(t)
@@ -404,6 +426,8 @@ class _Fused(torch.optim.Optimizer):
                 values = ()
                 if self._scalars:  # the scalar state: read now, its next values
                     values = self._plan_scalars(live, step, hyper, index, new, copies)
+                    copied += [("state", ("params", index), "scalar state")] * (
+                        len(copies) - len(copied))
                 if new:
                     new_state[param] = new
                 rows.append(row)
@@ -420,7 +444,7 @@ class _Fused(torch.optim.Optimizer):
                 np.array(indices, np.int64),
                 np.array(steps if self._has_step else [0] * len(rows), np.int64),
                 step_tensors, keep, new_state, copies)
-        self._check_overlap(plan, read)
+        self._check_overlap(plan, read, copied)
         return plan
 
     def _read_scalars(self, held, step: int, hyper, where: str) -> dict[str, Any]:
@@ -456,22 +480,22 @@ class _Fused(torch.optim.Optimizer):
         return (*np.array(values, np.float64).view(np.int64).tolist(),
                 _SCALAR_KINDS.index(kinds))
 
-    def _check_overlap(self, plan: tuple, read: list = ()) -> None:
+    def _check_overlap(self, plan: tuple, read: list, copied: list) -> None:
         """No two tensors of the step share a byte (``_guard``), read from the
         plan's addresses and ``read``, the ``(gradient, index)`` of each gradient
         read through a copy (another layout or dtype): the copy is private, the
         gradient itself must not share a byte with what the step writes (a
-        parameter written back from its copy); an error names the tensors as
-        ``_plan`` does."""
+        parameter written back from its copy; any byte between its first and last
+        element counts); an error names the tensors as ``_plan`` does
+        (``copied``: the names of the tensors written back from copies)."""
         table, counts, meta, indices, steps = plan[:5]
         slots = self._algorithm._algorithm.kernel.slots
         starts, stops, names = [], [], []
-        for p, _ in plan[8]:  # written after the kernels: every byte they span
-            start, stop = _span(p)
+        for (p, _), name in zip(plan[8], copied):  # written after the kernels:
+            start, stop = _span(p)                 # every byte they span
             starts.append(start)
             stops.append(stop)
-            names.append("a tensor stepped through a copy (strided or float16), or "
-                         "scalar state")
+            names.append(name)
         for row, n, kind, j, step in zip(table.tolist(), counts.tolist(),
                                          meta[:, 1].tolist(), indices.tolist(),
                                          steps.tolist()):
@@ -697,20 +721,28 @@ class _Fused(torch.optim.Optimizer):
         torch converts it at load."""
         name = f"state[params[{index}]]['step']"
         if isinstance(step_t, torch.Tensor):
-            if step_t.numel() != 1 or step_t.is_complex():
+            if step_t.numel() != 1 or step_t.is_complex() or step_t.is_meta:
                 raise ValueError(f"{name}: expected a one-element real tensor, got "
                                  f"shape {tuple(step_t.shape)}, {step_t.dtype}")
             step_t = step_t.item()
         return _checks.state_step(step_t, name)
 
     def _stream(self):
-        """Where the ``cuda`` backend launches: torch's current stream on the
-        parameters' device, so a step is ordered after the backward that made its
-        gradients without a synchronisation (the simulator's: its default)."""
+        """Where the ``cuda`` backend launches: on the parameters' device (made
+        current for torch and Numba alike, whichever device was current), on
+        torch's current stream there, so a step is ordered after the backward that
+        made its gradients without a synchronisation (the simulator's: its
+        default)."""
         if self._device is None:
             return contextlib.nullcontext()
-        return self._impl.on_stream(None if _device.simulated()
-                                    else torch.cuda.current_stream(self._device))
+        if _device.simulated():
+            return self._impl.on_stream(None)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.cuda.device(self._device))
+        stack.enter_context(_device.on_device(self._device.index))
+        stack.enter_context(self._impl.on_stream(torch.cuda.current_stream(
+            self._device)))
+        return stack
 
     def _run(self, plans, scale: float = 1.0) -> None:
         algo, impl = self._algorithm, self._impl
@@ -959,7 +991,8 @@ def _check_state(t, p: torch.Tensor, name, strides=None, numel=None,
     elements and ``shape`` where given (a factored moment), else ``p``'s size."""
     numel = p.numel() if numel is None else numel
     if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.device == p.device
-            and t.numel() == numel and not t.is_sparse
+            and t.numel() == numel and not t.is_sparse and not t.is_conj()
+            and not t.is_neg()
             and (shape is None or t.shape == shape) and (
                 t.is_contiguous() if strides is None
                 else t.shape == p.shape and _same_strides(t, strides))):
@@ -979,6 +1012,9 @@ def _check_state(t, p: torch.Tensor, name, strides=None, numel=None,
         want = (f"{numel} elements" if shape is None else f"shape {tuple(shape)}")
         raise ValueError(f"{where}: expected {want} (shape {tuple(p.shape)} is its "
                          f"parameter's), got shape {tuple(t.shape)}")
+    if t.is_conj() or t.is_neg():
+        raise ValueError(f"{where}: a lazily conjugated (or negated) view, whose memory "
+                         "holds other values than it shows; assign t.resolve_conj()")
     if strides is None:
         raise ValueError(f"{where}: expected a contiguous tensor (the kernel updates it "
                          "in place through one flat view)")
@@ -1348,9 +1384,9 @@ class _FlatTorch:
                     f"params[{j}]: now {p.dtype} of shape {tuple(p.shape)}, no longer "
                     "a view of its place in the flat buffer; build the optimizer after "
                     "changing the model (or use flatten=False)")
-            if p.grad is not None:
+            if p.grad is not None:  # (copied into its place: any layout)
                 _check_tensor(p, type(opt).__name__, _FLOAT_DTYPES, opt.backend,
-                              device=opt._device)
+                              layouts=True, device=opt._device)
         if replaced:
             self._check_replaced([j for j, p, _ in replaced if p.grad is not None])
         specs = [algo._state_spec(hypers[seg["group"]]) for seg in self.segments]

@@ -78,10 +78,10 @@ def _call(name, flags, states, h, param, grad, grad_scale, seed=0, out=None):
 #: elements per piece of a multi-tensor launch (a block's work at a time; as torch's
 #: multi-tensor apply); small under the simulator, so tests cut tensors into pieces
 CHUNK = 64 if _device.simulated() else 65536
-#: the device copies of recent multi-tensor tables, by their contents (addresses
-#: and sizes): a step whose tensors have not moved uploads nothing
+#: the device copies of recent multi-tensor tables, by device, stream and contents
+#: (addresses and sizes): a step whose tensors have not moved uploads nothing
 _TABLES: collections.OrderedDict = collections.OrderedDict()
-_TABLES_KEPT = 32
+_TABLES_KEPT = 256  # launches per step this many and more re-upload each step
 _tables_lock = threading.Lock()
 _PROTOTYPES: dict = {}
 
@@ -116,9 +116,9 @@ def multi(name, flags, present, h, dtypes, table, counts, seeds, grad_scale, par
 
 def _tables(table: np.ndarray, counts: np.ndarray) -> tuple:
     """The device copies of ``table`` and ``counts`` and the pieces ``(t, lo)`` of
-    ``CHUNK`` elements they cut into: uploaded on the launch's stream, or reused
-    where these very contents were uploaded before."""
-    key = (table.tobytes(), counts.tobytes())
+    ``CHUNK`` elements they cut into: uploaded on the launch's stream (which then
+    waits for the copy), or reused where these very contents were uploaded before."""
+    key = (_where(), table.tobytes(), counts.tobytes())
     with _tables_lock:
         found = _TABLES.get(key)
         if found is not None:
@@ -131,6 +131,9 @@ def _tables(table: np.ndarray, counts: np.ndarray) -> tuple:
     s = _stream()
     found = tuple(cuda.to_device(np.ascontiguousarray(a), stream=s)
                   for a in (table, counts, np.stack([owner, lo], axis=1)))
+    # complete before any stream may read it (a later step may launch on another),
+    # and before the host arrays go: once per set of addresses, not per step
+    s.synchronize()
     with _tables_lock:
         _TABLES[key] = found
         while len(_TABLES) > _TABLES_KEPT:
@@ -138,13 +141,22 @@ def _tables(table: np.ndarray, counts: np.ndarray) -> tuple:
     return found
 
 
+def _where() -> tuple[int, int]:
+    """The current device and the launch stream's handle (0, 0 under the
+    simulator)."""
+    if _device.simulated():
+        return 0, 0
+    handle = _stream().handle
+    return cuda.get_current_device().id, int(getattr(handle, "value", handle) or 0)
+
+
 def _prototype(dtype):
-    """A zero-size device array of ``dtype``: what a multi-tensor kernel is typed
-    by."""
-    dtype = np.dtype(dtype)
-    a = _PROTOTYPES.get(dtype)
+    """A zero-size array of ``dtype`` on the current device: what a multi-tensor
+    kernel is typed by."""
+    key = (_where()[0], np.dtype(dtype))
+    a = _PROTOTYPES.get(key)
     if a is None:
-        a = _PROTOTYPES[dtype] = cuda.device_array(0, dtype=dtype)
+        a = _PROTOTYPES[key] = cuda.device_array(0, dtype=key[1])
     return a
 
 

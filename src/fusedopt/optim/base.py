@@ -387,8 +387,8 @@ class Optimizer(Precision, FlatMode, Serialise):
                     continue
                 size = math.prod(shape)
             a = live.get(name)
-            if (type(a) is np.ndarray and a.dtype is dtype and a.size == size
-                    and a.ndim == 1 and a.flags.carray):
+            if (type(a) is np.ndarray and space is _checks and a.dtype is dtype
+                    and a.size == size and a.ndim == 1 and a.flags.carray):
                 pass  # as the step left it: _checks.state_array's common case, inline
             elif a is None:
                 a = new[name] = self._new_state(flat, init, size if shaped else None)

@@ -58,12 +58,13 @@ def max_diff(m1, m2):
                for a, b in zip(m1.parameters(), m2.parameters()))
 
 
-@pytest.mark.parametrize("case", STEPPED, ids=[case_id(c) for c in STEPPED])
-def test_training_matches_torch(case):
-    name, kwargs = case
+def trains_as_torch(name, kwargs, **ours):
+    """``STEPS`` of training by ``fusedopt.torch`` on the ``cuda`` backend and by
+    torch.optim: the same parameters, and state of torch's keys, devices, dtypes
+    and shapes. Returns fusedopt's optimizer."""
     torch_name = ALGORITHMS[name][1]
     m1, m2, data = model(), model(), batches(STEPS)
-    o1 = getattr(ft, torch_name)(m1.parameters(), **kwargs, backend="cuda")
+    o1 = getattr(ft, torch_name)(m1.parameters(), **kwargs, backend="cuda", **ours)
     o2 = getattr(torch.optim, torch_name)(m2.parameters(), **kwargs)
     assert o1.backend == "cuda"
     train(m1, o1, data)
@@ -73,7 +74,14 @@ def test_training_matches_torch(case):
         s1, s2 = o1.state[p1], o2.state[p2]
         assert sorted(s1) == sorted(s2)
         for key, t in s2.items():
-            assert s1[key].device == t.device and s1[key].dtype == t.dtype, key
+            assert (s1[key].device, s1[key].dtype, s1[key].shape) == (
+                t.device, t.dtype, t.shape), key
+    return o1
+
+
+@pytest.mark.parametrize("case", STEPPED, ids=[case_id(c) for c in STEPPED])
+def test_training_matches_torch(case):
+    trains_as_torch(*case)
 
 
 def test_float32_and_complex_match_torch():
@@ -137,22 +145,9 @@ def test_layouts_and_float16_match_torch():
 
 
 @pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "muon"])
-def test_flatten_matches_torch_in_one_launch_per_segment(name):
-    kwargs, torch_name = ALGORITHMS[name][2][-1], ALGORITHMS[name][1]
-    m1, m2, data = model(), model(), batches(STEPS)
-    o1 = getattr(ft, torch_name)(m1.parameters(), **kwargs, backend="cuda", flatten=True)
-    o2 = getattr(torch.optim, torch_name)(m2.parameters(), **kwargs)
-    assert len(o1._flat.segments) == 1
-    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(m1.parameters(),
-                                                            m2.parameters()))
-    train(m1, o1, data)
-    train(m2, o2, data)
-    assert max_diff(m1, m2) <= TOL
-    for p1, p2 in zip(m1.parameters(), m2.parameters()):
-        s1, s2 = o1.state[p1], o2.state[p2]
-        assert sorted(s1) == sorted(s2)
-        for key, t in s2.items():
-            assert s1[key].device == t.device and s1[key].shape == t.shape, key
+def test_flatten_matches_torch_in_one_segment(name):
+    opt = trains_as_torch(name, ALGORITHMS[name][2][-1], flatten=True)
+    assert len(opt._flat.segments) == 1
 
 
 @pytest.mark.parametrize("flatten", [False, True])

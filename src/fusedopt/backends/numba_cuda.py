@@ -131,8 +131,8 @@ def _tables(table: np.ndarray, counts: np.ndarray) -> tuple:
     s = _stream()
     found = tuple(cuda.to_device(np.ascontiguousarray(a), stream=s)
                   for a in (table, counts, np.stack([owner, lo], axis=1)))
-    # complete before any stream may read it (a later step may launch on another),
-    # and before the host arrays go: once per set of addresses, not per step
+    # complete before the host arrays go and before anything may free it (an
+    # evicted table): once per set of addresses, not per step
     s.synchronize()
     with _tables_lock:
         _TABLES[key] = found

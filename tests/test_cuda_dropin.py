@@ -20,6 +20,7 @@ import fusedopt  # noqa: E402
 import fusedopt.torch as ft  # noqa: E402
 from fusedopt import _device  # noqa: E402
 from cases import TORCH_ALGORITHMS as ALGORITHMS, TORCH_CASES as CASES, case_id  # noqa: E402
+from test_torch_adapter import max_diff, train  # noqa: E402
 
 SIM = _device.simulated()
 pytestmark = pytest.mark.skipif(
@@ -44,18 +45,6 @@ def batches(steps, seed=1, dtype=torch.float64):
     return [(torch.randn(8, 4, generator=gen, dtype=dtype).to(DEVICE),
              torch.randn(8, 2, generator=gen, dtype=dtype).to(DEVICE))
             for _ in range(steps)]
-
-
-def train(m, opt, data):
-    for x, y in data:
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(m(x), y).backward()
-        opt.step()
-
-
-def max_diff(m1, m2):
-    return max(((a - b).abs() / (b.abs() + 1e-3)).max().item()
-               for a, b in zip(m1.parameters(), m2.parameters()))
 
 
 def trains_as_torch(name, kwargs, **ours):

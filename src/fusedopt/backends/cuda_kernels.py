@@ -45,6 +45,14 @@ def _template(rule, flags: tuple[bool, ...], slots: int):
     return kernel
 
 
+def _compiled(cache: dict, key: tuple, make):
+    """``cache[key]``: the kernel ``make()`` returns, compiled on first use."""
+    k = cache.get(key)
+    if k is None:
+        k = cache[key] = _jit(make())
+    return k
+
+
 #: compiled kernels, by ``(name, flags, slots)``; see ``kernel``
 KERNELS: dict[tuple, object] = {}
 
@@ -52,12 +60,8 @@ KERNELS: dict[tuple, object] = {}
 def kernel(name: str, flags: tuple[bool, ...], slots: int):
     """The CUDA kernel of ``rules.<name>`` with these options (one per combination in
     use; NumPy bools find the same entry)."""
-    key = (name, flags, slots)
-    k = KERNELS.get(key)
-    if k is None:
-        k = KERNELS[key] = _jit(_template(getattr(rules, name), tuple(map(bool, flags)),
-                                          slots))
-    return k
+    return _compiled(KERNELS, (name, flags, slots), lambda: _template(
+        getattr(rules, name), tuple(map(bool, flags)), slots))
 
 
 def pointer_at(address, n, like):
@@ -115,11 +119,8 @@ MULTI_KERNELS: dict[tuple, object] = {}
 def multi_kernel(name: str, flags: tuple[bool, ...], slots: int):
     """The CUDA multi-tensor kernel of ``rules.<name>`` with these options."""
     key = (name, tuple(map(bool, flags)), slots)
-    k = MULTI_KERNELS.get(key)
-    if k is None:
-        k = MULTI_KERNELS[key] = _jit(_multi_template(getattr(rules, name), key[1],
-                                                      slots))
-    return k
+    return _compiled(MULTI_KERNELS, key, lambda: _multi_template(
+        getattr(rules, name), key[1], slots))
 
 
 @_jit
@@ -236,11 +237,9 @@ FACTORED: dict[tuple, object] = {}
 def factored_kernel(reduce: bool, flags: tuple[bool, ...]):
     """The CUDA kernel of Adafactor's factored norms (``reduce``) or update pass."""
     key = (bool(reduce), tuple(map(bool, flags)))
-    k = FACTORED.get(key)
-    if k is None:
-        rule = rules.adafactor_update_norms if key[0] else rules.adafactor_update
-        k = FACTORED[key] = _jit(_factored_template(rule, key[1], key[0]))
-    return k
+    return _compiled(FACTORED, key, lambda: _factored_template(
+        rules.adafactor_update_norms if key[0] else rules.adafactor_update, key[1],
+        key[0]))
 
 
 def _norms_template(rule, flags: tuple[bool, ...], slots: int):
@@ -271,8 +270,5 @@ NORMS: dict[tuple, object] = {}
 def norms_kernel(name: str, flags: tuple[bool, ...], slots: int):
     """The CUDA reduction pass of ``rules.<name>_norms`` (``Spec.norms``)."""
     key = (name, tuple(map(bool, flags)), slots)
-    k = NORMS.get(key)
-    if k is None:
-        k = NORMS[key] = _jit(_norms_template(getattr(rules, name + "_norms"), key[1],
-                                              slots))
-    return k
+    return _compiled(NORMS, key, lambda: _norms_template(
+        getattr(rules, name + "_norms"), key[1], slots))

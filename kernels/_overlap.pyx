@@ -166,8 +166,9 @@ def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_ste
     layout; its ``state`` entry a dict holding, for each state tensor its group needs,
     a plain tensor of the same dtype, size and layout, and (``has_step``) a ``step``
     that is a one-element float32 CPU tensor holding a count in ``[0, max_step]``;
-    no two of them sharing a byte. ``groups`` holds per param group ``(params,
-    columns)``, ``columns`` the ``(name, table column)`` of each state tensor it needs;
+    each inside its storage (none resized under its tensor); no two of them sharing
+    a byte. ``groups`` holds per param group ``(params, columns)``, ``columns`` the
+    ``(name, table column)`` of each state tensor it needs;
     ``kinds`` maps each dtype to ``(kernel kind, itemsize)``. Returns ``(table,
     counts, meta, indices, steps, None, keep, {}, ())``: per stepped parameter, the
     addresses of its parameter, gradient and state (``table``), its elements,
@@ -244,6 +245,8 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             live = byid.get(id(p))
             if type(live) is not dict:
                 return None
+            if not (_fits(p, numel, kind[1]) and _fits(g, numel, kind[1])):
+                return None
             tab[t, 0] = p.data_ptr()
             tab[t, 1] = g.data_ptr()
             keep.append(p)
@@ -254,7 +257,8 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
                         or not (obj.is_cpu if device is None else obj.device == device)
                         or obj.numel() != numel or obj.shape != shape or not (
                             obj.is_contiguous() if strides is None
-                            else obj.stride() == strides)):
+                            else obj.stride() == strides)) or not _fits(obj, numel,
+                                                                        kind[1]):
                     return None
                 tab[t, c] = obj.data_ptr()
                 keep.append(obj)
@@ -262,7 +266,7 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             if has_step:
                 obj = (<dict>live).get("step")
                 if (type(obj) is not tensor or obj.dtype is not f32 or not obj.is_cpu
-                        or obj.numel() != 1):
+                        or obj.numel() != 1 or not _fits(obj, 1, 4)):
                     return None
                 addr = obj.data_ptr()
                 step = (<float*>addr)[0]
@@ -306,6 +310,12 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
     finally:
         free(spans)
     return table[:t], counts[:t], meta[:t], indices[:t], steps[:t], None, keep, {}, ()
+
+
+cdef inline bint _fits(object t, long long numel, Py_ssize_t itemsize) except -1:
+    # a dense tensor's elements inside its storage (one resized under it is not):
+    # the twin of fusedopt.torch._check_storage
+    return (t.storage_offset() + numel) * itemsize <= t.untyped_storage().nbytes()
 
 
 cdef object _dense_strides(object shape, object strides):

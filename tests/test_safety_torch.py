@@ -657,3 +657,71 @@ def test_strided_parameters_of_one_storage_are_named_when_refused():
     with pytest.raises(ValueError, match=r"params\[1\]: shares memory with params\[0\]"):
         opt.step()
     assert torch.equal(w, before) and not opt.state
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_storage_resized_under_its_tensor_is_refused(backend):
+    """A parameter, gradient or state tensor whose storage was resized under it
+    (``untyped_storage().resize_()``: to nothing, as FSDP frees parameters, or
+    smaller) is refused by name before any write, on the C plan, the Python plan
+    (float16: through copies) and ``flatten=True``; torch's own optimizers write
+    past it (and crash), so this runs in a subprocess."""
+    run_isolated(f"""
+        import torch, fusedopt.torch as ft
+        for dtype in (torch.float32, torch.float16)[:1 if {backend!r} == "numpy" else 2]:
+            for which in ("params", "grads", "exp_avg", "step"):
+                for size in (0, 2):
+                    block = torch.randn(3 * 4096).to(dtype)
+                    params = [torch.nn.Parameter(block[:4096].clone()),
+                              torch.nn.Parameter(block[4096:8192].clone())]
+                    canary = block[8192:]
+                    opt = ft.AdamW(params, lr=0.1, backend={backend!r})
+                    for _ in range(2):
+                        for p in params:
+                            p.grad = torch.ones_like(p)
+                        opt.step()
+                    # a new tensor (one the per-tensor path has made no NumPy view
+                    # of yet, which would make its storage refuse a resize)
+                    if which == "params":
+                        params[1].data = victim = params[1].detach().clone()
+                    elif which == "grads":
+                        params[1].grad = victim = params[1].grad.clone()
+                    else:
+                        victim = opt.state[params[1]][which].clone()
+                        opt.state[params[1]][which] = victim
+                    before = [params[0].detach().clone(), canary.clone(),
+                              *(t.clone() for t in opt.state[params[0]].values())]
+                    victim.untyped_storage().resize_(size)
+                    try:
+                        opt.step()
+                    except ValueError as e:
+                        assert "its storage holds" in str(e), e
+                        name = {{"params": "params[1]", "grads": "grads[1]"}}.get(
+                            which, f"state[params[1]]['{{which}}']")
+                        assert str(e).startswith(name), (name, e)
+                    else:
+                        raise AssertionError(f"{{dtype}} {{which}} {{size}}: stepped")
+                    after = [params[0].detach(), canary,
+                             *opt.state[params[0]].values()]
+                    assert all(torch.equal(a, b) for a, b in zip(before, after))
+        # flatten=True: its buffers refuse a resize; the step count it exposes
+        params = [torch.nn.Parameter(torch.randn(64)) for _ in range(2)]
+        opt = ft.AdamW(params, lr=0.1, backend={backend!r}, flatten=True)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        for t in (params[0], params[0].grad, opt.state[params[0]]["exp_avg"]):
+            try:
+                t.untyped_storage().resize_(0)
+            except RuntimeError as e:
+                assert "not resizable" in str(e)
+            else:
+                raise AssertionError("a flat buffer was resized")
+        opt.state[params[0]]["step"].untyped_storage().resize_(0)
+        try:
+            opt.step()
+        except ValueError as e:
+            assert "['step']: its storage holds 0 bytes" in str(e), e
+        else:
+            raise AssertionError("stepped with a freed step count")
+        """)

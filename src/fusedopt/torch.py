@@ -349,6 +349,8 @@ class _Fused(torch.optim.Optimizer):
                 p, g = _local(param), _local(g)  # a DTensor's shard on this rank
                 _check_tensor(p, owner, dtypes, self.backend, layouts=True, grad=g,
                               device=self._device)
+                _check_storage(p, ("params", index))
+                _check_storage(g, ("grads", index))
                 live = state.get(param)
                 if live is None:
                     live = {}
@@ -400,6 +402,7 @@ class _Fused(torch.optim.Optimizer):
                         t = _local(t)
                         _check_state(t, p, ("state", ("params", index), name),
                                      strides or layout)
+                        _check_storage(t, ("state", ("params", index), name))
                     if half:
                         copies.append((t, t.float()))
                         copied.append(("state", ("params", index), name))
@@ -635,10 +638,13 @@ class _Fused(torch.optim.Optimizer):
         self._views = views
         return plans
 
-    def _view(self, t: torch.Tensor, views: dict, host: bool = False) -> np.ndarray:
+    def _view(self, t: torch.Tensor, views: dict, name, host: bool = False
+              ) -> np.ndarray:
         """The NumPy view of ``t`` (its device array on the ``cuda`` backend, unless
         ``host``: a step count), reused while ``t`` still has the pointer, size and
-        dtype it was made for."""
+        dtype it was made for, and its storage still holds it (``name``: ``t``'s,
+        for the error)."""
+        _check_storage(t, name)
         key, ptr = id(t), t.data_ptr()
         c = self._views.get(key)
         if c is None or c[0] is not t or c[1] != ptr or c[2] != t.numel() or (
@@ -658,10 +664,11 @@ class _Fused(torch.optim.Optimizer):
         if (c is not None and c[0] is t and c[1] == t.data_ptr() and c[2] == numel
                 and c[3] is dtype and t.numel() == numel and t.dtype is dtype
                 and t.is_contiguous() and (shape is None or t.shape == shape)):
+            _check_storage(t, name)
             views[id(t)] = c
             return c[4]
         _check_state(t, p, name, numel=numel, shape=shape)
-        return self._view(t, views)
+        return self._view(t, views, name)
 
     def _plan_param(self, p, hyper, spec, index: int, views: dict, arrays: list
                     ) -> tuple:
@@ -676,7 +683,8 @@ class _Fused(torch.optim.Optimizer):
                 isinstance(v, torch.Tensor) for v in live.values()):
             raise ValueError(f"state[params[{index}]]: holds state tensors but no "
                              "'step'; set opt.state[p] = {} to start it afresh")
-        param, grad = self._view(p, views), self._view(p.grad, views)
+        param = self._view(p, views, ("params", index))
+        grad = self._view(p.grad, views, ("grads", index))
         arrays += (param, grad)
         new, work, fresh = {}, {}, False
         if self._algorithm._algorithm.kernel.host:  # (its host stage needs the shape)
@@ -693,7 +701,7 @@ class _Fused(torch.optim.Optimizer):
                 t = new[name] = (torch.full(shape, init, dtype=dtype, device=p.device)
                                  if shaped else _full_like(p, init))
                 fresh = True
-                work[name] = self._view(t, views)
+                work[name] = self._view(t, views, None)
             else:
                 work[name] = self._state_view(t, math.prod(shape) if shaped else numel,
                                               dtype, views,
@@ -703,7 +711,8 @@ class _Fused(torch.optim.Optimizer):
         step, step_view = 0, None
         if type(step_t) is torch.Tensor and step_t.dtype in _STEP_DTYPES and (
                 step_t.is_cpu and step_t.numel() == 1):
-            step_view = self._view(step_t, views, host=True)
+            step_view = self._view(step_t, views, ("state", ("params", index), "step"),
+                                   host=True)
             step = _checks.state_step(step_view.item(0),
                                       ("state", ("params", index), "step"))
             arrays.append(step_view)  # written too: it must not alias anything
@@ -721,6 +730,7 @@ class _Fused(torch.optim.Optimizer):
         torch converts it at load."""
         name = f"state[params[{index}]]['step']"
         if isinstance(step_t, torch.Tensor):
+            _check_storage(step_t, ("state", ("params", index), "step"))
             if step_t.numel() != 1 or step_t.is_complex() or step_t.is_meta:
                 raise ValueError(f"{name}: expected a one-element real tensor, got "
                                  f"shape {tuple(step_t.shape)}, {step_t.dtype}")
@@ -1082,6 +1092,24 @@ def _span(t: torch.Tensor) -> tuple[int, int]:
     return start, stop
 
 
+def _check_storage(t: torch.Tensor, name) -> None:
+    """``t``'s elements inside its storage, checked before a kernel writes or reads
+    them through its address: a storage resized under its tensor
+    (``t.untyped_storage().resize_()``, as FSDP frees unsharded parameters) is
+    refused, not written past (torch's own optimizers do not check this); ``name``:
+    ``t``'s, for the error (None: a tensor this step just made)."""
+    if not t.numel() or name is None:
+        return
+    start, stop = _span(t)
+    need = t.storage_offset() * t.element_size() + stop - start
+    have = t.untyped_storage().nbytes()
+    if need > have:
+        raise ValueError(f"{_checks._name(name)}: its storage holds {have} bytes, its "
+                         f"elements reach byte {need} of it (was the storage resized "
+                         "under it, e.g. by untyped_storage().resize_() or FSDP freeing "
+                         "it?); step it only when its storage holds it")
+
+
 def _local(t):
     """A DTensor's local shard (FSDP2, tensor parallel: each rank steps its own),
     anything else itself."""
@@ -1316,6 +1344,11 @@ class _FlatTorch:
                 "channels_last after the optimizer was built); flatten=True would "
                 "step the old memory, so build the optimizer after moving the "
                 "model (or use flatten=False)")
+        # the flat buffers themselves, whose storages every member shares (a
+        # member's untyped_storage().resize_() is theirs)
+        for buf in self._all_buffers():
+            _check_storage(buf, "a flat buffer (the storage of parameters, gradients "
+                                "or state with flatten=True)")
         entries = list(opt.state.values())
         if (self.edited[0] or len(entries) != len(self.exposed)
                 or any(map(operator.is_not, entries, self.exposed))
@@ -1346,13 +1379,19 @@ class _FlatTorch:
             self._expose(seg, None)
         self._snapshot_state()
 
+    def _all_buffers(self) -> list[torch.Tensor]:
+        """Every flat buffer: parameters, gradients, state."""
+        return [*self.buffers.values(), *self.grad_buffers.values(),
+                *(b for per in self.state_buffers.values() for b in per.values())]
+
     def _check_replaced(self, replaced: list[int]) -> None:
         """The gradients of parameters ``replaced`` (to copy in) share no byte with
         the flat buffers (parameters, gradients, state) nor with each other, as the
         per-tensor path refuses."""
-        mine = [*self.buffers.values(), *self.grad_buffers.values(),
-                *(b for per in self.state_buffers.values() for b in per.values())]
+        mine = self._all_buffers()
         grads = [self.params[j].grad for j in replaced]
+        for j, g in zip(replaced, grads):
+            _check_storage(g, ("grads", j))
         spans = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
                  for t in mine + grads]
         _guard.check_spans(spans, lambda: ["the flat buffers"] * len(mine)
@@ -1393,6 +1432,8 @@ class _FlatTorch:
         for seg, spec in zip(self.segments, specs):  # allocate before any write
             for name, _ in spec:
                 self._state_buffer(name, seg["dtype"])
+        for seg in self.segments:
+            _check_storage(seg["step"], ("state", ("params", seg["members"][0]), "step"))
         steps = [_checks.state_step(seg["step"].item(), (
             "state", ("params", seg["members"][0]), "step")) for seg in self.segments]
         numbers = [{}] * len(self.segments)

@@ -153,7 +153,7 @@ cdef object _np = None
 
 
 def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_step,
-                double max_step, object device=None):
+                double max_step, object device=None, list memo=None):
     """The common case of ``fusedopt.torch``'s multi-tensor plan (``_Fused._plan_multi``,
     its Python twin, which a test holds to the same answers) in one call, or None
     whenever anything is off it: then the caller runs the Python plan, which raises
@@ -161,25 +161,142 @@ def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_ste
     parameter with a gradient a ``types`` tensor of a ``kinds`` dtype on the CPU
     (on ``device``, a CUDA device, where given: the ``cuda`` backend's tables),
     C-contiguous or dense in another order of dimensions (then its gradient and state
-    of its shape and in the same strides), with a data pointer (torch raises on ``data_ptr()`` of a sparse or
-    mkldnn tensor: any exception here means "not the common case"), its gradient a plain tensor of the same dtype, size and
-    layout; its ``state`` entry a dict holding, for each state tensor its group needs,
-    a plain tensor of the same dtype, size and layout, and (``has_step``) a ``step``
-    that is a one-element float32 CPU tensor holding a count in ``[0, max_step]``;
-    each inside its storage (none resized under its tensor); no two of them sharing
-    a byte. ``groups`` holds per param group ``(params, columns)``, ``columns`` the
-    ``(name, table column)`` of each state tensor it needs;
-    ``kinds`` maps each dtype to ``(kernel kind, itemsize)``. Returns ``(table,
+    of its shape and in the same strides), not a lazily conjugated or negated view,
+    with a data pointer (torch raises on ``data_ptr()`` of a sparse or mkldnn
+    tensor: any exception here means "not the common case"), its gradient a plain
+    tensor of the same dtype, size and layout; its ``state`` entry a dict holding,
+    for each state tensor its group needs, a plain tensor of the same dtype, size and
+    layout, and (``has_step``) a ``step`` that is a one-element float32 CPU tensor
+    holding a count in ``[0, max_step]``; each inside its storage (none resized under
+    its tensor); no two of them sharing a byte. ``groups`` holds per param group
+    ``(params, columns)``, ``columns`` the ``(name, table column)`` of each state
+    tensor it needs; ``kinds`` maps each dtype to ``(kernel kind, itemsize)``. Returns ``(table,
     counts, meta, indices, steps, None, keep, {}, ())``: per stepped parameter, the
     addresses of its parameter, gradient and state (``table``), its elements,
     ``(group, kind, step, fresh=0)`` (``meta``), its index among all parameters, the
     address of its float32 step tensor (0 without); ``keep`` the tensors, held until
     the kernels have run; (the Python plan's step tensors, new state and copies of
-    strided parameters: none)."""
+    strided parameters: none).
+
+    ``memo`` (a list the caller keeps, empty at first) makes the common case of the
+    next steps cheaper without trusting anything from the last: once a plan is
+    made, it holds torch's own tensor guards (``TensorGuards``, what
+    ``torch.compile`` checks its inputs with, in C++) built from the tensors just
+    checked, in plan order. The next step gathers the live tensors the same way
+    and lets the guards check each one's Python type, dispatch keys (device,
+    layout, conjugate and negative views), dtype, device index, sizes and strides
+    (~50 ns per tensor, where reading them from Python costs ~40 ns each) against
+    those of the tensor checked in full at that place; what no guard can see (each
+    one's address, its storage's size, the step counts and the overlap of the
+    byte ranges) is read and checked live every step, as here. Anything off it
+    (another dtype, size or layout; a tensor added, dropped or moved; torch without
+    ``TensorGuards``) falls back to the full check, which remakes the guards."""
     try:
-        return _tensor_plan(groups, state, kinds, types, has_step, max_step, device)
+        if memo:
+            plan = _guarded_plan(groups, state, has_step, max_step, memo)
+            if plan is not None:
+                return plan
+        plan = _tensor_plan(groups, state, kinds, types, has_step, max_step, device)
+        if plan is not None and memo is not None:
+            _remember(memo, groups, plan)
+        return plan
     except Exception:  # whatever it was, the Python plan names it
         return None
+
+
+cdef object _TensorGuards = None  # torch's, once looked up (False: not there)
+
+
+cdef _remember(list memo, list groups, tuple plan):
+    """Fill ``memo`` (``tensor_plan``) from a plan just checked in full."""
+    global _TensorGuards
+    if _TensorGuards is None:
+        try:
+            from torch._C._dynamo.guards import TensorGuards
+            _TensorGuards = TensorGuards
+        except Exception:
+            _TensorGuards = False
+    del memo[:]
+    if _TensorGuards is False:
+        return
+    keep = plan[6]
+    guards = _TensorGuards(*keep, dynamic_dims_sizes=[list(t.shape) for t in keep],
+                           dynamic_dims_strides=[list(t.stride()) for t in keep])
+    memo += [guards, tuple([columns for _, columns in groups]), plan[2].copy(),
+             plan[3].copy(), plan[1].copy(), len(keep), plan[0].copy(), plan[4].copy()]
+
+
+cdef _guarded_plan(list groups, object state, bint has_step, double max_step,
+                   list memo):
+    """The common case with ``memo``'s guards (``tensor_plan``), or None."""
+    guards, shape_of, meta0, indices0, counts0, nkeep, table0, steps0 = memo
+    cdef Py_ssize_t t = 0, index = 0, k = 0, c, stepped
+    cdef object params, columns, p, g, live, obj, byid, name
+    cdef list keep = []
+    cdef long long[::1] ind0 = indices0
+    cdef long long numel, itemsize
+    cdef double step
+    cdef size_t addr
+    stepped = ind0.shape[0]
+    if tuple([columns for _, columns in groups]) != shape_of:
+        return None
+    byid = {id(key): value for key, value in state.items()}
+    for params, columns in groups:
+        for p in <list?>params:
+            g = p.grad
+            if g is not None:
+                if t >= stepped or ind0[t] != index:
+                    return None
+                live = byid.get(id(p))
+                if type(live) is not dict:
+                    return None
+                keep.append(p)
+                keep.append(g)
+                for name, c in columns:
+                    keep.append((<dict>live).get(name))
+                if has_step:
+                    keep.append((<dict>live).get("step"))
+                t += 1
+            index += 1
+    if t != stepped or len(keep) != nkeep or not guards.check(*keep):
+        return None
+    table = _np.zeros((t, 6), _np.int64)
+    meta = meta0.copy()
+    steps = _np.zeros(t, _np.int64)
+    cdef long long[:, ::1] tab = table, met = meta
+    cdef long long[::1] cnt = counts0, stp = steps
+    cdef Py_ssize_t n = 0
+    for k in range(t):  # the live addresses, storages and steps, in keep's order
+        numel, itemsize = cnt[k], _itemsize(met[k, 1])
+        for c in range(2):
+            obj = keep[n]
+            if not _fits(obj, numel, itemsize):
+                return None
+            tab[k, c] = obj.data_ptr()
+            n += 1
+        for name, c in shape_of[met[k, 0]]:
+            obj = keep[n]
+            if not _fits(obj, numel, itemsize):
+                return None
+            tab[k, c] = obj.data_ptr()
+            n += 1
+        if has_step:
+            obj = keep[n]
+            if not _fits(obj, 1, 4):
+                return None
+            addr = obj.data_ptr()
+            step = (<float*>addr)[0]
+            if not (0 <= step <= max_step) or step != <long long>step:
+                return None
+            stp[k] = addr
+            met[k, 2] = <long long>step
+            n += 1
+    # the overlap sweep, unless these are the very ranges the last sweep passed
+    if not (_np.array_equal(table, table0) and _np.array_equal(steps, steps0)):
+        if not _disjoint(tab, cnt, met, stp, t):
+            return None
+        memo[6], memo[7] = table, steps
+    return table, counts0, meta, indices0, steps, None, keep, {}, ()
 
 
 cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_step,
@@ -188,11 +305,11 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
     if _np is None:
         import numpy
         _np = numpy
-    cdef Py_ssize_t total = 0, t = 0, index = 0, k, c, col, spans_n = 0, far = -1, ncols
+    cdef Py_ssize_t total = 0, t = 0, index = 0, k, c
     cdef object params, columns, p, g, live, obj, dtype, kind, name, f32, byid, strides
     cdef object shape
     cdef list keep = []
-    cdef long long numel, size
+    cdef long long numel
     cdef double step
     cdef size_t addr
     for params, columns in groups:
@@ -211,7 +328,6 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             f32 = dtype
     byid = {id(key): value for key, value in state.items()}
     for k, (params, columns) in enumerate(groups):
-        ncols = len(columns)
         for p in params:
             g = p.grad
             if g is None:
@@ -245,7 +361,8 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             live = byid.get(id(p))
             if type(live) is not dict:
                 return None
-            if not (_fits(p, numel, kind[1]) and _fits(g, numel, kind[1])):
+            if not (_fits(p, numel, kind[1]) and _fits(g, numel, kind[1])
+                    and _plain(p) and _plain(g)):
                 return None
             tab[t, 0] = p.data_ptr()
             tab[t, 1] = g.data_ptr()
@@ -257,8 +374,8 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
                         or not (obj.is_cpu if device is None else obj.device == device)
                         or obj.numel() != numel or obj.shape != shape or not (
                             obj.is_contiguous() if strides is None
-                            else obj.stride() == strides)) or not _fits(obj, numel,
-                                                                        kind[1]):
+                            else obj.stride() == strides)) or not (
+                                _fits(obj, numel, kind[1]) and _plain(obj)):
                     return None
                 tab[t, c] = obj.data_ptr()
                 keep.append(obj)
@@ -266,7 +383,7 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             if has_step:
                 obj = (<dict>live).get("step")
                 if (type(obj) is not tensor or obj.dtype is not f32 or not obj.is_cpu
-                        or obj.numel() != 1 or not _fits(obj, 1, 4)):
+                        or obj.numel() != 1 or not (_fits(obj, 1, 4) and _plain(obj))):
                     return None
                 addr = obj.data_ptr()
                 step = (<float*>addr)[0]
@@ -277,17 +394,24 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             cnt[t] = numel
             met[t, 0], met[t, 1], met[t, 2] = k, kind[0], <long long>step
             ind[t] = index
-            spans_n += 2 + ncols + has_step
             t += 1
             index += 1
-    if index != total:
+    if index != total or not _disjoint(tab, cnt, met, stp, t):
         return None
-    # no two of them share a byte: the sweep of first_overlap over the table
-    cdef Span* spans = <Span*>malloc(max(spans_n, 1) * sizeof(Span))
+    return table[:t], counts[:t], meta[:t], indices[:t], steps[:t], None, keep, {}, ()
+
+
+cdef bint _disjoint(long long[:, ::1] tab, long long[::1] cnt, long long[:, ::1] met,
+                    long long[::1] stp, Py_ssize_t t) except -1:
+    """No two of a plan's byte ranges (its first ``t`` rows: the table's addresses,
+    ``cnt`` elements of kind ``met[:, 1]`` each, and the 4-byte step counts at
+    ``stp``) share a byte: the sweep of ``first_overlap``."""
+    cdef Py_ssize_t c = 0, k, col, far = -1
+    cdef long long size
+    cdef Span* spans = <Span*>malloc(max(t * 7, 1) * sizeof(Span))
     if spans == NULL:
         raise MemoryError()
     try:
-        c = 0
         for k in range(t):
             size = cnt[k] * _itemsize(met[k, 1])
             for col in range(6):
@@ -304,18 +428,24 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             if spans[k].start >= spans[k].stop:
                 continue
             if far >= 0 and spans[k].start < spans[far].stop:
-                return None
+                return False
             if far < 0 or spans[k].stop > spans[far].stop:
                 far = k
     finally:
         free(spans)
-    return table[:t], counts[:t], meta[:t], indices[:t], steps[:t], None, keep, {}, ()
+    return True
 
 
 cdef inline bint _fits(object t, long long numel, Py_ssize_t itemsize) except -1:
     # a dense tensor's elements inside its storage (one resized under it is not):
     # the twin of fusedopt.torch._check_storage
     return (t.storage_offset() + numel) * itemsize <= t.untyped_storage().nbytes()
+
+
+cdef inline bint _plain(object t) except -1:
+    # memory that holds the values the tensor shows: not a lazily conjugated or
+    # negated view (those go through the Python plan's copies or refusals)
+    return not (t.is_neg() or t.is_conj())
 
 
 cdef object _dense_strides(object shape, object strides):

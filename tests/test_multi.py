@@ -201,6 +201,99 @@ def test_c_plan_answers_as_the_python_plan(backend, monkeypatch):
         assert real(*_plan_args(opt)) is None, what
 
 
+class _Sub(torch.Tensor):
+    pass
+
+
+@pytest.mark.skipif(not hasattr(getattr(torch._C, "_dynamo", None), "guards"),
+                    reason="this torch has no TensorGuards: the guarded plan is off")
+def test_guarded_c_plan_checks_every_step_what_the_full_plan_checks():
+    """Once the C plan has run, its next steps check the live tensors with torch's
+    ``TensorGuards`` against those it checked in full (``tensor_plan``'s memo): it
+    gives the full plan's answers while nothing changed and while only addresses
+    did (new gradients each step, as backward makes them), and declines (None:
+    the Python plan decides) whatever the full plan would decline."""
+    params = _model((torch.float32, torch.float64, torch.float32), strided=True)
+    opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:], "amsgrad": True}])
+    memo: list = []
+    real = _guard.tensor_plan
+
+    def plan():
+        return real(*_plan_args(opt), None, memo)
+
+    def same_as_full(fast):
+        full = _full_plan(opt)
+        assert fast is not None
+        for x, y in zip(fast[:5], full[:5]):
+            np.testing.assert_array_equal(x, y)
+
+    _grads(params, 0)
+    opt.step()
+    _grads(params, 2)
+    assert plan() is not None and memo  # checked in full, guards made
+    guards = memo[0]
+    same_as_full(plan())  # the guarded path: the same answers
+    assert memo[0] is guards
+    _grads(params, 4)  # new gradients at new addresses: guards pass, ranges swept
+    same_as_full(plan())
+    assert memo[0] is guards
+    big = params[5]
+    cases = {
+        "a gradient in another layout": lambda: setattr(
+            params[0], "grad", torch.randn(5, 7).t()),
+        "a gradient of another dtype": lambda: (  # (torch refuses it unless told)
+            setattr(params[1], "grad_dtype", None),
+            setattr(params[1], "grad", params[1].grad.float())),
+        "a parameter of another shape": lambda: setattr(
+            params[0], "data", params[0].data.reshape(5, 7)),
+        "a lazily negated gradient": lambda: setattr(
+            params[0], "grad", params[0].grad._neg_view()),
+        "a gradient of a tensor subclass": lambda: setattr(
+            params[0], "grad", params[0].grad.as_subclass(_Sub)),
+        "a state tensor of another dtype": lambda: opt.state[params[3]].__setitem__(
+            "exp_avg", opt.state[params[3]]["exp_avg"].double()),
+        "a state tensor replaced by a list": lambda: opt.state[params[3]].__setitem__(
+            "exp_avg", [0.0]),
+        "a state entry dropped": lambda: opt.state[params[3]].pop("max_exp_avg_sq"),
+        "a float64 step": lambda: opt.state[params[1]].__setitem__(
+            "step", torch.tensor(3.0, dtype=torch.float64)),
+        "a step past the largest": lambda: opt.state[params[1]]["step"].fill_(2.0**60),
+        "a gradient sharing the parameter's memory": lambda: setattr(
+            big, "grad", big.detach()),
+        "a gradient sharing another's memory": lambda: setattr(
+            params[0], "grad", big.grad[:35].view(7, 5)),
+        "a storage resized under its parameter": lambda: big.untyped_storage().resize_(8),
+        "a state tensor in another layout": lambda: opt.state[big].__setitem__(
+            "exp_avg", torch.zeros(4099, 2)[:, 0]),
+        # off the guards' plan but in the common case: the full C plan answers
+        # (and remakes the guards)
+        "a gradient now missing": lambda: setattr(params[0], "grad", None),
+        "a parameter added": lambda: opt.param_groups[0]["params"].append(
+            torch.nn.Parameter(torch.randn(3))),
+    }
+    remade = ("a gradient now missing", "a parameter added")
+    for what, spoil in cases.items():
+        params = _model((torch.float32, torch.float64, torch.float32), strided=True)
+        big = params[5]
+        opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:],
+                                                "amsgrad": True}])
+        memo.clear()
+        for step in (0, 2):
+            _grads(params, step)
+            opt.step()
+        _grads(params, 4)
+        assert plan() is not None and memo and plan() is not None, what
+        guards = memo[0]
+        spoil()
+        if what in remade:
+            same_as_full(plan())
+            assert memo[0] is not guards, what
+            continue
+        assert plan() is None, what  # ... as the full C plan declines it:
+        assert real(*_plan_args(opt)) is None, what
+        assert memo[0] is guards, what  # (kept: the full plan remakes them)
+
+
 def _plan_args(opt):
     algo = opt._algorithm
     slots = algo._algorithm.kernel.slots

@@ -584,6 +584,35 @@ def test_a_lazily_conjugated_gradient_is_read_as_its_values():
     assert torch.equal(ours.state[p]["momentum_buffer"].resolve_conj(), before[1])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lazily_negated_gradient_is_read_as_its_values_on_every_step(backend):
+    """A real gradient with torch's negative bit (as ``.imag`` of a conjugated view
+    has it; ``_neg_view()``): its memory holds the negation of what it shows. Every step
+    reads its values (the C plans decline it, the Python plan copies it), and a
+    negated parameter or state tensor is refused; torch trains it as it shows."""
+    gen = torch.Generator().manual_seed(2)
+    p = torch.nn.Parameter(torch.randn(64, dtype=torch.float64, generator=gen))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = ft.AdamW([p], lr=0.1, backend=backend)
+    theirs = torch.optim.AdamW([q], lr=0.1, foreach=False)
+    for _ in range(4):
+        g = torch.randn(64, dtype=torch.float64, generator=gen)._neg_view()
+        p.grad, q.grad = g, g
+        ours.step()
+        theirs.step()
+        assert (p - q).abs().max().item() <= 1e-12
+    state = ours.state[p]
+    state["exp_avg"] = state["exp_avg"]._neg_view()
+    p.grad = torch.ones(64, dtype=torch.float64)
+    before = [p.detach().clone(), state["exp_avg"].resolve_neg(),
+              state["exp_avg_sq"].clone(), state["step"].clone()]
+    with pytest.raises(ValueError, match="exp_avg.*negated"):
+        ours.step()
+    after = [p.detach(), state["exp_avg"].resolve_neg(), state["exp_avg_sq"],
+             state["step"]]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
 def test_refused_options_are_refused_however_they_arrive():
     p = torch.nn.Parameter(torch.ones(4))
     q = torch.nn.Parameter(torch.ones(4))

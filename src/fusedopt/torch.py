@@ -205,6 +205,7 @@ class _Fused(torch.optim.Optimizer):
         # live tensor still has that pointer, size and dtype, and keeps only the
         # entries it used (a replaced tensor is let go).
         self._views: dict[int, tuple] = {}
+        self._plan_memo: list = []  # torch's guards for the C plan (tensor_plan)
         # one step (or load) at a time: a second thread's waits
         self._lock = threading.Lock()
         #: the algorithm's per-tensor scalar state (NAdam's mu_product), if any
@@ -317,7 +318,7 @@ class _Fused(torch.optim.Optimizer):
                 and not self._scalars):
             common = _guard.tensor_plan(groups, self.state, self._kinds, _TYPES,
                                         self._has_step, float(_checks.MAX_STEP),
-                                        self._device)
+                                        self._device, self._plan_memo)
             if common is not None:
                 return checked, common
         return checked, self._plan_multi_full(checked)
@@ -366,10 +367,7 @@ class _Fused(torch.optim.Optimizer):
                 # float16: float32 copies of the parameter, gradient and state,
                 # stepped and rounded back (the math in float32, as torch's fused
                 # step does it; the state stays float16, as torch keeps it)
-                if p.is_conj() or p.is_neg():
-                    raise ValueError(f"params[{index}]: a lazily conjugated (or "
-                                     "negated) view, whose memory holds other values "
-                                     "than it shows; train p.resolve_conj() instead")
+                _check_shown(p, index)
                 strides = _dense_strides(p)
                 half = dtype is torch.float16
                 if half:
@@ -683,8 +681,11 @@ class _Fused(torch.optim.Optimizer):
                 isinstance(v, torch.Tensor) for v in live.values()):
             raise ValueError(f"state[params[{index}]]: holds state tensors but no "
                              "'step'; set opt.state[p] = {} to start it afresh")
+        _check_shown(p, index)
         param = self._view(p, views, ("params", index))
-        grad = self._view(p.grad, views, ("grads", index))
+        g = p.grad  # (a lazily conjugated or negated one: its values, through a copy)
+        grad = (self._view(g, views, ("grads", index)) if not (g.is_conj() or g.is_neg())
+                else self._view(g.resolve_conj().resolve_neg(), views, None))
         arrays += (param, grad)
         new, work, fresh = {}, {}, False
         if self._algorithm._algorithm.kernel.host:  # (its host stage needs the shape)
@@ -1090,6 +1091,15 @@ def _span(t: torch.Tensor) -> tuple[int, int]:
         for n, s in zip(t.shape, t.stride()):
             stop += (n - 1) * s * t.element_size()
     return start, stop
+
+
+def _check_shown(p: torch.Tensor, index: int) -> None:
+    """A parameter whose memory holds the values it shows: not a lazily conjugated
+    or negated view (a step would write the memory, not the values)."""
+    if p.is_conj() or p.is_neg():
+        raise ValueError(f"params[{index}]: a lazily conjugated (or negated) view, "
+                         "whose memory holds other values than it shows; train "
+                         "p.resolve_conj() (or p.resolve_neg()) instead")
 
 
 def _check_storage(t: torch.Tensor, name) -> None:

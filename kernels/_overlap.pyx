@@ -234,6 +234,7 @@ cdef _guarded_plan(list groups, object state, bint has_step, double max_step,
     cdef object params, columns, p, g, live, obj, byid, name
     cdef list keep = []
     cdef long long[::1] ind0 = indices0
+    cdef long long[:, ::1] met0 = meta0
     cdef long long numel, itemsize
     cdef double step
     cdef size_t addr
@@ -241,11 +242,13 @@ cdef _guarded_plan(list groups, object state, bint has_step, double max_step,
     if tuple([columns for _, columns in groups]) != shape_of:
         return None
     byid = {id(key): value for key, value in state.items()}
-    for params, columns in groups:
+    for k, (params, columns) in enumerate(groups):
         for p in <list?>params:
             g = p.grad
             if g is not None:
-                if t >= stepped or ind0[t] != index:
+                # the same parameter slots, in the same groups (whose hyperparameters
+                # and state columns the memo's meta and guards assume)
+                if t >= stepped or ind0[t] != index or met0[t, 0] != k:
                     return None
                 live = byid.get(id(p))
                 if type(live) is not dict:
@@ -295,8 +298,9 @@ cdef _guarded_plan(list groups, object state, bint has_step, double max_step,
     if not (_np.array_equal(table, table0) and _np.array_equal(steps, steps0)):
         if not _disjoint(tab, cnt, met, stp, t):
             return None
-        memo[6], memo[7] = table, steps
-    return table, counts0, meta, indices0, steps, None, keep, {}, ()
+        memo[6], memo[7] = table.copy(), steps.copy()
+    # (the memo keeps its own arrays: what a caller does with these cannot reach it)
+    return (table, counts0.copy(), meta, indices0.copy(), steps, None, keep, {}, ())
 
 
 cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_step,

@@ -294,6 +294,30 @@ def test_guarded_c_plan_checks_every_step_what_the_full_plan_checks():
         assert memo[0] is guards, what  # (kept: the full plan remakes them)
 
 
+def test_a_parameter_moved_between_groups_takes_its_new_group_s_hyperparameters():
+    """The guarded plan keeps each row's group from the step it checked in full; a
+    parameter moved across a group boundary (the order of all parameters the same)
+    is planned afresh, with its new group's ``lr``, as torch steps it."""
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(4, generator=gen)) for _ in range(3)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opts = [ft.Adam([{"params": ps[:2], "lr": 0.0}, {"params": ps[2:], "lr": 0.1}])
+            for ps in (ours,)] + [torch.optim.Adam(
+                [{"params": theirs[:2], "lr": 0.0}, {"params": theirs[2:], "lr": 0.1}],
+                foreach=False)]
+    for step in range(4):
+        if step == 2:  # b from the lr=0 group to the lr=0.1 one, in both
+            for opt, ps in zip(opts, (ours, theirs)):
+                opt.param_groups[0]["params"] = ps[:1]
+                opt.param_groups[1]["params"] = ps[1:]
+        for opt, ps in zip(opts, (ours, theirs)):
+            for p in ps:
+                p.grad = torch.ones(4)
+            opt.step()
+        for p, q in zip(ours, theirs):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
 def _plan_args(opt):
     algo = opt._algorithm
     slots = algo._algorithm.kernel.slots

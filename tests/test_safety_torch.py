@@ -733,6 +733,34 @@ def test_a_storage_resized_under_its_tensor_is_refused(backend):
                     after = [params[0].detach(), canary,
                              *opt.state[params[0]].values()]
                     assert all(torch.equal(a, b) for a, b in zip(before, after))
+        # scalar state (NAdam's mu_product: read, then written back), and a negated
+        # gradient (read through a copy: its storage checked before the copy)
+        p = torch.nn.Parameter(torch.randn(8))
+        opt = ft.NAdam([p], backend={backend!r})
+        p.grad = torch.randn(8)
+        opt.step()
+        opt.state[p]["mu_product"].untyped_storage().resize_(1)
+        try:
+            opt.step()
+        except ValueError as e:
+            assert "['mu_product']: its storage holds 1 bytes" in str(e), e
+        else:
+            raise AssertionError("stepped with a shrunk mu_product")
+        for name in ("AdamW", "LAMB"):
+            p = torch.nn.Parameter(torch.randn(4096))
+            opt = getattr(ft, name)([p], backend={backend!r})
+            p.grad = torch.randn(4096)
+            opt.step()
+            before = p.detach().clone()
+            p.grad = torch.randn(4096)._neg_view()
+            p.grad.untyped_storage().resize_(0)
+            try:
+                opt.step()
+            except ValueError as e:
+                assert str(e).startswith("grads[0]: its storage holds 0 bytes"), e
+            else:
+                raise AssertionError(f"{{name}}: stepped with a freed gradient")
+            assert torch.equal(p.detach(), before)
         # flatten=True: its buffers refuse a resize; the step count it exposes
         params = [torch.nn.Parameter(torch.randn(64)) for _ in range(2)]
         opt = ft.AdamW(params, lr=0.1, backend={backend!r}, flatten=True)

@@ -460,3 +460,42 @@ def test_lamb_refuses_by_name_what_only_multi_tensor_calls_step():
                        "multi-tensor calls"):
         ft.LAMB([half]).step()
     assert torch.equal(half.detach(), torch.ones(8, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("name", ["AdamW", "NAdam", "Adagrad"])
+def test_a_copied_or_pickled_optimizer_trains_on_as_the_original(name, flatten):
+    """``copy.deepcopy`` of a model and its optimizer after some steps, and
+    ``torch.save``/``torch.load`` of both, give an optimizer over the copied
+    parameters (rebuilt as the constructor builds it: backend, flat buffers) that
+    trains on exactly as the original does."""
+    import io
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(),
+                                torch.nn.Linear(5, 2))
+    opt = getattr(ft, name)(model.parameters(), lr=0.01, flatten=flatten)
+    x = torch.randn(8, 6)
+
+    def train(m, o, steps):
+        for _ in range(steps):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+
+    train(model, opt, 2)
+    buffer = io.BytesIO()
+    torch.save((model, opt), buffer)
+    buffer.seek(0)
+    copies = [copy.deepcopy((model, opt)),
+              torch.load(buffer, weights_only=False)]
+    train(model, opt, 3)
+    for twin, twin_opt in copies:
+        assert twin_opt.backend == opt.backend
+        assert (twin_opt._flat is None) == (not flatten)
+        train(twin, twin_opt, 3)
+        for p, q in zip(model.parameters(), twin.parameters()):
+            assert torch.equal(p, q) and p is not q
+        for p, q in zip(model.parameters(), twin.parameters()):
+            st, tw = opt.state[p], twin_opt.state[q]
+            assert st.keys() == tw.keys()
+            assert all(torch.equal(st[k], tw[k]) for k in st)

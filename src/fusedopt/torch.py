@@ -684,6 +684,7 @@ class _Fused(torch.optim.Optimizer):
         _check_shown(p, index)
         param = self._view(p, views, ("params", index))
         g = p.grad  # (a lazily conjugated or negated one: its values, through a copy)
+        _check_storage(g, ("grads", index))
         grad = (self._view(g, views, ("grads", index)) if not (g.is_conj() or g.is_neg())
                 else self._view(g.resolve_conj().resolve_neg(), views, None))
         arrays += (param, grad)
@@ -817,12 +818,31 @@ class _Fused(torch.optim.Optimizer):
                 raise
             self._views.clear()  # the state tensors were replaced
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's (defaults, state, param groups), and what unpickling rebuilds the
+        rest from: the backend, ``flatten`` and the seed."""
+        return {**super().__getstate__(),
+                "_fusedopt": (self.backend, self._flat is not None, self.seed)}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """torch's load (and unpickling) ends here: the torch twin's defaults for
         group keys that older checkpoints lack, then every state entry checked and
         converted (``_adopt_loaded``) before the twin would convert steps itself
-        (it cannot name what is wrong: a missing step is a KeyError there)."""
-        super().__setstate__({**state, "state": {}})
+        (it cannot name what is wrong: a missing step is a KeyError there). An
+        unpickled copy (``copy.deepcopy``, ``torch.load`` of a whole optimizer) is
+        first rebuilt as the constructor builds it, over its copied parameters."""
+        fused = state.get("_fusedopt")
+        super().__setstate__({key: value for key, value in state.items()
+                              if key not in ("state", "_fusedopt")} | {"state": {}})
+        if fused is not None and "_impl" not in self.__dict__:  # unpickled
+            self.state = collections.defaultdict(dict)  # (as the constructor starts)
+            self._start(*fused)
+            if self._flat is not None:
+                self.state = state["state"]
+                self._adopt_loaded()
+                self._flat.check_loaded()
+                self._flat.adopt_state()
+                return
         self.state = state["state"]
         self._adopt_loaded()
 
@@ -982,6 +1002,7 @@ def _scalar(v, where: str, name):
             raise ValueError(f"{where}[{name!r}]: expected a one-element real tensor "
                              f"(per-tensor scalar state), got shape {tuple(v.shape)}, "
                              f"{v.dtype}")
+        _check_storage(v, f"{where}[{name!r}]")  # (read here, written after the step)
         return v.item()
     return v
 

@@ -134,6 +134,7 @@ class Optimizer(Precision, FlatMode, Serialise):
         self._state_dtype, self.seed = self._check_lowbit(state_dtype, seed)
         self._kinds: list[tuple[np.dtype, bool]] = []  # see _tensor_kinds
         self._hyper_memo: list = []  # see _hypers
+        self._sizes_memo: tuple | None = None  # see _group_sizes
         self._setup_flat()
 
     @property
@@ -166,11 +167,13 @@ class Optimizer(Precision, FlatMode, Serialise):
         del state["_impl"], state["_space"]  # modules do not pickle: both are
         # chosen again from backend and device
         state["_hyper_memo"] = []  # each copy checks its groups afresh
+        state["_sizes_memo"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_hyper_memo", [])
+        self.__dict__.setdefault("_sizes_memo", None)
         self._lock = threading.Lock()
         self._space = _device if self.device == "cuda" else _checks
         self._impl = select(self.backend, self.device)[1]
@@ -282,15 +285,13 @@ class Optimizer(Precision, FlatMode, Serialise):
                                 "them)")
             hypers = self._hypers()
             common = None
-            if (_guard.common_plan is not None and self._space is _checks
-                    and type(grads) is list and type(self.state) is dict
+            if (type(grads) is list and type(self.state) is dict
+                    and self._space is _checks and _guard.common_plan is not None
                     and not self._algorithm.scalar_state
                     and not self._algorithm.kernel.host):  # (Muon: shapes, not here)
                 common = _guard.common_plan(
                     self._flat, self._params, grads, self.state, self._tensor_kinds(),
-                    [(len(g["params"]), h, names)
-                     for g, (h, names) in zip(self.param_groups, hypers)],
-                    _checks.MAX_STEP)
+                    self._group_sizes(hypers), _checks.MAX_STEP)
             if common is not None:  # the common case, checked in one C call
                 flat_grads, plans = common
             else:
@@ -300,6 +301,19 @@ class Optimizer(Precision, FlatMode, Serialise):
                 scale = self._grad_scale(flat_grads, lambda i: f"grads[{i}]")
                 if scale is not None:
                     self._run(plans, flat_grads, scale)
+
+    def _group_sizes(self, hypers: list) -> list[tuple]:
+        """``common_plan``'s groups: per group, its number of parameters (the live
+        lists are the registered ones: ``_check_live``), checked hyperparameters and
+        state names; the last list again while ``hypers`` holds the very checks it
+        was made from (``checked_groups`` reuses them)."""
+        last = self._sizes_memo
+        if (last is None or len(last[0]) != len(hypers)
+                or any(map(operator.is_not, hypers, last[0]))):
+            last = self._sizes_memo = (hypers, [
+                (len(params), h, names)
+                for params, (h, names) in zip(self._registered, hypers)])
+        return last[1]
 
     def _hypers(self) -> list[tuple[tuple, tuple[str, ...]]]:
         """Per group, its checked hyperparameters and the names of the state arrays
@@ -311,7 +325,7 @@ class Optimizer(Precision, FlatMode, Serialise):
         """CUDA mode: launch on ``self.stream`` inside."""
         if self.device == "cuda":
             return self._impl.on_stream(self.stream)
-        return contextlib.nullcontext()
+        return _HOST
 
     def _plan(self, flat_grads, hypers) -> list[tuple]:
         """Per tensor, its kernel call's arguments ``(hyper, p, out, work, new,
@@ -433,8 +447,8 @@ class Optimizer(Precision, FlatMode, Serialise):
         for master copies, or fewer than ``_MULTI_MIN`` arrays, where building the
         table costs more than it saves) one call per array."""
         impl, state = self._impl, self.state
-        multi = (getattr(impl, "multi", None) if _guard.addresses is not None
-                 and len(plans) >= _MULTI_MIN
+        multi = (getattr(impl, "multi", None) if len(plans) >= _MULTI_MIN
+                 and _guard.addresses is not None
                  and self._kernel not in _algorithms.PER_TENSOR
                  else None)  # (LAMB's reduction, Muon's host stage: tensor by tensor)
         buckets: dict[tuple, list[int]] = {}
@@ -625,6 +639,7 @@ class Optimizer(Precision, FlatMode, Serialise):
 #: the fewest arrays a step runs as multi-tensor calls (each call costs ~8 us to set up,
 #: each per-array call ~2.5 us)
 _MULTI_MIN = 4
+_HOST = contextlib.nullcontext()  # (reusable: it holds nothing)
 
 
 def checked_groups(groups: list, memo: list, check, state_spec) -> list[tuple]:

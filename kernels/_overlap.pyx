@@ -161,10 +161,10 @@ def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_ste
     parameter with a gradient a ``types`` tensor of a ``kinds`` dtype on the CPU
     (on ``device``, a CUDA device, where given: the ``cuda`` backend's tables),
     C-contiguous or dense in another order of dimensions (then its gradient and state
-    of its shape and in the same strides), not a lazily conjugated or negated view,
-    with a data pointer (torch raises on ``data_ptr()`` of a sparse or mkldnn
-    tensor: any exception here means "not the common case"), its gradient a plain
-    tensor of the same dtype, size and layout; its ``state`` entry a dict holding,
+    of its shape and in the same strides), not a lazily conjugated or negated view
+    nor an inference tensor, with a data pointer (torch raises on ``data_ptr()`` of
+    a sparse or mkldnn tensor: any exception here means "not the common case"), its
+    gradient a plain tensor of the same dtype, size and layout; its ``state`` entry a dict holding,
     for each state tensor its group needs, a plain tensor of the same dtype, size and
     layout, and (``has_step``) a ``step`` that is a one-element float32 CPU tensor
     holding a count in ``[0, max_step]``; each inside its storage (none resized under
@@ -272,22 +272,21 @@ cdef _guarded_plan(list groups, object state, bint has_step, double max_step,
     for k in range(t):  # the live addresses, storages and steps, in keep's order
         numel, itemsize = cnt[k], _itemsize(met[k, 1])
         for c in range(2):
-            obj = keep[n]
-            if not _fits(obj, numel, itemsize):
+            addr = _at(keep[n], numel, itemsize)
+            if addr == 0 and numel:
                 return None
-            tab[k, c] = obj.data_ptr()
+            tab[k, c] = addr
             n += 1
         for name, c in shape_of[met[k, 0]]:
-            obj = keep[n]
-            if not _fits(obj, numel, itemsize):
+            addr = _at(keep[n], numel, itemsize)
+            if addr == 0 and numel:
                 return None
-            tab[k, c] = obj.data_ptr()
+            tab[k, c] = addr
             n += 1
         if has_step:
-            obj = keep[n]
-            if not _fits(obj, 1, 4):
+            addr = _at(keep[n], 1, 4)
+            if addr == 0:
                 return None
-            addr = obj.data_ptr()
             step = (<float*>addr)[0]
             if not (0 <= step <= max_step) or step != <long long>step:
                 return None
@@ -365,11 +364,12 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
             live = byid.get(id(p))
             if type(live) is not dict:
                 return None
-            if not (_fits(p, numel, kind[1]) and _fits(g, numel, kind[1])
-                    and _plain(p) and _plain(g)):
+            if not (_plain(p) and _plain(g)):
                 return None
-            tab[t, 0] = p.data_ptr()
-            tab[t, 1] = g.data_ptr()
+            tab[t, 0] = _at(p, numel, kind[1])
+            tab[t, 1] = _at(g, numel, kind[1])
+            if numel and not (tab[t, 0] and tab[t, 1]):
+                return None
             keep.append(p)
             keep.append(g)
             for name, c in columns:
@@ -378,18 +378,21 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
                         or not (obj.is_cpu if device is None else obj.device == device)
                         or obj.numel() != numel or obj.shape != shape or not (
                             obj.is_contiguous() if strides is None
-                            else obj.stride() == strides)) or not (
-                                _fits(obj, numel, kind[1]) and _plain(obj)):
+                            else obj.stride() == strides)) or not _plain(obj):
                     return None
-                tab[t, c] = obj.data_ptr()
+                tab[t, c] = _at(obj, numel, kind[1])
+                if numel and not tab[t, c]:
+                    return None
                 keep.append(obj)
             step = 0
             if has_step:
                 obj = (<dict>live).get("step")
                 if (type(obj) is not tensor or obj.dtype is not f32 or not obj.is_cpu
-                        or obj.numel() != 1 or not (_fits(obj, 1, 4) and _plain(obj))):
+                        or obj.numel() != 1 or not _plain(obj)):
                     return None
-                addr = obj.data_ptr()
+                addr = _at(obj, 1, 4)
+                if addr == 0:
+                    return None
                 step = (<float*>addr)[0]
                 if not (0 <= step <= max_step) or step != <long long>step:
                     return None
@@ -440,16 +443,21 @@ cdef bint _disjoint(long long[:, ::1] tab, long long[::1] cnt, long long[:, ::1]
     return True
 
 
-cdef inline bint _fits(object t, long long numel, Py_ssize_t itemsize) except -1:
-    # a dense tensor's elements inside its storage (one resized under it is not):
-    # the twin of fusedopt.torch._check_storage
-    return (t.storage_offset() + numel) * itemsize <= t.untyped_storage().nbytes()
+cdef inline size_t _at(object t, long long numel, Py_ssize_t itemsize) except? 0:
+    # the address of a dense tensor's elements, or 0 where it has none a kernel
+    # may step: none of its own (a wrapper subclass: data_ptr() is 0), or a storage
+    # that no longer holds them (resized under it); the twin of
+    # fusedopt.torch._check_storage. (0 is also a size-0 tensor's address.)
+    if (t.storage_offset() + numel) * itemsize > t.untyped_storage().nbytes():
+        return 0
+    return t.data_ptr()
 
 
 cdef inline bint _plain(object t) except -1:
-    # memory that holds the values the tensor shows: not a lazily conjugated or
-    # negated view (those go through the Python plan's copies or refusals)
-    return not (t.is_neg() or t.is_conj())
+    # memory that holds the values the tensor shows (not a lazily conjugated or
+    # negated view) and that torch lets a step update in place (not an inference
+    # tensor): the others go through the Python plan's copies or refusals
+    return not (t.is_neg() or t.is_conj() or t.is_inference())
 
 
 cdef object _dense_strides(object shape, object strides):

@@ -9,6 +9,7 @@ the interpreter run in a subprocess.
 from __future__ import annotations
 
 import copy
+import re
 import threading
 
 import pytest
@@ -782,3 +783,106 @@ def test_a_storage_resized_under_its_tensor_is_refused(backend):
         else:
             raise AssertionError("stepped with a freed step count")
         """)
+
+
+def test_a_wrapper_tensor_subclass_is_refused_by_name():
+    """A wrapper subclass (its values in other tensors, ``data_ptr()`` 0, as
+    float8 and NF4 tensors are built) as a gradient, a parameter or a state tensor:
+    refused by name before any write, not stepped at address 0 (a crash, so in a
+    subprocess)."""
+    run_isolated("""
+        import torch, fusedopt.torch as ft
+        from torch.testing._internal.two_tensor import TwoTensor
+        for where in ("grads", "params", "exp_avg"):
+            p, q = torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(4))
+            opt = ft.Adam([q, p], lr=0.1)
+            for _ in range(2):
+                p.grad, q.grad = torch.ones(4), torch.ones(4)
+                opt.step()
+            t = torch.randn(4)
+            if where == "grads":
+                p.grad = TwoTensor(t, t.clone())
+            elif where == "params":
+                p.data = TwoTensor(t, t.clone())
+            else:
+                opt.state[p]["exp_avg"] = TwoTensor(t, t.clone())
+            before = [q.detach().clone(), opt.state[q]["step"].clone()]
+            try:
+                opt.step()
+            except TypeError as e:
+                name = {"grads": "grads[1]", "params": "params[1]"}.get(
+                    where, "state[params[1]]['exp_avg']")
+                assert str(e).startswith(name + ": a tensor without memory"), e
+            else:
+                raise AssertionError(f"{where}: stepped a wrapper subclass")
+            assert torch.equal(q.detach(), before[0])
+            assert torch.equal(opt.state[q]["step"], before[1])
+        """)
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam"])
+def test_inference_tensors_are_refused_as_torch_refuses_them(name):
+    """A parameter, state tensor or step made under ``torch.inference_mode()``
+    (state loaded there): torch updates none of them in place outside inference
+    mode, and neither does the drop-in, by name and before any write (the step
+    counts it advances after the kernels included); inside inference mode it steps
+    them as torch does."""
+    gen = torch.Generator().manual_seed(3)
+    for where in ("step", "exp_avg", "params"):
+        ps = [torch.nn.Parameter(torch.randn(6, generator=gen)) for _ in range(3)]
+        opt = getattr(ft, name)(ps, lr=0.1)
+        for _ in range(2):
+            for p in ps:
+                p.grad = torch.ones(6)
+            opt.step()
+        with torch.inference_mode():
+            if where == "params":
+                ps[1].data = ps[1].detach().clone()
+            else:
+                opt.state[ps[1]][where] = opt.state[ps[1]][where].clone()
+        assert (ps[1] if where == "params" else opt.state[ps[1]][where]).is_inference()
+        snap = t_snapshot(opt, ps)
+        label = "params[1]" if where == "params" else f"state[params[1]]['{where}']"
+        with pytest.raises(RuntimeError, match=re.escape(label) + ": an inference tensor"):
+            opt.step()
+        assert_t_unchanged(opt, ps, snap)
+    with torch.inference_mode():  # where torch steps them, so does the drop-in
+        qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+        theirs = getattr(torch.optim, name)(qs, lr=0.1, foreach=False)
+        theirs.load_state_dict(copy.deepcopy(opt.state_dict()))  # (not shared)
+        for p, q in zip(ps, qs):
+            p.grad = q.grad = torch.ones(6)
+        opt.step()
+        theirs.step()
+        for p, q in zip(ps, qs):
+            torch.testing.assert_close(p.detach(), q.detach())
+
+
+def test_an_expanded_parameter_is_refused_before_any_write():
+    """A parameter whose elements share memory (``expand``: stride 0) cannot be
+    written back element by element; refused by name before any kernel runs (torch
+    fails in its write, the other parameters already updated)."""
+    p = torch.nn.Parameter(torch.randn(6))
+    q = torch.nn.Parameter(torch.randn(1).expand(6))
+    opt = ft.Adam([p, q], lr=0.1)
+    p.grad, q.grad = torch.ones(6), torch.ones(6)
+    snap = t_snapshot(opt, [p, q])
+    with pytest.raises(ValueError, match=r"params\[1\]: elements that share memory"):
+        opt.step()
+    assert_t_unchanged(opt, [p, q], snap)
+
+
+def test_a_state_tensor_of_another_shape_is_refused_on_the_per_tensor_path():
+    """Muon (stepped tensor by tensor) after ``p.data`` was reshaped: its momentum
+    buffer of the old shape is refused by name, as torch refuses it (the same
+    number of elements laid out as another matrix)."""
+    p = torch.nn.Parameter(torch.randn(4, 6))
+    opt = ft.Muon([p], lr=0.1)
+    p.grad = torch.randn(4, 6)
+    opt.step()
+    p.data = p.data.reshape(6, 4).clone()
+    p.grad = torch.randn(6, 4)
+    snap = t_snapshot(opt, [p])
+    with pytest.raises(ValueError, match=r"momentum_buffer'\]: expected shape \(6, 4\)"):
+        opt.step()
+    assert_t_unchanged(opt, [p], snap)

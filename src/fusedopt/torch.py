@@ -352,6 +352,7 @@ class _Fused(torch.optim.Optimizer):
                               device=self._device)
                 _check_storage(p, ("params", index))
                 _check_storage(g, ("grads", index))
+                _check_writable(p, ("params", index))
                 live = state.get(param)
                 if live is None:
                     live = {}
@@ -376,6 +377,11 @@ class _Fused(torch.optim.Optimizer):
                     copied.append(("params", index))
                     dtype = torch.float32
                 elif strides is None:
+                    if torch._debug_has_internal_overlap(p) == 1:  # (expanded: stride 0)
+                        raise ValueError(
+                            f"params[{index}]: elements that share memory (an expanded "
+                            "tensor, stride 0), which no update can write one by one; "
+                            "train p.contiguous() (or p.clone()) instead")
                     work = p.detach().contiguous()
                     copies.append((p, work))
                     copied.append(("params", index))
@@ -401,6 +407,7 @@ class _Fused(torch.optim.Optimizer):
                         _check_state(t, p, ("state", ("params", index), name),
                                      strides or layout)
                         _check_storage(t, ("state", ("params", index), name))
+                        _check_writable(t, ("state", ("params", index), name))
                     if half:
                         copies.append((t, t.float()))
                         copied.append(("state", ("params", index), name))
@@ -422,6 +429,7 @@ class _Fused(torch.optim.Optimizer):
                         # as torch converts at load: a float32 tensor
                         step_t = new["step"] = torch.tensor(float(step),
                                                             dtype=torch.float32)
+                    _check_writable(step_t, ("state", ("params", index), "step"))
                     steps.append(step_t.data_ptr())
                     step_tensors.append(step_t)
                 values = ()
@@ -475,6 +483,7 @@ class _Fused(torch.optim.Optimizer):
         for name, value in zip(self._scalars, after):
             t = live.get(name)
             if _is_scalar_tensor(t):
+                _check_writable(t, ("state", ("params", index), name))
                 copies.append((t, torch.tensor(value, dtype=t.dtype)))
             else:
                 new[name] = torch.tensor(value, dtype=_SCALAR_DTYPE())
@@ -682,6 +691,7 @@ class _Fused(torch.optim.Optimizer):
             raise ValueError(f"state[params[{index}]]: holds state tensors but no "
                              "'step'; set opt.state[p] = {} to start it afresh")
         _check_shown(p, index)
+        _check_writable(p, ("params", index))
         param = self._view(p, views, ("params", index))
         g = p.grad  # (a lazily conjugated or negated one: its values, through a copy)
         _check_storage(g, ("grads", index))
@@ -704,15 +714,17 @@ class _Fused(torch.optim.Optimizer):
                                  if shaped else _full_like(p, init))
                 fresh = True
                 work[name] = self._view(t, views, None)
-            else:
+            else:  # (of its parameter's shape, or of the shape its algorithm keeps)
                 work[name] = self._state_view(t, math.prod(shape) if shaped else numel,
                                               dtype, views,
                                               ("state", ("params", index), name), p,
-                                              shape if shaped else None)
+                                              shape if shaped else tuple(p.shape))
+                _check_writable(t, ("state", ("params", index), name))
             arrays.append(work[name])
         step, step_view = 0, None
         if type(step_t) is torch.Tensor and step_t.dtype in _STEP_DTYPES and (
                 step_t.is_cpu and step_t.numel() == 1):
+            _check_writable(step_t, ("state", ("params", index), "step"))
             step_view = self._view(step_t, views, ("state", ("params", index), "step"),
                                    host=True)
             step = _checks.state_step(step_view.item(0),
@@ -1131,6 +1143,11 @@ def _check_storage(t: torch.Tensor, name) -> None:
     ``t``'s, for the error (None: a tensor this step just made)."""
     if not t.numel() or name is None:
         return
+    if not t.data_ptr() and t.untyped_storage().nbytes():
+        raise TypeError(f"{_checks._name(name)}: a tensor without memory of its own (a "
+                        "wrapper tensor subclass, its values held in other tensors); "
+                        "fusedopt's kernels step dense memory, so step it with "
+                        "torch.optim")
     start, stop = _span(t)
     need = t.storage_offset() * t.element_size() + stop - start
     have = t.untyped_storage().nbytes()
@@ -1139,6 +1156,17 @@ def _check_storage(t: torch.Tensor, name) -> None:
                          f"elements reach byte {need} of it (was the storage resized "
                          "under it, e.g. by untyped_storage().resize_() or FSDP freeing "
                          "it?); step it only when its storage holds it")
+
+
+def _check_writable(t: torch.Tensor, name) -> None:
+    """A tensor the step updates in place, as torch would: not an inference tensor
+    (made under ``torch.inference_mode()``) outside inference mode, which torch
+    refuses to update in place; checked before any write."""
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{_checks._name(name)}: an inference tensor (made under "
+                           "torch.inference_mode()); torch updates none in place outside "
+                           "inference mode: step inside torch.inference_mode(), or "
+                           "clone it outside it first")
 
 
 def _local(t):

@@ -257,7 +257,7 @@ cdef inline (floating, floating) lamb_norms(
 
 cdef extern from *:
     """
-    /* a * b + c as one FMA where the ISA has it (as LLVM contracts the Numba rule
+    /* a * b + c as one FMA where the ISA has it (as the Numba rule asks LLVM for
        and torch's vectorised kernels compute it); explicit, since the kernels are
        compiled with -ffp-contract=off (CMakeLists.txt) */
     #if defined(__FMA__) || defined(__FP_FAST_FMA)  /* x86 with FMA; aarch64 */

@@ -11,6 +11,8 @@ import pytest
 import fusedopt
 from fusedopt.backends import BackendUnavailable, available, registry
 
+from cases import ALGORITHMS, CASES, case_id
+
 
 def test_available_reports_every_backend():
     report = available()
@@ -66,3 +68,35 @@ print(opt.backend)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_numba_and_cython_give_the_same_bits(case, dtype):
+    """The two host backends compile the same rules with the same operations in the
+    same order and no contraction into FMAs (``-ffp-contract=off``; Numba without
+    ``fastmath``): every element-wise algorithm gives the same bits on both, so a
+    run does not depend on which one a machine has. LAMB's per-tensor norms are
+    summed in another order (each backend's vectorised reduction): within a few ulps
+    of the largest element."""
+    pytest.importorskip("numba")
+    name, kwargs = case
+    cls = ALGORITHMS[name][0]
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(n).astype(dtype) for n in (257, 1000, 3, 64, 500)]
+    grads = [[rng.standard_normal(a.size).astype(dtype) for a in start]
+             for _ in range(4)]
+    results = []
+    for backend in ("numba", "cython"):
+        for arrays in ([a.copy() for a in start[:1]], [a.copy() for a in start]):
+            opt = cls(arrays, backend=backend, **kwargs)
+            for g in grads:
+                opt.step(g[:len(arrays)])
+            results.append(arrays)
+    for ours, theirs in zip(results[:2], results[2:]):
+        for a, b in zip(ours, theirs):
+            if name == "lamb":
+                np.testing.assert_allclose(a, b, rtol=0, atol=8 * np.finfo(dtype).eps
+                                           * np.abs(b).max())
+            else:
+                np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))

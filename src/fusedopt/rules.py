@@ -20,7 +20,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba.extending import overload, register_jitable
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, overload, register_jitable
 
 
 def cast_like(x, arr):
@@ -317,16 +319,47 @@ def lamb_norms(p, g, m, v, beta1c, beta2, beta2c, inv_bc1, inv_sqrt_bc2, eps,
     return p, u
 
 
+def muladd(a, b, c):
+    """``a * b + c`` rounded once (one FMA) where the CPU has FMA, as torch's
+    vectorised kernels compute a lerp and as the Cython mirror's
+    ``fusedopt_muladd`` does; nothing else is contracted, on either backend, so
+    both give the same bits. This body runs under Numba's CUDA simulator."""
+    return a * b + c
+
+
+@intrinsic
+def _fmuladd(typingctx, a, b, c):
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        t = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fmuladd", [t],
+                                              ir.FunctionType(t, [t, t, t]))
+        return builder.call(fn, args)
+    return a(a, b, c), codegen
+
+
+@overload(muladd, target="generic")
+def _muladd_generic(a, b, c):  # (CUDA: ptxas contracts a multiply-add by default)
+    return lambda a, b, c: a * b + c
+
+
+@overload(muladd, target="cpu")
+def _muladd_cpu(a, b, c):
+    return lambda a, b, c: _fmuladd(a, b, c)
+
+
 @register_jitable
 def _lerp(start, end, w, small):
     """torch's lerp, as its vectorised CPU kernel computes it: ``w (end - start) +
     start`` where ``|w| < 0.5`` (``small``), else ``(w - 1)(end - start) + end``, the
-    coefficient and the base chosen first so that both are one multiply-add (one
-    FMA where the CPU has it, in GCC's loops too); ``w / w`` is 1 in ``w``'s own
+    coefficient and the base chosen first so that both are one multiply-add
+    (``muladd``: one FMA where the CPU has it); ``w / w`` is 1 in ``w``'s own
     precision (``|w| >= 0.5`` there; a literal 1 would be float64)."""
     coeff = w if small else w - w / w
     base = start if small else end
-    return coeff * (end - start) + base
+    return muladd(coeff, end - start, base)
 
 
 @register_jitable

@@ -27,10 +27,12 @@ from ..lowbit import load
 from ..rules import cast_all, cast_like
 
 # error_model="numpy": the "python" model checks every division for zero and blocks
-# vectorisation (2x slower). "contract" lets LLVM fuse multiply-adds; no flag that
-# assumes finite values, so NaN and inf propagate exactly as in torch.
+# vectorisation (2x slower). No fastmath: nothing assumes finite values, so NaN and
+# inf propagate exactly as in torch, and no multiply-add is contracted into an FMA
+# but those a rule asks for (rules.muladd), as the Cython kernels compile
+# (-ffp-contract=off): both backends give the same bits (tests/test_backends.py).
 JIT_OPTIONS = dict(parallel=True, cache=True, nogil=True, error_model="numpy",
-                   fastmath={"contract"})
+                   fastmath=False)
 _jit = njit(**JIT_OPTIONS)
 
 
@@ -277,7 +279,7 @@ def _stats(sources: int):
     return grad_stats
 
 
-_reducing_jit = njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})
+_reducing_jit = njit(**{**JIT_OPTIONS, "fastmath": {"reassoc"}})
 _grad_stats = _reducing_jit(_stats(template.SOURCES))
 
 

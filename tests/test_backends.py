@@ -22,8 +22,15 @@ def test_available_reports_every_backend():
         assert status.detail
 
 
-def test_auto_prefers_numba():
+def test_auto_prefers_the_compiled_kernels_then_numba(monkeypatch):
+    """On host arrays "auto" takes the Cython kernels compiled into the package (no
+    JIT in a first step; the same bits as Numba's), unless built without OpenMP;
+    then Numba."""
+    cython = pytest.importorskip("fusedopt.backends.cython")
+    assert fusedopt.Adam([np.zeros(3)]).backend == (
+        "cython" if cython.OPENMP_THREADS else "numba")
     pytest.importorskip("numba")
+    monkeypatch.setattr(cython, "OPENMP_THREADS", 0)
     assert fusedopt.Adam([np.zeros(3)]).backend == "numba"
 
 

@@ -171,7 +171,7 @@ def test_read_only_param_refused():
 
 
 def test_unknown_backend_is_named():
-    with pytest.raises(ValueError, match=r"backend: expected one of \['auto', 'numba'"):
+    with pytest.raises(ValueError, match=r"backend: expected one of \['auto', 'cython'"):
         fusedopt.Adam([np.zeros(3)], backend="fortran")
 
 

@@ -744,10 +744,11 @@ class _Fused(torch.optim.Optimizer):
         torch converts it at load."""
         name = f"state[params[{index}]]['step']"
         if isinstance(step_t, torch.Tensor):
-            _check_storage(step_t, ("state", ("params", index), "step"))
             if step_t.numel() != 1 or step_t.is_complex() or step_t.is_meta:
                 raise ValueError(f"{name}: expected a one-element real tensor, got "
-                                 f"shape {tuple(step_t.shape)}, {step_t.dtype}")
+                                 f"shape {tuple(step_t.shape)}, {step_t.dtype}"
+                                 + " on meta" * step_t.is_meta)
+            _check_storage(step_t, ("state", ("params", index), "step"))
             step_t = step_t.item()
         return _checks.state_step(step_t, name)
 
@@ -1143,7 +1144,7 @@ def _check_storage(t: torch.Tensor, name) -> None:
     ``t``'s, for the error (None: a tensor this step just made)."""
     if not t.numel() or name is None:
         return
-    if not t.data_ptr() and t.untyped_storage().nbytes():
+    if not t.data_ptr() and t.untyped_storage().nbytes() and not t.is_meta:
         raise TypeError(f"{_checks._name(name)}: a tensor without memory of its own (a "
                         "wrapper tensor subclass, its values held in other tensors); "
                         "fusedopt's kernels step dense memory, so step it with "

@@ -32,9 +32,14 @@ def _describe_cuda(module) -> str:
     return f"Numba CUDA on {_device.describe()['name']}"
 
 
+# "auto" on host arrays: the Cython kernels compiled into the package first. They
+# start at once (Numba's first step in a process costs ~0.4 s of imports and cache
+# loads, seconds when it compiles), run at Numba's speed (memory-bound) and give
+# its bits; a build without OpenMP (serial) leaves the host to Numba's threads.
+register(Backend("cython", ("cpu",), "fusedopt.backends.cython", _describe_cython,
+                 auto=lambda module: module.OPENMP_THREADS > 0))
 register(Backend("numba", ("cpu",), "fusedopt.backends.numba_cpu", _describe_numba))
 register(Backend("cuda", ("cuda",), "fusedopt.backends.numba_cuda", _describe_cuda))
-register(Backend("cython", ("cpu",), "fusedopt.backends.cython", _describe_cython))
 register(Backend("numpy", ("cpu",), "fusedopt.backends.numpy_ref",
                  lambda module: "naive NumPy reference (temporaries; oracle and baseline)"))
 

@@ -67,6 +67,8 @@ class Backend:
     devices: tuple[str, ...]
     module: str
     describe: Callable[[ModuleType], str] = lambda module: ""
+    #: whether "auto" takes it, once imported (it may still be asked for by name)
+    auto: Callable[[ModuleType], bool] = lambda module: True
 
 
 _REGISTRY: dict[str, Backend] = {}  # insertion order is the "auto" preference order
@@ -120,7 +122,8 @@ def select(requested: str, device: str) -> tuple[str, ModuleType]:
     """Resolve ``requested`` ("auto" or a name) for arrays living on ``device``.
 
     ``auto`` honours ``FUSEDOPT_BACKEND`` when set, else takes the first registered
-    backend for the device that imports; an explicit name (argument or variable)
+    backend for the device that imports and that ``Backend.auto`` accepts (the
+    Cython kernels, unless built without OpenMP; then Numba); an explicit name (argument or variable)
     raises ``BackendUnavailable`` with the reason if it cannot run.
     """
     if not isinstance(requested, str):
@@ -138,7 +141,11 @@ def select(requested: str, device: str) -> tuple[str, ModuleType]:
     for name, backend in _REGISTRY.items():
         if device in backend.devices:
             try:
-                return name, load(name)
+                module = load(name)
             except BackendUnavailable as exc:
                 reasons.append(str(exc))
+                continue
+            if backend.auto(module):
+                return name, module
+            reasons.append(f"backend {name!r} is left to be asked for by name here")
     raise BackendUnavailable(f"no backend for {device} arrays: " + "; ".join(reasons))

@@ -48,8 +48,9 @@ class Optimizer(Precision, FlatMode, Serialise):
 
     Options every optimizer takes (keyword-only):
 
-    - ``backend``: "auto" (``cuda`` for CUDA arrays; for host arrays ``numba``, else
-      ``cython``, else ``numpy``), or a name from ``fusedopt.backends.available()``.
+    - ``backend``: "auto" (``cuda`` for CUDA arrays; for host arrays the compiled
+      ``cython`` kernels, else ``numba``, else ``numpy``), or a name from
+      ``fusedopt.backends.available()``.
     - ``nonfinite``: what a step does with NaN/inf gradients (see ``NONFINITE``).
     - ``max_grad_norm``: clip the global L2 norm of each step's gradients to this.
     - ``stream``: CUDA arrays only: the stream the kernels are launched on (a Numba

@@ -231,12 +231,11 @@ cdef _guarded_plan(list groups, object state, bint has_step, double max_step,
     """The common case with ``memo``'s guards (``tensor_plan``), or None."""
     guards, shape_of, meta0, indices0, counts0, nkeep, table0, steps0 = memo
     cdef Py_ssize_t t = 0, index = 0, k = 0, c, stepped
-    cdef object params, columns, p, g, live, obj, byid, name
+    cdef object params, columns, p, g, live, byid, name
     cdef list keep = []
     cdef long long[::1] ind0 = indices0
     cdef long long[:, ::1] met0 = meta0
     cdef long long numel, itemsize
-    cdef double step
     cdef size_t addr
     stepped = ind0.shape[0]
     if tuple([columns for _, columns in groups]) != shape_of:
@@ -284,14 +283,10 @@ cdef _guarded_plan(list groups, object state, bint has_step, double max_step,
             tab[k, c] = addr
             n += 1
         if has_step:
-            addr = _at(keep[n], 1, 4)
-            if addr == 0:
-                return None
-            step = (<float*>addr)[0]
-            if not (0 <= step <= max_step) or step != <long long>step:
+            met[k, 2] = _count(keep[n], max_step, &addr)
+            if met[k, 2] < 0:
                 return None
             stp[k] = addr
-            met[k, 2] = <long long>step
             n += 1
     # the overlap sweep, unless these are the very ranges the last sweep passed
     if not (_np.array_equal(table, table0) and _np.array_equal(steps, steps0)):
@@ -312,8 +307,7 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
     cdef object params, columns, p, g, live, obj, dtype, kind, name, f32, byid, strides
     cdef object shape
     cdef list keep = []
-    cdef long long numel
-    cdef double step
+    cdef long long numel, step
     cdef size_t addr
     for params, columns in groups:
         total += len(<list?>params)
@@ -390,11 +384,8 @@ cdef _tensor_plan(list groups, object state, dict kinds, tuple types, bint has_s
                 if (type(obj) is not tensor or obj.dtype is not f32 or not obj.is_cpu
                         or obj.numel() != 1 or not _plain(obj)):
                     return None
-                addr = _at(obj, 1, 4)
-                if addr == 0:
-                    return None
-                step = (<float*>addr)[0]
-                if not (0 <= step <= max_step) or step != <long long>step:
+                step = _count(obj, max_step, &addr)
+                if step < 0:
                     return None
                 stp[t] = addr
                 keep.append(obj)
@@ -458,6 +449,19 @@ cdef inline bint _plain(object t) except -1:
     # negated view) and that torch lets a step update in place (not an inference
     # tensor): the others go through the Python plan's copies or refusals
     return not (t.is_neg() or t.is_conj() or t.is_inference())
+
+
+cdef long long _count(object t, double max_step, size_t* addr) except? -2:
+    # the step count a one-element float32 tensor holds, a whole number in [0,
+    # max_step] (its address in addr), or -1 where it has none (no memory of its
+    # own, a storage resized under it, another value)
+    addr[0] = _at(t, 1, 4)
+    if addr[0] == 0:
+        return -1
+    cdef double step = (<float*>addr[0])[0]
+    if not (0 <= step <= max_step) or step != <long long>step:
+        return -1
+    return <long long>step
 
 
 cdef object _dense_strides(object shape, object strides):

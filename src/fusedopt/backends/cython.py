@@ -1,5 +1,6 @@
-"""Cython backend: the ahead-of-time compiled kernels (``kernels/_kernels.pyx.tp``), for
-machines without Numba or where JIT compilation is unwanted.
+"""Cython backend: the ahead-of-time compiled kernels (``kernels/_kernels.pyx.tp``),
+what ``backend="auto"`` takes on host arrays (no JIT in a process's first step; the
+same bits as the Numba kernels), and all there is on machines without Numba.
 
 The kernels are built once per x86-64 level; the highest the CPU runs is imported
 (``_kernels_v4`` with AVX-512, ``_kernels_v3`` with AVX2+FMA, else ``_kernels_base``).

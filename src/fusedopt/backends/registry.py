@@ -123,8 +123,9 @@ def select(requested: str, device: str) -> tuple[str, ModuleType]:
 
     ``auto`` honours ``FUSEDOPT_BACKEND`` when set, else takes the first registered
     backend for the device that imports and that ``Backend.auto`` accepts (the
-    Cython kernels, unless built without OpenMP; then Numba); an explicit name (argument or variable)
-    raises ``BackendUnavailable`` with the reason if it cannot run.
+    Cython kernels, unless built without OpenMP; then Numba); an explicit name
+    (argument or variable) raises ``BackendUnavailable`` with the reason if it
+    cannot run.
     """
     if not isinstance(requested, str):
         raise TypeError(f"backend: expected a str, got {type(requested).__name__}")

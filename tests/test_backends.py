@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,27 @@ def test_numba_and_cython_give_the_same_bits(case, dtype):
                                            * np.abs(b).max())
             else:
                 np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def test_a_first_step_on_auto_needs_no_jit():
+    """What makes a process's first step fast (README, "Install and run a first
+    step"): ``import fusedopt`` and a first step on ``backend="auto"`` import neither
+    Numba (whose import and first kernel load cost ~0.4 s, seconds to compile) nor
+    ml_dtypes, where the compiled kernels run; checked in a fresh interpreter."""
+    cython = pytest.importorskip("fusedopt.backends.cython")
+    if not cython.OPENMP_THREADS:
+        pytest.skip("these compiled kernels are serial: auto takes Numba")
+    code = """
+import sys
+import numpy as np, fusedopt
+p = np.ones(1024, np.float32)
+opt = fusedopt.Adam([p], lr=0.1)
+opt.step([np.ones(1024, np.float32)])
+assert opt.backend == "cython", opt.backend
+assert p[0] < 1, p[0]
+assert "numba" not in sys.modules and "ml_dtypes" not in sys.modules
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items()
+                               if k != "FUSEDOPT_BACKEND"})
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -164,14 +164,15 @@ def tensor_plan(list groups, object state, dict kinds, tuple types, bint has_ste
     of its shape and in the same strides), not a lazily conjugated or negated view
     nor an inference tensor, with a data pointer (torch raises on ``data_ptr()`` of
     a sparse or mkldnn tensor: any exception here means "not the common case"), its
-    gradient a plain tensor of the same dtype, size and layout; its ``state`` entry a dict holding,
-    for each state tensor its group needs, a plain tensor of the same dtype, size and
-    layout, and (``has_step``) a ``step`` that is a one-element float32 CPU tensor
-    holding a count in ``[0, max_step]``; each inside its storage (none resized under
-    its tensor); no two of them sharing a byte. ``groups`` holds per param group
-    ``(params, columns)``, ``columns`` the ``(name, table column)`` of each state
-    tensor it needs; ``kinds`` maps each dtype to ``(kernel kind, itemsize)``. Returns ``(table,
-    counts, meta, indices, steps, None, keep, {}, ())``: per stepped parameter, the
+    gradient a plain tensor of the same dtype, size and layout; its ``state`` entry a
+    dict holding, for each state tensor its group needs, a plain tensor of the same
+    dtype, size and layout, and (``has_step``) a ``step`` that is a one-element
+    float32 CPU tensor holding a count in ``[0, max_step]``; each inside its storage
+    (none resized under its tensor); no two of them sharing a byte. ``groups`` holds
+    per param group ``(params, columns)``, ``columns`` the ``(name, table column)`` of
+    each state tensor it needs; ``kinds`` maps each dtype to ``(kernel kind,
+    itemsize)``. Returns ``(table, counts, meta, indices, steps, None, keep, {},
+    ())``: per stepped parameter, the
     addresses of its parameter, gradient and state (``table``), its elements,
     ``(group, kind, step, fresh=0)`` (``meta``), its index among all parameters, the
     address of its float32 step tensor (0 without); ``keep`` the tensors, held until
@@ -268,15 +269,11 @@ cdef _guarded_plan(list groups, object state, bint has_step, double max_step,
     cdef long long[:, ::1] tab = table, met = meta
     cdef long long[::1] cnt = counts0, stp = steps
     cdef Py_ssize_t n = 0
+    # per group, the table columns of a row in keep's order: parameter, gradient, state
+    cdef list per_group = [(0, 1, *[c for _, c in columns]) for columns in shape_of]
     for k in range(t):  # the live addresses, storages and steps, in keep's order
         numel, itemsize = cnt[k], _itemsize(met[k, 1])
-        for c in range(2):
-            addr = _at(keep[n], numel, itemsize)
-            if addr == 0 and numel:
-                return None
-            tab[k, c] = addr
-            n += 1
-        for name, c in shape_of[met[k, 0]]:
+        for c in per_group[met[k, 0]]:
             addr = _at(keep[n], numel, itemsize)
             if addr == 0 and numel:
                 return None

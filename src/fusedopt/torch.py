@@ -693,10 +693,12 @@ class _Fused(torch.optim.Optimizer):
         _check_shown(p, index)
         _check_writable(p, ("params", index))
         param = self._view(p, views, ("params", index))
-        g = p.grad  # (a lazily conjugated or negated one: its values, through a copy)
-        _check_storage(g, ("grads", index))
-        grad = (self._view(g, views, ("grads", index)) if not (g.is_conj() or g.is_neg())
-                else self._view(g.resolve_conj().resolve_neg(), views, None))
+        g = p.grad
+        if g.is_conj() or g.is_neg():  # its values, through a copy (torch reads it:
+            _check_storage(g, ("grads", index))  # its storage checked first)
+            grad = self._view(g.resolve_conj().resolve_neg(), views, None)
+        else:
+            grad = self._view(g, views, ("grads", index))
         arrays += (param, grad)
         new, work, fresh = {}, {}, False
         if self._algorithm._algorithm.kernel.host:  # (its host stage needs the shape)

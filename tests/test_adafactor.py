@@ -442,3 +442,57 @@ def test_dropin_refuses_an_empty_tensor_before_any_write():
     with pytest.raises(ValueError, match=r"Adafactor: params\[1\] has no elements"):
         opt.step()
     assert torch.equal(a.detach(), torch.ones(3, 4)) and not opt.state
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["numpy"])
+def test_a_segment_failing_in_a_later_tensor_writes_nothing(backend, monkeypatch):
+    """Over a FlatParams, one segment of matrices and vectors: every tensor's reads
+    and allocations run before any tensor's writes, so a failure in the last
+    tensor's host stage (out of memory) leaves every parameter, factor and the
+    segment's step count as they were; the next step matches the optimizer that
+    never failed."""
+    from fusedopt import algorithms
+
+    rng = np.random.default_rng(12)
+    shapes = [(3, 5), (7,), (2, 3, 4), (40, 33)]
+    arrays = [rng.standard_normal(s) for s in shapes]
+    twin = [a.copy() for a in arrays]
+    fp = fusedopt.FlatParams.from_arrays(arrays)
+    opt = fusedopt.Adafactor(fp.views, lr=0.02, backend=backend)
+    ref = fusedopt.Adafactor(twin, lr=0.02, backend=backend)
+    # a host-stage function each matrix calls: the oracle's np.mean, else torch's lerp
+    owner, name = (np, "mean") if backend == "numpy" else (algorithms, "_torch_lerp")
+    real, calls = getattr(owner, name), []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if fail_at and len(calls) == fail_at:
+            raise MemoryError("no memory")
+        return real(*args, **kwargs)
+
+    def step(grads):
+        for view, g in zip(fp.grad_views, grads):
+            view[...] = g
+        opt.step()
+        ref.step(grads)
+
+    monkeypatch.setattr(owner, name, counted)
+    fail_at = 0
+    step([rng.standard_normal(s) for s in shapes])
+    # the last call of one optimizer's step (both stepped): the last matrix's
+    fail_at, calls[:] = len(calls) // 2, []
+    before = ([v.copy() for v in fp.views],
+              {i: {k: np.copy(v) for k, v in s.items()} for i, s in opt.state.items()})
+    for view, g in zip(fp.grad_views, [rng.standard_normal(s) for s in shapes]):
+        view[...] = g
+    with pytest.raises(MemoryError):
+        opt.step()
+    monkeypatch.setattr(owner, name, real)
+    for view, a in zip(fp.views, before[0]):
+        np.testing.assert_array_equal(view, a)
+    for i, s in before[1].items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(opt.state[i][k], v)
+    step([rng.standard_normal(s) for s in shapes])
+    for view, a in zip(fp.views, twin):
+        np.testing.assert_array_equal(view, a)

@@ -301,3 +301,80 @@ def test_bf16_momentum_tracks_the_float_oracle(backend):
         ref.step([g.astype(np.float64)])
     assert opt.state[0]["momentum_buffer"].dtype == np.uint16
     assert relative_error(p, q) < 1e-3
+
+
+def _snapshot(params, opt):
+    return ([p.copy() for p in params],
+            {i: {k: (v.copy() if hasattr(v, "copy") else v) for k, v in s.items()}
+             for i, s in opt.state_dict()["state"].items()})
+
+
+def _unchanged(params, opt, before):
+    arrays, state = before
+    for p, a in zip(params, arrays):
+        np.testing.assert_array_equal(p, a)
+    now = opt.state_dict()["state"]
+    assert set(now) == set(state)
+    for i, s in state.items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(now[i][k], v)
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["arrays", "flat"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_step_reserves_its_scratch_before_any_write(backend, flat, monkeypatch):
+    """Muon's scratch arrays (``newton_schulz.Workspace``) for every matrix of a step
+    are made before its first write, once per step: a step that cannot have them
+    (out of memory) changes nothing, a FlatParams segment's step count included;
+    one workspace serves every matrix of a step."""
+    from fusedopt import newton_schulz
+
+    rng = np.random.default_rng(11)
+    shapes = SHAPES + [(3, 5)]
+    arrays = [rng.standard_normal(s) for s in shapes]
+    twin = [a.copy() for a in arrays]
+    params = arrays
+    if flat:
+        fp = fusedopt.FlatParams.from_arrays(arrays)
+        params = fp.views
+    opt = fusedopt.Muon(params, lr=0.02, backend=backend)
+    ref = fusedopt.Muon(twin, lr=0.02, backend=backend)
+
+    def step(grads):
+        if flat:
+            for view, g in zip(fp.grad_views, grads):
+                view[...] = g
+            opt.step()
+        else:
+            opt.step(grads)
+
+    grads = _grads(rng, params, np.float64)
+    step(grads)
+    ref.step(grads)
+    real, made = newton_schulz.Workspace.__init__, []
+
+    def none_left(self, *args):
+        made.append(args)
+        raise MemoryError("no memory")
+
+    monkeypatch.setattr(newton_schulz.Workspace, "__init__", none_left)
+    before = _snapshot(params, opt)
+    with pytest.raises(MemoryError):
+        step(_grads(rng, params, np.float64))
+    _unchanged(params, opt, before)
+    assert len(made) == 1
+
+    def one_left(self, *args):  # a second workspace in the step would fail
+        made.append(args)
+        if len(made) > 2:
+            raise MemoryError("no memory")
+        real(self, *args)
+
+    monkeypatch.setattr(newton_schulz.Workspace, "__init__", one_left)
+    grads = _grads(rng, params, np.float64)
+    step(grads)
+    monkeypatch.setattr(newton_schulz.Workspace, "__init__", real)
+    ref.step(grads)
+    for a, b in zip(params, twin):
+        np.testing.assert_array_equal(a, b)
+    assert opt.state_dict()["state"][3]["step"] == 2

@@ -237,22 +237,25 @@ class HostFactors:
 
 def adafactor_contract(update: Callable, factors) -> Callable:
     """A backend's ``adafactor(param, grad, row_var, col_var, variance, shape, step,
-    lr, beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0, out=None)``:
-    torch's Adafactor step of one parameter of ``shape`` (``variance`` for a tensor of
-    fewer than two dimensions, else ``row_var`` and ``col_var``, its factored second
-    moments over the last two). A vector: the backend's ``adafactor_update`` (a
-    read-only norms pass, then the element pass, ``variance`` a state slot). A matrix
-    (a batch of them): the row and column means of the squared gradient
-    (``factors.means``, see ``HostFactors``) update the factors on the host, in the
-    parameter's dtype, then ``factors.norms`` and ``factors.update`` make their
-    estimate ``r_i c_j / max(mean(r), eps1)`` element by element in their passes;
-    the factors are written after them, so nothing is written before the update
-    pass. Reads 24 bytes per float32 element in all: the means read the gradient,
-    the norms the parameter and gradient, the update those and writes the
-    parameter."""
+    lr, beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0, out=None,
+    stage=None)``: torch's Adafactor step of one parameter of ``shape``
+    (``variance`` for a tensor of fewer than two dimensions, else ``row_var`` and
+    ``col_var``, its factored second moments over the last two). A vector: the
+    backend's ``adafactor_update`` (a read-only norms pass, then the element pass,
+    ``variance`` a state slot). A matrix (a batch of them): the row and column means
+    of the squared gradient (``factors.means``, see ``HostFactors``) update the
+    factors on the host, in the parameter's dtype, then ``factors.norms`` and
+    ``factors.update`` make their estimate ``r_i c_j / max(mean(r), eps1)`` element
+    by element in their passes; the factors are written after them, as made before
+    the update pass, so nothing is written before it and nothing allocated after.
+    ``stage``: a list, to which the writes are appended as one callable instead of
+    being made (a segment of tensors runs every tensor's reads first, then their
+    writes: no allocation can fail between two tensors' writes). Reads 24 bytes per
+    float32 element in all: the means read the gradient, the norms the parameter and
+    gradient, the update those and writes the parameter."""
     def adafactor(param, grad, row_var, col_var, variance, shape, step, lr,
                   beta2_decay, eps1, eps2, d, weight_decay, grad_scale, seed=0,
-                  out=None):
+                  out=None, stage=None):
         held = variance if variance is not None else row_var
         bf16 = held.dtype == np.uint16 and param.dtype == np.float32  # (bf16 bits)
         if held.dtype != param.dtype and not bf16:
@@ -266,62 +269,75 @@ def adafactor_contract(update: Callable, factors) -> Callable:
         common = (eps1, 1.0 - lr * weight_decay, eps2, rho, d, param.size)
         flags = (abs(w) < 0.5, weight_decay != 0)
         if variance is not None:
-            update(param, grad, variance, w, *common, False, *flags, grad_scale, seed,
-                   out)
-            return
-        n, m = shape[-2], shape[-1]
-        rows, cols = factors.means(grad, n, m, grad_scale * grad_scale)
-        r_held, c_held = factors.read(row_var), factors.read(col_var)
-        if bf16:  # float32 math, rounded to nearest even when stored, as the kernels
-            r_held, c_held = (a.view(_checks.bf16()).astype(np.float32)
-                              for a in (r_held, c_held))
-        r = _torch_lerp(r_held.reshape(-1, n), rows, w)
-        c = _torch_lerp(c_held.reshape(-1, m), cols, w)
-        denom = np.maximum(r.mean(axis=1), param.dtype.type(eps1))
-        f = (True, *flags)  # factored, small, decay
-        h = scalars.adafactor_update(w, *common, *f)
-        prepared = factors.prepare(r, c, denom)
-        h = scalars.adafactor_step_size(h, *factors.norms(f, h, param, grad, prepared,
-                                                          grad_scale))
-        factors.update(f, h, param, grad, prepared, grad_scale, seed, out)
-        for state, value in ((row_var, r), (col_var, c)):
-            factors.write(state, value.astype(_checks.bf16()).view(np.uint16) if bf16
-                          else value)
+            def commit():
+                update(param, grad, variance, w, *common, False, *flags, grad_scale,
+                       seed, out)
+        else:
+            n, m = shape[-2], shape[-1]
+            rows, cols = factors.means(grad, n, m, grad_scale * grad_scale)
+            r_held, c_held = factors.read(row_var), factors.read(col_var)
+            if bf16:  # float32 math, rounded to nearest even when stored, as the kernels
+                r_held, c_held = (a.view(_checks.bf16()).astype(np.float32)
+                                  for a in (r_held, c_held))
+            r = _torch_lerp(r_held.reshape(-1, n), rows, w)
+            c = _torch_lerp(c_held.reshape(-1, m), cols, w)
+            denom = np.maximum(r.mean(axis=1), param.dtype.type(eps1))
+            f = (True, *flags)  # factored, small, decay
+            h = scalars.adafactor_update(w, *common, *f)
+            prepared = factors.prepare(r, c, denom)
+            h = scalars.adafactor_step_size(h, *factors.norms(f, h, param, grad,
+                                                              prepared, grad_scale))
+            kept = [v.astype(_checks.bf16()).view(np.uint16) if bf16 else v
+                    for v in (r, c)]
+
+            def commit():
+                factors.update(f, h, param, grad, prepared, grad_scale, seed, out)
+                factors.write(row_var, kept[0])
+                factors.write(col_var, kept[1])
+        if stage is None:
+            commit()
+        else:
+            stage.append(commit)
     return adafactor
 
 
-def muon_contract(momentum_pass: Callable, sgd: Callable, workspace: Callable,
-                  zeros: Callable) -> Callable:
+def muon_contract(momentum_pass: Callable, sgd: Callable, workspace: Callable
+                  ) -> Callable:
     """A backend's ``muon(param, grad, momentum_buffer, shape, lr, weight_decay,
     momentum, nesterov, a, b, c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0,
-    out=None)``: Muon's step of one ``shape = (rows, cols)`` parameter, from the
-    backend's ``muon_momentum`` (``momentum_pass``) and ``sgd`` contract functions,
-    ``workspace(rows, cols, dtype)`` (an object whose ``orthogonalise(u, a, b, c,
-    eps, ns_steps)`` returns the orthogonalised ``u`` flat:
-    ``fusedopt.newton_schulz.Workspace``) and ``zeros(param)`` (a zero array like
-    ``param``). Three stages:
+    out=None, work=None)``: Muon's step of one ``shape = (rows, cols)`` parameter,
+    from the backend's ``muon_momentum`` (``momentum_pass``) and ``sgd`` contract
+    functions and ``workspace(shapes, dtype, state_dtype)``, the scratch arrays for
+    matrices of ``shapes`` (``fusedopt.newton_schulz.Workspace``: its ``buffers`` and
+    ``orthogonalise``). ``work``: such a workspace, reserved by the caller before
+    its step's first write (an optimizer's, for all its matrices), else one is made
+    here. Three stages:
 
     1. ``rules.muon_momentum`` over a copy of the buffer: ``B = B.lerp(g, 1 -
-       momentum)`` and ``U = g.lerp(B, momentum)`` (Nesterov) or ``U = B``, into a
-       scratch array;
+       momentum)`` and ``U = g.lerp(B, momentum)`` (Nesterov) or ``U = B``, into the
+       workspace;
     2. ``O = orthogonalise(U)`` (the host stage);
     3. the new buffer copied in, and SGD's step with weight decay: ``theta - lr_t (O
        + lr wd / lr_t theta)``, which is torch's ``theta (1 - lr wd) - lr_t O`` with
        ``lr_t`` the adjusted rate (``fusedopt.scalars.muon``).
 
     Nothing the caller owns is written before the host stage has returned, so an
-    exception there (no memory) leaves the parameter and its buffer as they were."""
+    exception there leaves the parameter and its buffer as they were."""
     def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nesterov,
-             a, b, c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0, out=None):
+             a, b, c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0, out=None,
+             work=None):
         rows, cols = shape
         lr_t, decay = scalars.muon(shape, lr, weight_decay, momentum, nesterov, a, b, c,
                                    eps, ns_steps, adjust_lr_fn)
-        u, buf = zeros(param), momentum_buffer.copy()
-        work = workspace(rows, cols, param.dtype)
+        if work is None:
+            work = workspace([shape], param.dtype, momentum_buffer.dtype)
+        u, buf = work.buffers(rows * cols)
+        np.copyto(buf, momentum_buffer)
         momentum_pass(u, grad, buf, momentum, nesterov, grad_scale)
         o = work.orthogonalise(u.reshape(rows, cols), a, b, c, eps, ns_steps)
         momentum_buffer[...] = buf
         sgd(param, o, None, False, lr_t, 0.0, 0.0, decay, False, 1.0, seed, out)
+    muon.workspace = workspace
     return muon
 
 
@@ -417,6 +433,10 @@ class Algorithm(NamedTuple):
     #: ``check_param(array, where)``: raises for a parameter the algorithm cannot step
     #: (Muon: float32 or float64 matrices only); None: any
     check_param: Callable | None = None
+    #: whether ``call`` takes ``s["stage"]``, a list its writes are appended to (as
+    #: one callable) instead of being made: a segment runs every tensor's reads and
+    #: allocations first (Adafactor's host stage), then the writes
+    staged: bool = False
     #: ``state_shape(name, shape)``: the shape of the state array ``name`` of a
     #: parameter of ``shape``, None where it keeps none (Adafactor's factored
     #: moments); None: every state array has its parameter's shape
@@ -928,7 +948,7 @@ MUON_ALGORITHM = Algorithm(
     call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
         p, g, s["momentum_buffer"], s["shape"], h.lr, h.weight_decay, h.momentum,
         h.nesterov, *h.ns_coefficients, h.eps, h.ns_steps, h.adjust_lr_fn, scale, seed,
-        out),
+        out, s.get("workspace")),
     torch_step=False, check_param=_matrix,
     doc=r"""Muon, MomentUm Orthogonalized by Newton-Schulz (Jordan et al., 2024), as
     ``torch.optim.Muon``: for matrices (the weights of hidden layers), whose momentum
@@ -988,7 +1008,9 @@ ADAFACTOR_ALGORITHM = Algorithm(
     state=lambda h: (("row_var", 0.0), ("col_var", 0.0), ("variance", 0.0)),
     call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
         p, g, s.get("row_var"), s.get("col_var"), s.get("variance"), s["shape"], step,
-        h.lr, h.beta2_decay, h.eps[0], h.eps[1], h.d, h.weight_decay, scale, seed, out),
+        h.lr, h.beta2_decay, h.eps[0], h.eps[1], h.d, h.weight_decay, scale, seed, out,
+        s.get("stage")),
+    staged=True,
     state_shape=_factored,
     check_param=lambda p, where: _host_stage_param("Adafactor", p, where),
     doc=r"""Adafactor, as ``torch.optim.Adafactor`` (Shazeer & Stern, 2018, with

@@ -25,26 +25,45 @@ import numpy as np
 
 
 class Workspace:
-    """Every array one orthogonalisation of a ``rows x cols`` matrix of ``dtype``
-    needs, allocated once: the iteration itself allocates nothing."""
+    """Every array Muon's step of matrices of ``shapes`` (``(rows, cols)`` pairs)
+    needs, allocated at once for the largest of them and reused by each in turn: an
+    optimizer reserves it before the first write of a step, so that running out of
+    memory cannot stop a step half-way. Holds, per element of the largest matrix,
+    the update ``U``, the new momentum buffer (of ``state_dtype``: the buffer's, bf16
+    bits as ``uint16`` included), the iterate and its product, the result; and two
+    Gram matrices of its smaller side squared."""
 
-    def __init__(self, rows: int, cols: int, dtype) -> None:
-        self.transposed = rows > cols
-        n, m = (cols, rows) if self.transposed else (rows, cols)
-        self.x = np.empty((n, m), dtype)  # the iterate, wide
-        self.t = np.empty((n, m), dtype)
-        self.gram = np.empty((n, n), dtype)
-        self.poly = np.empty((n, n), dtype)
-        # the result, row-major in the parameter's shape
-        self.out = np.empty((rows, cols), dtype) if self.transposed else self.x
+    #: arrays of the largest matrix's size: U, the iterate, its product, the result
+    _ROWS = 4
+
+    def __init__(self, shapes, dtype, state_dtype=None) -> None:
+        shapes = [tuple(s) for s in shapes]
+        self.dtype = np.dtype(dtype)
+        self.state_dtype = np.dtype(dtype if state_dtype is None else state_dtype)
+        self.size = max((r * c for r, c in shapes), default=0)
+        self.gram = max((min(r, c) ** 2 for r, c in shapes), default=0)
+        self._arrays = np.empty((self._ROWS, self.size), self.dtype)
+        self._buffer = np.empty(self.size, self.state_dtype)
+        self._grams = np.empty((2, self.gram if self._ROWS > 1 else 0), self.dtype)
+
+    def buffers(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(U, B)``: flat arrays of ``size`` elements for the update (zeroed) and
+        the new momentum buffer."""
+        u = self._arrays[0, :size]
+        u.fill(0)
+        return u, self._buffer[:size]
 
     def orthogonalise(self, u: np.ndarray, a: float, b: float, c: float, eps: float,
                       steps: int) -> np.ndarray:
         """The orthogonalised ``u`` (a ``rows x cols`` array of the workspace's
         dtype), as a flat array (a view of the workspace: valid until its next
         use)."""
-        x, t, gram, poly = self.x, self.t, self.gram, self.poly
-        np.copyto(x, u.T if self.transposed else u)
+        rows, cols = u.shape
+        transposed = rows > cols
+        n, m = (cols, rows) if transposed else (rows, cols)
+        x, t = (self._arrays[k, :n * m].reshape(n, m) for k in (1, 2))
+        gram, poly = (self._grams[k, :n * n].reshape(n, n) for k in (0, 1))
+        np.copyto(x, u.T if transposed else u)
         flat = x.reshape(-1)  # (a view: x is C-contiguous)
         norm = math.sqrt(float(np.dot(flat, flat)))  # only the scale: BLAS's dot
         with np.errstate(divide="ignore", invalid="ignore"):  # eps = 0, U = 0: NaN,
@@ -58,6 +77,8 @@ class Workspace:
             np.matmul(poly, x, out=t)
             x *= a
             x += t
-        if self.transposed:
-            np.copyto(self.out, x.T)
-        return self.out.reshape(-1)
+        if not transposed:
+            return flat
+        out = self._arrays[3, :n * m].reshape(rows, cols)  # row-major in u's shape
+        np.copyto(out, x.T)
+        return out.reshape(-1)

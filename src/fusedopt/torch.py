@@ -50,6 +50,7 @@ from torch.optim import optimizer as _torch_optimizer
 from . import _checks, _device, _guard
 from . import algorithms as _algorithms
 from . import flat as _flat
+from . import newton_schulz as _newton_schulz
 from . import optim as _optim
 from .optim import base as _optim_base
 from .optim.flatmode import segment_slots, state_layout
@@ -126,14 +127,14 @@ def _device_of(groups: list, backend: str) -> torch.device | None:
     return None
 
 
-class _TorchNewtonSchulz:
+class _TorchNewtonSchulz(_newton_schulz.Workspace):
     """torch.optim.Muon's own Newton-Schulz iteration (in bfloat16), in the place of
-    ``fusedopt.newton_schulz.Workspace``: what makes ``fusedopt.torch.Muon`` match
+    ``fusedopt.newton_schulz.Workspace``'s: what makes ``fusedopt.torch.Muon`` match
     torch's. The result comes back in the parameter's dtype (exactly: bfloat16
-    values are float32 and float64 values)."""
+    values are float32 and float64 values); the iteration's own arrays are torch's,
+    allocated as torch.optim.Muon allocates them (only U and the buffer are here)."""
 
-    def __init__(self, rows: int, cols: int, dtype) -> None:
-        self.dtype = dtype
+    _ROWS = 1
 
     def orthogonalise(self, u: np.ndarray, a: float, b: float, c: float, eps: float,
                       steps: int) -> np.ndarray:
@@ -150,8 +151,7 @@ class _TorchMuon:
     def __init__(self, impl) -> None:
         self._backend = impl
         # (the numpy reference backend has its own Muon, with its own iteration)
-        self.muon = (_algorithms.muon_contract(*impl.MUON_PASSES, _TorchNewtonSchulz,
-                                               np.zeros_like)
+        self.muon = (_algorithms.muon_contract(*impl.MUON_PASSES, _TorchNewtonSchulz)
                      if hasattr(impl, "MUON_PASSES") else impl.muon)
 
     def __getattr__(self, name: str):
@@ -773,6 +773,8 @@ class _Fused(torch.optim.Optimizer):
 
     def _run(self, plans, scale: float = 1.0) -> None:
         algo, impl = self._algorithm, self._impl
+        algo._reserve(impl, [(plan[5], plan[5].get("shape"), plan[1])
+                             for plan in plans])  # (Muon's scratch, before any write)
         for p, param, grad, index, hyper, work, new, fresh, step, step_view in plans:
             live = self.state.get(p)
             if live is None:

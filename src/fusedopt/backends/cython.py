@@ -85,7 +85,7 @@ globals().update({spec.name: algorithms.contract(spec, _call, _norms)
 #: Muon's momentum pass and SGD's step, on one thread (``algorithms.muon_passes``)
 MUON_PASSES = algorithms.muon_passes(_call)
 #: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
-muon = algorithms.muon_contract(*MUON_PASSES, newton_schulz.Workspace, np.zeros_like)
+muon = algorithms.muon_contract(*MUON_PASSES, newton_schulz.Workspace)
 class CythonFactors(algorithms.HostFactors):
     """Adafactor's factored stage on this backend (``algorithms.HostFactors``): the
     row and column sums in one parallel read of the gradient (``adafactor_means``),

@@ -519,7 +519,7 @@ globals().update({spec.name: algorithms.contract(spec, _call, _norms)
 #: Muon's momentum pass and SGD's step, on one thread (``algorithms.muon_passes``)
 MUON_PASSES = algorithms.muon_passes(_call)
 #: Muon: its momentum pass and SGD's step around the Newton-Schulz iteration (BLAS)
-muon = algorithms.muon_contract(*MUON_PASSES, newton_schulz.Workspace, np.zeros_like)
+muon = algorithms.muon_contract(*MUON_PASSES, newton_schulz.Workspace)
 #: Adafactor: its factored moments on the host around adafactor_update's two passes
 adafactor = algorithms.adafactor_contract(globals()["adafactor_update"], NumbaFactors)
 

@@ -227,7 +227,7 @@ def lamb(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_d
 
 
 def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nesterov, a, b,
-         c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0, out=None):
+         c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0, out=None, work=None):
     # Jordan et al. 2024 ("Muon: An optimizer for hidden layers in neural networks")
     # as torch.optim.Muon writes it: momentum as a lerp, the quintic Newton-Schulz
     # iteration on the wide orientation of the update, then decoupled weight decay and
@@ -254,10 +254,11 @@ def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nester
 
 
 def adafactor(param, grad, row_var, col_var, variance, shape, step, lr, beta2_decay,
-              eps1, eps2, d, weight_decay, grad_scale, seed=0, out=None):
+              eps1, eps2, d, weight_decay, grad_scale, seed=0, out=None, stage=None):
     # Shazeer & Stern 2018 (Algorithm 4 with update clipping) as torch.optim.Adafactor
     # writes it: lr caps the relative step size rho and scales the decoupled weight
     # decay; eps1 clamps the variance estimate (not the factors); means, not sums.
+    # Everything is computed before the writes, which stage (a list) defers.
     if eps1 is None:
         eps1 = np.finfo(param.dtype).eps
     g = grad_scale * grad
@@ -272,13 +273,20 @@ def adafactor(param, grad, row_var, col_var, variance, shape, step, lr, beta2_de
         c = col_var.reshape(-1, m)
         r = r + beta2c * (g2.mean(axis=2) - r)
         c = c + beta2c * (g2.mean(axis=1) - c)
-        row_var[...] = r.reshape(-1)
-        col_var[...] = c.reshape(-1)
         v = (r[:, :, None] * c[:, None, :]
              / np.maximum(r.mean(axis=1), eps1)[:, None, None]).reshape(-1)
+        writes = [(row_var, r.reshape(-1)), (col_var, c.reshape(-1))]
     else:
         v = variance + beta2c * (g ** 2 - variance)
-        variance[...] = v
+        writes = [(variance, v)]
     u = g / np.sqrt(np.maximum(v, eps1 * eps1))
     denom = max(1.0, np.sqrt(np.mean(u ** 2)) / d)
-    param[...] = theta - alpha / denom * u
+    writes.append((param, theta - alpha / denom * u))
+
+    def commit():
+        for array, value in writes:
+            array[...] = value
+    if stage is None:
+        commit()
+    else:
+        stage.append(commit)

@@ -454,6 +454,9 @@ class Optimizer(Precision, FlatMode, Serialise):
                  else None)  # (LAMB's reduction, Muon's host stage: tensor by tensor)
         buckets: dict[tuple, list[int]] = {}
         names = self._algorithm.scalar_state
+        if multi is None:  # (Muon's scratch, before the first write)
+            self._reserve(impl, [(work, work.get("shape"), p)
+                                 for _, p, _, work, _, _ in plans])
         for i, (hyper, p, out, work, new, fresh) in enumerate(plans):
             live = state.get(i)
             if live is None:
@@ -479,6 +482,20 @@ class Optimizer(Precision, FlatMode, Serialise):
                 live[name] = work[name]
         for (_, _, step, fresh, *_), members in buckets.items():
             self._run_multi(plans, flat_grads, members, step, fresh, scale)
+
+    @classmethod
+    def _reserve(cls, impl, tensors: list[tuple]) -> None:
+        """Each ``(work, shape, p)`` of ``tensors`` (a call's state and arguments)
+        gets ``work["workspace"]``, the scratch arrays its call uses (``workspaces``:
+        Muon's), where its kernel needs them; else nothing."""
+        run = getattr(impl, cls._kernel)
+        if getattr(run, "workspace", None) is None:
+            return
+        first = cls._algorithm.kernel.slots[0]  # (the state array the scratch mirrors)
+        key = [(p.dtype, work[first].dtype) for work, _, p in tensors]
+        made = workspaces(run, [(shape, *k) for (_, shape, _), k in zip(tensors, key)])
+        for (work, _, _), k in zip(tensors, key):
+            work["workspace"] = made[k]
 
     def _run_multi(self, plans, flat_grads, members: list[int], step: int,
                    fresh: bool, scale: float) -> None:
@@ -590,14 +607,15 @@ class Optimizer(Precision, FlatMode, Serialise):
         makes one call per tensor, over its slices of ``p``, ``g`` and the state
         (where the state has other shapes, Adafactor's, a fourth item maps each state
         name to the tensor's ``(lo, hi)`` in it, None where it keeps none)."""
-        state["step"] = step = state["step"] + 1
+        step = state["step"] + 1
         algo = cls._algorithm
         run = getattr(impl, cls._kernel)
         if getattr(hyper, "maximize", False):  # (Muon has no maximize)
             scale = -scale
         if tensors is None or cls._kernel not in _algorithms.PER_TENSOR:
             algo.call(run, p, g, state, hyper, step, fresh, scale, seed, out)
-        else:
+        else:  # a segment: everything allocated before the first tensor's writes
+            parts = []
             for lo, hi, shape, *ranges in tensors:
                 part = {}
                 for k, v in state.items():
@@ -608,9 +626,17 @@ class Optimizer(Precision, FlatMode, Serialise):
                     elif (r := ranges[0][k]) is not None:
                         part[k] = v[r[0]:r[1]]
                 part["shape"] = shape
+                parts.append((lo, hi, part))
+            cls._reserve(impl, [(part, part["shape"], p) for _, _, part in parts])
+            staged = [] if algo.staged else None
+            for lo, hi, part in parts:
+                part["stage"] = staged
                 algo.call(run, p[lo:hi], g[lo:hi], part, hyper, step, fresh, scale,
                           scalars.rounding_seed(seed, step, lo) if seed else 0,
                           None if out is None else out[lo:hi])
+            for commit in staged or ():  # the writes, once every tensor's reads ran
+                commit()
+        state["step"] = step
         if algo.scalar_state:  # its scalar state after the step
             state.update(zip(algo.scalar_state, algo.scalar_next(
                 hyper, step, tuple(state[name] for name in algo.scalar_state),
@@ -641,6 +667,22 @@ class Optimizer(Precision, FlatMode, Serialise):
 #: each per-array call ~2.5 us)
 _MULTI_MIN = 4
 _HOST = contextlib.nullcontext()  # (reusable: it holds nothing)
+
+
+def workspaces(run, needs: list[tuple]) -> dict[tuple, Any]:
+    """The scratch arrays of a step whose host stage needs them (Muon's, made by
+    ``run.workspace``: see ``algorithms.muon_contract``), for ``needs``: ``(shape,
+    dtype, state dtype)`` per tensor. One workspace per pair of dtypes, for the
+    largest of its tensors, by that pair; made here, before the step's first write,
+    so that running out of memory cannot stop a step half-way. Empty for a kernel
+    that needs none."""
+    make = getattr(run, "workspace", None)
+    if make is None or not needs:
+        return {}
+    shapes: dict[tuple, list] = {}
+    for shape, dtype, state_dtype in needs:
+        shapes.setdefault((np.dtype(dtype), np.dtype(state_dtype)), []).append(shape)
+    return {key: make(s, *key) for key, s in shapes.items()}
 
 
 def checked_groups(groups: list, memo: list, check, state_spec) -> list[tuple]:

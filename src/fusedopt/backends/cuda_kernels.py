@@ -19,9 +19,9 @@ from .. import _device, rules
 from .policy import MEANS_ROWS
 from ..lowbit import store
 from ..rules import cast_all, cast_like
-from . import template
+from . import jitcache, template
 
-_jit = cuda.jit(cache=not _device.simulated())
+_jit = jitcache.jit(cuda.jit(cache=not _device.simulated()))
 
 
 @_jit
@@ -143,7 +143,7 @@ def _grad_stats(g, out):
 MAX_BLOCK = 256
 
 
-@cuda.jit(device=True, cache=not _device.simulated())
+@jitcache.jit(cuda.jit(device=True, cache=not _device.simulated()))
 def _add_block_sums(sa, sb, out):
     # out[0] and out[1] (float64) gain the block's threads' sa and sb: a tree in
     # shared memory (blocks of a power of two threads, at most MAX_BLOCK), then one

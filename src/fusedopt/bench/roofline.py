@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from ..backends import policy
+from ..backends import jitcache, policy
 from ..backends.numba_cpu import JIT_OPTIONS
 
 
-@njit(**JIT_OPTIONS)
+@jitcache.jit(njit(**JIT_OPTIONS))
 def _traffic0(p, g, parallel):
     if parallel:
         for i in prange(p.size):
@@ -28,7 +28,7 @@ def _traffic0(p, g, parallel):
             p[i] = p[i] + g[i]
 
 
-@njit(**JIT_OPTIONS)
+@jitcache.jit(njit(**JIT_OPTIONS))
 def _traffic1(p, g, a, parallel):
     if parallel:
         for i in prange(p.size):
@@ -40,7 +40,7 @@ def _traffic1(p, g, a, parallel):
             p[i], a[i] = p[i] + x, a[i] + x
 
 
-@njit(**JIT_OPTIONS)
+@jitcache.jit(njit(**JIT_OPTIONS))
 def _traffic2(p, g, a, b, parallel):
     if parallel:
         for i in prange(p.size):
@@ -52,7 +52,7 @@ def _traffic2(p, g, a, b, parallel):
             p[i], a[i], b[i] = p[i] + x, a[i] + x, b[i] + x
 
 
-@njit(**JIT_OPTIONS)
+@jitcache.jit(njit(**JIT_OPTIONS))
 def _traffic3(p, g, a, b, c, parallel):
     if parallel:
         for i in prange(p.size):
@@ -67,7 +67,7 @@ def _traffic3(p, g, a, b, c, parallel):
 _KERNELS = (_traffic0, _traffic1, _traffic2, _traffic3)
 
 
-@njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})
+@jitcache.jit(njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}}))
 def _read_only(p, g, a, b, parallel):
     # a reduction pass's traffic (LAMB's norms): four arrays read, nothing written;
     # summed in any order so that it vectorises, as the reductions it stands for
@@ -81,7 +81,7 @@ def _read_only(p, g, a, b, parallel):
     return s
 
 
-@njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}})
+@jitcache.jit(njit(**{**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}}))
 def _read_one(a, parallel):
     s = 0.0
     if parallel:

@@ -294,12 +294,18 @@ cdef inline (floating, floating) muon_momentum(
     return u, buf
 
 
+cdef inline floating adafactor_root(floating a, floating c, floating s, floating t,
+                                    floating eps1sq, floating floor) noexcept nogil:
+    return floor if a * c < eps1sq else s * t
+
+
 cdef inline (floating, floating) _adafactor_direction(
         floating g, floating v, floating w, floating one, floating eps1sq,
         bint factored, bint small, floating grad_scale) noexcept nogil:
     g = grad_scale * g
-    if not factored:
-        v = _lerp(v, g * g, w, small)
+    if factored:
+        return v * g, v
+    v = _lerp(v, g * g, w, small)
     cdef floating m = eps1sq if v < eps1sq else v
     return one / sqrt(m) * g, v
 

@@ -193,19 +193,25 @@ class HostFactors:
     - ``means(grad, n, m, scale2)``: ``(rows, cols)``, host arrays ``(batch, n)``
       and ``(batch, m)`` in ``grad``'s dtype, the means of ``scale2 g**2`` over each
       row and column of the flat ``grad`` seen as ``batch`` matrices ``n x m``;
-    - ``prepare(r, c, denom)``: the factors ``r`` ``(batch, n)``, ``c`` ``(batch,
-      m)`` and ``denom`` ``(batch,)`` (host arrays in the parameter's dtype) as the
-      passes take them, ``(r, c, denom, n, m)``, flat (here: views);
+    - ``prepare(r, c, denom)``: from the factors ``r`` ``(batch, n)``, ``c``
+      ``(batch, m)`` and ``denom`` ``(batch,)`` (host arrays in the parameter's
+      dtype), what the passes take: ``(a, s, c, t, n, m)``, flat, with
+      ``a = r / denom`` and ``s = 1 / sqrt(a)`` per row, ``t = 1 / sqrt(c)`` per
+      column;
     - ``norms(flags, h, param, grad, factors, grad_scale)`` and ``update(...,
       seed=0, out=None)``: the read-only pass of ``rules.adafactor_update_norms``
       (its two sums of squares) and the pass of ``rules.adafactor_update``, each with
-      the estimate ``v = r_i c_j / denom_b`` made per element from the prepared
-      ``factors``: no array of the parameter's size;
+      the estimate's reciprocal root made per element from the prepared ``factors``
+      (``rules.adafactor_root``): no array of the parameter's size;
     - ``read(state)`` and ``write(state, value)``: a factor to and from the host."""
 
     @staticmethod
     def prepare(r, c, denom) -> tuple:
-        return r.reshape(-1), c.reshape(-1), denom, r.shape[1], c.shape[1]
+        with np.errstate(divide="ignore", invalid="ignore"):  # (zeros: inf or NaN, as
+            a = r / denom[:, None]                            # torch's estimate)
+            s, t = (a.dtype.type(1) / np.sqrt(x) for x in (a, c))
+        return (a.reshape(-1), s.reshape(-1), c.reshape(-1), t.reshape(-1), r.shape[1],
+                c.shape[1])
 
     @staticmethod
     def sums_arrays(grad, n: int, m: int):

@@ -380,14 +380,30 @@ def muon_momentum(u, g, buf, w, mu, nesterov, small_w, small_mu, grad_scale):
 
 
 @register_jitable
+def adafactor_root(a, c, s, t, eps1sq, floor):
+    """The reciprocal square root of Adafactor's factored estimate at row i, column j:
+    ``1 / sqrt(max(v, eps1**2))`` with ``v = a c`` (``a = r_i / max(mean(r), eps1)``
+    of the row, ``c = c_j`` of the column), made as ``s t`` from the row's ``s = 1 /
+    sqrt(a)`` and the column's ``t = 1 / sqrt(c)`` (both made once on the host), or
+    ``floor = 1 / sqrt(eps1**2)`` where ``v < eps1**2`` (torch's clamp; a NaN stays
+    NaN, as does ``0 * inf``). Two multiplications per element in the place of
+    torch's division, square root and division, which bound the factored passes on
+    the CPU (memory no longer does): within a few ulp of torch's ``((r c) /
+    denom).clamp(eps1**2).rsqrt()``, not its bits."""
+    return floor if a * c < eps1sq else s * t
+
+
+@register_jitable
 def _adafactor_direction(g, v, w, one, eps1sq, factored, small, grad_scale):
     """Adafactor's update direction ``u = g / sqrt(max(v, eps1**2))`` (torch's
-    ``clamp_(min=eps1 * eps1).rsqrt_()`` then ``mul_(grad)``), with ``v`` the
-    factored estimate (read only) or, for a vector, its second moment after torch's
-    ``variance.lerp_(g * g, w)``: ``(u, v)``. ``one``: 1 in the compute dtype."""
+    ``clamp_(min=eps1 * eps1).rsqrt_()`` then ``mul_(grad)``): ``(u, v)``. For a
+    vector, ``v`` is its second moment, after torch's ``variance.lerp_(g * g, w)``
+    here; for a factored estimate, ``v`` is already its reciprocal square root
+    (``adafactor_root``). ``one``: 1 in the compute dtype."""
     g = grad_scale * g
-    if not factored:
-        v = _lerp(v, g * g, w, small)
+    if factored:
+        return v * g, v
+    v = _lerp(v, g * g, w, small)
     m = eps1sq if v < eps1sq else v  # (torch's clamp: a NaN stays NaN)
     return one / sqrt(m) * g, v
 

@@ -9,6 +9,7 @@ and ``store``, so it may be bf16 bits (uint16) beside float32 parameters.
 from __future__ import annotations
 
 import ctypes
+import math
 
 import numpy as np
 from numba import cuda
@@ -203,21 +204,23 @@ def _adafactor_means(g, n, m, per, rows, parts):
 
 def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):
     """The grid-stride twin of ``numba_cpu._factored_template``: Adafactor's passes
-    over a batch of ``n x m`` matrices with the estimate ``v = r_i c_j / denom_b``
-    made per element from the factors; ``reduce``: ``out[0]`` and ``out[1]`` gain the
-    float64 sums of squares of ``rules.adafactor_update_norms``'s two values (as
-    ``_norms_template``: threads, then a tree per block, then one atomic pair per
-    block), else ``rules.adafactor_update`` updates ``p``."""
+    over a batch of ``n x m`` matrices with the estimate's reciprocal root made per
+    element from the prepared factors (``rules.adafactor_root``); ``reduce``:
+    ``out[0]`` and ``out[1]`` gain the float64 sums of squares of
+    ``rules.adafactor_update_norms``'s two values (as ``_norms_template``: threads,
+    then a tree per block, then one atomic pair per block), else
+    ``rules.adafactor_update`` updates ``p``."""
     sources = template.SOURCES
 
-    def kernel(p, g, r, c, denom, n, m, h, grad_scale, out):
+    def kernel(p, g, a, s, c, t, n, m, h, grad_scale, out):
         sources  # noqa: B018 - in the closure: the cache key (see template.SOURCES)
         h, grad_scale = cast_all(h, p), cast_like(grad_scale, p)
+        floor = h[1] / math.sqrt(h[2])  # 1 / sqrt(eps1**2), in p's dtype
         sa, sb = 0.0, 0.0
         for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
             i = k // m
-            b = i // n
-            v = r[i] * c[b * m + k - i * m] / denom[b]
+            j = (i // n) * m + k - i * m
+            v = rules.adafactor_root(a[i], c[j], s[i], t[j], h[2], floor)
             new = rule(p[k], g[k], v, *h, *flags, grad_scale)
             if reduce:
                 x, y = np.float64(new[0]), np.float64(new[1])

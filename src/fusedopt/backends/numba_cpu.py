@@ -387,32 +387,33 @@ def _means_block(g, n, m, q, per, rows, parts):
 
 def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):
     """Adafactor's two passes over a batch of ``n x m`` matrices (flat ``p``, ``g``)
-    with its second-moment estimate made per element from the factors, ``v = r_i
-    c_j / denom_b`` (rounded as torch's ``(r c) / denom``; no scratch array):
-    ``rule`` is ``rules.adafactor_update_norms`` (``reduce``: the two sums of
-    squares in fixed blocks of ``policy.REDUCE_BLOCK`` elements, each summed in the
-    parameter's dtype in any order (vectorised: in float64 the sums' dependency
-    chain made the pass 2x slower at 16M float32), the blocks' in float64 in one
-    fixed order: as precise as torch's float32 norm, and the same whatever the
-    threads) or
+    with its second-moment estimate's reciprocal root made per element from the
+    prepared factors (``rules.adafactor_root`` of row ``a_i``, ``s_i`` and column
+    ``c_j``, ``t_j``; no scratch array): ``rule`` is
+    ``rules.adafactor_update_norms`` (``reduce``: the two sums of squares in fixed
+    blocks of ``policy.REDUCE_BLOCK`` elements, each summed in the parameter's dtype
+    in any order (vectorised: in float64 the sums' dependency chain made the pass 2x
+    slower at 16M float32), the blocks' in float64 in one fixed order: as precise
+    as torch's float32 norm, and the same whatever the threads) or
     ``rules.adafactor_update`` (the update). Each block walks the rows it covers,
     one vectorised loop per row piece."""
     size, sources = policy.REDUCE_BLOCK, template.SOURCES
 
     @register_jitable
-    def block(parts, k, p, g, r, c, denom, n, m, h, grad_scale, zero):
+    def block(parts, k, p, g, a, s, c, t, n, m, h, grad_scale, zero, floor):
         sources  # noqa: B018 - in the closure: the cache key (see template.SOURCES)
         lo, hi = k * size, min(k * size + size, p.size)
         sa, sb = zero, zero
+        eps1sq = h[2]
         i = lo // m  # the row (of all the matrices) lo lies in
         while lo < hi:
             stop = min(hi, (i + 1) * m)
-            b = i // n
-            first = b * m + lo - i * m  # the column of lo in the factors
-            ri, di = r[i], denom[b]
-            pp, gg, cc = p[lo:stop], g[lo:stop], c[first:first + stop - lo]
+            first = (i // n) * m + lo - i * m  # the column of lo in the factors
+            ai, si = a[i], s[i]
+            pp, gg = p[lo:stop], g[lo:stop]
+            cc, tt = c[first:first + stop - lo], t[first:first + stop - lo]
             for j in range(np.uint64(0), np.uint64(stop - lo)):
-                v = ri * cc[j] / di
+                v = rules.adafactor_root(ai, cc[j], si, tt[j], eps1sq, floor)
                 new = rule(pp[j], gg[j], v, *h, *flags, grad_scale)
                 if reduce:
                     sa += new[0] * new[0]
@@ -422,16 +423,17 @@ def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):
             lo, i = stop, i + 1
         parts[k, 0], parts[k, 1] = np.float64(sa), np.float64(sb)
 
-    def loop(p, g, r, c, denom, n, m, h, grad_scale, parallel):
+    def loop(p, g, a, s, c, t, n, m, h, grad_scale, parallel):
         h, grad_scale, zero = cast_all(h, p), cast_like(grad_scale, p), cast_like(0.0, p)
+        floor = h[1] / np.sqrt(h[2])  # 1 / sqrt(eps1**2), in p's dtype
         blocks = (p.size + size - 1) // size
         parts = np.empty((blocks, 2), np.float64)
         if parallel:
             for k in prange(blocks):
-                block(parts, k, p, g, r, c, denom, n, m, h, grad_scale, zero)
+                block(parts, k, p, g, a, s, c, t, n, m, h, grad_scale, zero, floor)
         else:
             for k in range(blocks):
-                block(parts, k, p, g, r, c, denom, n, m, h, grad_scale, zero)
+                block(parts, k, p, g, a, s, c, t, n, m, h, grad_scale, zero, floor)
         return _in_order(parts)
     return loop
 
@@ -455,7 +457,7 @@ class NumbaFactors(algorithms.HostFactors):
                 rule = rules.adafactor_update_norms if key[0] else rules.adafactor_update
                 k = (_reducing_jit if key[0] else _jit)(
                     _factored_template(rule, tuple(map(bool, key[1])), key[0]))
-                s = _serialised(k, 9)
+                s = _serialised(k, 10)
             cls._kernels[key] = (k, s)
             k = (k, s)
         return k

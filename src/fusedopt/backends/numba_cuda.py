@@ -212,9 +212,9 @@ class DeviceFactors:
 
     @staticmethod
     def prepare(r, c, denom) -> tuple:
+        *host, n, m = algorithms.HostFactors.prepare(r, c, denom)
         s = _stream()
-        return (*(cuda.to_device(np.ascontiguousarray(a).reshape(-1), stream=s)
-                  for a in (r, c, denom)), r.shape[1], c.shape[1])
+        return (*(cuda.to_device(np.ascontiguousarray(a), stream=s) for a in host), n, m)
 
     @staticmethod
     def norms(flags, h, param, grad, factors, grad_scale):

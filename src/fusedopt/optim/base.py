@@ -454,8 +454,8 @@ class Optimizer(Precision, FlatMode, Serialise):
                  else None)  # (LAMB's reduction, Muon's host stage: tensor by tensor)
         buckets: dict[tuple, list[int]] = {}
         names = self._algorithm.scalar_state
-        if multi is None:  # (Muon's scratch, before the first write)
-            self._reserve(impl, [(work, work.get("shape"), p)
+        if multi is None and self._algorithm.kernel.host:  # (Muon's scratch, before
+            self._reserve(impl, [(work, work["shape"], p)   # the first write)
                                  for _, p, _, work, _, _ in plans])
         for i, (hyper, p, out, work, new, fresh) in enumerate(plans):
             live = state.get(i)

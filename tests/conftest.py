@@ -121,3 +121,35 @@ def resume_from_each_other(name: str, bias: bool = True, flatten: bool = False,
     train(b, ours2, 5, 1)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-12)
+
+
+def fail_norms_pass(monkeypatch, backend: str, name: str, at: int) -> list:
+    """Make the ``at``-th read-only norms pass (``Spec.norms``) of kernel ``name`` on
+    the numba or cython backend raise MemoryError, as running out of memory for its
+    blocks' sums would; returns the list its calls are counted in."""
+    calls = []
+
+    def counted(kernel):
+        def call(*args):
+            calls.append(1)
+            if len(calls) == at:
+                raise MemoryError("no memory for the blocks' sums")
+            return kernel(*args)
+        return call
+
+    if backend == "numba":
+        from fusedopt.backends import numba_cpu
+
+        class Counted(dict):
+            def get(self, key, default=None):
+                k = dict.get(self, key, default)
+                return counted(k) if k is not None and key[0] == name else k
+
+        monkeypatch.setattr(numba_cpu, "NORMS", Counted(numba_cpu.NORMS))
+        monkeypatch.setattr(numba_cpu, "_threadsafe", True)  # (NORMS, not a wrapper)
+    else:
+        from fusedopt.backends import cython
+
+        monkeypatch.setattr(cython._k, name + "_norms",
+                            counted(getattr(cython._k, name + "_norms")))
+    return calls

@@ -496,3 +496,31 @@ def test_a_segment_failing_in_a_later_tensor_writes_nothing(backend, monkeypatch
     step([rng.standard_normal(s) for s in shapes])
     for view, a in zip(fp.views, twin):
         np.testing.assert_array_equal(view, a)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_vector_after_a_matrix_in_a_segment_reads_before_any_write(backend,
+                                                                     monkeypatch):
+    """A segment [matrix, vector, matrix]: the vector's norms pass (a read, which
+    allocates its blocks' sums) runs before the first matrix is written, so running
+    out of memory there changes nothing, the segment's step count included."""
+    from conftest import fail_norms_pass
+
+    rng = np.random.default_rng(13)
+    shapes = [(4, 5), (6,), (3, 3)]
+    fp = fusedopt.FlatParams.from_arrays([rng.standard_normal(s) for s in shapes])
+    opt = fusedopt.Adafactor(fp.views, lr=0.02, backend=backend)
+    for view in fp.grad_views:
+        view[...] = rng.standard_normal(view.shape)
+    opt.step()
+    before = ([v.copy() for v in fp.views],
+              {i: {k: np.copy(v) for k, v in s.items()} for i, s in opt.state.items()})
+    calls = fail_norms_pass(monkeypatch, backend, "adafactor_update", 1)
+    with pytest.raises(MemoryError):
+        opt.step()
+    assert calls
+    for view, a in zip(fp.views, before[0]):
+        np.testing.assert_array_equal(view, a)
+    for i, s in before[1].items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(opt.state[i][k], v)

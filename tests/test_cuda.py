@@ -531,8 +531,8 @@ for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
     passes = [k._factored_template(rules.adafactor_update_norms, (True,) * 3, True),
               k._factored_template(rules.adafactor_update, (True,) * 3, False)]
     sigs += [(k._adafactor_means.py_func, (A, i64, i64, i64, out, out)),
-             (passes[0], (A, A, A, A, A, i64, i64, nt.UniTuple(f, 9), f, out)),
-             (passes[1], (A, A, A, A, A, i64, i64, nt.UniTuple(f, 9), f, none))]
+             (passes[0], (A, A, A, A, A, A, i64, i64, nt.UniTuple(f, 9), f, out)),
+             (passes[1], (A, A, A, A, A, A, i64, i64, nt.UniTuple(f, 9), f, none))]
     for kernel, sig in sigs:
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(9, 0))
         if dt is float32 and kernel not in (k._grad_stats.py_func, norms, factored,

@@ -89,3 +89,25 @@ def test_a_save_is_one_step_to_another_process(tmp_path):
          "assert sum(f.stats.cache_hits.values()) == 2, f.stats"],
         env=env, capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr
+
+
+def test_a_file_system_without_locks_runs_as_numba_alone(tmp_path, monkeypatch):
+    """flock refused (NFS without its lock daemon: ENOLCK): kernels still compile,
+    run and are cached, as Numba alone does, instead of every compile failing."""
+    import errno
+
+    import numba
+
+    def refused(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    (tmp_path / "nolock_kernel.py").write_text(KERNEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(jitcache.fcntl, "flock", refused)
+    import nolock_kernel
+
+    f = jitcache.locked(numba.njit(cache=True)(nolock_kernel.kernel))
+    assert f(1) == 2
+    again = jitcache.locked(numba.njit(cache=True)(nolock_kernel.kernel))
+    assert again(1) == 2 and sum(again.stats.cache_hits.values()) == 1

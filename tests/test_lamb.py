@@ -76,3 +76,59 @@ def test_flat_segments_take_one_ratio_per_tensor(backend):
         listed.step(gs)
     for v, a in zip(fp.views, plain):
         np.testing.assert_array_equal(v, a)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython", "numpy"])
+def test_a_segment_failing_at_its_last_norms_writes_nothing(backend, monkeypatch):
+    """Over a FlatParams, one segment of three tensors: every tensor's norms pass
+    runs before any tensor's element pass, so running out of memory in the last
+    one's leaves every parameter, moment and the step count as they were; the next
+    step matches the optimizer that never failed."""
+    from conftest import fail_norms_pass
+
+    rng = np.random.default_rng(14)
+    shapes = [(5,), (3, 4), (7,)]
+    arrays = [rng.standard_normal(s) for s in shapes]
+    twin = [a.copy() for a in arrays]
+    fp = fusedopt.FlatParams.from_arrays(arrays)
+    opt = fusedopt.LAMB(fp.views, lr=0.01, backend=backend)
+    ref = fusedopt.LAMB(twin, lr=0.01, backend=backend)
+
+    def fill(grads):
+        for view, g in zip(fp.grad_views, grads):
+            view[...] = g
+
+    grads = [rng.standard_normal(s) for s in shapes]
+    fill(grads)
+    opt.step()
+    ref.step(grads)
+    before = ([v.copy() for v in fp.views],
+              {i: {k: np.copy(v) for k, v in s.items()} for i, s in opt.state.items()})
+    if backend == "numpy":  # the oracle's norms: two per tensor, the last tensor's
+        real, calls = np.linalg.norm, []
+
+        def norm(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 6:
+                raise MemoryError("no memory")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(np.linalg, "norm", norm)
+    else:
+        calls = fail_norms_pass(monkeypatch, backend, "lamb", 3)
+    fill([rng.standard_normal(s) for s in shapes])
+    with pytest.raises(MemoryError):
+        opt.step()
+    assert len(calls) in (3, 6)
+    monkeypatch.undo()
+    for view, a in zip(fp.views, before[0]):
+        np.testing.assert_array_equal(view, a)
+    for i, s in before[1].items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(opt.state[i][k], v)
+    grads = [rng.standard_normal(s) for s in shapes]
+    fill(grads)
+    opt.step()
+    ref.step(grads)
+    for view, a in zip(fp.views, twin):
+        np.testing.assert_array_equal(view, a)

@@ -378,3 +378,34 @@ def test_a_step_reserves_its_scratch_before_any_write(backend, flat, monkeypatch
     for a, b in zip(params, twin):
         np.testing.assert_array_equal(a, b)
     assert opt.state_dict()["state"][3]["step"] == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_segment_scratch_is_reserved_before_the_first_write(backend,
+                                                                   monkeypatch):
+    """A FlatParams of float32 and float64 matrices (two segments): the scratch of
+    both is made before either is written, so a step that cannot have the second
+    segment's changes nothing in the first."""
+    from fusedopt import newton_schulz
+
+    rng = np.random.default_rng(15)
+    arrays = [rng.standard_normal((4, 6)).astype(np.float32),
+              rng.standard_normal((5, 3))]
+    fp = fusedopt.FlatParams.from_arrays(arrays)
+    opt = fusedopt.Muon(fp.views, lr=0.02, backend=backend)
+    for view in fp.grad_views:
+        view[...] = rng.standard_normal(view.shape)
+    opt.step()
+    before = _snapshot(fp.views, opt)
+    real, made = newton_schulz.Workspace.__init__, []
+
+    def second_fails(self, *args):
+        made.append(args)
+        if len(made) == 2:
+            raise MemoryError("no memory")
+        real(self, *args)
+
+    monkeypatch.setattr(newton_schulz.Workspace, "__init__", second_fails)
+    with pytest.raises(MemoryError):
+        opt.step()
+    _unchanged(fp.views, opt, before)

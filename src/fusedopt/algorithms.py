@@ -195,9 +195,10 @@ class HostFactors:
       row and column of the flat ``grad`` seen as ``batch`` matrices ``n x m``;
     - ``prepare(r, c, denom)``: from the factors ``r`` ``(batch, n)``, ``c``
       ``(batch, m)`` and ``denom`` ``(batch,)`` (host arrays in the parameter's
-      dtype), what the passes take: ``(a, s, c, t, n, m)``, flat, with
+      dtype), what the passes take: ``(a, s, c, t, parts, n, m)``, flat, with
       ``a = r / denom`` and ``s = 1 / sqrt(a)`` per row, ``t = 1 / sqrt(c)`` per
-      column;
+      column, and ``parts`` where the passes keep their blocks' sums (float64, two
+      per block of ``policy.REDUCE_BLOCK`` elements: made here, before any write);
     - ``norms(flags, h, param, grad, factors, grad_scale)`` and ``update(...,
       seed=0, out=None)``: the read-only pass of ``rules.adafactor_update_norms``
       (its two sums of squares) and the pass of ``rules.adafactor_update``, each with
@@ -210,8 +211,9 @@ class HostFactors:
         with np.errstate(divide="ignore", invalid="ignore"):  # (zeros: inf or NaN, as
             a = r / denom[:, None]                            # torch's estimate)
             s, t = (a.dtype.type(1) / np.sqrt(x) for x in (a, c))
-        return (a.reshape(-1), s.reshape(-1), c.reshape(-1), t.reshape(-1), r.shape[1],
-                c.shape[1])
+        n, m = r.shape[1], c.shape[1]
+        parts = np.empty((-(-r.size * m // policy.REDUCE_BLOCK), 2), np.float64)
+        return a.reshape(-1), s.reshape(-1), c.reshape(-1), t.reshape(-1), parts, n, m
 
     @staticmethod
     def sums_arrays(grad, n: int, m: int):
@@ -256,7 +258,8 @@ def adafactor_contract(update: Callable, factors) -> Callable:
     the update pass, so nothing is written before it and nothing allocated after.
     ``stage``: a list, to which the writes are appended as one callable instead of
     being made (a segment of tensors runs every tensor's reads first, then their
-    writes: no allocation can fail between two tensors' writes). Reads 24 bytes per
+    writes; a vector's norms pass runs now, its element pass is staged: on the host
+    backends no allocation can fail between two tensors' writes). Reads 24 bytes per
     float32 element in all: the means read the gradient, the norms the parameter and
     gradient, the update those and writes the parameter."""
     def adafactor(param, grad, row_var, col_var, variance, shape, step, lr,
@@ -274,32 +277,30 @@ def adafactor_contract(update: Callable, factors) -> Callable:
         rho = min(lr, 1 / (float(step) ** 0.5))
         common = (eps1, 1.0 - lr * weight_decay, eps2, rho, d, param.size)
         flags = (abs(w) < 0.5, weight_decay != 0)
-        if variance is not None:
-            def commit():
-                update(param, grad, variance, w, *common, False, *flags, grad_scale,
-                       seed, out)
-        else:
-            n, m = shape[-2], shape[-1]
-            rows, cols = factors.means(grad, n, m, grad_scale * grad_scale)
-            r_held, c_held = factors.read(row_var), factors.read(col_var)
-            if bf16:  # float32 math, rounded to nearest even when stored, as the kernels
-                r_held, c_held = (a.view(_checks.bf16()).astype(np.float32)
-                                  for a in (r_held, c_held))
-            r = _torch_lerp(r_held.reshape(-1, n), rows, w)
-            c = _torch_lerp(c_held.reshape(-1, m), cols, w)
-            denom = np.maximum(r.mean(axis=1), param.dtype.type(eps1))
-            f = (True, *flags)  # factored, small, decay
-            h = scalars.adafactor_update(w, *common, *f)
-            prepared = factors.prepare(r, c, denom)
-            h = scalars.adafactor_step_size(h, *factors.norms(f, h, param, grad,
-                                                              prepared, grad_scale))
-            kept = [v.astype(_checks.bf16()).view(np.uint16) if bf16 else v
-                    for v in (r, c)]
+        if variance is not None:  # (its norms pass now, its element pass staged)
+            update(param, grad, variance, w, *common, False, *flags, grad_scale, seed,
+                   out, stage)
+            return
+        n, m = shape[-2], shape[-1]
+        rows, cols = factors.means(grad, n, m, grad_scale * grad_scale)
+        r_held, c_held = factors.read(row_var), factors.read(col_var)
+        if bf16:  # float32 math, rounded to nearest even when stored, as the kernels
+            r_held, c_held = (a.view(_checks.bf16()).astype(np.float32)
+                              for a in (r_held, c_held))
+        r = _torch_lerp(r_held.reshape(-1, n), rows, w)
+        c = _torch_lerp(c_held.reshape(-1, m), cols, w)
+        denom = np.maximum(r.mean(axis=1), param.dtype.type(eps1))
+        f = (True, *flags)  # factored, small, decay
+        h = scalars.adafactor_update(w, *common, *f)
+        prepared = factors.prepare(r, c, denom)
+        h = scalars.adafactor_step_size(h, *factors.norms(f, h, param, grad, prepared,
+                                                          grad_scale))
+        kept = [v.astype(_checks.bf16()).view(np.uint16) if bf16 else v for v in (r, c)]
 
-            def commit():
-                factors.update(f, h, param, grad, prepared, grad_scale, seed, out)
-                factors.write(row_var, kept[0])
-                factors.write(col_var, kept[1])
+        def commit():
+            factors.update(f, h, param, grad, prepared, grad_scale, seed, out)
+            factors.write(row_var, kept[0])
+            factors.write(col_var, kept[1])
         if stage is None:
             commit()
         else:
@@ -367,18 +368,33 @@ def contract(spec: Spec, launch: Callable, norms: Callable | None = None) -> Cal
     does: a generic ``*args`` wrapper costs ~0.5 us more per call. A spec with a
     reduction (``Spec.norms``) first runs the backend's ``norms(name, flags, slots,
     scalars, param, grad, grad_scale)``, a read-only pass that returns its two sums
-    of squares, and launches with the scalars ``spec.norms`` makes of them."""
+    of squares, and launches with the scalars ``spec.norms`` makes of them; its
+    function takes ``stage=None`` too: a list, to which the launch is appended (as
+    one callable) instead of being made, after the norms pass (a segment runs
+    every tensor's reads first, then the writes: ``Algorithm.staged``)."""
     slots, hyper = ", ".join(spec.slots), ", ".join(spec.hyper)
-    scalars_ = "h"
-    if spec.norms is not None:
-        scalars_ = (f"finish(h, *norms({spec.name!r}, f, states, h, param, grad, "
-                    "grad_scale))")
-    source = (
-        f"def {spec.name}(param, grad, {slots}, {hyper}, grad_scale, seed=0, out=None):\n"
-        f"    states = ({slots},)\n"
-        f"    f, h = flags(states, {hyper}), host_scalars({hyper})\n"
-        f"    return launch({spec.name!r}, f, states, {scalars_}, param, grad,\n"
-        f"                  grad_scale, seed, out)\n")
+    if spec.norms is None:
+        source = (
+            f"def {spec.name}(param, grad, {slots}, {hyper}, grad_scale, seed=0,\n"
+            f"        out=None):\n"
+            f"    states = ({slots},)\n"
+            f"    f, h = flags(states, {hyper}), host_scalars({hyper})\n"
+            f"    return launch({spec.name!r}, f, states, h, param, grad, grad_scale,\n"
+            f"                  seed, out)\n")
+    else:
+        source = (
+            f"def {spec.name}(param, grad, {slots}, {hyper}, grad_scale, seed=0,\n"
+            f"        out=None, stage=None):\n"
+            f"    states = ({slots},)\n"
+            f"    f, h = flags(states, {hyper}), host_scalars({hyper})\n"
+            f"    h = finish(h, *norms({spec.name!r}, f, states, h, param, grad,\n"
+            f"                         grad_scale))\n"
+            f"    if stage is not None:\n"
+            f"        stage.append(lambda: launch({spec.name!r}, f, states, h, param,\n"
+            f"                                    grad, grad_scale, seed, out))\n"
+            f"        return\n"
+            f"    return launch({spec.name!r}, f, states, h, param, grad, grad_scale,\n"
+            f"                  seed, out)\n")
     if spec.norms is not None and norms is None:
         raise TypeError(f"contract: {spec.name} needs the backend's norms launcher")
     run = define(spec.name, source, {"launch": launch, "flags": spec.flags,
@@ -441,7 +457,8 @@ class Algorithm(NamedTuple):
     check_param: Callable | None = None
     #: whether ``call`` takes ``s["stage"]``, a list its writes are appended to (as
     #: one callable) instead of being made: a segment runs every tensor's reads and
-    #: allocations first (Adafactor's host stage), then the writes
+    #: allocations first (Adafactor's host stage, LAMB's and Adafactor's norms
+    #: passes), then the writes
     staged: bool = False
     #: ``state_shape(name, shape)``: the shape of the state array ``name`` of a
     #: parameter of ``shape``, None where it keeps none (Adafactor's factored
@@ -852,7 +869,8 @@ LAMB_ALGORITHM = Algorithm(
     state=lambda h: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
     call=lambda run, p, g, s, h, step, fresh, scale, seed, out: run(
         p, g, s["exp_avg"], s["exp_avg_sq"], step, h.lr, h.betas[0], h.betas[1], h.eps,
-        h.weight_decay, scale, seed, out),
+        h.weight_decay, scale, seed, out, s.get("stage")),
+    staged=True,
     doc=r"""LAMB, layer-wise adaptive moments (You et al., 2020, "Large Batch
     Optimization for Deep Learning: Training BERT in 76 minutes", Algorithm 2; as
     optax.lamb): Adam's direction with decoupled weight decay, rescaled per tensor so

@@ -30,11 +30,11 @@ class Workspace:
     optimizer reserves it before the first write of a step, so that running out of
     memory cannot stop a step half-way. Holds, per element of the largest matrix,
     the update ``U``, the new momentum buffer (of ``state_dtype``: the buffer's, bf16
-    bits as ``uint16`` included), the iterate and its product, the result; and two
-    Gram matrices of its smaller side squared."""
+    bits as ``uint16`` included), the iterate and its product; the result of the
+    largest tall matrix; and two Gram matrices of the largest smaller side squared."""
 
-    #: arrays of the largest matrix's size: U, the iterate, its product, the result
-    _ROWS = 4
+    #: arrays of the largest matrix's size: U, the iterate, its product
+    _ROWS = 3
 
     def __init__(self, shapes, dtype, state_dtype=None) -> None:
         shapes = [tuple(s) for s in shapes]
@@ -42,9 +42,13 @@ class Workspace:
         self.state_dtype = np.dtype(dtype if state_dtype is None else state_dtype)
         self.size = max((r * c for r, c in shapes), default=0)
         self.gram = max((min(r, c) ** 2 for r, c in shapes), default=0)
+        own = self._ROWS > 1  # (a subclass with an iteration of its own needs U only)
         self._arrays = np.empty((self._ROWS, self.size), self.dtype)
         self._buffer = np.empty(self.size, self.state_dtype)
-        self._grams = np.empty((2, self.gram if self._ROWS > 1 else 0), self.dtype)
+        self._grams = np.empty((2, self.gram if own else 0), self.dtype)
+        # the result of a tall matrix, iterated transposed, back in its shape
+        self._out = np.empty(max((r * c for r, c in shapes if r > c), default=0)
+                             if own else 0, self.dtype)
 
     def buffers(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """``(U, B)``: flat arrays of ``size`` elements for the update (zeroed) and
@@ -79,6 +83,6 @@ class Workspace:
             x += t
         if not transposed:
             return flat
-        out = self._arrays[3, :n * m].reshape(rows, cols)  # row-major in u's shape
+        out = self._out[:n * m].reshape(rows, cols)  # row-major in u's shape
         np.copyto(out, x.T)
         return out.reshape(-1)

@@ -773,8 +773,8 @@ class _Fused(torch.optim.Optimizer):
 
     def _run(self, plans, scale: float = 1.0) -> None:
         algo, impl = self._algorithm, self._impl
-        algo._reserve(impl, [(plan[5], plan[5].get("shape"), plan[1])
-                             for plan in plans])  # (Muon's scratch, before any write)
+        if algo._algorithm.kernel.host:  # (Muon's scratch, before any write)
+            algo._reserve(impl, [(plan[5], plan[5]["shape"], plan[1]) for plan in plans])
         for p, param, grad, index, hyper, work, new, fresh, step, step_view in plans:
             live = self.state.get(p)
             if live is None:
@@ -1496,6 +1496,9 @@ class _FlatTorch:
         for seg, spec in zip(self.segments, specs):  # allocate before any write
             for name, _ in spec:
                 self._state_buffer(name, seg["dtype"])
+        made = algo._step_workspaces(  # (Muon's scratch, for every segment at once)
+            opt._impl, self.segments,
+            lambda name, dtype: self.array(self._state_buffer(name, dtype)).dtype)
         for seg in self.segments:
             _check_storage(seg["step"], ("state", ("params", seg["members"][0]), "step"))
         steps = [_checks.state_step(seg["step"].item(), (
@@ -1528,7 +1531,7 @@ class _FlatTorch:
             views["step"] = step
             views.update(held)
             algo._update(opt._impl, seg["param"], seg["grad"], views, hyper, fresh, scale,
-                         tensors=seg["tensors"])
+                         tensors=seg["tensors"], made=made)
             seg["step"].fill_(views["step"])
             for name in opt._scalars:
                 if name in seg["scalars"]:

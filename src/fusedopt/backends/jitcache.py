@@ -15,9 +15,10 @@ with weight decay stepped without it; with another signature, worse), silently
 ``locked(dispatcher)`` swaps a dispatcher's cache for one whose loads take a
 shared lock and whose saves (read the index, number, write data then index) an
 exclusive one, on a file beside the index (``fcntl.flock``): a save is then one
-step to every other process. Where there is no ``fcntl`` (Windows) or the lock
-file cannot be opened (a read-only cache directory, which no process writes
-either), the cache runs as Numba's own.
+step to every other process. Where there is no ``fcntl`` (Windows), the lock file
+cannot be opened (a read-only cache directory, which no process writes either) or
+the file system refuses locks (NFS without its lock daemon), the cache runs as
+Numba's own.
 """
 
 from __future__ import annotations
@@ -35,17 +36,21 @@ class _Locked:
 
     @contextlib.contextmanager
     def _lock(self, mode: int):
+        f = None
         try:
+            self._impl.locator.ensure_cache_path()  # (made again if it was removed)
             f = open(self._cache_file._index_path + ".lock", "a+b")
-        except OSError:  # a cache directory no process can write
-            yield
-            return
-        with f:
             fcntl.flock(f.fileno(), mode)
-            try:
-                yield
-            finally:
+        except OSError:  # a cache directory no process can write, a file system
+            if f is not None:  # without locks (NFS without lockd): Numba's own way
+                f.close()
+            f = None
+        try:
+            yield
+        finally:
+            if f is not None:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                f.close()
 
     def load_overload(self, sig, target_context):
         with self._lock(fcntl.LOCK_SH):

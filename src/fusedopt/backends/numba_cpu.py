@@ -423,11 +423,11 @@ def _factored_template(rule, flags: tuple[bool, ...], reduce: bool):
             lo, i = stop, i + 1
         parts[k, 0], parts[k, 1] = np.float64(sa), np.float64(sb)
 
-    def loop(p, g, a, s, c, t, n, m, h, grad_scale, parallel):
+    def loop(p, g, a, s, c, t, parts, n, m, h, grad_scale, parallel):
+        # parts: the blocks' sums, made by the host before any write (HostFactors)
         h, grad_scale, zero = cast_all(h, p), cast_like(grad_scale, p), cast_like(0.0, p)
         floor = h[1] / np.sqrt(h[2])  # 1 / sqrt(eps1**2), in p's dtype
         blocks = (p.size + size - 1) // size
-        parts = np.empty((blocks, 2), np.float64)
         if parallel:
             for k in prange(blocks):
                 block(parts, k, p, g, a, s, c, t, n, m, h, grad_scale, zero, floor)
@@ -457,7 +457,7 @@ class NumbaFactors(algorithms.HostFactors):
                 rule = rules.adafactor_update_norms if key[0] else rules.adafactor_update
                 k = (_reducing_jit if key[0] else _jit)(
                     _factored_template(rule, tuple(map(bool, key[1])), key[0]))
-                s = _serialised(k, 10)
+                s = _serialised(k, 11)
             cls._kernels[key] = (k, s)
             k = (k, s)
         return k

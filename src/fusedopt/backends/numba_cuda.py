@@ -212,9 +212,10 @@ class DeviceFactors:
 
     @staticmethod
     def prepare(r, c, denom) -> tuple:
-        *host, n, m = algorithms.HostFactors.prepare(r, c, denom)
+        a, s_, c_, t, _, n, m = algorithms.HostFactors.prepare(r, c, denom)
         s = _stream()
-        return (*(cuda.to_device(np.ascontiguousarray(a), stream=s) for a in host), n, m)
+        return (*(cuda.to_device(np.ascontiguousarray(x), stream=s)
+                  for x in (a, s_, c_, t)), n, m)
 
     @staticmethod
     def norms(flags, h, param, grad, factors, grad_scale):

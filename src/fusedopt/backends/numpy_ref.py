@@ -207,15 +207,14 @@ def asgd(param, grad, ax, eta, mu, lambd, weight_decay, grad_scale, seed=0, out=
 
 
 def lamb(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
-         grad_scale, seed=0, out=None):
+         grad_scale, seed=0, out=None, stage=None):
     # You et al. 2020, "Large Batch Optimization for Deep Learning", Algorithm 2
     # (LAMB), with phi the identity and optax.lamb's guard against a zero norm (the
-    # trust ratio is 1 there), and against a norm that is not finite.
+    # trust ratio is 1 there), and against a norm that is not finite. Everything is
+    # computed before the writes, which stage (a list) defers.
     g = grad_scale * grad
     m = beta1 * exp_avg + (1 - beta1) * g
     v = beta2 * exp_avg_sq + (1 - beta2) * g ** 2
-    exp_avg[...] = m
-    exp_avg_sq[...] = v
     m_hat = m / (1 - beta1 ** step)
     v_hat = v / (1 - beta2 ** step)
     r = m_hat / (np.sqrt(v_hat) + eps) + weight_decay * param
@@ -223,7 +222,16 @@ def lamb(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_d
     update_norm = np.linalg.norm(r.astype(np.float64))
     trust = (param_norm / update_norm if np.isfinite(param_norm) and param_norm > 0
              and np.isfinite(update_norm) and update_norm > 0 else 1.0)
-    param[...] = param - lr * trust * r
+    new = param - lr * trust * r
+
+    def commit():
+        exp_avg[...] = m
+        exp_avg_sq[...] = v
+        param[...] = new
+    if stage is None:
+        commit()
+    else:
+        stage.append(commit)
 
 
 def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nesterov, a, b,

@@ -484,18 +484,34 @@ class Optimizer(Precision, FlatMode, Serialise):
             self._run_multi(plans, flat_grads, members, step, fresh, scale)
 
     @classmethod
-    def _reserve(cls, impl, tensors: list[tuple]) -> None:
+    def _reserve(cls, impl, tensors: list[tuple], made: dict | None = None) -> None:
         """Each ``(work, shape, p)`` of ``tensors`` (a call's state and arguments)
         gets ``work["workspace"]``, the scratch arrays its call uses (``workspaces``:
-        Muon's), where its kernel needs them; else nothing."""
+        Muon's), where its kernel needs them; else nothing. ``made``: the workspaces
+        reserved for the whole step (``_step_workspaces``), else made here."""
         run = getattr(impl, cls._kernel)
         if getattr(run, "workspace", None) is None:
             return
         first = cls._algorithm.kernel.slots[0]  # (the state array the scratch mirrors)
         key = [(p.dtype, work[first].dtype) for work, _, p in tensors]
-        made = workspaces(run, [(shape, *k) for (_, shape, _), k in zip(tensors, key)])
+        if made is None:
+            made = workspaces(run, [(shape, *k) for (_, shape, _), k in zip(tensors,
+                                                                              key)])
         for (work, _, _), k in zip(tensors, key):
             work["workspace"] = made[k]
+
+    @classmethod
+    def _step_workspaces(cls, impl, segments: list[dict], state_dtype) -> dict | None:
+        """The scratch arrays (``workspaces``) of every tensor of every segment of a
+        flat step, made before its first write; ``state_dtype(name, dtype)``: the
+        kernels' dtype of the state ``name`` of a segment of ``dtype``. None for a
+        kernel that needs none."""
+        run = getattr(impl, cls._kernel)
+        if getattr(run, "workspace", None) is None:
+            return None
+        first = cls._algorithm.kernel.slots[0]
+        return workspaces(run, [(t[2], seg["dtype"], state_dtype(first, seg["dtype"]))
+                                for seg in segments for t in seg["tensors"]])
 
     def _run_multi(self, plans, flat_grads, members: list[int], step: int,
                    fresh: bool, scale: float) -> None:
@@ -597,7 +613,8 @@ class Optimizer(Precision, FlatMode, Serialise):
     @classmethod
     def _update(cls, impl, p: np.ndarray, g: np.ndarray, state: dict, hyper: tuple,
                 fresh: bool, scale: float = 1.0, seed: int = 0, out=None,
-                tensors: list[tuple[int, int]] | None = None) -> None:
+                tensors: list[tuple[int, int]] | None = None,
+                made: dict | None = None) -> None:
         """One backend call; ``scale`` multiplies the gradient (gradient clipping),
         ``seed`` drives stochastic rounding into bf16 parameters, ``out`` (master
         weights) is the bf16 parameter whose float32 master copy ``p`` is.
@@ -606,7 +623,8 @@ class Optimizer(Precision, FlatMode, Serialise):
         tensor (``algorithms.PER_TENSOR``: LAMB's norms, Muon's host stage) then
         makes one call per tensor, over its slices of ``p``, ``g`` and the state
         (where the state has other shapes, Adafactor's, a fourth item maps each state
-        name to the tensor's ``(lo, hi)`` in it, None where it keeps none)."""
+        name to the tensor's ``(lo, hi)`` in it, None where it keeps none); ``made``:
+        the step's scratch arrays, reserved for every segment (``_step_workspaces``)."""
         step = state["step"] + 1
         algo = cls._algorithm
         run = getattr(impl, cls._kernel)
@@ -627,7 +645,7 @@ class Optimizer(Precision, FlatMode, Serialise):
                         part[k] = v[r[0]:r[1]]
                 part["shape"] = shape
                 parts.append((lo, hi, part))
-            cls._reserve(impl, [(part, part["shape"], p) for _, _, part in parts])
+            cls._reserve(impl, [(part, part["shape"], p) for _, _, part in parts], made)
             staged = [] if algo.staged else None
             for lo, hi, part in parts:
                 part["stage"] = staged

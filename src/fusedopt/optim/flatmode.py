@@ -90,6 +90,9 @@ class FlatMode:
         if scale is None:
             return
         impl = self._impl
+        made = self._step_workspaces(  # (Muon's scratch, for every segment at once)
+            impl, self._segments, lambda name, dtype: self._flat_state_buffer(
+                name, dtype).dtype)
         for k, (seg, missing, held) in enumerate(zip(self._segments, needed, numbers)):
             hyper, state = hypers[seg["group"]], seg["state"]
             state.update(held)
@@ -102,7 +105,7 @@ class FlatMode:
                 p, out = state[MASTER], p
             fresh = any(name != MASTER for name in missing)
             self._update(impl, p, seg["grad"], state, hyper, fresh, scale,
-                         self._seed(p, state, k), out, seg["tensors"])
+                         self._seed(p, state, k), out, seg["tensors"], made)
 
     def _flat_state_buffer(self, name: str, dtype) -> np.ndarray:
         per_dtype = self._flat_state.setdefault(name, {})

@@ -132,3 +132,32 @@ def test_a_segment_failing_at_its_last_norms_writes_nothing(backend, monkeypatch
     ref.step(grads)
     for view, a in zip(fp.views, twin):
         np.testing.assert_array_equal(view, a)
+
+
+@pytest.mark.parametrize("name", ["LAMB", "Adafactor"])
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_a_later_segment_failing_writes_no_earlier_one(backend, name, monkeypatch):
+    """A FlatParams of float32 and float64 tensors (two segments): every segment's
+    reads run before any segment's writes, so running out of memory in the second
+    segment's norms pass leaves the first as it was, step counts included."""
+    from conftest import fail_norms_pass
+
+    rng = np.random.default_rng(16)
+    arrays = [rng.standard_normal(5).astype(np.float32), rng.standard_normal(7)]
+    fp = fusedopt.FlatParams.from_arrays(arrays)
+    opt = getattr(fusedopt, name)(fp.views, lr=0.01, backend=backend)
+    for view in fp.grad_views:
+        view[...] = rng.standard_normal(view.shape)
+    opt.step()
+    before = ([v.copy() for v in fp.views],
+              {i: {k: np.copy(v) for k, v in s.items()} for i, s in opt.state.items()})
+    calls = fail_norms_pass(monkeypatch, backend,
+                            "lamb" if name == "LAMB" else "adafactor_update", 2)
+    with pytest.raises(MemoryError):
+        opt.step()
+    assert len(calls) == 2
+    for view, a in zip(fp.views, before[0]):
+        np.testing.assert_array_equal(view, a)
+    for i, s in before[1].items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(opt.state[i][k], v)

@@ -886,3 +886,44 @@ def test_a_state_tensor_of_another_shape_is_refused_on_the_per_tensor_path():
     with pytest.raises(ValueError, match=r"momentum_buffer'\]: expected shape \(6, 4\)"):
         opt.step()
     assert_t_unchanged(opt, [p], snap)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_a_flat_first_step_failing_in_a_later_segment_leaves_a_usable_optimizer(
+        backend, monkeypatch):
+    """flatten=True Adafactor over a float32 and a float64 tensor (two segments),
+    its first step running out of memory in the second segment's norms pass: no
+    parameter is written, and the next steps run (the state the failed step made is
+    recorded, not taken for an edit) and match torch.optim.Adafactor's."""
+    from conftest import fail_norms_pass
+
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5)),
+            torch.nn.Parameter(torch.randn(7, dtype=torch.float64))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = ft.Adafactor(ours, lr=0.01, flatten=True, backend=backend)
+    ref = torch.optim.Adafactor(theirs, lr=0.01)
+
+    def grads():
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+
+    grads()
+    warm = [torch.nn.Parameter(p.detach().clone()) for p in ours]  # (compiled: the
+    for w, p in zip(warm, ours):                                    # failing call is
+        w.grad = p.grad.clone()                                     # the kernel's)
+    ft.Adafactor(warm, lr=0.01, flatten=True, backend=backend).step()
+    calls = fail_norms_pass(monkeypatch, backend, "adafactor_update", 2)
+    with pytest.raises(MemoryError):
+        opt.step()
+    monkeypatch.undo()
+    assert len(calls) == 2
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+    for _ in range(3):
+        grads()
+        opt.step()
+        ref.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        assert float(opt.state[p]["step"]) == float(ref.state[q]["step"]) == 3

@@ -36,6 +36,7 @@ from __future__ import annotations
 import bisect
 import collections
 import contextlib
+import functools
 import inspect
 import math
 import operator
@@ -1515,35 +1516,51 @@ class _FlatTorch:
             else:
                 gview.copy_(p.grad)
             p.grad = gview
-        exposed = False
-        for seg, spec, held, step in zip(self.segments, specs, numbers, steps):
-            hyper = hypers[seg["group"]]
-            fresh = False
-            for name, init in spec:
-                if name not in seg["arrays"]:
-                    buf = self._segment_state(seg, name)
-                    buf.fill_(init)
-                    seg["arrays"][name] = buf
-                    seg["views"] = {n: self.array(t) for n, t in seg["arrays"].items()}
-                    fresh = True
-                    self._expose(seg, name)
-            views = dict(seg.get("views", {}))
-            views["step"] = step
-            views.update(held)
-            algo._update(opt._impl, seg["param"], seg["grad"], views, hyper, fresh, scale,
-                         tensors=seg["tensors"], made=made)
-            seg["step"].fill_(views["step"])
-            for name in opt._scalars:
-                if name in seg["scalars"]:
-                    seg["scalars"][name].fill_(views[name])
+        exposed = [False]
+        # every segment's reads before any segment's writes (LAMB's, Adafactor's)
+        stage = [] if algo._algorithm.staged else None
+        try:
+            for seg, spec, held, step in zip(self.segments, specs, numbers, steps):
+                hyper = hypers[seg["group"]]
+                fresh = False
+                for name, init in spec:
+                    if name not in seg["arrays"]:
+                        buf = self._segment_state(seg, name)
+                        buf.fill_(init)
+                        seg["arrays"][name] = buf
+                        seg["views"] = {n: self.array(t)
+                                        for n, t in seg["arrays"].items()}
+                        fresh = exposed[0] = True
+                        self._expose(seg, name)
+                views = dict(seg.get("views", {}))
+                views["step"] = step
+                views.update(held)
+                algo._update(opt._impl, seg["param"], seg["grad"], views, hyper, fresh,
+                             scale, tensors=seg["tensors"], made=made, stage=stage)
+                after = functools.partial(self._counted, seg, views, exposed)
+                if stage is None:
+                    after()
                 else:
-                    seg["scalars"][name] = torch.tensor(views[name],
-                                                        dtype=_SCALAR_DTYPE())
-            if views["step"] == 1:
-                self._expose(seg, None)
-            exposed |= fresh or views["step"] == 1
-        if exposed:  # opt.state gained entries: record them once
-            self._snapshot_state()
+                    stage.append(after)
+            for commit in stage or ():
+                commit()
+        finally:  # opt.state gained entries (also on a step that raised): record them
+            if exposed[0]:
+                self._snapshot_state()
+
+    def _counted(self, seg: dict[str, Any], views: dict, exposed: list) -> None:
+        """A segment's step tensor and scalar state after its writes (``views``: as
+        ``_update`` left them); ``exposed[0]``: set where ``opt.state`` gained
+        entries."""
+        seg["step"].fill_(views["step"])
+        for name in self.opt._scalars:
+            if name in seg["scalars"]:
+                seg["scalars"][name].fill_(views[name])
+            else:
+                seg["scalars"][name] = torch.tensor(views[name], dtype=_SCALAR_DTYPE())
+        if views["step"] == 1:
+            self._expose(seg, None)
+            exposed[0] = True
 
     def _expose(self, seg: dict[str, Any], name: str | None) -> None:
         """``opt.state[p]`` entries as views of the flat state (and the segment's step

@@ -614,7 +614,7 @@ class Optimizer(Precision, FlatMode, Serialise):
     def _update(cls, impl, p: np.ndarray, g: np.ndarray, state: dict, hyper: tuple,
                 fresh: bool, scale: float = 1.0, seed: int = 0, out=None,
                 tensors: list[tuple[int, int]] | None = None,
-                made: dict | None = None) -> None:
+                made: dict | None = None, stage: list | None = None) -> None:
         """One backend call; ``scale`` multiplies the gradient (gradient clipping),
         ``seed`` drives stochastic rounding into bf16 parameters, ``out`` (master
         weights) is the bf16 parameter whose float32 master copy ``p`` is.
@@ -624,7 +624,10 @@ class Optimizer(Precision, FlatMode, Serialise):
         makes one call per tensor, over its slices of ``p``, ``g`` and the state
         (where the state has other shapes, Adafactor's, a fourth item maps each state
         name to the tensor's ``(lo, hi)`` in it, None where it keeps none); ``made``:
-        the step's scratch arrays, reserved for every segment (``_step_workspaces``)."""
+        the step's scratch arrays, reserved for every segment (``_step_workspaces``);
+        ``stage``: the step's list of writes, where the caller runs every segment's
+        reads first (``Algorithm.staged``): this segment's writes and then its count
+        are appended to it instead of being made."""
         step = state["step"] + 1
         algo = cls._algorithm
         run = getattr(impl, cls._kernel)
@@ -646,16 +649,27 @@ class Optimizer(Precision, FlatMode, Serialise):
                 part["shape"] = shape
                 parts.append((lo, hi, part))
             cls._reserve(impl, [(part, part["shape"], p) for _, _, part in parts], made)
-            staged = [] if algo.staged else None
+            staged = None
+            if algo.staged:
+                staged = [] if stage is None else stage
             for lo, hi, part in parts:
                 part["stage"] = staged
                 algo.call(run, p[lo:hi], g[lo:hi], part, hyper, step, fresh, scale,
                           scalars.rounding_seed(seed, step, lo) if seed else 0,
                           None if out is None else out[lo:hi])
+            if staged is not None and staged is stage:  # the caller's step writes
+                stage.append(lambda: cls._count(state, hyper, step))
+                return
             for commit in staged or ():  # the writes, once every tensor's reads ran
                 commit()
+        cls._count(state, hyper, step)
+
+    @classmethod
+    def _count(cls, state: dict, hyper: tuple, step: int) -> None:
+        """``state`` after a step's writes: its count, and its scalar state."""
         state["step"] = step
-        if algo.scalar_state:  # its scalar state after the step
+        algo = cls._algorithm
+        if algo.scalar_state:
             state.update(zip(algo.scalar_state, algo.scalar_next(
                 hyper, step, tuple(state[name] for name in algo.scalar_state),
                 state.get("scalar_kinds", scalars.FLOAT32_KINDS))))

@@ -93,6 +93,8 @@ class FlatMode:
         made = self._step_workspaces(  # (Muon's scratch, for every segment at once)
             impl, self._segments, lambda name, dtype: self._flat_state_buffer(
                 name, dtype).dtype)
+        # every segment's reads before any segment's writes (LAMB's, Adafactor's)
+        stage = [] if self._algorithm.staged else None
         for k, (seg, missing, held) in enumerate(zip(self._segments, needed, numbers)):
             hyper, state = hypers[seg["group"]], seg["state"]
             state.update(held)
@@ -105,7 +107,9 @@ class FlatMode:
                 p, out = state[MASTER], p
             fresh = any(name != MASTER for name in missing)
             self._update(impl, p, seg["grad"], state, hyper, fresh, scale,
-                         self._seed(p, state, k), out, seg["tensors"], made)
+                         self._seed(p, state, k), out, seg["tensors"], made, stage)
+        for commit in stage or ():
+            commit()
 
     def _flat_state_buffer(self, name: str, dtype) -> np.ndarray:
         per_dtype = self._flat_state.setdefault(name, {})

@@ -153,3 +153,25 @@ def fail_norms_pass(monkeypatch, backend: str, name: str, at: int) -> list:
         monkeypatch.setattr(cython._k, name + "_norms",
                             counted(getattr(cython._k, name + "_norms")))
     return calls
+
+
+def snapshot(params, opt) -> tuple:
+    """Copies of ``params`` and of ``opt``'s state (its ``state_dict``), for
+    ``assert_unchanged``."""
+    return ([p.copy() for p in params],
+            {i: {k: (v.copy() if hasattr(v, "copy") else v) for k, v in s.items()}
+             for i, s in opt.state_dict()["state"].items()})
+
+
+def assert_unchanged(params, opt, before: tuple) -> None:
+    """``params`` and ``opt``'s state are bit for bit as ``snapshot`` saw them, with
+    no state entry gained or lost."""
+    arrays, state = before
+    for p, a in zip(params, arrays):
+        np.testing.assert_array_equal(p, a)
+    now = opt.state_dict()["state"]
+    assert set(now) == set(state)
+    for i, s in state.items():
+        assert set(now[i]) == set(s)
+        for k, v in s.items():
+            np.testing.assert_array_equal(now[i][k], v)

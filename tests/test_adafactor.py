@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import fusedopt
-from conftest import TOL, relative_error, resume_from_each_other, step_beside_torch
+from conftest import (TOL, assert_unchanged, relative_error, resume_from_each_other,
+                      snapshot, step_beside_torch)
 
 BACKENDS = ["numba", "cython"]
 #: a vector, a matrix, a batch of matrices, a scalar, a column
@@ -481,18 +482,13 @@ def test_a_segment_failing_in_a_later_tensor_writes_nothing(backend, monkeypatch
     step([rng.standard_normal(s) for s in shapes])
     # the last call of one optimizer's step (both stepped): the last matrix's
     fail_at, calls[:] = len(calls) // 2, []
-    before = ([v.copy() for v in fp.views],
-              {i: {k: np.copy(v) for k, v in s.items()} for i, s in opt.state.items()})
+    before = snapshot(fp.views, opt)
     for view, g in zip(fp.grad_views, [rng.standard_normal(s) for s in shapes]):
         view[...] = g
     with pytest.raises(MemoryError):
         opt.step()
     monkeypatch.setattr(owner, name, real)
-    for view, a in zip(fp.views, before[0]):
-        np.testing.assert_array_equal(view, a)
-    for i, s in before[1].items():
-        for k, v in s.items():
-            np.testing.assert_array_equal(opt.state[i][k], v)
+    assert_unchanged(fp.views, opt, before)
     step([rng.standard_normal(s) for s in shapes])
     for view, a in zip(fp.views, twin):
         np.testing.assert_array_equal(view, a)
@@ -513,14 +509,9 @@ def test_a_vector_after_a_matrix_in_a_segment_reads_before_any_write(backend,
     for view in fp.grad_views:
         view[...] = rng.standard_normal(view.shape)
     opt.step()
-    before = ([v.copy() for v in fp.views],
-              {i: {k: np.copy(v) for k, v in s.items()} for i, s in opt.state.items()})
+    before = snapshot(fp.views, opt)
     calls = fail_norms_pass(monkeypatch, backend, "adafactor_update", 1)
     with pytest.raises(MemoryError):
         opt.step()
     assert calls
-    for view, a in zip(fp.views, before[0]):
-        np.testing.assert_array_equal(view, a)
-    for i, s in before[1].items():
-        for k, v in s.items():
-            np.testing.assert_array_equal(opt.state[i][k], v)
+    assert_unchanged(fp.views, opt, before)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fusedopt
+from conftest import assert_unchanged, snapshot
 
 
 def _norm(x) -> float:
@@ -102,8 +103,7 @@ def test_a_segment_failing_at_its_last_norms_writes_nothing(backend, monkeypatch
     fill(grads)
     opt.step()
     ref.step(grads)
-    before = ([v.copy() for v in fp.views],
-              {i: {k: np.copy(v) for k, v in s.items()} for i, s in opt.state.items()})
+    before = snapshot(fp.views, opt)
     if backend == "numpy":  # the oracle's norms: two per tensor, the last tensor's
         real, calls = np.linalg.norm, []
 
@@ -121,11 +121,7 @@ def test_a_segment_failing_at_its_last_norms_writes_nothing(backend, monkeypatch
         opt.step()
     assert len(calls) in (3, 6)
     monkeypatch.undo()
-    for view, a in zip(fp.views, before[0]):
-        np.testing.assert_array_equal(view, a)
-    for i, s in before[1].items():
-        for k, v in s.items():
-            np.testing.assert_array_equal(opt.state[i][k], v)
+    assert_unchanged(fp.views, opt, before)
     grads = [rng.standard_normal(s) for s in shapes]
     fill(grads)
     opt.step()
@@ -149,15 +145,10 @@ def test_a_later_segment_failing_writes_no_earlier_one(backend, name, monkeypatc
     for view in fp.grad_views:
         view[...] = rng.standard_normal(view.shape)
     opt.step()
-    before = ([v.copy() for v in fp.views],
-              {i: {k: np.copy(v) for k, v in s.items()} for i, s in opt.state.items()})
+    before = snapshot(fp.views, opt)
     calls = fail_norms_pass(monkeypatch, backend,
                             "lamb" if name == "LAMB" else "adafactor_update", 2)
     with pytest.raises(MemoryError):
         opt.step()
     assert len(calls) == 2
-    for view, a in zip(fp.views, before[0]):
-        np.testing.assert_array_equal(view, a)
-    for i, s in before[1].items():
-        for k, v in s.items():
-            np.testing.assert_array_equal(opt.state[i][k], v)
+    assert_unchanged(fp.views, opt, before)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import fusedopt
-from conftest import TOL, relative_error, resume_from_each_other, step_beside_torch
+from conftest import (TOL, assert_unchanged, relative_error, resume_from_each_other,
+                      snapshot, step_beside_torch)
 
 BACKENDS = ["numba", "cython"]
 SHAPES = [(6, 10), (12, 4), (7, 7)]  # wide, tall (stepped transposed), square
@@ -303,23 +304,6 @@ def test_bf16_momentum_tracks_the_float_oracle(backend):
     assert relative_error(p, q) < 1e-3
 
 
-def _snapshot(params, opt):
-    return ([p.copy() for p in params],
-            {i: {k: (v.copy() if hasattr(v, "copy") else v) for k, v in s.items()}
-             for i, s in opt.state_dict()["state"].items()})
-
-
-def _unchanged(params, opt, before):
-    arrays, state = before
-    for p, a in zip(params, arrays):
-        np.testing.assert_array_equal(p, a)
-    now = opt.state_dict()["state"]
-    assert set(now) == set(state)
-    for i, s in state.items():
-        for k, v in s.items():
-            np.testing.assert_array_equal(now[i][k], v)
-
-
 @pytest.mark.parametrize("flat", [False, True], ids=["arrays", "flat"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_step_reserves_its_scratch_before_any_write(backend, flat, monkeypatch):
@@ -358,10 +342,10 @@ def test_a_step_reserves_its_scratch_before_any_write(backend, flat, monkeypatch
         raise MemoryError("no memory")
 
     monkeypatch.setattr(newton_schulz.Workspace, "__init__", none_left)
-    before = _snapshot(params, opt)
+    before = snapshot(params, opt)
     with pytest.raises(MemoryError):
         step(_grads(rng, params, np.float64))
-    _unchanged(params, opt, before)
+    assert_unchanged(params, opt, before)
     assert len(made) == 1
 
     def one_left(self, *args):  # a second workspace in the step would fail
@@ -396,7 +380,7 @@ def test_every_segment_scratch_is_reserved_before_the_first_write(backend,
     for view in fp.grad_views:
         view[...] = rng.standard_normal(view.shape)
     opt.step()
-    before = _snapshot(fp.views, opt)
+    before = snapshot(fp.views, opt)
     real, made = newton_schulz.Workspace.__init__, []
 
     def second_fails(self, *args):
@@ -408,4 +392,4 @@ def test_every_segment_scratch_is_reserved_before_the_first_write(backend,
     monkeypatch.setattr(newton_schulz.Workspace, "__init__", second_fails)
     with pytest.raises(MemoryError):
         opt.step()
-    _unchanged(fp.views, opt, before)
+    assert_unchanged(fp.views, opt, before)

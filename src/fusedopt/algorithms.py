@@ -207,13 +207,18 @@ class HostFactors:
     - ``read(state)`` and ``write(state, value)``: a factor to and from the host."""
 
     @staticmethod
-    def prepare(r, c, denom) -> tuple:
+    def roots(r, c, denom) -> tuple[np.ndarray, ...]:
+        """``(a, s, c, t)`` of ``prepare``: host arrays, flat (a device's too)."""
         with np.errstate(divide="ignore", invalid="ignore"):  # (zeros: inf or NaN, as
             a = r / denom[:, None]                            # torch's estimate)
             s, t = (a.dtype.type(1) / np.sqrt(x) for x in (a, c))
+        return a.reshape(-1), s.reshape(-1), c.reshape(-1), t.reshape(-1)
+
+    @classmethod
+    def prepare(cls, r, c, denom) -> tuple:
         n, m = r.shape[1], c.shape[1]
         parts = np.empty((-(-r.size * m // policy.REDUCE_BLOCK), 2), np.float64)
-        return a.reshape(-1), s.reshape(-1), c.reshape(-1), t.reshape(-1), parts, n, m
+        return (*cls.roots(r, c, denom), parts, n, m)
 
     @staticmethod
     def sums_arrays(grad, n: int, m: int):

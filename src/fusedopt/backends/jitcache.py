@@ -38,12 +38,13 @@ class _Locked:
     def _lock(self, mode: int):
         f = None
         try:
-            self._impl.locator.ensure_cache_path()  # (made again if it was removed)
+            if mode == fcntl.LOCK_EX:  # a save: its directory (made again if removed)
+                self._impl.locator.ensure_cache_path()
             f = open(self._cache_file._index_path + ".lock", "a+b")
             fcntl.flock(f.fileno(), mode)
-        except OSError:  # a cache directory no process can write, a file system
-            if f is not None:  # without locks (NFS without lockd): Numba's own way
-                f.close()
+        except OSError:  # no cache directory yet (a load: nothing to read), one no
+            if f is not None:  # process can write, a file system without locks (NFS
+                f.close()      # without lockd): Numba's own way
             f = None
         try:
             yield

@@ -212,10 +212,10 @@ class DeviceFactors:
 
     @staticmethod
     def prepare(r, c, denom) -> tuple:
-        a, s_, c_, t, _, n, m = algorithms.HostFactors.prepare(r, c, denom)
         s = _stream()
         return (*(cuda.to_device(np.ascontiguousarray(x), stream=s)
-                  for x in (a, s_, c_, t)), n, m)
+                  for x in algorithms.HostFactors.roots(r, c, denom)),
+                r.shape[1], c.shape[1])
 
     @staticmethod
     def norms(flags, h, param, grad, factors, grad_scale):

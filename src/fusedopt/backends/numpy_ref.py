@@ -222,16 +222,7 @@ def lamb(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_d
     update_norm = np.linalg.norm(r.astype(np.float64))
     trust = (param_norm / update_norm if np.isfinite(param_norm) and param_norm > 0
              and np.isfinite(update_norm) and update_norm > 0 else 1.0)
-    new = param - lr * trust * r
-
-    def commit():
-        exp_avg[...] = m
-        exp_avg_sq[...] = v
-        param[...] = new
-    if stage is None:
-        commit()
-    else:
-        stage.append(commit)
+    _write([(exp_avg, m), (exp_avg_sq, v), (param, param - lr * trust * r)], stage)
 
 
 def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nesterov, a, b,
@@ -290,7 +281,11 @@ def adafactor(param, grad, row_var, col_var, variance, shape, step, lr, beta2_de
     u = g / np.sqrt(np.maximum(v, eps1 * eps1))
     denom = max(1.0, np.sqrt(np.mean(u ** 2)) / d)
     writes.append((param, theta - alpha / denom * u))
+    _write(writes, stage)
 
+
+def _write(writes, stage):
+    # each (array, value) of writes, now, or (stage: a list) as one callable appended
     def commit():
         for array, value in writes:
             array[...] = value

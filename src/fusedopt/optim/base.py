@@ -657,7 +657,7 @@ class Optimizer(Precision, FlatMode, Serialise):
                 algo.call(run, p[lo:hi], g[lo:hi], part, hyper, step, fresh, scale,
                           scalars.rounding_seed(seed, step, lo) if seed else 0,
                           None if out is None else out[lo:hi])
-            if staged is not None and staged is stage:  # the caller's step writes
+            if algo.staged and stage is not None:  # the caller runs the step's writes
                 stage.append(lambda: cls._count(state, hyper, step))
                 return
             for commit in staged or ():  # the writes, once every tensor's reads ran

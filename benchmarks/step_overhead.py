@@ -2,14 +2,16 @@
 
     python benchmarks/step_overhead.py                      # the installed fusedopt
     python benchmarks/step_overhead.py --compare OTHER/src  # against another tree
+    python benchmarks/step_overhead.py --backend cython     # another backend
 
 Rows: ``fusedopt.Adam.step`` on one 1K-element float32 array and on 500 tensors of
 256-4096 elements (one array each), and ``fusedopt.torch.Adam.step`` on the same,
-per tensor and with ``flatten=True``; numba backend, microseconds per step, medians
-of rounds. ``--compare`` imports the other tree's package in the same process (as
-``fusedopt_before``, from a renamed copy) and interleaves the two round by round, so
-both see the same machine state; the ratio is the median over rounds of
-after/before. Timings of this size are noisy on shared VMs: read the ratios.
+per tensor and with ``flatten=True``; numba backend (or ``--backend``),
+microseconds per step, medians of rounds. ``--compare`` imports the other tree's
+package in the same process (as ``fusedopt_before``, from a renamed copy) and
+interleaves the two round by round, so both see the same machine state; the ratio
+is the median over rounds of after/before. Timings of this size are noisy on
+shared VMs: read the ratios.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _sizes():
     return [int(n) for n in np.random.default_rng(0).integers(256, 4097, 500)]
 
 
-def make(row: str, package: str):
+def make(row: str, package: str, backend: str = "numba"):
     """A zero-argument step of ``row`` built with ``package`` (fusedopt or a copy)."""
     import numpy as np
     import torch
@@ -43,11 +45,11 @@ def make(row: str, package: str):
         mod = importlib.import_module(package)
         params = [np.zeros(n, np.float32) for n in sizes]
         grads = [np.full(n, 1e-3, np.float32) for n in sizes]
-        opt = mod.Adam(params, backend="numba")
+        opt = mod.Adam(params, backend=backend)
         return lambda: opt.step(grads)
     mod = importlib.import_module(package + ".torch")
     params = [torch.nn.Parameter(torch.zeros(n)) for n in sizes]
-    opt = mod.Adam(params, backend="numba", flatten="flatten" in row)
+    opt = mod.Adam(params, backend=backend, flatten="flatten" in row)
     for p in params:
         p.grad = torch.full_like(p, 1e-3)
     return opt.step
@@ -80,12 +82,13 @@ def main() -> None:
     ap.add_argument("--compare", metavar="SRC", help="a source tree (its src/ folder) "
                     "to interleave with the installed fusedopt")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--backend", default="numba", help="numba (default) or cython")
     args = ap.parse_args()
     packages = ["fusedopt"] + ([import_copy(args.compare)] if args.compare else [])
     if args.compare:
         print(f"{'row':28s} {'before':>12s} {'after':>12s} {'after/before':>13s}")
     for row, n in ROUNDS_OF.items():
-        steps = [make(row, pkg) for pkg in packages]
+        steps = [make(row, pkg, args.backend) for pkg in packages]
         for step in steps:
             _per_step(step, n)  # warm: JIT, caches, the allocator
         times: list[list[float]] = [[] for _ in steps]

@@ -6,6 +6,8 @@ touch, so they must cost nanoseconds per array: reading an address from Python
 (``a.__array_interface__``, ``a.ctypes.data``) costs 1.5-1.8 us, here ~20 ns."""
 
 cimport numpy as cnp
+from cpython.dict cimport PyDict_Next, PyDict_Size
+from cpython.object cimport PyObject
 from libc.stdlib cimport free, malloc, qsort
 
 cnp.import_array()
@@ -22,42 +24,85 @@ cdef int _by_start(const void* a, const void* b) noexcept nogil:
     return (x > y) - (x < y)
 
 
+cdef inline void _span(cnp.ndarray a, Span* span) noexcept:
+    # every byte an element of ``a`` may occupy, whatever its strides (empty for size 0)
+    cdef size_t lo, hi
+    cdef Py_ssize_t d, extent
+    lo = hi = <size_t>cnp.PyArray_DATA(a)
+    if cnp.PyArray_SIZE(a) > 0:
+        hi += <size_t>cnp.PyArray_ITEMSIZE(a)
+        for d in range(cnp.PyArray_NDIM(a)):
+            extent = (cnp.PyArray_DIM(a, d) - 1) * cnp.PyArray_STRIDE(a, d)
+            if extent < 0:
+                lo += extent
+            else:
+                hi += extent
+    span.start, span.stop = lo, hi
+
+
 def bounds(list arrays, list starts, list stops):
     """Append each ndarray's byte range ``[start, stop)`` (every byte an element of it
     may occupy, whatever its strides; empty for a size-0 array) to the two lists."""
-    cdef cnp.ndarray a
-    cdef size_t lo, hi
-    cdef Py_ssize_t d, extent
+    cdef Span span
     for obj in arrays:
-        a = <cnp.ndarray?>obj
-        lo = hi = <size_t>cnp.PyArray_DATA(a)
-        if cnp.PyArray_SIZE(a) > 0:
-            hi += <size_t>cnp.PyArray_ITEMSIZE(a)
-            for d in range(cnp.PyArray_NDIM(a)):
-                extent = (cnp.PyArray_DIM(a, d) - 1) * cnp.PyArray_STRIDE(a, d)
-                if extent < 0:
-                    lo += extent
-                else:
-                    hi += extent
-        starts.append(lo)
-        stops.append(hi)
+        _span(<cnp.ndarray?>obj, &span)
+        starts.append(span.start)
+        stops.append(span.stop)
+
+
+cdef Py_ssize_t _sweep(Span* spans, Py_ssize_t n) noexcept nogil:
+    # the position in ``spans`` (sorted here by start) of a range that intersects an
+    # earlier one, that earlier one's at ``spans[n]``; -1 where none does
+    cdef Py_ssize_t k, far = -1
+    qsort(spans, n, sizeof(Span), _by_start)
+    for k in range(n):
+        if spans[k].start >= spans[k].stop:
+            continue
+        if far >= 0 and spans[k].start < spans[far].stop:
+            spans[n] = spans[far]
+            return k
+        if far < 0 or spans[k].stop > spans[far].stop:
+            far = k
+    return -1
+
+
+cdef object _first(Span* spans, Py_ssize_t n):
+    # ``first_overlap``'s answer over ``n`` filled spans (``spans`` holds n + 1)
+    cdef Py_ssize_t k = _sweep(spans, n)
+    return None if k < 0 else (spans[n].index, spans[k].index)
 
 
 def overlap(list arrays):
     """``first_overlap`` over the byte ranges of the ndarrays ``arrays`` (``bounds``),
     in one call."""
-    cdef list starts = [], stops = []
-    bounds(arrays, starts, stops)
-    return first_overlap(starts, stops)
+    cdef Py_ssize_t n = len(arrays), k
+    cdef Span local[16]
+    cdef Span* spans = local
+    if n < 2:  # (each still an ndarray, or TypeError)
+        for obj in arrays:
+            _span(<cnp.ndarray?>obj, local)
+        return None
+    if n >= 16:
+        spans = <Span*>malloc((n + 1) * sizeof(Span))
+        if spans == NULL:
+            raise MemoryError()
+    try:
+        for k in range(n):
+            _span(<cnp.ndarray?>arrays[k], &spans[k])
+            spans[k].index = k
+        return _first(spans, n)
+    finally:
+        if spans != local:
+            free(spans)
 
 
 def first_overlap(list starts, list stops):
     """``(i, j)``, indices of two non-empty ranges ``[starts[k], stops[k])`` that
     intersect, or None. Sorted by start, then one sweep: O(n log n)."""
-    cdef Py_ssize_t n = len(starts), k, far = -1
+    cdef Py_ssize_t n = len(starts), k
     if n < 2:
         return None
-    cdef Span* spans = <Span*>malloc(n * sizeof(Span))
+    cdef Span* spans = <Span*>malloc((n + 1) * sizeof(Span))
     if spans == NULL:
         raise MemoryError()
     try:
@@ -65,17 +110,54 @@ def first_overlap(list starts, list stops):
             spans[k].start = starts[k]
             spans[k].stop = stops[k]
             spans[k].index = k
-        qsort(spans, n, sizeof(Span), _by_start)
-        for k in range(n):
-            if spans[k].start >= spans[k].stop:
-                continue
-            if far >= 0 and spans[k].start < spans[far].stop:
-                return spans[far].index, spans[k].index
-            if far < 0 or spans[k].stop > spans[far].stop:
-                far = k
-        return None
+        return _first(spans, n)
     finally:
         free(spans)
+
+
+def same_groups(list groups, list registered, list memo):
+    """What ``Optimizer._check_live``'s group check and ``checked_groups`` would
+    conclude, in one C call, where the answer is "nothing changed": every group a
+    dict holding the very objects, under the same keys, that ``memo`` (the
+    ``checked_groups`` memo) snapshot when it last checked it, and its ``params``
+    list holding the parameters ``registered`` (per group, a tuple) holds, in order.
+    Returns the memo's checks, as ``checked_groups`` would; None whenever anything
+    differs or was not memoised (then the caller runs the Python checks, which name
+    what changed)."""
+    cdef Py_ssize_t n = len(groups), k, j, count
+    cdef Py_ssize_t pos
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef object group, last, params
+    cdef tuple reg
+    cdef list values, out = []
+    if len(registered) != n or len(memo) != n:
+        return None
+    for k in range(n):
+        group, last = groups[k], memo[k]
+        if type(group) is not dict or type(last) is not tuple:
+            return None
+        values = <list?>(<tuple>last)[1]
+        if PyDict_Size(group) != len(values):
+            return None
+        pos, j = 0, 0
+        while PyDict_Next(group, &pos, &key, &value):
+            if value != <PyObject*>values[j]:
+                return None
+            j += 1
+        if not group == (<tuple>last)[0]:  # the same keys (the values: identical)
+            return None
+        params, reg = (<dict>group).get("params"), <tuple?>registered[k]
+        if type(params) is not list:
+            return None
+        count = len(reg)
+        if len(<list>params) != count:
+            return None
+        for j in range(count):
+            if (<list>params)[j] is not reg[j]:
+                return None
+        out.append((<tuple>last)[2])
+    return out
 
 
 def common_plan(list flats, list params, list grads, dict state, list kinds,
@@ -401,9 +483,9 @@ cdef bint _disjoint(long long[:, ::1] tab, long long[::1] cnt, long long[:, ::1]
     """No two of a plan's byte ranges (its first ``t`` rows: the table's addresses,
     ``cnt`` elements of kind ``met[:, 1]`` each, and the 4-byte step counts at
     ``stp``) share a byte: the sweep of ``first_overlap``."""
-    cdef Py_ssize_t c = 0, k, col, far = -1
+    cdef Py_ssize_t c = 0, k, col
     cdef long long size
-    cdef Span* spans = <Span*>malloc(max(t * 7, 1) * sizeof(Span))
+    cdef Span* spans = <Span*>malloc((t * 7 + 1) * sizeof(Span))
     if spans == NULL:
         raise MemoryError()
     try:
@@ -418,17 +500,9 @@ cdef bint _disjoint(long long[:, ::1] tab, long long[::1] cnt, long long[:, ::1]
                 spans[c].start = stp[k]
                 spans[c].stop = spans[c].start + 4
                 c += 1
-        qsort(spans, c, sizeof(Span), _by_start)
-        for k in range(c):
-            if spans[k].start >= spans[k].stop:
-                continue
-            if far >= 0 and spans[k].start < spans[far].stop:
-                return False
-            if far < 0 or spans[k].stop > spans[far].stop:
-                far = k
+        return _sweep(spans, c) < 0
     finally:
         free(spans)
-    return True
 
 
 cdef inline size_t _at(object t, long long numel, Py_ssize_t itemsize) except? 0:

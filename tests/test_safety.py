@@ -448,6 +448,40 @@ def test_common_plan_takes_the_common_case_and_leaves_the_rest(monkeypatch):
     assert_np_unchanged(opt, [p, g, canary], snap)
 
 
+def test_same_groups_answers_as_the_python_checks_or_not_at_all():
+    """``_overlap.same_groups`` (a step's group checks in one C call) gives what the
+    Python checks give while nothing changed, and None (the Python checks then run
+    and name what changed) after any edit of the groups: a parameter appended or
+    replaced, a value replaced (even by an equal one), a key renamed, a group added
+    or dropped behind ``add_param_group``'s back."""
+    from fusedopt import _guard
+
+    pytest.importorskip("fusedopt._overlap")
+    edits = [
+        lambda o: o.param_groups[0]["params"].append(np.zeros(4, np.float32)),
+        lambda o: o.param_groups[0]["params"].__setitem__(1, np.zeros(4, np.float32)),
+        lambda o: o.param_groups[1].__setitem__("lr", 0.5),
+        lambda o: o.param_groups[1].__setitem__("lr", float("0.25")),  # equal, not it
+        lambda o: o.param_groups[0].__setitem__("eps2", o.param_groups[0].pop("eps")),
+        lambda o: o.param_groups[1].__setitem__("betas", [0.9, 0.999]),
+        lambda o: o.param_groups.append(dict(o.param_groups[0])),
+        lambda o: o.param_groups.pop(),
+    ]
+    for edit in edits:
+        params = [np.zeros(4, np.float32) for _ in range(3)]
+        opt = fusedopt.Adam([{"params": params[:2]},
+                             {"params": params[2:], "lr": 0.25}], backend="numba")
+        opt.step([np.ones(4, np.float32) for _ in range(3)])
+
+        def verdict():
+            return _guard.same_groups(opt.param_groups, opt._registered,
+                                      opt._hyper_memo)
+
+        assert verdict() == opt._hypers() and verdict() is not None
+        edit(opt)
+        assert verdict() is None
+
+
 def test_group_values_are_read_every_step():
     """A group's checked values are reused only while it holds the same objects:
     a list edited in place, a new value, a renamed key are each seen by the next

@@ -277,14 +277,20 @@ class Optimizer(Precision, FlatMode, Serialise):
         ``params[i][j]`` and its state, and no other element. Steps from two threads
         run one after the other."""
         with self._lock:
-            self._check_live()
-            if self.flat_params is not None:
-                return self._step_flat(grads)
+            hypers = None
+            if (type(self.state) is dict and self.flat_params is None
+                    and _guard.same_groups is not None):  # (the common case in C)
+                hypers = _guard.same_groups(self.param_groups, self._registered,
+                                            self._hyper_memo)
+            if hypers is None:
+                self._check_live()
+                if self.flat_params is not None:
+                    return self._step_flat(grads)
+                hypers = self._hypers()
             if grads is None:
                 raise TypeError("grads: expected a list of arrays, one per parameter "
                                 "(only an optimizer over a FlatParams steps without "
                                 "them)")
-            hypers = self._hypers()
             common = None
             if (type(grads) is list and type(self.state) is dict
                     and self._space is _checks and _guard.common_plan is not None
@@ -298,8 +304,13 @@ class Optimizer(Precision, FlatMode, Serialise):
             else:
                 flat_grads = self._check_grads(grads)
                 plans = self._plan(flat_grads, [h for h, _ in hypers])
+            if common is not None:  # (host arrays: no stream to launch on)
+                scale = self._grad_scale(flat_grads, _grads_name)
+                if scale is not None:
+                    self._run(plans, flat_grads, scale, checked=True)
+                return
             with self._on_stream():
-                scale = self._grad_scale(flat_grads, lambda i: f"grads[{i}]")
+                scale = self._grad_scale(flat_grads, _grads_name)
                 if scale is not None:
                     self._run(plans, flat_grads, scale)
 
@@ -441,17 +452,20 @@ class Optimizer(Precision, FlatMode, Serialise):
         algo.scalar_next(hyper, step + 1, tuple(values), kinds)
         return dict(zip(names, values))
 
-    def _run(self, plans, flat_grads, scale: float) -> None:
+    def _run(self, plans, flat_grads, scale: float, checked: bool = False) -> None:
         """The kernel calls of a checked plan; first-step state joins ``state``.
         On the compiled host backends and on CUDA, one multi-tensor call
         (``impl.multi``) per group, dtype and step over all its arrays; else (and
         for master copies, or fewer than ``_MULTI_MIN`` arrays, where building the
-        table costs more than it saves) one call per array."""
+        table costs more than it saves) one call per array. ``checked``: ``plans``
+        is ``common_plan``'s (host arrays, state as the last step left it)."""
         impl, state = self._impl, self.state
         multi = (getattr(impl, "multi", None) if len(plans) >= _MULTI_MIN
                  and _guard.addresses is not None
                  and self._kernel not in _algorithms.PER_TENSOR
                  else None)  # (LAMB's reduction, Muon's host stage: tensor by tensor)
+        if checked and multi is None:
+            return self._run_checked(plans, flat_grads, scale)
         buckets: dict[tuple, list[int]] = {}
         names = self._algorithm.scalar_state
         if multi is None and self._algorithm.kernel.host:  # (Muon's scratch, before
@@ -482,6 +496,20 @@ class Optimizer(Precision, FlatMode, Serialise):
                 live[name] = work[name]
         for (_, _, step, fresh, *_), members in buckets.items():
             self._run_multi(plans, flat_grads, members, step, fresh, scale)
+
+    def _run_checked(self, plans, flat_grads, scale: float) -> None:
+        """``_run``'s per-array calls for a plan of ``common_plan`` (what a small
+        step takes, ~2 us less than through ``_update``): its arrays have state as
+        the last step left it (none to allocate), no master copy or bf16 view, and
+        its algorithm no scalar state nor host stage; so each is one contract call
+        and its count."""
+        call, run = self._algorithm.call, getattr(self._impl, self._kernel)
+        state = self.state
+        for i, (hyper, p, _, work, _, _) in enumerate(plans):
+            step = work["step"] + 1
+            call(run, p, flat_grads[i], work, hyper, step, False,
+                 -scale if getattr(hyper, "maximize", False) else scale, 0, None)
+            state[i]["step"] = work["step"] = step
 
     @classmethod
     def _reserve(cls, impl, tensors: list[tuple], made: dict | None = None) -> None:
@@ -699,6 +727,10 @@ class Optimizer(Precision, FlatMode, Serialise):
 #: each per-array call ~2.5 us)
 _MULTI_MIN = 4
 _HOST = contextlib.nullcontext()  # (reusable: it holds nothing)
+
+
+def _grads_name(i: int) -> str:
+    return f"grads[{i}]"
 
 
 def workspaces(run, needs: list[tuple]) -> dict[tuple, Any]:

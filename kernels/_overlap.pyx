@@ -72,7 +72,7 @@ cdef object _first(Span* spans, Py_ssize_t n):
     return None if k < 0 else (spans[n].index, spans[k].index)
 
 
-def overlap(list arrays):
+cpdef object overlap(list arrays):
     """``first_overlap`` over the byte ranges of the ndarrays ``arrays`` (``bounds``),
     in one call."""
     cdef Py_ssize_t n = len(arrays), k

@@ -142,8 +142,10 @@ def test_a_failing_host_stage_leaves_parameters_and_buffers_untouched(backend,
 def test_cuda_arrays_are_refused_by_name():
     from fusedopt.backends import numba_cuda
 
-    with pytest.raises(TypeError, match="Muon's Newton-Schulz stage runs on host BLAS"):
+    with pytest.raises(TypeError, match="step CUDA tensors with fusedopt.torch.Muon"):
         numba_cuda.muon(None)
+    with pytest.raises(ValueError, match="step CUDA tensors with fusedopt.torch.Muon"):
+        fusedopt.Muon([numba_cuda.cuda.to_device(np.ones((3, 4), np.float32))])
 
 
 # -- the drop-in against torch.optim.Muon ------------------------------------------

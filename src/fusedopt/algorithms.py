@@ -320,8 +320,8 @@ def muon_contract(momentum_pass: Callable, sgd: Callable, workspace: Callable
     out=None, work=None)``: Muon's step of one ``shape = (rows, cols)`` parameter,
     from the backend's ``muon_momentum`` (``momentum_pass``) and ``sgd`` contract
     functions and ``workspace(shapes, dtype, state_dtype)``, the scratch arrays for
-    matrices of ``shapes`` (``fusedopt.newton_schulz.Workspace``: its ``buffers`` and
-    ``orthogonalise``). ``work``: such a workspace, reserved by the caller before
+    matrices of ``shapes`` (``fusedopt.newton_schulz.Workspace``: its ``buffers``,
+    ``copy`` and ``orthogonalise``; on a device, device arrays). ``work``: such a workspace, reserved by the caller before
     its step's first write (an optimizer's, for all its matrices), else one is made
     here. Three stages:
 
@@ -344,10 +344,10 @@ def muon_contract(momentum_pass: Callable, sgd: Callable, workspace: Callable
         if work is None:
             work = workspace([shape], param.dtype, momentum_buffer.dtype)
         u, buf = work.buffers(rows * cols)
-        np.copyto(buf, momentum_buffer)
+        work.copy(buf, momentum_buffer)
         momentum_pass(u, grad, buf, momentum, nesterov, grad_scale)
         o = work.orthogonalise(u.reshape(rows, cols), a, b, c, eps, ns_steps)
-        momentum_buffer[...] = buf
+        work.copy(momentum_buffer, buf)
         sgd(param, o, None, False, lr_t, 0.0, 0.0, decay, False, 1.0, seed, out)
     muon.workspace = workspace
     return muon

@@ -57,6 +57,12 @@ class Workspace:
         u.fill(0)
         return u, self._buffer[:size]
 
+    @staticmethod
+    def copy(dst: np.ndarray, src: np.ndarray) -> None:
+        """``dst[...] = src`` (flat arrays of one size; the momentum buffer to and
+        from the workspace's)."""
+        np.copyto(dst, src)
+
     def orthogonalise(self, u: np.ndarray, a: float, b: float, c: float, eps: float,
                       steps: int) -> np.ndarray:
         """The orthogonalised ``u`` (a ``rows x cols`` array of the workspace's

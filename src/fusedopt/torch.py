@@ -20,11 +20,11 @@ CPU tensors are updated zero-copy through NumPy views, by the algorithm definiti
 of ``fusedopt.optim`` (no second copy of any update rule). CUDA tensors go to the
 ``cuda`` backend (picked from the parameters' device; one optimizer steps one
 device): one launch per group and dtype over a table of the tensors' device
-addresses (an algorithm that steps tensor by tensor, LAMB or Adafactor: each tensor
-wrapped once as a Numba device array through ``__cuda_array_interface__``), on
-torch's current stream, with the step count on the host as torch keeps it; state
-lives beside the parameters, with torch's keys. Muon is refused there (its
-Newton-Schulz stage runs on host BLAS). ``torch.bfloat16``
+addresses (an algorithm that steps tensor by tensor, LAMB, Adafactor or Muon: each
+tensor wrapped once as a Numba device array through ``__cuda_array_interface__``;
+Muon's Newton-Schulz products by torch on the device), on torch's current stream,
+with the step count on the host as torch keeps it; state lives beside the
+parameters, with torch's keys. ``torch.bfloat16``
 parameters (numba and cython backends) keep bf16 state, as torch does, but the math
 runs in float32 and the parameters are stored with stochastic rounding, drawn from
 ``seed=`` (default 0), the step and the parameter's position: reproducible whatever
@@ -145,15 +145,70 @@ class _TorchNewtonSchulz(_newton_schulz.Workspace):
         return o.to(torch.from_numpy(u).dtype).reshape(-1).numpy()
 
 
-class _TorchMuon:
-    """A backend whose ``muon`` runs torch's Newton-Schulz (``_TorchNewtonSchulz``)
-    between the backend's own SGD passes; everything else is the backend's."""
+class _TorchDeviceNewtonSchulz:
+    """``_TorchNewtonSchulz`` on CUDA tensors (the ``cuda`` backend): the workspace
+    (``newton_schulz.Workspace``'s contract) is torch tensors on the current device,
+    allocated at once for the largest matrix before the step's first write, seen by
+    the kernels as device arrays; torch's iteration runs its matrix products on the
+    device, on torch's current stream, where the kernels launch too (no
+    synchronisation), and allocates as torch.optim.Muon does. Under Numba's CUDA
+    simulator the device is the CPU."""
 
-    def __init__(self, impl) -> None:
+    def __init__(self, shapes, dtype, state_dtype=None) -> None:
+        size = max((r * c for r, c in shapes), default=0)
+        device = (torch.device("cpu") if _device.simulated()
+                  else torch.device("cuda", torch.cuda.current_device()))
+        dtype = _TORCH_OF[np.dtype(dtype)]
+        state = dtype if state_dtype is None else _TORCH_OF[np.dtype(state_dtype)]
+        self._u, self._out = (torch.empty(size, dtype=dtype, device=device)
+                              for _ in range(2))
+        self._buffer = torch.empty(size, dtype=state, device=device)
+        self._views = [_cuda_view(t) for t in (self._u, self._buffer, self._out)]
+
+    def buffers(self, size: int) -> tuple:
+        """``(U, B)``: device arrays of ``size`` elements for the update (zeroed) and
+        the new momentum buffer."""
+        self._u[:size].zero_()
+        return self._views[0][:size], self._views[1][:size]
+
+    @staticmethod
+    def copy(dst, src) -> None:
+        """``dst[...] = src`` on the device (flat device arrays of one size)."""
+        _impl_cuda().copy(dst, src)
+
+    def orthogonalise(self, u, a: float, b: float, c: float, eps: float, steps: int):
+        """The orthogonalised ``u`` (``buffers``' U, seen as ``rows x cols``), as a flat
+        device array (the workspace's: valid until its next use)."""
+        from torch.optim._muon import _zeropower_via_newtonschulz
+
+        rows, cols = u.shape
+        n = rows * cols
+        o = _zeropower_via_newtonschulz(self._u[:n].view(rows, cols), (a, b, c), steps,
+                                        eps)
+        self._out[:n].view(rows, cols).copy_(o)
+        return self._views[2][:n]
+
+
+def _impl_cuda():
+    from .backends import numba_cuda
+
+    return numba_cuda
+
+
+_TORCH_OF = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+class _TorchMuon:
+    """A backend whose ``muon`` runs torch's Newton-Schulz (``_TorchNewtonSchulz``,
+    on CUDA tensors ``_TorchDeviceNewtonSchulz``) between the backend's own SGD
+    passes; everything else is the backend's."""
+
+    def __init__(self, impl, device: bool = False) -> None:
         self._backend = impl
         # (the numpy reference backend has its own Muon, with its own iteration)
-        self.muon = (_algorithms.muon_contract(*impl.MUON_PASSES, _TorchNewtonSchulz)
-                     if hasattr(impl, "MUON_PASSES") else impl.muon)
+        self.muon = (_algorithms.muon_contract(
+            *impl.MUON_PASSES, _TorchDeviceNewtonSchulz if device else _TorchNewtonSchulz)
+            if hasattr(impl, "MUON_PASSES") else impl.muon)
 
     def __getattr__(self, name: str):
         return getattr(self._backend, name)
@@ -184,9 +239,6 @@ class _Fused(torch.optim.Optimizer):
         self._device = _device_of(self.param_groups, backend)
         self.backend, self._impl = select(backend, "cpu" if self._device is None
                                           else "cuda")
-        if self._device is not None and self._algorithm._algorithm.kernel.name == "muon":
-            raise TypeError("Muon: CUDA parameters; fusedopt runs Muon's Newton-Schulz "
-                            "stage on host BLAS, so on the GPU use torch.optim.Muon")
         #: the stochastic-rounding seed of bf16 parameters
         self.seed = seed
         #: one kernel call per (group, dtype, step, scalar state) over all its tensors
@@ -200,7 +252,7 @@ class _Fused(torch.optim.Optimizer):
         if kernel.host:  # Muon, Adafactor: float32/float64 (host BLAS, host factors)
             self._dtypes = _FLOAT_DTYPES
         if kernel.name == "muon":  # torch's own Newton-Schulz
-            self._impl = _TorchMuon(self._impl)
+            self._impl = _TorchMuon(self._impl, device=self._device is not None)
         # NumPy views of parameters and state tensors: id -> (tensor, data_ptr, numel,
         # dtype, view). Building one costs ~2 us; each step reuses it only while the
         # live tensor still has that pointer, size and dtype, and keeps only the

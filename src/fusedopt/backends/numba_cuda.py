@@ -236,10 +236,21 @@ adafactor = algorithms.adafactor_contract(globals()["adafactor_update"], DeviceF
 
 
 def muon(param, *args, **kwargs):
-    """Muon's Newton-Schulz stage runs on host BLAS: not on this backend."""
-    raise TypeError("muon: CUDA arrays; Muon's Newton-Schulz stage runs on host BLAS, "
-                    "so fusedopt steps it on host arrays only (on the GPU, use "
-                    "torch.optim.Muon)")
+    """Muon's Newton-Schulz stage needs a matrix product on the device, which this
+    backend takes from torch: through ``fusedopt.torch.Muon`` only."""
+    raise TypeError("muon: CUDA arrays; Muon's Newton-Schulz stage needs the device's "
+                    "matrix products, which fusedopt takes from torch: step CUDA "
+                    "tensors with fusedopt.torch.Muon")
+
+
+#: Muon's momentum pass and SGD's step around a device Newton-Schulz stage
+#: (``algorithms.muon_contract``; ``fusedopt.torch`` supplies the stage)
+MUON_PASSES = (globals()["muon_momentum"], globals()["sgd"])
+
+
+def copy(dst, src) -> None:
+    """``dst[...] = src`` between device arrays of one size, on the launch stream."""
+    dst.copy_to_device(src, stream=_stream())
 
 
 def grad_stats(grad, parallel=True):

@@ -122,9 +122,9 @@ class Optimizer(Precision, FlatMode, Serialise):
             self.add_param_group(group)
         self.backend, self._impl = select(backend, self.device)
         if self._algorithm.kernel is _algorithms.MUON and self.device == "cuda":
-            raise ValueError("params: CUDA arrays; Muon's Newton-Schulz iteration runs "
-                             "on host BLAS, so fusedopt steps it on host arrays only (on "
-                             "the GPU, use torch.optim.Muon)")
+            raise ValueError("params: CUDA arrays; Muon's Newton-Schulz iteration needs "
+                             "the device's matrix products, which fusedopt takes from "
+                             "torch: step CUDA tensors with fusedopt.torch.Muon")
         if stream is not None and self.device != "cuda":
             raise ValueError("stream: only CUDA arrays run on a stream; these parameters "
                              "are host arrays")

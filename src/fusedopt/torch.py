@@ -28,7 +28,8 @@ parameters, with torch's keys. ``torch.bfloat16``
 parameters (numba and cython backends) keep bf16 state, as torch does, but the math
 runs in float32 and the parameters are stored with stochastic rounding, drawn from
 ``seed=`` (default 0), the step and the parameter's position: reproducible whatever
-the thread count.
+the thread count. On the GPU they are stepped as float16 ones: through float32
+working copies, rounded back to nearest (torch's fused numerics).
 """
 
 from __future__ import annotations
@@ -246,11 +247,17 @@ class _Fused(torch.optim.Optimizer):
         kernel = self._algorithm._algorithm.kernel
         self._multi = (hasattr(self._impl, "multi")
                        and kernel.name not in _algorithms.PER_TENSOR)
+        #: parameter dtypes the multi-tensor plan steps through float32 working
+        #: copies, rounded back to nearest (torch's fused math): float16, and on the
+        #: GPU bfloat16 (the cuda backend has no bf16 parameter kernels)
+        self._widened = (((torch.float16,) + ((torch.bfloat16,) if self._device
+                                              is not None else ()))
+                         if self._multi else ())
         self._dtypes = _FLOAT_DTYPES + tuple(_COMPLEX) + (
             (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ()) + (
-            (torch.float16,) if self._multi else ())
+            self._widened)
         if kernel.host:  # Muon, Adafactor: float32/float64 (host BLAS, host factors)
-            self._dtypes = _FLOAT_DTYPES
+            self._dtypes, self._widened = _FLOAT_DTYPES, ()
         if kernel.name == "muon":  # torch's own Newton-Schulz
             self._impl = _TorchMuon(self._impl, device=self._device is not None)
         # NumPy views of parameters and state tensors: id -> (tensor, data_ptr, numel,
@@ -265,7 +272,8 @@ class _Fused(torch.optim.Optimizer):
         self._scalars = self._algorithm._algorithm.scalar_state
         self._flat = _FlatTorch(self) if flatten else None
         self._kinds = {dt: (_KINDS[dt], _ITEMSIZE[_KINDS[dt]]) for dt in self._dtypes
-                       if dt in _KINDS}  # (the C plan's common case: real dtypes)
+                       if dt in _KINDS and dt not in self._widened}  # (the C plan's
+        # common case: real dtypes the kernels step in place)
         if self._eager_state:
             self._start_state()
 
@@ -418,12 +426,13 @@ class _Fused(torch.optim.Optimizer):
                 # through a copy (written back after the kernel); gradient and state
                 # in the same layout (torch.preserve_format), a gradient in another
                 # through a copy
-                # float16: float32 copies of the parameter, gradient and state,
-                # stepped and rounded back (the math in float32, as torch's fused
-                # step does it; the state stays float16, as torch keeps it)
+                # float16 (bfloat16 on the GPU): float32 copies of the parameter,
+                # gradient and state, stepped and rounded back (the math in float32,
+                # as torch's fused step does it; the state stays in the parameter's
+                # dtype, as torch keeps it)
                 _check_shown(p, index)
                 strides = _dense_strides(p)
-                half = dtype is torch.float16
+                half = dtype in self._widened
                 if half:
                     work = p.detach().float()
                     copies.append((p, work))
@@ -1272,9 +1281,11 @@ def _check_tensor(p: torch.Tensor, owner: str, dtypes: tuple, backend: str,
         if dtypes == _FLOAT_DTYPES:  # (Muon, Adafactor: their host stage's dtypes)
             raise TypeError(f"{owner}: expected float32 or float64 parameters with "
                             f"gradients of the same dtype, got {p.dtype} and {g.dtype}")
-        raise TypeError(f"{owner}: expected float32, float64 or complex parameters "
-                        "(bfloat16 and float16 on the numba and cython backends; this "
-                        f"is {backend!r}) with gradients of the same dtype, got "
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{owner}: expected parameters of {names} on backend "
+                        f"{backend!r} (bfloat16 on numba, cython and, for an algorithm "
+                        "that steps many tensors per call, cuda; float16 on those three "
+                        "for such an algorithm) with gradients of the same dtype, got "
                         f"{p.dtype} and {g.dtype}")
     if g.shape != p.shape:
         raise ValueError(f"{owner}: a gradient of shape {tuple(g.shape)} for a parameter "

@@ -100,6 +100,8 @@ def first_overlap(list starts, list stops):
     """``(i, j)``, indices of two non-empty ranges ``[starts[k], stops[k])`` that
     intersect, or None. Sorted by start, then one sweep: O(n log n)."""
     cdef Py_ssize_t n = len(starts), k
+    if len(stops) != n:
+        raise ValueError(f"first_overlap: {n} starts but {len(stops)} stops")
     if n < 2:
         return None
     cdef Span* spans = <Span*>malloc((n + 1) * sizeof(Span))
@@ -115,7 +117,7 @@ def first_overlap(list starts, list stops):
         free(spans)
 
 
-def same_groups(list groups, list registered, list memo):
+def same_groups(object groups, object registered, object memo):
     """What ``Optimizer._check_live``'s group check and ``checked_groups`` would
     conclude, in one C call, where the answer is "nothing changed": every group a
     dict holding the very objects, under the same keys, that ``memo`` (the
@@ -124,20 +126,25 @@ def same_groups(list groups, list registered, list memo):
     Returns the memo's checks, as ``checked_groups`` would; None whenever anything
     differs or was not memoised (then the caller runs the Python checks, which name
     what changed)."""
-    cdef Py_ssize_t n = len(groups), k, j, count
+    cdef Py_ssize_t n, k, j, count
     cdef Py_ssize_t pos
     cdef PyObject* key
     cdef PyObject* value
     cdef object group, last, params
     cdef tuple reg
     cdef list values, out = []
-    if len(registered) != n or len(memo) != n:
+    if type(groups) is not list or type(registered) is not list or type(memo) is not list:
+        return None  # (the Python checks take any sequence, and name what is wrong)
+    n = len(<list>groups)
+    if len(<list>registered) != n or len(<list>memo) != n:
         return None
     for k in range(n):
-        group, last = groups[k], memo[k]
-        if type(group) is not dict or type(last) is not tuple:
+        group, last = (<list>groups)[k], (<list>memo)[k]
+        if type(group) is not dict or type(last) is not tuple or len(<tuple>last) != 3:
             return None
-        values = <list?>(<tuple>last)[1]
+        if type((<tuple>last)[1]) is not list:
+            return None
+        values = (<tuple>last)[1]
         if PyDict_Size(group) != len(values):
             return None
         pos, j = 0, 0
@@ -147,7 +154,9 @@ def same_groups(list groups, list registered, list memo):
             j += 1
         if not group == (<tuple>last)[0]:  # the same keys (the values: identical)
             return None
-        params, reg = (<dict>group).get("params"), <tuple?>registered[k]
+        params, reg = (<dict>group).get("params"), (<list>registered)[k]
+        if type(reg) is not tuple:
+            return None
         if type(params) is not list:
             return None
         count = len(reg)

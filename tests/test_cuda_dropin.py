@@ -30,7 +30,6 @@ pytestmark = pytest.mark.skipif(
 DEVICE = "cpu" if SIM else "cuda"
 TOL = 1e-9
 STEPS = 6
-STEPPED = CASES
 
 
 def model(seed=0, dtype=torch.float64):
@@ -67,7 +66,7 @@ def trains_as_torch(name, kwargs, **ours):
     return o1
 
 
-@pytest.mark.parametrize("case", STEPPED, ids=[case_id(c) for c in STEPPED])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_training_matches_torch(case):
     trains_as_torch(*case)
 

@@ -466,6 +466,7 @@ def test_same_groups_answers_as_the_python_checks_or_not_at_all():
         lambda o: o.param_groups[1].__setitem__("betas", [0.9, 0.999]),
         lambda o: o.param_groups.append(dict(o.param_groups[0])),
         lambda o: o.param_groups.pop(),
+        lambda o: setattr(o, "param_groups", tuple(o.param_groups)),  # (steps: below)
     ]
     for edit in edits:
         params = [np.zeros(4, np.float32) for _ in range(3)]
@@ -480,6 +481,10 @@ def test_same_groups_answers_as_the_python_checks_or_not_at_all():
         assert verdict() == opt._hypers() and verdict() is not None
         edit(opt)
         assert verdict() is None
+    opt.step([np.ones(4, np.float32) for _ in range(3)])  # a tuple of groups: Python's
+    assert opt.state[0]["step"] == 2
+    with pytest.raises(ValueError, match="first_overlap: 3 starts but 1 stops"):
+        _guard.first_overlap([0, 10, 20], [5])
 
 
 def test_group_values_are_read_every_step():

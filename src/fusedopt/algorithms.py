@@ -321,20 +321,21 @@ def muon_contract(momentum_pass: Callable, sgd: Callable, workspace: Callable
     from the backend's ``muon_momentum`` (``momentum_pass``) and ``sgd`` contract
     functions and ``workspace(shapes, dtype, state_dtype)``, the scratch arrays for
     matrices of ``shapes`` (``fusedopt.newton_schulz.Workspace``: its ``buffers``,
-    ``copy`` and ``orthogonalise``; on a device, device arrays). ``work``: such a workspace, reserved by the caller before
-    its step's first write (an optimizer's, for all its matrices), else one is made
-    here. Three stages:
+    ``copy`` and ``orthogonalise``; on a device, device arrays). ``work``: such a
+    workspace, reserved by the caller before its step's first write (an optimizer's,
+    for all its matrices), else one is made here. Three stages:
 
     1. ``rules.muon_momentum`` over a copy of the buffer: ``B = B.lerp(g, 1 -
        momentum)`` and ``U = g.lerp(B, momentum)`` (Nesterov) or ``U = B``, into the
        workspace;
-    2. ``O = orthogonalise(U)`` (the host stage);
+    2. ``O = orthogonalise(U)`` (the workspace's: host BLAS, or torch's products on
+       the device);
     3. the new buffer copied in, and SGD's step with weight decay: ``theta - lr_t (O
        + lr wd / lr_t theta)``, which is torch's ``theta (1 - lr wd) - lr_t O`` with
        ``lr_t`` the adjusted rate (``fusedopt.scalars.muon``).
 
-    Nothing the caller owns is written before the host stage has returned, so an
-    exception there leaves the parameter and its buffer as they were."""
+    Nothing the caller owns is written before the orthogonalisation has returned, so
+    an exception there leaves the parameter and its buffer as they were."""
     def muon(param, grad, momentum_buffer, shape, lr, weight_decay, momentum, nesterov,
              a, b, c, eps, ns_steps, adjust_lr_fn, grad_scale, seed=0, out=None,
              work=None):

@@ -156,7 +156,7 @@ class _TorchDeviceNewtonSchulz:
     simulator the device is the CPU."""
 
     def __init__(self, shapes, dtype, state_dtype=None) -> None:
-        size = max((r * c for r, c in shapes), default=0)
+        size = max((r * c for r, c in shapes), default=1) or 1  # (no null pointers)
         device = (torch.device("cpu") if _device.simulated()
                   else torch.device("cuda", torch.cuda.current_device()))
         dtype = _TORCH_OF[np.dtype(dtype)]

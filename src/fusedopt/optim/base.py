@@ -279,18 +279,19 @@ class Optimizer(Precision, FlatMode, Serialise):
         with self._lock:
             hypers = None
             if (type(self.state) is dict and self.flat_params is None
-                    and _guard.same_groups is not None):  # (the common case in C)
+                    and grads is not None and _guard.same_groups is not None):
+                # the common case in C: the groups as last checked, or None
                 hypers = _guard.same_groups(self.param_groups, self._registered,
                                             self._hyper_memo)
             if hypers is None:
                 self._check_live()
                 if self.flat_params is not None:
                     return self._step_flat(grads)
+                if grads is None:
+                    raise TypeError("grads: expected a list of arrays, one per "
+                                    "parameter (only an optimizer over a FlatParams "
+                                    "steps without them)")
                 hypers = self._hypers()
-            if grads is None:
-                raise TypeError("grads: expected a list of arrays, one per parameter "
-                                "(only an optimizer over a FlatParams steps without "
-                                "them)")
             common = None
             if (type(grads) is list and type(self.state) is dict
                     and self._space is _checks and _guard.common_plan is not None

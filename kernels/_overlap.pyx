@@ -607,6 +607,43 @@ def count_steps(const long long[::1] addresses):
             (<float*>addr)[0] += 1
 
 
+def plan_table(list plans, list grads, list members, tuple names, tuple columns,
+               Py_ssize_t width):
+    """The table of a multi-tensor call over the ``members`` of an optimizer's
+    checked plan (``Optimizer._run_multi``), in one call: per member ``i``, the data
+    addresses of its flat parameter ``plans[i][1]`` and gradient ``grads[i]``
+    (columns 0 and 1) and of each state array ``plans[i][3][names[c]]`` (column
+    ``columns[c]``; 0 in the others), ``width`` columns in all; and its elements.
+    Returns ``(table, counts)`` (int64)."""
+    cdef Py_ssize_t n = len(members), r, c, i, k = len(names)
+    cdef tuple plan
+    cdef dict work
+    global _np
+    if _np is None:
+        import numpy
+        _np = numpy
+    if len(columns) != k:
+        raise ValueError(f"plan_table: {k} names but {len(columns)} columns")
+    for c in range(k):
+        if not 2 <= <Py_ssize_t?>columns[c] < width:
+            raise ValueError(f"plan_table: column {columns[c]} outside [2, {width})")
+    table = _np.zeros((n, width), _np.int64)
+    counts = _np.empty(n, _np.int64)
+    cdef long long[:, ::1] tab = table
+    cdef long long[::1] cnt = counts
+    for r in range(n):
+        i = members[r]
+        plan = <tuple?>plans[i]
+        work = <dict?>plan[3]
+        tab[r, 0] = <long long><size_t>cnp.PyArray_DATA(<cnp.ndarray?>plan[1])
+        tab[r, 1] = <long long><size_t>cnp.PyArray_DATA(<cnp.ndarray?>grads[i])
+        cnt[r] = cnp.PyArray_SIZE(<cnp.ndarray>plan[1])
+        for c in range(k):
+            tab[r, <Py_ssize_t>columns[c]] = <long long><size_t>cnp.PyArray_DATA(
+                <cnp.ndarray?>work[names[c]])
+    return table, counts
+
+
 def addresses(list arrays):
     """The data addresses of the ndarrays ``arrays`` (int64), for a multi-tensor
     call's table: ~5 ns each (``a.ctypes.data`` costs ~1 us)."""

@@ -22,7 +22,7 @@ from .. import algorithms as _algorithms
 from ..backends import policy, select
 from ..flat import FlatParams
 from .flatmode import FlatMode, _FlatState
-from .precision import MASTER, Precision
+from .precision import BITS, MASTER, Precision
 from .serialise import Serialise
 
 ParamsT = Iterable[Any] | Iterable[Mapping[str, Any]] | FlatParams
@@ -479,8 +479,9 @@ class Optimizer(Precision, FlatMode, Serialise):
             if multi is not None and out is None:
                 if new:
                     live.update(new)
-                key = (id(hyper), p.dtype, work["step"], fresh,
-                       *(work[name] for name in names))
+                key = (id(hyper), p.dtype, work["step"], fresh)
+                if names:  # (scalar state: its values too)
+                    key += tuple(work[name] for name in names)
                 bucket = buckets.get(key)
                 if bucket is None:
                     bucket = buckets[key] = []
@@ -551,20 +552,25 @@ class Optimizer(Precision, FlatMode, Serialise):
         flags, present, h, grad_scale = self._arguments(work0, hyper, step + 1, fresh,
                                                         scale)
         columns = [name for name, on in zip(slots, present) if on]
-        arrays = []
-        for i in members:
-            work = plans[i][3]
-            arrays += (plans[i][1], flat_grads[i], *(work[name] for name in columns))
-        found = (_guard.addresses(arrays) if self._space is _checks else np.array(
-            [_device.info(a, "array").ptr for a in arrays], np.int64)
-                 ).reshape(len(members), 2 + len(columns))
-        table = np.zeros((len(members), policy.TABLE_COLUMNS), np.int64)
-        table[:, :2] = found[:, :2]
-        for c, name in enumerate(columns):
-            table[:, 2 + slots.index(name)] = found[:, 2 + c]
-        counts = np.array([plans[i][1].size for i in members], np.int64)
-        seeds = np.array([self._seed(plans[i][1], plans[i][3], i) for i in members],
-                         np.int64)
+        if self._space is _checks:  # (the addresses of host arrays, read in C)
+            table, counts = _guard.plan_table(
+                plans, flat_grads, members, tuple(columns),
+                tuple(2 + slots.index(name) for name in columns), policy.TABLE_COLUMNS)
+        else:
+            arrays = []
+            for i in members:
+                work = plans[i][3]
+                arrays += (plans[i][1], flat_grads[i], *(work[name] for name in columns))
+            found = np.array([_device.info(a, "array").ptr for a in arrays], np.int64
+                             ).reshape(len(members), 2 + len(columns))
+            table = np.zeros((len(members), policy.TABLE_COLUMNS), np.int64)
+            table[:, :2] = found[:, :2]
+            for c, name in enumerate(columns):
+                table[:, 2 + slots.index(name)] = found[:, 2 + c]
+            counts = np.array([plans[i][1].size for i in members], np.int64)
+        seeds = (np.array([self._seed(plans[i][1], plans[i][3], i) for i in members],
+                          np.int64) if p0.dtype is BITS  # (bf16: stochastic rounding)
+                 else np.zeros(len(members), np.int64))
         sdtype = work0[columns[0]].dtype if columns else p0.dtype
         self._impl.multi(self._kernel, flags, present, h, (p0.dtype, p0.dtype, sdtype),
                          table, counts, seeds, grad_scale,
@@ -577,8 +583,9 @@ class Optimizer(Precision, FlatMode, Serialise):
                 scalars.FLOAT32_KINDS)))
         for i in members:
             plans[i][3]["step"] = state[i]["step"] = step + 1
-            plans[i][3].update(after)
-            state[i].update(after)
+            if after:
+                plans[i][3].update(after)
+                state[i].update(after)
 
     def _grad_scale(self, grads: list[np.ndarray], name) -> float | None:
         """The factor every gradient is multiplied by this step (clipping), or None

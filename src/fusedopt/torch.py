@@ -250,9 +250,9 @@ class _Fused(torch.optim.Optimizer):
         #: parameter dtypes the multi-tensor plan steps through float32 working
         #: copies, rounded back to nearest (torch's fused math): float16, and on the
         #: GPU bfloat16 (the cuda backend has no bf16 parameter kernels)
-        self._widened = (((torch.float16,) + ((torch.bfloat16,) if self._device
-                                              is not None else ()))
-                         if self._multi else ())
+        widened = (torch.float16,) + ((torch.bfloat16,) if self._device is not None
+                                      else ())
+        self._widened = widened if self._multi else ()
         self._dtypes = _FLOAT_DTYPES + tuple(_COMPLEX) + (
             (torch.bfloat16,) if "params" in getattr(self._impl, "BF16", ()) else ()) + (
             self._widened)

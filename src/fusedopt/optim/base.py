@@ -501,7 +501,7 @@ class Optimizer(Precision, FlatMode, Serialise):
 
     def _run_checked(self, plans, flat_grads, scale: float) -> None:
         """``_run``'s per-array calls for a plan of ``common_plan`` (what a small
-        step takes, ~2 us less than through ``_update``): its arrays have state as
+        step takes, ~1 us less than through ``_update``): its arrays have state as
         the last step left it (none to allocate), no master copy or bf16 view, and
         its algorithm no scalar state nor host stage; so each is one contract call
         and its count."""

@@ -11,6 +11,8 @@ from cython cimport floating
 from libc.math cimport sqrt as sqrt_double
 from libc.math cimport fabs as fabs_double
 from libc.math cimport fabsf, sqrtf
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy
 
 
 cdef inline floating sqrt(floating x) noexcept nogil:
@@ -205,16 +207,36 @@ cdef inline (floating, floating, floating) nadam(
     return p, m, v
 
 
+cdef inline floating pick(floating first, floating a, floating b) noexcept nogil:
+    # rules.pick: a where first is 1, b where 0, selected on the bits of both so that
+    # GCC computes (and reads) both sides whatever first is
+    cdef uint32_t a32, b32, m32
+    cdef uint64_t a64, b64, m64
+    if floating is float:
+        m32 = <uint32_t>0 - <uint32_t>first
+        memcpy(&a32, &a, 4)
+        memcpy(&b32, &b, 4)
+        a32 = (a32 & m32) | (b32 & ~m32)
+        memcpy(&a, &a32, 4)
+    else:
+        m64 = <uint64_t>0 - <uint64_t>first
+        memcpy(&a64, &a, 8)
+        memcpy(&b64, &b, 8)
+        a64 = (a64 & m64) | (b64 & ~m64)
+        memcpy(&a, &a64, 8)
+    return a
+
+
 cdef inline (floating, floating) asgd(
         floating p, floating g, floating ax, floating eta, floating param_scale,
-        floating weight_decay, floating mu, floating average, bint decay,
+        floating weight_decay, floating mu, floating copy, bint decay,
         floating grad_scale) noexcept nogil:
     g = grad_scale * g
     if decay:
         g = g + weight_decay * p
     p = p * param_scale
     p = p - eta * g
-    ax = ax + (p - ax) * mu if average > 0 else p
+    ax = pick(copy, p, ax + (p - ax) * mu)
     return p, ax
 
 

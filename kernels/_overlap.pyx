@@ -624,6 +624,8 @@ def plan_table(list plans, list grads, list members, tuple names, tuple columns,
         _np = numpy
     if len(columns) != k:
         raise ValueError(f"plan_table: {k} names but {len(columns)} columns")
+    if width < 2:
+        raise ValueError(f"plan_table: width {width} < 2")
     for c in range(k):
         if not 2 <= <Py_ssize_t?>columns[c] < width:
             raise ValueError(f"plan_table: column {columns[c]} outside [2, {width})")
@@ -633,7 +635,12 @@ def plan_table(list plans, list grads, list members, tuple names, tuple columns,
     cdef long long[::1] cnt = counts
     for r in range(n):
         i = members[r]
+        if not (0 <= i < len(plans) and i < len(grads)):
+            raise IndexError(f"plan_table: member {i} of {len(plans)} plans, "
+                             f"{len(grads)} gradients")
         plan = <tuple?>plans[i]
+        if len(plan) < 4:
+            raise ValueError(f"plan_table: plan {i} has {len(plan)} items")
         work = <dict?>plan[3]
         tab[r, 0] = <long long><size_t>cnp.PyArray_DATA(<cnp.ndarray?>plan[1])
         tab[r, 1] = <long long><size_t>cnp.PyArray_DATA(<cnp.ndarray?>grads[i])

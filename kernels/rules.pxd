@@ -229,14 +229,14 @@ cdef inline floating pick(floating first, floating a, floating b) noexcept nogil
 
 cdef inline (floating, floating) asgd(
         floating p, floating g, floating ax, floating eta, floating param_scale,
-        floating weight_decay, floating mu, floating copy, bint decay,
+        floating weight_decay, floating mu, floating average, bint decay,
         floating grad_scale) noexcept nogil:
     g = grad_scale * g
     if decay:
         g = g + weight_decay * p
     p = p * param_scale
     p = p - eta * g
-    ax = pick(copy, p, ax + (p - ax) * mu)
+    ax = pick(average, ax + (p - ax) * mu, p)
     return p, ax
 
 

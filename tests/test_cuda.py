@@ -134,6 +134,26 @@ def test_bf16_state_matches_the_numba_backend(case, shapes):
         assert all(v.dtype == np.uint16 for k, v in st.items() if k not in NUMBERS)
 
 
+@pytest.mark.parametrize("arrays", [1, 5], ids=["per-array", "multi"])
+def test_asgd_copy_phase_overwrites_a_non_finite_average(arrays):
+    """test_oracle's twin on the device: a NaN or inf in ASGD's average before
+    ``t0`` never reaches the copy of the parameter."""
+    rng = np.random.default_rng(4)
+    dev = [cuda.to_device(rng.standard_normal(7 + k).astype(np.float32))
+           for k in range(arrays)]
+    opt = fusedopt.ASGD(dev, lr=0.05, t0=2)
+    opt.step([cuda.to_device(rng.standard_normal(7 + k).astype(np.float32))
+              for k in range(arrays)])
+    for i in range(arrays):
+        ax = host(opt.state[i]["ax"])
+        ax[0], ax[1], ax[2:] = np.nan, -np.inf, np.inf
+        opt.state[i]["ax"].copy_to_device(ax)
+    opt.step([cuda.to_device(rng.standard_normal(7 + k).astype(np.float32))
+              for k in range(arrays)])
+    for i, p in enumerate(dev):
+        np.testing.assert_array_equal(host(opt.state[i]["ax"]), host(p))
+
+
 def test_many_arrays_step_in_one_launch_per_group(monkeypatch):
     """From ``_MULTI_MIN`` arrays in a step on, one multi-tensor launch per group
     and dtype."""
@@ -504,7 +524,8 @@ ALGORITHMS = [(rules.sgd, 3, (True,), 4), (rules.adam, 3, (True, True, True), 8)
               (rules.adam, 3, (True, True, False), 8), (rules.adagrad, 1, (True,), 3),
               (rules.rmsprop, 3, (True, True, True), 6),
               (rules.rmsprop, 3, (True, False, False), 6), (rules.lion, 1, (True,), 6),
-              (rules.lamb, 1, (True, True), 8), (rules.adafactor_update, 3, (True,), 9)]
+              (rules.lamb, 1, (True, True), 8), (rules.adafactor_update, 3, (True,), 9),
+              (rules.asgd, 1, (True,), 5)]
 for dt, st in ((float32, float32), (float64, float64), (float32, nt.uint16)):
     A, S = nt.Array(dt, 1, "C"), nt.Array(st, 1, "C")  # S: state (uint16: bf16 bits)
     sigs = [(k._fill.py_func, (S, f)), (k._grad_stats.py_func, (A, nt.Array(float64, 1, "C")))]

@@ -266,18 +266,18 @@ def nadam(p, g, m, v, beta1c, beta2, beta2c, inv_bc2, grad_step, avg_step, eps,
 
 
 @register_jitable
-def asgd(p, g, ax, eta, param_scale, weight_decay, mu, copy, decay, grad_scale):
+def asgd(p, g, ax, eta, param_scale, weight_decay, mu, average, decay, grad_scale):
     """ASGD (Polyak & Juditsky, 1992), as torch: an SGD step of size ``eta`` with
     ``param_scale = 1 - lambd * eta``, then the running average ``ax`` of the
-    parameters: ``ax + mu (p - ax)``, or ``p`` itself while ``copy`` is 1 (``mu ==
-    1``, torch copies it; else ``copy`` is 0). ``eta`` and ``mu`` are the step's host
-    state. The copy is a ``pick``: ``ax`` is read in both phases."""
+    parameters: ``ax + mu (p - ax)`` where ``average`` is 1, or ``p`` itself while it
+    is 0 (``mu == 1``, torch copies it). ``eta`` and ``mu`` are the step's host
+    state. The choice is a ``pick``: ``ax`` is read in both phases."""
     g = grad_scale * g
     if decay:
         g = g + weight_decay * p
     p = p * param_scale
     p = p - eta * g
-    ax = pick(copy, p, ax + (p - ax) * mu)
+    ax = pick(average, ax + (p - ax) * mu, p)
     return p, ax
 
 
@@ -356,11 +356,11 @@ def pick(first, a, b):
     the CPU, a select made on the bits of both (``(a & m) | (b & ~m)``, ``m`` all
     ones or zero from ``first``), which no compiler can reduce to one side: so a
     loop whose output is ``pick(first, a, f(x))`` reads ``x`` whatever ``first`` is.
-    ASGD's copy phase needs it: written only, its average's stream costs this
-    memory system more than read and written (16M float32: 7.5 ms against 5.8 ms
-    a step in a bare loop); a NaN in the side not picked never reaches the result.
-    On CUDA (no such cost) and under Numba's CUDA simulator, a plain select: this
-    body."""
+    ASGD's copy phase needs it: written only, its average's stream costs a CPU's
+    memory system more than read and written (16M float32 on a Xeon: 7.5 ms
+    against 5.8 ms a step in a bare loop); a NaN in the side not picked never
+    reaches the result. On CUDA (not measured there) and under Numba's CUDA
+    simulator, a plain select: this body. ``first`` is exactly 0 or 1."""
     return a if first else b
 
 

@@ -107,10 +107,10 @@ def nadam(step: int, mu_product: float, kinds: tuple, lr: float, beta1: float,
 
 
 def asgd(eta: float, mu: float, lambd: float, weight_decay: float):
-    """``(eta, 1 - lambd * eta, weight_decay, mu, copy)``: the step's ``eta`` and
-    ``mu`` (as the step before left them); ``copy`` is 1 while ``mu == 1`` (the
-    average is then the parameter itself, copied as torch copies it), else 0."""
-    return eta, 1.0 - lambd * eta, weight_decay, mu, 1.0 if mu == 1.0 else 0.0
+    """``(eta, 1 - lambd * eta, weight_decay, mu, average)``: the step's ``eta`` and
+    ``mu`` (as the step before left them); ``average`` is 0 while ``mu == 1`` (the
+    average is then the parameter itself, copied as torch copies it), else 1."""
+    return eta, 1.0 - lambd * eta, weight_decay, mu, 0.0 if mu == 1.0 else 1.0
 
 
 def asgd_first(lr: float, kinds: tuple = FLOAT32_KINDS) -> tuple[float, float]:

@@ -1717,7 +1717,8 @@ _NOTE = ("\n\nRun by fusedopt's fused kernels with torch.optim's arguments, defa
          "``backend``: 'auto' | 'numba' | 'cython' | 'numpy' | 'cuda' (CUDA tensors); "
          "``flatten=True``: the "
          "parameters become views of one buffer, one kernel call per group; "
-         "``seed``: stochastic rounding of bfloat16 parameters.")
+         "``seed``: stochastic rounding of bfloat16 parameters (CPU backends; on "
+         "the GPU they round to nearest, as torch's fused step).")
 
 _OPTIONS = (inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="auto",
                               annotation=str),

@@ -650,17 +650,3 @@ def plan_table(list plans, list grads, list members, tuple names, tuple columns,
                 <cnp.ndarray?>work[names[c]])
     return table, counts
 
-
-def addresses(list arrays):
-    """The data addresses of the ndarrays ``arrays`` (int64), for a multi-tensor
-    call's table: ~5 ns each (``a.ctypes.data`` costs ~1 us)."""
-    cdef Py_ssize_t n = len(arrays), k
-    global _np
-    if _np is None:
-        import numpy
-        _np = numpy
-    out = _np.empty(n, _np.int64)
-    cdef long long[::1] o = out
-    for k in range(n):
-        o[k] = <long long><size_t>cnp.PyArray_DATA(<cnp.ndarray?>arrays[k])
-    return out

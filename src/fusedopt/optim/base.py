@@ -462,7 +462,7 @@ class Optimizer(Precision, FlatMode, Serialise):
         is ``common_plan``'s (host arrays, state as the last step left it)."""
         impl, state = self._impl, self.state
         multi = (getattr(impl, "multi", None) if len(plans) >= _MULTI_MIN
-                 and _guard.addresses is not None
+                 and _guard.plan_table is not None
                  and self._kernel not in _algorithms.PER_TENSOR
                  else None)  # (LAMB's reduction, Muon's host stage: tensor by tensor)
         if checked and multi is None:

@@ -385,6 +385,18 @@ cdef _guarded_plan(list groups, object state, bint has_step, double max_step,
     return (table, counts0.copy(), meta, indices0.copy(), steps, None, keep, {}, ())
 
 
+def disjoint(long long[:, ::1] table, long long[::1] counts, long long[:, ::1] meta,
+             long long[::1] steps):
+    """True if no two byte ranges of a multi-tensor plan (``tensor_plan``'s
+    ``table``, ``counts``, ``meta`` and ``steps``) share a byte."""
+    cdef Py_ssize_t t = table.shape[0]
+    if not (table.shape[1] == 6 and meta.shape[1] >= 2 and counts.shape[0] == t
+            and meta.shape[0] == t and steps.shape[0] == t):
+        raise ValueError("disjoint: table (t, 6), counts (t,), meta (t, >=2) and "
+                         "steps (t,) expected")
+    return _disjoint(table, counts, meta, steps, t)
+
+
 cdef bint _equal(cnp.ndarray a, cnp.ndarray b) except -1:
     # the same int64 contents (C-contiguous arrays of one shape): a plan's addresses
     # against the last checked, without numpy.array_equal's ~3 us a call

@@ -10,10 +10,12 @@ wherever it answers, and leave every other case to it.
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 
-from fusedopt import _guard
+from fusedopt import _guard, _torch_ext
 from fusedopt.backends import select
 from fusedopt.backends.template import TABLE_COLUMNS
 from cases import ALGORITHMS, CASES, case_id
@@ -170,6 +172,7 @@ def test_c_plan_answers_as_the_python_plan(backend, monkeypatch):
     params = _model((torch.float32, torch.float64, torch.float32), strided=True)
     opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:], "amsgrad": True}],
                    backend=backend)
+    opt._reader = None  # (the C++ reads, where built, have their own tests below)
     _grads(params, 0)
     calls = []
     real = _guard.tensor_plan
@@ -205,40 +208,11 @@ class _Sub(torch.Tensor):
     pass
 
 
-@pytest.mark.skipif(not hasattr(getattr(torch._C, "_dynamo", None), "guards"),
-                    reason="this torch has no TensorGuards: the guarded plan is off")
-def test_guarded_c_plan_checks_every_step_what_the_full_plan_checks():
-    """Once the C plan has run, its next steps check the live tensors with torch's
-    ``TensorGuards`` against those it checked in full (``tensor_plan``'s memo): it
-    gives the full plan's answers while nothing changed and while only addresses
-    did (new gradients each step, as backward makes them), and declines (None:
-    the Python plan decides) whatever the full plan would decline."""
-    params = _model((torch.float32, torch.float64, torch.float32), strided=True)
-    opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:], "amsgrad": True}])
-    memo: list = []
-    real = _guard.tensor_plan
-
-    def plan():
-        return real(*_plan_args(opt), None, memo)
-
-    def same_as_full(fast):
-        full = _full_plan(opt)
-        assert fast is not None
-        for x, y in zip(fast[:5], full[:5]):
-            np.testing.assert_array_equal(x, y)
-
-    _grads(params, 0)
-    opt.step()
-    _grads(params, 2)
-    assert plan() is not None and memo  # checked in full, guards made
-    guards = memo[0]
-    same_as_full(plan())  # the guarded path: the same answers
-    assert memo[0] is guards
-    _grads(params, 4)  # new gradients at new addresses: guards pass, ranges swept
-    same_as_full(plan())
-    assert memo[0] is guards
+def _spoilers(opt, params) -> dict:
+    """Edits of a trained model's tensors, by name: each takes a step off the plans'
+    common case, except the last two, which stay in it."""
     big = params[5]
-    cases = {
+    return {
         "a gradient in another layout": lambda: setattr(
             params[0], "grad", torch.randn(5, 7).t()),
         "a gradient of another dtype": lambda: (  # (torch refuses it unless told)
@@ -265,18 +239,65 @@ def test_guarded_c_plan_checks_every_step_what_the_full_plan_checks():
         "a storage resized under its parameter": lambda: big.untyped_storage().resize_(8),
         "a state tensor in another layout": lambda: opt.state[big].__setitem__(
             "exp_avg", torch.zeros(4099, 2)[:, 0]),
+        "a storage resized under a state tensor": lambda: opt.state[big][
+            "exp_avg_sq"].untyped_storage().resize_(8),
+        "a storage resized under a step": lambda: opt.state[params[1]][
+            "step"].untyped_storage().resize_(0),
+        "a gradient that is a parameter's state": lambda: setattr(
+            params[4], "grad", opt.state[params[4]]["exp_avg"]),
         # off the guards' plan but in the common case: the full C plan answers
         # (and remakes the guards)
         "a gradient now missing": lambda: setattr(params[0], "grad", None),
         "a parameter added": lambda: opt.param_groups[0]["params"].append(
             torch.nn.Parameter(torch.randn(3))),
     }
-    remade = ("a gradient now missing", "a parameter added")
-    for what, spoil in cases.items():
+
+
+#: the spoilers that stay in the common case (the plans answer, afresh)
+_REMADE = ("a gradient now missing", "a parameter added")
+
+
+def _same_as_full(opt, fast):
+    full = _full_plan(opt)
+    assert fast is not None
+    for x, y in zip(fast[:5], full[:5]):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.skipif(not hasattr(getattr(torch._C, "_dynamo", None), "guards"),
+                    reason="this torch has no TensorGuards: the guarded plan is off")
+def test_guarded_c_plan_checks_every_step_what_the_full_plan_checks():
+    """Once the C plan has run, its next steps check the live tensors with torch's
+    ``TensorGuards`` against those it checked in full (``tensor_plan``'s memo): it
+    gives the full plan's answers while nothing changed and while only addresses
+    did (new gradients each step, as backward makes them), and declines (None:
+    the Python plan decides) whatever the full plan would decline."""
+    params = _model((torch.float32, torch.float64, torch.float32), strided=True)
+    opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:], "amsgrad": True}])
+    memo: list = []
+    real = _guard.tensor_plan
+
+    def plan():
+        return real(*_plan_args(opt), None, memo)
+
+    def same_as_full(fast):
+        _same_as_full(opt, fast)
+
+    _grads(params, 0)
+    opt.step()
+    _grads(params, 2)
+    assert plan() is not None and memo  # checked in full, guards made
+    guards = memo[0]
+    same_as_full(plan())  # the guarded path: the same answers
+    assert memo[0] is guards
+    _grads(params, 4)  # new gradients at new addresses: guards pass, ranges swept
+    same_as_full(plan())
+    assert memo[0] is guards
+    for what in _spoilers(opt, params):
         params = _model((torch.float32, torch.float64, torch.float32), strided=True)
-        big = params[5]
         opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:],
                                                 "amsgrad": True}])
+        spoil = _spoilers(opt, params)[what]
         memo.clear()
         for step in (0, 2):
             _grads(params, step)
@@ -285,13 +306,132 @@ def test_guarded_c_plan_checks_every_step_what_the_full_plan_checks():
         assert plan() is not None and memo and plan() is not None, what
         guards = memo[0]
         spoil()
-        if what in remade:
+        if what in _REMADE:
             same_as_full(plan())
             assert memo[0] is not guards, what
             continue
         assert plan() is None, what  # ... as the full C plan declines it:
         assert real(*_plan_args(opt)) is None, what
         assert memo[0] is guards, what  # (kept: the full plan remakes them)
+
+
+def _reader():
+    plan = _torch_ext.plan()
+    assert plan is not None, (
+        "fusedopt.torch's C++ tensor reader did not build here (its warning says why)")
+    return plan
+
+
+def _trained(steps=(0, 2)):
+    params = _model((torch.float32, torch.float64, torch.float32), strided=True)
+    opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:], "amsgrad": True}])
+    for step in steps:
+        _grads(params, step)
+        opt.step()
+    return params, opt
+
+
+def test_the_drop_in_plans_cpu_steps_with_the_cpp_reader(monkeypatch):
+    """Where a C++ compiler and torch's headers are at hand (as here), the CPU
+    default path reads its tensors in C++ (``fusedopt._torch_ext``); every step
+    after the first goes through it."""
+    reader = _reader()
+    params, opt = _trained(steps=())
+    assert opt._reader is reader
+    calls = []
+    monkeypatch.setattr(opt, "_reader", lambda *a: calls.append(reader(*a)) or calls[-1])
+    for step in range(3):
+        _grads(params, step)
+        opt.step()
+    assert calls[0] is None and None not in calls[1:]  # (the first allocates state)
+
+
+def test_cpp_reader_answers_as_the_full_plan_and_declines_what_it_declines():
+    """The C++ reads (``_torch_ext.tensor_plan``) give the Python plan's table,
+    counts, meta, indices and step addresses in the common case, with the same or
+    new gradients (the overlap sweep skipped only while every byte range is the one
+    it last passed); and decline every edit that takes a step off the common case
+    (None: the Python plan decides), as the C plan through torch's API does."""
+    reader = _reader()
+    params, opt = _trained()
+    _grads(params, 4)
+    memo: list = []
+    _same_as_full(opt, reader(*_plan_args(opt), memo))
+    swept = memo[0]
+    _same_as_full(opt, reader(*_plan_args(opt), memo))
+    assert memo[0] is swept  # the same ranges: not swept again
+    _grads(params, 6)  # new gradients, new addresses: swept again
+    _same_as_full(opt, reader(*_plan_args(opt), memo))
+    assert memo[0] is not swept
+    for what in _spoilers(opt, params):
+        params, opt = _trained()
+        _grads(params, 4)
+        memo.clear()
+        assert reader(*_plan_args(opt), memo) is not None, what
+        _spoilers(opt, params)[what]()
+        if what in _REMADE:
+            _same_as_full(opt, reader(*_plan_args(opt), memo))
+            continue
+        assert reader(*_plan_args(opt), memo) is None, what
+        assert _guard.tensor_plan(*_plan_args(opt)) is None, what
+
+
+def test_cpp_reader_finds_state_in_any_order_and_steps_under_a_mode_as_torch():
+    """Parameters met in another order than their state entries were made are
+    found all the same; under a torch function mode (reading ``p.grad`` may run
+    Python code there) the C++ reads decline and the step runs through the Python
+    plan, to torch's numbers."""
+    reader = _reader()
+    params, opt = _trained()
+    _grads(params, 4)
+    for group in opt.param_groups:
+        group["params"].reverse()
+    _same_as_full(opt, reader(*_plan_args(opt), []))
+    opt.state = collections.defaultdict(dict, list(opt.state.items())[::-1])
+    _same_as_full(opt, reader(*_plan_args(opt), []))
+
+    class Passing(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    ours = [torch.nn.Parameter(torch.randn(5, generator=torch.Generator().manual_seed(k)))
+            for k in range(3)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    a, b = ft.AdamW(ours, lr=0.1), torch.optim.AdamW(theirs, lr=0.1, foreach=False)
+    for step in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.full((5,), 0.5 + step)
+            q.grad = p.grad.clone()
+        with Passing():
+            if step:
+                assert reader(*_plan_args(a), []) is None
+            a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_the_cpp_reader_is_built_once_skipped_on_request_and_warns_when_it_cannot(
+        tmp_path, monkeypatch):
+    """``FUSEDOPT_TORCH_EXT=0``: not built, no warning. A build that fails (here a
+    compiler that exits 1) warns once, naming the way to skip it, and the drop-in
+    runs on the Python-API plan. A cached build that cannot load is built again."""
+    monkeypatch.setenv("FUSEDOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FUSEDOPT_TORCH_EXT", "0")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _torch_ext._load() is None
+    monkeypatch.setenv("FUSEDOPT_TORCH_EXT", "1")
+    monkeypatch.setenv("CXX", "false")
+    with pytest.warns(RuntimeWarning, match="FUSEDOPT_TORCH_EXT=0"):
+        assert _torch_ext._load() is None
+    assert not list(tmp_path.iterdir())  # nothing half-built left behind
+    target = _torch_ext._target()
+    target.write_bytes(b"not a shared object")
+    built = []
+    monkeypatch.setattr(_torch_ext, "_compile", lambda path: built.append(path) or "new")
+    assert _torch_ext._load() == "new" and built == [target]
 
 
 def test_a_parameter_moved_between_groups_takes_its_new_group_s_hyperparameters():

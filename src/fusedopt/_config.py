@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 #: the environment variables that change what fusedopt picks or how its kernels run
-ENV_VARS = ("FUSEDOPT_BACKEND", "FUSEDOPT_CYTHON_ISA", "NUMBA_NUM_THREADS",
+ENV_VARS = ("FUSEDOPT_BACKEND", "FUSEDOPT_CYTHON_ISA", "FUSEDOPT_TORCH_EXT",
+            "FUSEDOPT_CACHE_DIR", "CXX", "NUMBA_NUM_THREADS",
             "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT",
             "NUMBA_ENABLE_CUDASIM", "OMP_NUM_THREADS")
 

@@ -56,13 +56,14 @@ def py_overlap(arrays: list) -> tuple[int, int] | None:
 
 
 try:
-    from ._overlap import (common_plan, count_steps, first_overlap, overlap,
+    from ._overlap import (common_plan, count_steps, disjoint, first_overlap, overlap,
                            plan_table, same_groups, tensor_plan)
     COMPILED = True
 except ImportError:  # running from a source tree without the compiled modules
     first_overlap, overlap, COMPILED = py_first_overlap, py_overlap, False
     # the full plans, in Python, do the work of the C fast paths
     common_plan = tensor_plan = count_steps = same_groups = plan_table = None
+    disjoint = None  # (fusedopt._torch_ext pairs with it: off without it)
 
 
 def check_arrays(arrays: list, names) -> None:

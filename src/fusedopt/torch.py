@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch.optim import optimizer as _torch_optimizer
 
-from . import _checks, _device, _guard
+from . import _checks, _device, _guard, _torch_ext
 from . import algorithms as _algorithms
 from . import flat as _flat
 from . import newton_schulz as _newton_schulz
@@ -266,6 +266,11 @@ class _Fused(torch.optim.Optimizer):
         # entries it used (a replaced tensor is let go).
         self._views: dict[int, tuple] = {}
         self._plan_memo: list = []  # torch's guards for the C plan (tensor_plan)
+        #: the multi-tensor plan's reads of CPU tensors in C++ (``_torch_ext``,
+        #: built on first use), or None: the C plan through torch's Python API
+        self._reader = (_torch_ext.plan() if self._multi and self._device is None
+                        and not flatten else None)
+        self._reader_memo: list = []  # the byte ranges its last sweep passed
         # one step (or load) at a time: a second thread's waits
         self._lock = threading.Lock()
         #: the algorithm's per-tensor scalar state (NAdam's mu_product), if any
@@ -364,7 +369,8 @@ class _Fused(torch.optim.Optimizer):
         parameter, gradient and state, checked like ``_plan``'s views (device, dtype,
         size, layout), first-step state allocated but not yet in ``state``; then the
         byte ranges of everything against each other. The common case runs in one C
-        call (``_guard.tensor_plan``, which says what it is); anything else (a first
+        call (``_guard.tensor_plan``, which says what it is; for CPU tensors, where it
+        could be built, ``_torch_ext.tensor_plan``, its reads in C++); anything else (a first
         step, a step that is not a float32 tensor, an error to name) here. Returns
         the groups' checked hyperparameters and state names, and the plan
         ``(table, counts, meta, indices, step addresses, step tensors, keep, new,
@@ -377,9 +383,14 @@ class _Fused(torch.optim.Optimizer):
                   for group, (_, names) in zip(self.param_groups, checked)]
         if (_guard.tensor_plan is not None and type(self.state) in _STATE_TYPES
                 and not self._scalars):
-            common = _guard.tensor_plan(groups, self.state, self._kinds, _TYPES,
-                                        self._has_step, float(_checks.MAX_STEP),
-                                        self._device, self._plan_memo)
+            if self._reader is not None:
+                common = self._reader(groups, self.state, self._kinds, _TYPES,
+                                      self._has_step, float(_checks.MAX_STEP),
+                                      self._reader_memo)
+            else:
+                common = _guard.tensor_plan(groups, self.state, self._kinds, _TYPES,
+                                            self._has_step, float(_checks.MAX_STEP),
+                                            self._device, self._plan_memo)
             if common is not None:
                 return checked, common
         return checked, self._plan_multi_full(checked)

@@ -1,0 +1,168 @@
+"""The drop-in's per-step tensor reads in C++, compiled against the running torch.
+
+Before a multi-tensor step writes, ``fusedopt.torch`` reads and checks every tensor
+it will touch: about five per parameter (the parameter, its gradient, its state
+tensors, its step). Through torch's Python API each costs ~250 ns, which on many
+small tensors is most of the step (500 tensors: ~1.1 ms of ~1.7). ``csrc/
+tensor_plan.cpp`` reads the same fields from the ``at::Tensor`` behind each Python
+object (~10 ns each). It is C++ against torch's own headers, so it must be built
+for the torch that runs: ``plan()`` compiles it on first use (~15 s, once per torch
+version: the result is cached) with the system C++ compiler, and returns None
+where that is not possible (no compiler, no torch headers, a platform other than
+Linux or macOS), after one warning; the drop-in then reads through the Python API
+(``fusedopt._overlap.tensor_plan``), which is slower but checks the same things.
+
+Environment:
+
+- ``FUSEDOPT_TORCH_EXT=0``: do not build or load it (no warning).
+- ``FUSEDOPT_CACHE_DIR``: where the compiled module is kept (default
+  ``$XDG_CACHE_HOME/fusedopt`` or ``~/.cache/fusedopt``).
+- ``CXX``: the compiler (default ``c++``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import warnings
+
+import numpy as np
+
+from . import _guard
+
+__all__ = ["plan", "tensor_plan"]
+
+_SOURCE = pathlib.Path(__file__).with_name("csrc") / "tensor_plan.cpp"
+_NAME = "fusedopt_tensor_plan"
+_log = logging.getLogger("fusedopt")
+_lock = threading.Lock()
+_loaded: list = []  # [module or None], once tried
+
+
+def _cache_dir() -> pathlib.Path:
+    root = os.environ.get("FUSEDOPT_CACHE_DIR")
+    if root:
+        return pathlib.Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "fusedopt"
+
+
+def _target() -> pathlib.Path:
+    """The compiled module's path: one per source, torch build and Python."""
+    import torch
+    key = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), torch.__version__.encode(),
+                 str(getattr(torch.version, "git_version", "")).encode(),
+                 sys.implementation.cache_tag.encode(), sys.platform.encode()):
+        key.update(part)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    return _cache_dir() / f"{_NAME}-{key.hexdigest()[:16]}{suffix}"
+
+
+def _import(path: pathlib.Path):
+    spec = importlib.util.spec_from_file_location(_NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compile(target: pathlib.Path):
+    """Build ``target`` from the source and import it. The build goes to a
+    temporary name and is renamed into place once it imports: processes that build
+    at once each get a whole file, and a build that cannot load is never cached."""
+    import torch
+    from torch.utils import cpp_extension
+    libs = cpp_extension.library_paths()
+    cmd = [os.environ.get("CXX", "c++"), "-O2", "-std=c++20", "-shared", "-fPIC", "-w",
+           f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+           "-I" + sysconfig.get_paths()["include"]]
+    cmd += ["-I" + path for path in cpp_extension.include_paths()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=target.suffix, prefix=target.stem, dir=target.parent)
+    os.close(fd)
+    cmd += [str(_SOURCE), "-o", tmp]  # (the libraries after the source that needs them)
+    cmd += ["-L" + path for path in libs] + ["-Wl,-rpath," + path for path in libs]
+    if sys.platform == "darwin":
+        cmd += ["-undefined", "dynamic_lookup"]
+    cmd += ["-lc10", "-ltorch", "-ltorch_cpu", "-ltorch_python"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{cmd[0]} exited with {done.returncode}: "
+                               f"{done.stderr.strip()[-800:]}")
+        module = _import(pathlib.Path(tmp))
+        os.replace(tmp, target)
+        return module
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load():
+    if os.environ.get("FUSEDOPT_TORCH_EXT", "1") == "0":
+        return None
+    if sys.platform not in ("linux", "darwin") or _guard.disjoint is None:
+        return None  # (without the compiled _overlap there is no sweep to pair it with)
+    try:
+        target = _target()
+        if target.exists():
+            try:
+                return _import(target)
+            except ImportError:  # a build this torch cannot load: built again
+                pass
+        _log.info("fusedopt.torch: compiling its C++ tensor reader into %s", target)
+        return _compile(target)
+    except Exception as e:  # noqa: BLE001 - any failure: the Python reads instead
+        warnings.warn(
+            f"fusedopt.torch could not build its C++ tensor reader ({type(e).__name__}: "
+            f"{e}); the drop-in reads its tensors through torch's Python API instead, "
+            "which checks the same but is slower on many small tensors. Set "
+            "FUSEDOPT_TORCH_EXT=0 to skip the build.", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def plan():
+    """``tensor_plan`` where the compiled reader is available (built on first call),
+    else None."""
+    if not _loaded:
+        with _lock:
+            if not _loaded:
+                _loaded.append(_load())
+    return tensor_plan if _loaded[0] is not None else None
+
+
+def tensor_plan(groups: list, state: dict, kinds: dict, types: tuple, has_step: bool,
+                max_step: float, memo: list) -> tuple | None:
+    """``fusedopt._overlap.tensor_plan``'s contract for CPU tensors, every tensor
+    read and checked live in C++ (``csrc/tensor_plan.cpp``): the plan ``(table,
+    counts, meta, indices, steps, None, keep, {}, ())``, or None off the common case
+    (the Python plan then decides, and names any error). ``memo`` (a list the caller
+    keeps, empty at first) holds the byte ranges the last overlap sweep passed: the
+    sweep runs again whenever a plan's addresses, sizes or kinds differ from them."""
+    total = sum(len(params) for params, _ in groups)
+    table = np.zeros((total, 6), np.int64)
+    counts = np.zeros(total, np.int64)
+    meta = np.zeros((total, 4), np.int64)
+    indices = np.zeros(total, np.int64)
+    steps = np.zeros(total, np.int64)
+    keep: list = []
+    t, same = _loaded[0].read(groups, state, kinds, types, has_step, max_step, table,
+                              counts, meta, indices, steps, keep, memo)
+    if t < 0:
+        return None
+    table, counts, meta, indices, steps = (table[:t], counts[:t], meta[:t], indices[:t],
+                                           steps[:t])
+    if not same:  # (the ranges the last sweep passed: no two can share a byte)
+        if not _guard.disjoint(table, counts, meta, steps):
+            return None
+        memo[:] = [table.copy(), counts.copy(), meta.copy(), steps.copy()]
+    return table, counts, meta, indices, steps, None, keep, {}, ()

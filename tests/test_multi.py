@@ -376,11 +376,11 @@ def test_cpp_reader_answers_as_the_full_plan_and_declines_what_it_declines():
         assert _guard.tensor_plan(*_plan_args(opt)) is None, what
 
 
-def test_cpp_reader_finds_state_in_any_order_and_steps_under_a_mode_as_torch():
+def test_cpp_reader_finds_state_in_any_order_and_reads_through_a_mode():
     """Parameters met in another order than their state entries were made are
-    found all the same; under a torch function mode (reading ``p.grad`` may run
-    Python code there) the C++ reads decline and the step runs through the Python
-    plan, to torch's numbers."""
+    found all the same; under a torch function mode (reading ``p.grad`` runs
+    Python code there) the C++ reads answer as the full plan, and the steps give
+    torch's numbers."""
     reader = _reader()
     params, opt = _trained()
     _grads(params, 4)
@@ -404,33 +404,72 @@ def test_cpp_reader_finds_state_in_any_order_and_steps_under_a_mode_as_torch():
             q.grad = p.grad.clone()
         with Passing():
             if step:
-                assert reader(*_plan_args(a), []) is None
+                _same_as_full(a, reader(*_plan_args(a), []))
             a.step()
         b.step()
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
 
 
-def test_the_cpp_reader_is_built_once_skipped_on_request_and_warns_when_it_cannot(
+def test_cpp_reader_holds_what_python_code_run_during_its_reads_drops():
+    """Reading ``p.grad`` can run Python code (here a torch function mode that
+    empties the optimizer's state and parameter list on its first call): the
+    reads hold every object they use and decline the plan of lists that changed
+    under them (the interpreter survives; None)."""
+    reader = _reader()
+    params, opt = _trained()
+    _grads(params, 4)
+    args = _plan_args(opt)
+    fired = []
+
+    class Dropping(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if not fired:
+                fired.append(1)
+                opt.state.clear()
+                for group in opt.param_groups:
+                    group["params"].clear()
+                params.clear()
+                import gc
+                gc.collect()
+            return func(*args, **(kwargs or {}))
+
+    with Dropping():
+        assert reader(*args, []) is None
+    assert fired
+
+
+def test_the_cpp_reader_is_skipped_on_request_and_warns_once_where_it_cannot_build(
         tmp_path, monkeypatch):
     """``FUSEDOPT_TORCH_EXT=0``: not built, no warning. A build that fails (here a
-    compiler that exits 1) warns once, naming the way to skip it, and the drop-in
-    runs on the Python-API plan. A cached build that cannot load is built again."""
+    compiler that exits 1) warns, naming the way to skip it, leaves nothing
+    half-built, and keeps its reason beside the cache: later processes warn
+    without building again until it is deleted. A cached build that cannot load is
+    built again."""
+    import warnings
     monkeypatch.setenv("FUSEDOPT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("FUSEDOPT_TORCH_EXT", "0")
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _torch_ext._load() is None
+    assert _torch_ext.status().startswith("off")
     monkeypatch.setenv("FUSEDOPT_TORCH_EXT", "1")
     monkeypatch.setenv("CXX", "false")
+    assert _torch_ext.status().startswith("built on first use")
     with pytest.warns(RuntimeWarning, match="FUSEDOPT_TORCH_EXT=0"):
         assert _torch_ext._load() is None
-    assert not list(tmp_path.iterdir())  # nothing half-built left behind
     target = _torch_ext._target()
-    target.write_bytes(b"not a shared object")
+    failed = target.with_name(target.name + ".failed")
+    assert "exited with 1" in failed.read_text()
+    assert _torch_ext.status().startswith("build failed")
+    assert not target.exists() and not list(tmp_path.glob("*.so"))
     built = []
     monkeypatch.setattr(_torch_ext, "_compile", lambda path: built.append(path) or "new")
+    with pytest.warns(RuntimeWarning, match="to try the build again"):
+        assert _torch_ext._load() is None
+    assert not built
+    failed.unlink()
+    target.write_bytes(b"not a shared object")
     assert _torch_ext._load() == "new" and built == [target]
 
 

@@ -124,6 +124,9 @@ def config() -> dict[str, Any]:
         info["auto_backend_for_host_arrays"] = f"none: {exc}"
     info.update(_cython())
     info.update(_numba())
+    if info["torch"] is not None:  # the drop-in's C++ reads (fusedopt._torch_ext)
+        from . import _torch_ext
+        info["torch_tensor_reader"] = _torch_ext.status()
     info["environment"] = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
     return info
 

@@ -5,11 +5,14 @@ it will touch: about five per parameter (the parameter, its gradient, its state
 tensors, its step). Through torch's Python API each costs ~250 ns, which on many
 small tensors is most of the step (500 tensors: ~1.1 ms of ~1.7). ``csrc/
 tensor_plan.cpp`` reads the same fields from the ``at::Tensor`` behind each Python
-object (~10 ns each). It is C++ against torch's own headers, so it must be built
-for the torch that runs: ``plan()`` compiles it on first use (~15 s, once per torch
-version: the result is cached) with the system C++ compiler, and returns None
-where that is not possible (no compiler, no torch headers, a platform other than
-Linux or macOS), after one warning; the drop-in then reads through the Python API
+object (~50 ns a tensor, most of it the memory it touches). It is C++ against
+torch's own headers, so it must be built for the torch that runs: ``plan()``
+compiles it on first use (~15 s, once per torch install: the result is cached;
+processes that start at once wait for one build) with the system C++ compiler, and
+returns None where that is not possible (no compiler, no headers, a platform other
+than Linux or macOS), after one warning; the reason is kept beside the cache
+(``<module>.failed``) so that later processes do not try again until it is
+deleted. The drop-in then reads through the Python API
 (``fusedopt._overlap.tensor_plan``), which is slower but checks the same things.
 
 Environment:
@@ -22,12 +25,14 @@ Environment:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.machinery
 import importlib.util
 import logging
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -39,7 +44,7 @@ import numpy as np
 
 from . import _guard
 
-__all__ = ["plan", "tensor_plan"]
+__all__ = ["plan", "status", "tensor_plan"]
 
 _SOURCE = pathlib.Path(__file__).with_name("csrc") / "tensor_plan.cpp"
 _NAME = "fusedopt_tensor_plan"
@@ -57,13 +62,17 @@ def _cache_dir() -> pathlib.Path:
 
 
 def _target() -> pathlib.Path:
-    """The compiled module's path: one per source, torch build and Python."""
+    """The compiled module's path: one per source, torch build (its version,
+    commit, C++ ABI, and the location and date of its Python bindings: two installs
+    of one version get a build each) and Python."""
     import torch
+    bindings = pathlib.Path(torch._C.__file__).resolve()
     key = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), torch.__version__.encode(),
-                 str(getattr(torch.version, "git_version", "")).encode(),
-                 sys.implementation.cache_tag.encode(), sys.platform.encode()):
-        key.update(part)
+    for part in (_SOURCE.read_bytes(), torch.__version__,
+                 getattr(torch.version, "git_version", ""),
+                 torch._C._GLIBCXX_USE_CXX11_ABI, bindings, bindings.stat().st_mtime_ns,
+                 sys.implementation.cache_tag, sys.platform, os.environ.get("CXX", "")):
+        key.update(str(part).encode() + b"\0")
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     return _cache_dir() / f"{_NAME}-{key.hexdigest()[:16]}{suffix}"
 
@@ -82,11 +91,11 @@ def _compile(target: pathlib.Path):
     import torch
     from torch.utils import cpp_extension
     libs = cpp_extension.library_paths()
-    cmd = [os.environ.get("CXX", "c++"), "-O2", "-std=c++20", "-shared", "-fPIC", "-w",
+    cmd = [*shlex.split(os.environ.get("CXX") or "c++"), "-O2", "-std=c++20", "-shared",
+           "-fPIC", "-w",
            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
            "-I" + sysconfig.get_paths()["include"]]
     cmd += ["-I" + path for path in cpp_extension.include_paths()]
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=target.suffix, prefix=target.stem, dir=target.parent)
     os.close(fd)
     cmd += [str(_SOURCE), "-o", tmp]  # (the libraries after the source that needs them)
@@ -95,7 +104,7 @@ def _compile(target: pathlib.Path):
         cmd += ["-undefined", "dynamic_lookup"]
     cmd += ["-lc10", "-ltorch", "-ltorch_cpu", "-ltorch_python"]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if done.returncode:
             raise RuntimeError(f"{cmd[0]} exited with {done.returncode}: "
                                f"{done.stderr.strip()[-800:]}")
@@ -107,27 +116,78 @@ def _compile(target: pathlib.Path):
             os.unlink(tmp)
 
 
+def _built(target: pathlib.Path):
+    """The module at ``target``, built first where it is not there (or cannot
+    load), one process at a time: the others wait for its build and load it."""
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if target.exists():
+                try:
+                    return _import(target)
+                except ImportError:  # a build this torch cannot load: built again
+                    pass
+            _log.warning("fusedopt.torch: compiling its C++ tensor reader for torch %s "
+                         "(once, ~15 s; FUSEDOPT_TORCH_EXT=0 skips it)",
+                         _torch_version())
+            return _compile(target)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _torch_version() -> str:
+    import torch
+    return torch.__version__
+
+
 def _load():
     if os.environ.get("FUSEDOPT_TORCH_EXT", "1") == "0":
         return None
     if sys.platform not in ("linux", "darwin") or _guard.disjoint is None:
         return None  # (without the compiled _overlap there is no sweep to pair it with)
+    failed = None
     try:
         target = _target()
-        if target.exists():
-            try:
-                return _import(target)
-            except ImportError:  # a build this torch cannot load: built again
-                pass
-        _log.info("fusedopt.torch: compiling its C++ tensor reader into %s", target)
-        return _compile(target)
+        failed = target.with_name(target.name + ".failed")
+        if failed.exists():  # (a build failed here before: not tried again)
+            raise RuntimeError(failed.read_text().strip())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return _built(target)
     except Exception as e:  # noqa: BLE001 - any failure: the Python reads instead
+        why = f"{type(e).__name__}: {e}"
+        retry = ""
+        if failed is not None:
+            try:
+                if not failed.exists():
+                    failed.write_text(why[-2000:] + "\n")
+                retry = f" Delete {failed} to try the build again."
+            except OSError:
+                pass
         warnings.warn(
-            f"fusedopt.torch could not build its C++ tensor reader ({type(e).__name__}: "
-            f"{e}); the drop-in reads its tensors through torch's Python API instead, "
-            "which checks the same but is slower on many small tensors. Set "
-            "FUSEDOPT_TORCH_EXT=0 to skip the build.", RuntimeWarning, stacklevel=3)
+            f"fusedopt.torch could not build its C++ tensor reader ({why}); the drop-in "
+            "reads its tensors through torch's Python API instead, which checks the "
+            "same but is slower on many small tensors. Set FUSEDOPT_TORCH_EXT=0 to "
+            f"skip the build.{retry}", RuntimeWarning, stacklevel=3)
         return None
+
+
+def status() -> str:
+    """What ``plan()`` finds here, without building anything (``show_config``)."""
+    if os.environ.get("FUSEDOPT_TORCH_EXT", "1") == "0":
+        return "off (FUSEDOPT_TORCH_EXT=0)"
+    if sys.platform not in ("linux", "darwin") or _guard.disjoint is None:
+        return (f"not available on {sys.platform}" if _guard.disjoint is not None
+                else "not available: the compiled overlap check is missing")
+    try:
+        target = _target()
+    except Exception as e:  # noqa: BLE001 - torch missing or broken: say so
+        return f"not available ({type(e).__name__}: {e})"
+    failed = target.with_name(target.name + ".failed")
+    if failed.exists():
+        return f"build failed (delete {failed} to retry): {failed.read_text().strip()}"
+    if target.exists():
+        return f"built: {target}"
+    return f"built on first use of fusedopt.torch, into {target}"
 
 
 def plan():
@@ -155,8 +215,11 @@ def tensor_plan(groups: list, state: dict, kinds: dict, types: tuple, has_step: 
     indices = np.zeros(total, np.int64)
     steps = np.zeros(total, np.int64)
     keep: list = []
-    t, same = _loaded[0].read(groups, state, kinds, types, has_step, max_step, table,
-                              counts, meta, indices, steps, keep, memo)
+    try:
+        t, same = _loaded[0].read(groups, state, kinds, types, has_step, max_step,
+                                  table, counts, meta, indices, steps, keep, memo)
+    except Exception:  # noqa: BLE001 - whatever it was, the Python plan names it
+        return None
     if t < 0:
         return None
     table, counts, meta, indices, steps = (table[:t], counts[:t], meta[:t], indices[:t],

@@ -383,11 +383,13 @@ class _Fused(torch.optim.Optimizer):
                   for group, (_, names) in zip(self.param_groups, checked)]
         if (_guard.tensor_plan is not None and type(self.state) in _STATE_TYPES
                 and not self._scalars):
+            common = None
             if self._reader is not None:
                 common = self._reader(groups, self.state, self._kinds, _TYPES,
                                       self._has_step, float(_checks.MAX_STEP),
                                       self._reader_memo)
-            else:
+            if common is None:  # (what the C++ reads decline, such as a tensor
+                # subclass without a gradient, torch's Python API may still plan)
                 common = _guard.tensor_plan(groups, self.state, self._kinds, _TYPES,
                                             self._has_step, float(_checks.MAX_STEP),
                                             self._device, self._plan_memo)

@@ -12,7 +12,6 @@
 
 #include <Python.h>
 
-#include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -95,16 +94,18 @@ uintptr_t address(const at::Tensor& t, int64_t numel, int64_t itemsize) {
 // place (_overlap._plain)
 bool plain(const at::Tensor& t) { return !(t.is_neg() || t.is_conj() || t.is_inference()); }
 
-// a dense CPU tensor whose memory holds the values it shows (plain): checked in
-// full once per dispatch key set met in a call. The key set is what torch derives
-// all of these from (layout, device type, conjugate and negative views, inference
-// tensors), so another tensor with the same key set passes for the same reasons.
+// a strided CPU tensor with a storage, whose memory holds the values it shows
+// (plain). The layout and plain checks run in full once per dispatch key set met
+// in a call: the key set is what torch derives both from (sparse and mkldnn
+// layouts, conjugate and negative views, inference tensors), so another tensor
+// with the same key set passes them for the same reasons.
 struct Dense {
   c10::DispatchKeySet seen;
   bool any = false;
   bool operator()(const at::Tensor& t) {
+    if (!t.has_storage() || !t.is_cpu()) return false;
     if (any && t.key_set() == seen) return true;
-    if (t.layout() != at::kStrided || !t.is_cpu() || !plain(t)) return false;
+    if (t.layout() != at::kStrided || !plain(t)) return false;
     seen = t.key_set();
     any = true;
     return true;
@@ -125,12 +126,24 @@ struct Entries {
   std::vector<std::pair<PyObject*, PyObject*>> items;  // dict order
   std::vector<std::pair<PyObject*, size_t>> sorted;    // (key, its index in items)
   size_t next = 0;
-  explicit Entries(PyObject* state) {
+  explicit Entries(PyObject* state) {  // (each key and value held)
     items.reserve(static_cast<size_t>(PyDict_GET_SIZE(state)));
     Py_ssize_t pos = 0;
     PyObject *key, *value;
-    while (PyDict_Next(state, &pos, &key, &value)) items.emplace_back(key, value);
+    while (PyDict_Next(state, &pos, &key, &value)) {
+      Py_INCREF(key);
+      Py_INCREF(value);
+      items.emplace_back(key, value);
+    }
   }
+  ~Entries() {
+    for (auto& item : items) {
+      Py_DECREF(item.first);
+      Py_DECREF(item.second);
+    }
+  }
+  Entries(const Entries&) = delete;
+  Entries& operator=(const Entries&) = delete;
   PyObject* find(PyObject* key) {
     if (next < items.size() && items[next].first == key) return items[next++].second;
     if (sorted.empty()) {
@@ -152,9 +165,6 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
   static PyObject* grad_name = PyUnicode_InternFromString("grad");
   static PyObject* step_name = PyUnicode_InternFromString("step");
   if (!grad_name || !step_name) return -2;
-  // under a torch function mode, reading p.grad runs Python code, which could
-  // change what this plan borrows: the Python plan reads them then
-  if (at::impl::torch_function_mode_enabled()) return -1;
   if (!PyTuple_Check(types) || PyTuple_GET_SIZE(types) != 2 || !PyDict_Check(kinds) ||
       !PyDict_Check(state) || !PyList_Check(groups))
     return -1;
@@ -188,12 +198,13 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
       long col = PyLong_AsLong(PyTuple_GET_ITEM(column, 1));
       if (col < 2 || col > 5) return PyErr_Occurred() ? -2 : -1;
     }
-    Py_ssize_t n = PyList_GET_SIZE(params);
-    for (Py_ssize_t j = 0; j < n; ++j) {
-      PyObject* p = PyList_GET_ITEM(params, j);
-      // (a plain tensor's grad is read in C: no Python code runs during the plan,
-      // so nothing can change the dicts and lists it borrows from)
-      if (Py_TYPE(p) != tensor && Py_TYPE(p) != parameter) return -1;
+    // Every object read below is held by a reference of its own (or by keep):
+    // reading p.grad may run Python code (a torch function mode, a tensor
+    // subclass's property, the finalizers of a garbage collection), which could
+    // change the params list and the state under a borrowed one.
+    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(params); ++j) {
+      Ref param{Py_NewRef(PyList_GET_ITEM(params, j))};
+      PyObject* p = param.obj;
       Ref grad{PyObject_GetAttr(p, grad_name)};
       PyObject* g = grad.obj;
       if (g == nullptr) return -2;
@@ -201,7 +212,10 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
         ++index;
         continue;
       }
-      if (t >= total || Py_TYPE(g) != tensor) return -1;
+      if (t >= total || (Py_TYPE(p) != tensor && Py_TYPE(p) != parameter) ||
+          Py_TYPE(g) != tensor)
+        return -1;
+      if (PyList_Append(keep, p) < 0 || PyList_Append(keep, g) < 0) return -2;
       const at::Tensor& pt = THPVariable_Unpack(p);
       const at::Tensor& gt = THPVariable_Unpack(g);
       if (!dense(pt)) return -1;
@@ -211,8 +225,9 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
       if (kind == nullptr) return -1;
       // contiguous, or dense in another order of dimensions (channels_last,
       // transposed) with its gradient and state in the very same strides
+      // (at most 16 dimensions then, as _dense_strides)
       bool contiguous = pt.is_contiguous();
-      if (!contiguous && !pt.is_non_overlapping_and_dense()) return -1;
+      if (!contiguous && (pt.dim() > 16 || !pt.is_non_overlapping_and_dense())) return -1;
       if (!like(gt, pt, contiguous, dense)) return -1;
       PyObject* live = entries.find(p);
       if (live == nullptr || !PyDict_CheckExact(live)) return -1;
@@ -221,24 +236,24 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
       row[0] = static_cast<int64_t>(address(pt, numel, kind->itemsize));
       row[1] = static_cast<int64_t>(address(gt, numel, kind->itemsize));
       if (numel && !(row[0] && row[1])) return -1;
-      if (PyList_Append(keep, p) < 0 || PyList_Append(keep, g) < 0) return -2;
       for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(columns); ++c) {
         PyObject* column = PyTuple_GET_ITEM(columns, c);
         PyObject* obj = PyDict_GetItemWithError(live, PyTuple_GET_ITEM(column, 0));
         if (obj == nullptr) return PyErr_Occurred() ? -2 : -1;
         if (Py_TYPE(obj) != tensor) return -1;
+        if (PyList_Append(keep, obj) < 0) return -2;
         const at::Tensor& st = THPVariable_Unpack(obj);
         if (!like(st, pt, contiguous, dense)) return -1;
         int64_t* slot = row + PyLong_AsLong(PyTuple_GET_ITEM(column, 1));
         *slot = static_cast<int64_t>(address(st, numel, kind->itemsize));
         if (numel && !*slot) return -1;
-        if (PyList_Append(keep, obj) < 0) return -2;
       }
       int64_t step = 0;
       if (has_step) {
         PyObject* obj = PyDict_GetItemWithError(live, step_name);
         if (obj == nullptr) return PyErr_Occurred() ? -2 : -1;
         if (Py_TYPE(obj) != tensor) return -1;
+        if (PyList_Append(keep, obj) < 0) return -2;
         const at::Tensor& st = THPVariable_Unpack(obj);
         if (!dense(st) || st.scalar_type() != at::kFloat || st.numel() != 1) return -1;
         // a whole number in [0, max_step] (_overlap._count)
@@ -250,7 +265,6 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
           return -1;
         step = static_cast<int64_t>(count);
         stp[t] = static_cast<int64_t>(addr);
-        if (PyList_Append(keep, obj) < 0) return -2;
       }
       cnt[t] = numel;
       met[t * 4 + 0] = k;
@@ -262,7 +276,7 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
       ++index;
     }
   }
-  return t;
+  return index == total ? t : -1;  // (-1: the lists changed while they were read)
 }
 
 PyObject* read(PyObject*, PyObject* const* args, Py_ssize_t nargs) {

@@ -11,6 +11,8 @@ wherever it answers, and leave every other case to it.
 from __future__ import annotations
 
 import collections
+import gc
+import sys
 
 import numpy as np
 import pytest
@@ -376,11 +378,11 @@ def test_cpp_reader_answers_as_the_full_plan_and_declines_what_it_declines():
         assert _guard.tensor_plan(*_plan_args(opt)) is None, what
 
 
-def test_cpp_reader_finds_state_in_any_order_and_reads_through_a_mode():
+def test_cpp_reader_finds_state_in_any_order_and_leaves_a_mode_to_the_python_api():
     """Parameters met in another order than their state entries were made are
-    found all the same; under a torch function mode (reading ``p.grad`` runs
-    Python code there) the C++ reads answer as the full plan, and the steps give
-    torch's numbers."""
+    found all the same. Under a torch function mode every read of the Python-API
+    plan goes through the mode: the C++ reads decline, that plan answers, and the
+    steps give torch's numbers."""
     reader = _reader()
     params, opt = _trained()
     _grads(params, 4)
@@ -404,39 +406,72 @@ def test_cpp_reader_finds_state_in_any_order_and_reads_through_a_mode():
             q.grad = p.grad.clone()
         with Passing():
             if step:
-                _same_as_full(a, reader(*_plan_args(a), []))
+                assert reader(*_plan_args(a), []) is None
+                assert _guard.tensor_plan(*_plan_args(a)) is not None
             a.step()
         b.step()
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
 
 
-def test_cpp_reader_holds_what_python_code_run_during_its_reads_drops():
-    """Reading ``p.grad`` can run Python code (here a torch function mode that
-    empties the optimizer's state and parameter list on its first call): the
-    reads hold every object they use and decline the plan of lists that changed
-    under them (the interpreter survives; None)."""
-    reader = _reader()
-    params, opt = _trained()
-    _grads(params, 4)
-    args = _plan_args(opt)
+def _during_reads(edit):
+    """A garbage-collection callback that runs ``edit`` once, at the first
+    collection inside the C++ reads after a row's objects are held (reading a
+    gradient autograd made allocates its Python object, which may collect): the
+    Python code a finalizer could run there."""
     fired = []
 
-    class Dropping(torch.overrides.TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            if not fired:
-                fired.append(1)
-                opt.state.clear()
-                for group in opt.param_groups:
-                    group["params"].clear()
-                params.clear()
-                import gc
-                gc.collect()
-            return func(*args, **(kwargs or {}))
+    def callback(phase, info):
+        frame = sys._getframe(1)
+        if (phase == "start" and not fired and frame.f_code.co_name == "tensor_plan"
+                and len(frame.f_locals.get("keep", ())) >= 2):
+            fired.append(1)
+            edit()
+    return fired, callback
 
-    with Dropping():
-        assert reader(*args, []) is None
+
+@pytest.mark.parametrize("edit", ["re-point a parameter", "drop the state and params"])
+def test_cpp_reader_plans_what_is_there_after_python_code_runs_during_its_reads(edit):
+    """Reading ``p.grad`` can run Python code (here a collection's callback, as a
+    finalizer would): the reads hold every object they use, take every address
+    after the last Python code has run (a parameter re-pointed mid-read is planned
+    at its new storage, and the step writes there), and decline lists that changed
+    under them."""
+    reader = _reader()
+    ps = [torch.nn.Parameter(torch.randn(4, 5)) for _ in range(3)]
+    opt = ft.AdamW(ps, lr=0.1)
+    for step in range(2):
+        for p in ps:
+            p.grad = None
+        sum((p * (step + 1)).sum() for p in ps).backward()  # grads made by autograd
+        if step == 0:
+            opt.step()
+    fresh = torch.zeros(4, 5)
+
+    def drop():
+        opt.state.clear()
+        for group in opt.param_groups:
+            group["params"].clear()
+    fired, callback = _during_reads({
+        "re-point a parameter": lambda: setattr(ps[0], "data", fresh),
+        "drop the state and params": drop}[edit])
+    args = _plan_args(opt)
+    gc.collect()
+    gc.callbacks.append(callback)
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        plan = reader(*args, [])
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(callback)
     assert fired
+    if edit == "re-point a parameter":
+        assert plan is not None and plan[0][0, 0] == fresh.data_ptr()
+        opt.step()
+        assert ps[0].data_ptr() == fresh.data_ptr() and (fresh != 0).all()
+    else:
+        assert plan is None
 
 
 def test_the_cpp_reader_is_skipped_on_request_and_warns_once_where_it_cannot_build(
@@ -454,6 +489,10 @@ def test_the_cpp_reader_is_skipped_on_request_and_warns_once_where_it_cannot_bui
         assert _torch_ext._load() is None
     assert _torch_ext.status().startswith("off")
     monkeypatch.setenv("FUSEDOPT_TORCH_EXT", "1")
+    monkeypatch.setenv("CXX", "sh -c 'kill -9 $$'")  # (a compiler killed: may pass
+    with pytest.warns(RuntimeWarning, match="signal 9"):  # next time, not kept)
+        assert _torch_ext._load() is None
+    assert not list(tmp_path.glob("*.failed"))
     monkeypatch.setenv("CXX", "false")
     assert _torch_ext.status().startswith("built on first use")
     with pytest.warns(RuntimeWarning, match="FUSEDOPT_TORCH_EXT=0"):

@@ -25,7 +25,6 @@ Environment:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -104,11 +103,19 @@ def _compile(target: pathlib.Path):
         cmd += ["-undefined", "dynamic_lookup"]
     cmd += ["-lc10", "-ltorch", "-ltorch_cpu", "-ltorch_python"]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        except FileNotFoundError as e:  # (no compiler)
+            raise _Lasting(f"{cmd[0]} not found: {e}") from e
+        if done.returncode > 0:  # (refused; a negative code: killed, not kept)
+            raise _Lasting(f"{cmd[0]} exited with {done.returncode}: "
+                           f"{done.stderr.strip()[-800:]}")
         if done.returncode:
-            raise RuntimeError(f"{cmd[0]} exited with {done.returncode}: "
-                               f"{done.stderr.strip()[-800:]}")
-        module = _import(pathlib.Path(tmp))
+            raise RuntimeError(f"{cmd[0]} was stopped by signal {-done.returncode}")
+        try:
+            module = _import(pathlib.Path(tmp))
+        except ImportError as e:
+            raise _Lasting(f"the build does not load: {e}") from e
         os.replace(tmp, target)
         return module
     finally:
@@ -116,23 +123,57 @@ def _compile(target: pathlib.Path):
             os.unlink(tmp)
 
 
+class _Lasting(Exception):
+    """A build failure that would recur (the compiler refused, is missing, or what
+    it built cannot load): kept beside the cache so later processes skip it."""
+
+
+def _failed(target: pathlib.Path) -> pathlib.Path:
+    return target.with_name(target.name + ".failed")
+
+
 def _built(target: pathlib.Path):
     """The module at ``target``, built first where it is not there (or cannot
-    load), one process at a time: the others wait for its build and load it."""
+    load), one process at a time: the others wait for its build and load it. A
+    build that fails for good leaves its reason at ``_failed(target)``."""
+    if target.exists():  # (a read-only cache of a finished build: no lock needed)
+        try:
+            return _import(target)
+        except ImportError:  # a build this torch cannot load: built again below
+            pass
+    import fcntl  # (POSIX: only Linux and macOS get here)
+    target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(target.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            failed = _failed(target)
+            if failed.exists():  # (another process failed while this one waited)
+                raise _Lasting(_reason(failed))
             if target.exists():
                 try:
                     return _import(target)
-                except ImportError:  # a build this torch cannot load: built again
+                except ImportError:
                     pass
             _log.warning("fusedopt.torch: compiling its C++ tensor reader for torch %s "
                          "(once, ~15 s; FUSEDOPT_TORCH_EXT=0 skips it)",
                          _torch_version())
-            return _compile(target)
+            try:
+                return _compile(target)
+            except _Lasting as e:
+                try:
+                    failed.write_text(f"{e}\n")
+                except OSError:
+                    pass
+                raise
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _reason(failed: pathlib.Path) -> str:
+    try:
+        return failed.read_text().strip() or "(no reason kept)"
+    except OSError as e:
+        return f"(its reason could not be read: {e})"
 
 
 def _torch_version() -> str:
@@ -145,30 +186,24 @@ def _load():
         return None
     if sys.platform not in ("linux", "darwin") or _guard.disjoint is None:
         return None  # (without the compiled _overlap there is no sweep to pair it with)
-    failed = None
     try:
         target = _target()
-        failed = target.with_name(target.name + ".failed")
-        if failed.exists():  # (a build failed here before: not tried again)
-            raise RuntimeError(failed.read_text().strip())
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if _failed(target).exists():  # (a build failed here for good: not retried)
+            raise _Lasting(_reason(_failed(target)))
         return _built(target)
     except Exception as e:  # noqa: BLE001 - any failure: the Python reads instead
-        why = f"{type(e).__name__}: {e}"
-        retry = ""
-        if failed is not None:
-            try:
-                if not failed.exists():
-                    failed.write_text(why[-2000:] + "\n")
-                retry = f" Delete {failed} to try the build again."
-            except OSError:
-                pass
-        warnings.warn(
-            f"fusedopt.torch could not build its C++ tensor reader ({why}); the drop-in "
-            "reads its tensors through torch's Python API instead, which checks the "
-            "same but is slower on many small tensors. Set FUSEDOPT_TORCH_EXT=0 to "
-            f"skip the build.{retry}", RuntimeWarning, stacklevel=3)
+        why = str(e) if isinstance(e, _Lasting) else f"{type(e).__name__}: {e}"
+        retry = (f" Delete {_failed(target)} to try the build again."
+                 if isinstance(e, _Lasting) else "")
+        _warn(f"fusedopt.torch could not build its C++ tensor reader ({why}); the "
+              "drop-in reads its tensors through torch's Python API instead, which "
+              "checks the same but is slower on many small tensors. Set "
+              f"FUSEDOPT_TORCH_EXT=0 to skip the build.{retry}")
         return None
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def status() -> str:
@@ -182,9 +217,9 @@ def status() -> str:
         target = _target()
     except Exception as e:  # noqa: BLE001 - torch missing or broken: say so
         return f"not available ({type(e).__name__}: {e})"
-    failed = target.with_name(target.name + ".failed")
+    failed = _failed(target)
     if failed.exists():
-        return f"build failed (delete {failed} to retry): {failed.read_text().strip()}"
+        return f"build failed (delete {failed} to retry): {_reason(failed)}"
     if target.exists():
         return f"built: {target}"
     return f"built on first use of fusedopt.torch, into {target}"
@@ -196,7 +231,8 @@ def plan():
     if not _loaded:
         with _lock:
             if not _loaded:
-                _loaded.append(_load())
+                _loaded.append(None)  # (first: a warning raised as an error leaves
+                _loaded[0] = _load()  # it tried, not raising at every construction)
     return tensor_plan if _loaded[0] is not None else None
 
 

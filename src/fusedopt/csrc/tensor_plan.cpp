@@ -3,21 +3,24 @@
 // fusedopt.torch checks every tensor a multi-tensor step will touch before the
 // first write: type, dtype, device, size, layout, its storage's bounds, its
 // address, the step counts. Through torch's Python API those reads cost ~250 ns
-// a tensor; here, on the at::Tensor behind each Python object, ~10 ns. This file
-// is compiled at first use against the torch that is running (its ABI is that
-// torch's own) by fusedopt/_torch_ext.py, which also documents the contract:
+// a tensor; here, on the at::Tensor behind each Python object, ~50 ns (most of it
+// the memory it touches). This file is compiled at first use against the torch
+// that is running (its ABI is that torch's own) by fusedopt/_torch_ext.py, which
+// also documents the contract:
 // `read` is the twin of fusedopt._overlap.tensor_plan's full plan (_tensor_plan,
 // CPU tensors only), every line of which it mirrors, and it answers -1 wherever
 // that plan answers None, so that the Python plan names the error.
 
 #include <Python.h>
 
+#include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -158,15 +161,46 @@ struct Entries {
   }
 };
 
-// the plan; -1 off the common case
+// what the first pass of a plan found for one stepped parameter (every object
+// held by keep)
+struct Row {
+  PyObject* p;
+  PyObject* g;
+  PyObject* state[4];  // in the group's column order
+  PyObject* step;      // (has_step)
+  Py_ssize_t group, index;
+};
+
+// a dict whose keys are all exact str: a lookup of a str in it runs no Python code
+bool str_keys(PyObject* dict) {
+  Py_ssize_t pos = 0;
+  PyObject *key, *value;
+  while (PyDict_Next(dict, &pos, &key, &value))
+    if (!PyUnicode_CheckExact(key)) return false;
+  return true;
+}
+
+void release_pins(PyObject* capsule) {
+  delete static_cast<std::vector<c10::Storage>*>(PyCapsule_GetPointer(capsule, "pins"));
+}
+
+// the plan; -1 off the common case, -2 with a Python error set. Two passes: the
+// first gathers the objects (reading p.grad and the state dicts, which may run
+// Python code: a collection's finalizers, say), each held in keep; the second
+// reads the tensors behind them with no Python code running, so the addresses it
+// takes are those of the storages it finds, and it holds those storages (a
+// capsule in keep): a tensor re-pointed before the kernels run leaves them alive.
 Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* types,
                 bool has_step, double max_step, int64_t* tab, int64_t* cnt, int64_t* met,
                 int64_t* ind, int64_t* stp, Py_ssize_t total, PyObject* keep) {
   static PyObject* grad_name = PyUnicode_InternFromString("grad");
   static PyObject* step_name = PyUnicode_InternFromString("step");
   if (!grad_name || !step_name) return -2;
+  // under a torch function mode every read the Python-API plan makes goes through
+  // the mode: that plan decides then
+  if (at::impl::torch_function_mode_enabled()) return -1;
   if (!PyTuple_Check(types) || PyTuple_GET_SIZE(types) != 2 || !PyDict_Check(kinds) ||
-      !PyDict_Check(state) || !PyList_Check(groups))
+      !PyDict_Check(state) || !PyList_CheckExact(groups))
     return -1;
   PyTypeObject* tensor = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(types, 0));
   PyTypeObject* parameter = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(types, 1));
@@ -181,27 +215,34 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
     if (PyErr_Occurred()) return -2;
     known.push_back({reinterpret_cast<THPDtype*>(key)->scalar_type, kind, itemsize});
   }
-  Entries entries(state);
-  Dense dense;
-  Py_ssize_t t = 0, index = 0;
+  // per group, its state names and their table columns
+  std::vector<std::vector<std::pair<PyObject*, long>>> cols;
   for (Py_ssize_t k = 0; k < PyList_GET_SIZE(groups); ++k) {
     PyObject* group = PyList_GET_ITEM(groups, k);
     if (!PyTuple_Check(group) || PyTuple_GET_SIZE(group) != 2) return -1;
-    PyObject* params = PyTuple_GET_ITEM(group, 0);
     PyObject* columns = PyTuple_GET_ITEM(group, 1);
-    if (!PyList_Check(params) || !PyTuple_Check(columns)) return -1;
+    if (!PyList_CheckExact(PyTuple_GET_ITEM(group, 0)) || !PyTuple_Check(columns) ||
+        PyTuple_GET_SIZE(columns) > 4)
+      return -1;
+    cols.emplace_back();
     for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(columns); ++c) {
       PyObject* column = PyTuple_GET_ITEM(columns, c);
       if (!PyTuple_Check(column) || PyTuple_GET_SIZE(column) != 2 ||
-          !PyUnicode_Check(PyTuple_GET_ITEM(column, 0)))
+          !PyUnicode_CheckExact(PyTuple_GET_ITEM(column, 0)))
         return -1;
       long col = PyLong_AsLong(PyTuple_GET_ITEM(column, 1));
       if (col < 2 || col > 5) return PyErr_Occurred() ? -2 : -1;
+      cols.back().emplace_back(PyTuple_GET_ITEM(column, 0), col);
     }
-    // Every object read below is held by a reference of its own (or by keep):
-    // reading p.grad may run Python code (a torch function mode, a tensor
-    // subclass's property, the finalizers of a garbage collection), which could
-    // change the params list and the state under a borrowed one.
+  }
+  // pass 1: the objects. (The groups list and its tuples are the caller's own;
+  // the params lists and the state are the user's: read live, each object held.)
+  Entries entries(state);
+  std::vector<Row> rows;
+  rows.reserve(static_cast<size_t>(total));
+  Py_ssize_t index = 0;
+  for (Py_ssize_t k = 0; k < PyList_GET_SIZE(groups); ++k) {
+    PyObject* params = PyTuple_GET_ITEM(PyList_GET_ITEM(groups, k), 0);
     for (Py_ssize_t j = 0; j < PyList_GET_SIZE(params); ++j) {
       Ref param{Py_NewRef(PyList_GET_ITEM(params, j))};
       PyObject* p = param.obj;
@@ -212,71 +253,102 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
         ++index;
         continue;
       }
-      if (t >= total || (Py_TYPE(p) != tensor && Py_TYPE(p) != parameter) ||
-          Py_TYPE(g) != tensor)
+      if (static_cast<Py_ssize_t>(rows.size()) >= total ||
+          (Py_TYPE(p) != tensor && Py_TYPE(p) != parameter) || Py_TYPE(g) != tensor)
         return -1;
       if (PyList_Append(keep, p) < 0 || PyList_Append(keep, g) < 0) return -2;
-      const at::Tensor& pt = THPVariable_Unpack(p);
-      const at::Tensor& gt = THPVariable_Unpack(g);
-      if (!dense(pt)) return -1;
-      const Kind* kind = nullptr;
-      for (const Kind& kn : known)
-        if (kn.dtype == pt.scalar_type()) kind = &kn;
-      if (kind == nullptr) return -1;
-      // contiguous, or dense in another order of dimensions (channels_last,
-      // transposed) with its gradient and state in the very same strides
-      // (at most 16 dimensions then, as _dense_strides)
-      bool contiguous = pt.is_contiguous();
-      if (!contiguous && (pt.dim() > 16 || !pt.is_non_overlapping_and_dense())) return -1;
-      if (!like(gt, pt, contiguous, dense)) return -1;
       PyObject* live = entries.find(p);
-      if (live == nullptr || !PyDict_CheckExact(live)) return -1;
-      int64_t numel = pt.numel();
-      int64_t* row = tab + t * 6;
-      row[0] = static_cast<int64_t>(address(pt, numel, kind->itemsize));
-      row[1] = static_cast<int64_t>(address(gt, numel, kind->itemsize));
-      if (numel && !(row[0] && row[1])) return -1;
-      for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(columns); ++c) {
-        PyObject* column = PyTuple_GET_ITEM(columns, c);
-        PyObject* obj = PyDict_GetItemWithError(live, PyTuple_GET_ITEM(column, 0));
+      if (live == nullptr || !PyDict_CheckExact(live) || !str_keys(live)) return -1;
+      Row row{p, g, {nullptr, nullptr, nullptr, nullptr}, nullptr, k, index};
+      for (size_t c = 0; c < cols[k].size(); ++c) {
+        PyObject* obj = PyDict_GetItemWithError(live, cols[k][c].first);
         if (obj == nullptr) return PyErr_Occurred() ? -2 : -1;
         if (Py_TYPE(obj) != tensor) return -1;
         if (PyList_Append(keep, obj) < 0) return -2;
-        const at::Tensor& st = THPVariable_Unpack(obj);
-        if (!like(st, pt, contiguous, dense)) return -1;
-        int64_t* slot = row + PyLong_AsLong(PyTuple_GET_ITEM(column, 1));
-        *slot = static_cast<int64_t>(address(st, numel, kind->itemsize));
-        if (numel && !*slot) return -1;
+        row.state[c] = obj;
       }
-      int64_t step = 0;
       if (has_step) {
         PyObject* obj = PyDict_GetItemWithError(live, step_name);
         if (obj == nullptr) return PyErr_Occurred() ? -2 : -1;
         if (Py_TYPE(obj) != tensor) return -1;
         if (PyList_Append(keep, obj) < 0) return -2;
-        const at::Tensor& st = THPVariable_Unpack(obj);
-        if (!dense(st) || st.scalar_type() != at::kFloat || st.numel() != 1) return -1;
-        // a whole number in [0, max_step] (_overlap._count)
-        uintptr_t addr = address(st, 1, 4);
-        if (addr == 0) return -1;
-        double count = *reinterpret_cast<const float*>(addr);
-        if (!(0 <= count && count <= max_step) || count != static_cast<double>(
-                                                               static_cast<int64_t>(count)))
-          return -1;
-        step = static_cast<int64_t>(count);
-        stp[t] = static_cast<int64_t>(addr);
+        row.step = obj;
       }
-      cnt[t] = numel;
-      met[t * 4 + 0] = k;
-      met[t * 4 + 1] = kind->kind;
-      met[t * 4 + 2] = step;
-      met[t * 4 + 3] = 0;
-      ind[t] = index;
-      ++t;
+      rows.push_back(row);
       ++index;
     }
   }
-  return index == total ? t : -1;  // (-1: the lists changed while they were read)
+  // (-1: the lists changed while they were read)
+  Py_ssize_t now = 0;
+  for (Py_ssize_t k = 0; k < PyList_GET_SIZE(groups); ++k)
+    now += PyList_GET_SIZE(PyTuple_GET_ITEM(PyList_GET_ITEM(groups, k), 0));
+  if (index != total || now != total) return -1;
+  // pass 2: the tensors, with no Python code running
+  auto pins = std::make_unique<std::vector<c10::Storage>>();
+  pins->reserve(rows.size() * 7);
+  Dense dense;
+  Py_ssize_t t = 0;
+  for (const Row& r : rows) {
+    const at::Tensor& pt = THPVariable_Unpack(r.p);
+    const at::Tensor& gt = THPVariable_Unpack(r.g);
+    if (!dense(pt)) return -1;
+    const Kind* kind = nullptr;
+    for (const Kind& kn : known)
+      if (kn.dtype == pt.scalar_type()) kind = &kn;
+    if (kind == nullptr) return -1;
+    // contiguous, or dense in another order of dimensions (channels_last,
+    // transposed) with its gradient and state in the very same strides
+    // (at most 16 dimensions then, as _dense_strides)
+    bool contiguous = pt.is_contiguous();
+    if (!contiguous && (pt.dim() > 16 || !pt.is_non_overlapping_and_dense())) return -1;
+    if (!like(gt, pt, contiguous, dense)) return -1;
+    int64_t numel = pt.numel();
+    int64_t* row = tab + t * 6;
+    std::fill(row, row + 6, 0);
+    row[0] = static_cast<int64_t>(address(pt, numel, kind->itemsize));
+    row[1] = static_cast<int64_t>(address(gt, numel, kind->itemsize));
+    if (numel && !(row[0] && row[1])) return -1;
+    pins->push_back(pt.storage());
+    pins->push_back(gt.storage());
+    for (size_t c = 0; c < cols[r.group].size(); ++c) {
+      const at::Tensor& st = THPVariable_Unpack(r.state[c]);
+      if (!like(st, pt, contiguous, dense)) return -1;
+      int64_t* slot = row + cols[r.group][c].second;
+      *slot = static_cast<int64_t>(address(st, numel, kind->itemsize));
+      if (numel && !*slot) return -1;
+      pins->push_back(st.storage());
+    }
+    int64_t step = 0;
+    stp[t] = 0;
+    if (has_step) {
+      const at::Tensor& st = THPVariable_Unpack(r.step);
+      if (!dense(st) || st.scalar_type() != at::kFloat || st.numel() != 1) return -1;
+      // a whole number in [0, max_step] (_overlap._count)
+      uintptr_t addr = address(st, 1, 4);
+      if (addr == 0) return -1;
+      double count = *reinterpret_cast<const float*>(addr);
+      if (!(0 <= count && count <= max_step) ||
+          count != static_cast<double>(static_cast<int64_t>(count)))
+        return -1;
+      step = static_cast<int64_t>(count);
+      stp[t] = static_cast<int64_t>(addr);
+      pins->push_back(st.storage());
+    }
+    cnt[t] = numel;
+    met[t * 4 + 0] = r.group;
+    met[t * 4 + 1] = kind->kind;
+    met[t * 4 + 2] = step;
+    met[t * 4 + 3] = 0;
+    ind[t] = r.index;
+    ++t;
+  }
+  // (the storages are held from here: what runs next may re-point the tensors)
+  PyObject* capsule = PyCapsule_New(pins.get(), "pins", release_pins);
+  if (capsule == nullptr) return -2;
+  pins.release();
+  int appended = PyList_Append(keep, capsule);
+  Py_DECREF(capsule);
+  return appended < 0 ? -2 : t;
 }
 
 PyObject* read(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
@@ -304,6 +376,8 @@ PyObject* read(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   } catch (...) {  // torch raised on a read: not the common case
     t = -1;
   }
+  if (t == -2 && PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+    return nullptr;  // (KeyboardInterrupt, SystemExit: not this plan's to swallow)
   PyErr_Clear();  // (-2: a Python error, which the Python plan meets and names)
   if (t < 0) return Py_BuildValue("(nO)", Py_ssize_t{-1}, Py_False);
   bool same = same_ranges(args[12], t, tab.data(), cnt.data(), met.data(), stp.data());

@@ -4,8 +4,9 @@ The multi-tensor kernels (``impl.multi``: ``numba_cpu._multi_template`` and the
 Cython ``<name>_multi``) must step each tensor exactly as one call per tensor does,
 serial and parallel, for every algorithm, option and storage; the drop-in's default
 path (``fusedopt.torch``, one call per group and dtype) must equal its per-tensor
-path; and its C plan (``_overlap.tensor_plan``) must give what its Python twin gives
-wherever it answers, and leave every other case to it.
+path; and its C plans (``_overlap.tensor_plan``, through torch's Python API, and
+``_torch_ext.tensor_plan``, its reads in C++) must give what their Python twin gives
+wherever they answer, and leave every other case to it.
 """
 
 from __future__ import annotations

@@ -186,6 +186,7 @@ def _load():
         return None
     if sys.platform not in ("linux", "darwin") or _guard.disjoint is None:
         return None  # (without the compiled _overlap there is no sweep to pair it with)
+    target = None
     try:
         target = _target()
         if _failed(target).exists():  # (a build failed here for good: not retried)
@@ -194,7 +195,7 @@ def _load():
     except Exception as e:  # noqa: BLE001 - any failure: the Python reads instead
         why = str(e) if isinstance(e, _Lasting) else f"{type(e).__name__}: {e}"
         retry = (f" Delete {_failed(target)} to try the build again."
-                 if isinstance(e, _Lasting) else "")
+                 if isinstance(e, _Lasting) and target is not None else "")
         _warn(f"fusedopt.torch could not build its C++ tensor reader ({why}); the "
               "drop-in reads its tensors through torch's Python API instead, which "
               "checks the same but is slower on many small tensors. Set "

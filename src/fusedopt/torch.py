@@ -369,10 +369,11 @@ class _Fused(torch.optim.Optimizer):
         parameter, gradient and state, checked like ``_plan``'s views (device, dtype,
         size, layout), first-step state allocated but not yet in ``state``; then the
         byte ranges of everything against each other. The common case runs in one C
-        call (``_guard.tensor_plan``, which says what it is; for CPU tensors, where it
-        could be built, ``_torch_ext.tensor_plan``, its reads in C++); anything else (a first
-        step, a step that is not a float32 tensor, an error to name) here. Returns
-        the groups' checked hyperparameters and state names, and the plan
+        call (``_guard.tensor_plan``, which says what it is; for CPU tensors, where
+        it could be built, first ``_torch_ext.tensor_plan``, its reads in C++);
+        anything else (a first step, a step that is not a float32 tensor, an error to
+        name) here. Returns the groups' checked hyperparameters and state names, and
+        the plan
         ``(table, counts, meta, indices, step addresses, step tensors, keep, new,
         copies)`` as ``tensor_plan`` documents; ``new``: the state to commit per
         parameter; ``copies``: ``(tensor, the copy stepped in its place)``, written
@@ -388,8 +389,8 @@ class _Fused(torch.optim.Optimizer):
                 common = self._reader(groups, self.state, self._kinds, _TYPES,
                                       self._has_step, float(_checks.MAX_STEP),
                                       self._reader_memo)
-            if common is None:  # (what the C++ reads decline, such as a tensor
-                # subclass without a gradient, torch's Python API may still plan)
+            if common is None:  # (what the C++ reads decline, such as a step
+                # under a torch function mode, torch's Python API may still plan)
                 common = _guard.tensor_plan(groups, self.state, self._kinds, _TYPES,
                                             self._has_step, float(_checks.MAX_STEP),
                                             self._device, self._plan_memo)

@@ -6,10 +6,11 @@
 // a tensor; here, on the at::Tensor behind each Python object, ~50 ns (most of it
 // the memory it touches). This file is compiled at first use against the torch
 // that is running (its ABI is that torch's own) by fusedopt/_torch_ext.py, which
-// also documents the contract:
-// `read` is the twin of fusedopt._overlap.tensor_plan's full plan (_tensor_plan,
-// CPU tensors only), every line of which it mirrors, and it answers -1 wherever
-// that plan answers None, so that the Python plan names the error.
+// also documents the contract: `read` is the twin of fusedopt._overlap.tensor_plan's
+// full plan (_tensor_plan, CPU tensors only), whose checks it mirrors one by one;
+// it answers -1 wherever that plan answers None (so that the Python plan names the
+// error), and in a few more cases that plan reads through Python (a torch function
+// mode, a tensor subclass or non-leaf parameter, a params list subclass).
 
 #include <Python.h>
 
@@ -161,16 +162,6 @@ struct Entries {
   }
 };
 
-// what the first pass of a plan found for one stepped parameter (every object
-// held by keep)
-struct Row {
-  PyObject* p;
-  PyObject* g;
-  PyObject* state[4];  // in the group's column order
-  PyObject* step;      // (has_step)
-  Py_ssize_t group, index;
-};
-
 // a dict whose keys are all exact str: a lookup of a str in it runs no Python code
 bool str_keys(PyObject* dict) {
   Py_ssize_t pos = 0;
@@ -180,16 +171,26 @@ bool str_keys(PyObject* dict) {
   return true;
 }
 
+// no garbage collection while it lives (the state it found restored after): a
+// collection runs finalizers, Python code that could edit the tensors being read
+struct NoCollection {
+  int was = PyGC_Disable();
+  ~NoCollection() {
+    if (was) PyGC_Enable();
+  }
+};
+
 void release_pins(PyObject* capsule) {
   delete static_cast<std::vector<c10::Storage>*>(PyCapsule_GetPointer(capsule, "pins"));
 }
 
-// the plan; -1 off the common case, -2 with a Python error set. Two passes: the
-// first gathers the objects (reading p.grad and the state dicts, which may run
-// Python code: a collection's finalizers, say), each held in keep; the second
-// reads the tensors behind them with no Python code running, so the addresses it
-// takes are those of the storages it finds, and it holds those storages (a
-// capsule in keep): a tensor re-pointed before the kernels run leaves them alive.
+// the plan; -1 off the common case, -2 with a Python error set. No Python code
+// runs while it reads: no collection (NoCollection), no torch function mode, only
+// exact Tensor and Parameter objects and leaf parameters (whose p.grad is read in
+// C, without the warning a non-leaf's raises), state dicts with str keys only. So
+// every address it takes is that of the storage it found; it holds those storages
+// (a capsule in keep) until the caller lets keep go: a tensor re-pointed before the
+// kernels run (by a finalizer, another thread) leaves them alive.
 Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* types,
                 bool has_step, double max_step, int64_t* tab, int64_t* cnt, int64_t* met,
                 int64_t* ind, int64_t* stp, Py_ssize_t total, PyObject* keep) {
@@ -202,6 +203,7 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
   if (!PyTuple_Check(types) || PyTuple_GET_SIZE(types) != 2 || !PyDict_Check(kinds) ||
       !PyDict_Check(state) || !PyList_CheckExact(groups))
     return -1;
+  NoCollection no_collection;
   PyTypeObject* tensor = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(types, 0));
   PyTypeObject* parameter = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(types, 1));
   std::vector<Kind> known;
@@ -215,16 +217,17 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
     if (PyErr_Occurred()) return -2;
     known.push_back({reinterpret_cast<THPDtype*>(key)->scalar_type, kind, itemsize});
   }
-  // per group, its state names and their table columns
-  std::vector<std::vector<std::pair<PyObject*, long>>> cols;
+  Entries entries(state);
+  Dense dense;
+  auto pins = std::make_unique<std::vector<c10::Storage>>();
+  pins->reserve(static_cast<size_t>(total) * 5);
+  Py_ssize_t t = 0, index = 0;
   for (Py_ssize_t k = 0; k < PyList_GET_SIZE(groups); ++k) {
     PyObject* group = PyList_GET_ITEM(groups, k);
     if (!PyTuple_Check(group) || PyTuple_GET_SIZE(group) != 2) return -1;
+    PyObject* params = PyTuple_GET_ITEM(group, 0);
     PyObject* columns = PyTuple_GET_ITEM(group, 1);
-    if (!PyList_CheckExact(PyTuple_GET_ITEM(group, 0)) || !PyTuple_Check(columns) ||
-        PyTuple_GET_SIZE(columns) > 4)
-      return -1;
-    cols.emplace_back();
+    if (!PyList_CheckExact(params) || !PyTuple_Check(columns)) return -1;
     for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(columns); ++c) {
       PyObject* column = PyTuple_GET_ITEM(columns, c);
       if (!PyTuple_Check(column) || PyTuple_GET_SIZE(column) != 2 ||
@@ -232,20 +235,12 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
         return -1;
       long col = PyLong_AsLong(PyTuple_GET_ITEM(column, 1));
       if (col < 2 || col > 5) return PyErr_Occurred() ? -2 : -1;
-      cols.back().emplace_back(PyTuple_GET_ITEM(column, 0), col);
     }
-  }
-  // pass 1: the objects. (The groups list and its tuples are the caller's own;
-  // the params lists and the state are the user's: read live, each object held.)
-  Entries entries(state);
-  std::vector<Row> rows;
-  rows.reserve(static_cast<size_t>(total));
-  Py_ssize_t index = 0;
-  for (Py_ssize_t k = 0; k < PyList_GET_SIZE(groups); ++k) {
-    PyObject* params = PyTuple_GET_ITEM(PyList_GET_ITEM(groups, k), 0);
     for (Py_ssize_t j = 0; j < PyList_GET_SIZE(params); ++j) {
-      Ref param{Py_NewRef(PyList_GET_ITEM(params, j))};
-      PyObject* p = param.obj;
+      PyObject* p = PyList_GET_ITEM(params, j);
+      if (Py_TYPE(p) != tensor && Py_TYPE(p) != parameter) return -1;
+      const at::Tensor& pt = THPVariable_Unpack(p);
+      if (!pt.is_leaf()) return -1;
       Ref grad{PyObject_GetAttr(p, grad_name)};
       PyObject* g = grad.obj;
       if (g == nullptr) return -2;
@@ -253,96 +248,73 @@ Py_ssize_t plan(PyObject* groups, PyObject* state, PyObject* kinds, PyObject* ty
         ++index;
         continue;
       }
-      if (static_cast<Py_ssize_t>(rows.size()) >= total ||
-          (Py_TYPE(p) != tensor && Py_TYPE(p) != parameter) || Py_TYPE(g) != tensor)
-        return -1;
+      if (t >= total || Py_TYPE(g) != tensor) return -1;
+      // (every object read is held, by keep, until the caller lets it go)
       if (PyList_Append(keep, p) < 0 || PyList_Append(keep, g) < 0) return -2;
+      const at::Tensor& gt = THPVariable_Unpack(g);
+      if (!dense(pt)) return -1;
+      const Kind* kind = nullptr;
+      for (const Kind& kn : known)
+        if (kn.dtype == pt.scalar_type()) kind = &kn;
+      if (kind == nullptr) return -1;
+      // contiguous, or dense in another order of dimensions (channels_last,
+      // transposed) with its gradient and state in the very same strides
+      // (at most 16 dimensions then, as _dense_strides)
+      bool contiguous = pt.is_contiguous();
+      if (!contiguous && (pt.dim() > 16 || !pt.is_non_overlapping_and_dense())) return -1;
+      if (!like(gt, pt, contiguous, dense)) return -1;
       PyObject* live = entries.find(p);
       if (live == nullptr || !PyDict_CheckExact(live) || !str_keys(live)) return -1;
-      Row row{p, g, {nullptr, nullptr, nullptr, nullptr}, nullptr, k, index};
-      for (size_t c = 0; c < cols[k].size(); ++c) {
-        PyObject* obj = PyDict_GetItemWithError(live, cols[k][c].first);
+      int64_t numel = pt.numel();
+      int64_t* row = tab + t * 6;
+      row[0] = static_cast<int64_t>(address(pt, numel, kind->itemsize));
+      row[1] = static_cast<int64_t>(address(gt, numel, kind->itemsize));
+      if (numel && !(row[0] && row[1])) return -1;
+      pins->push_back(pt.storage());
+      pins->push_back(gt.storage());
+      for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(columns); ++c) {
+        PyObject* column = PyTuple_GET_ITEM(columns, c);
+        PyObject* obj = PyDict_GetItemWithError(live, PyTuple_GET_ITEM(column, 0));
         if (obj == nullptr) return PyErr_Occurred() ? -2 : -1;
         if (Py_TYPE(obj) != tensor) return -1;
         if (PyList_Append(keep, obj) < 0) return -2;
-        row.state[c] = obj;
+        const at::Tensor& st = THPVariable_Unpack(obj);
+        if (!like(st, pt, contiguous, dense)) return -1;
+        int64_t* slot = row + PyLong_AsLong(PyTuple_GET_ITEM(column, 1));
+        *slot = static_cast<int64_t>(address(st, numel, kind->itemsize));
+        if (numel && !*slot) return -1;
+        pins->push_back(st.storage());
       }
+      int64_t step = 0;
       if (has_step) {
         PyObject* obj = PyDict_GetItemWithError(live, step_name);
         if (obj == nullptr) return PyErr_Occurred() ? -2 : -1;
         if (Py_TYPE(obj) != tensor) return -1;
         if (PyList_Append(keep, obj) < 0) return -2;
-        row.step = obj;
+        const at::Tensor& st = THPVariable_Unpack(obj);
+        if (!dense(st) || st.scalar_type() != at::kFloat || st.numel() != 1) return -1;
+        // a whole number in [0, max_step] (_overlap._count)
+        uintptr_t addr = address(st, 1, 4);
+        if (addr == 0) return -1;
+        double count = *reinterpret_cast<const float*>(addr);
+        if (!(0 <= count && count <= max_step) ||
+            count != static_cast<double>(static_cast<int64_t>(count)))
+          return -1;
+        step = static_cast<int64_t>(count);
+        stp[t] = static_cast<int64_t>(addr);
+        pins->push_back(st.storage());
       }
-      rows.push_back(row);
+      cnt[t] = numel;
+      met[t * 4 + 0] = k;
+      met[t * 4 + 1] = kind->kind;
+      met[t * 4 + 2] = step;
+      met[t * 4 + 3] = 0;
+      ind[t] = index;
+      ++t;
       ++index;
     }
   }
-  // (-1: the lists changed while they were read)
-  Py_ssize_t now = 0;
-  for (Py_ssize_t k = 0; k < PyList_GET_SIZE(groups); ++k)
-    now += PyList_GET_SIZE(PyTuple_GET_ITEM(PyList_GET_ITEM(groups, k), 0));
-  if (index != total || now != total) return -1;
-  // pass 2: the tensors, with no Python code running
-  auto pins = std::make_unique<std::vector<c10::Storage>>();
-  pins->reserve(rows.size() * 7);
-  Dense dense;
-  Py_ssize_t t = 0;
-  for (const Row& r : rows) {
-    const at::Tensor& pt = THPVariable_Unpack(r.p);
-    const at::Tensor& gt = THPVariable_Unpack(r.g);
-    if (!dense(pt)) return -1;
-    const Kind* kind = nullptr;
-    for (const Kind& kn : known)
-      if (kn.dtype == pt.scalar_type()) kind = &kn;
-    if (kind == nullptr) return -1;
-    // contiguous, or dense in another order of dimensions (channels_last,
-    // transposed) with its gradient and state in the very same strides
-    // (at most 16 dimensions then, as _dense_strides)
-    bool contiguous = pt.is_contiguous();
-    if (!contiguous && (pt.dim() > 16 || !pt.is_non_overlapping_and_dense())) return -1;
-    if (!like(gt, pt, contiguous, dense)) return -1;
-    int64_t numel = pt.numel();
-    int64_t* row = tab + t * 6;
-    std::fill(row, row + 6, 0);
-    row[0] = static_cast<int64_t>(address(pt, numel, kind->itemsize));
-    row[1] = static_cast<int64_t>(address(gt, numel, kind->itemsize));
-    if (numel && !(row[0] && row[1])) return -1;
-    pins->push_back(pt.storage());
-    pins->push_back(gt.storage());
-    for (size_t c = 0; c < cols[r.group].size(); ++c) {
-      const at::Tensor& st = THPVariable_Unpack(r.state[c]);
-      if (!like(st, pt, contiguous, dense)) return -1;
-      int64_t* slot = row + cols[r.group][c].second;
-      *slot = static_cast<int64_t>(address(st, numel, kind->itemsize));
-      if (numel && !*slot) return -1;
-      pins->push_back(st.storage());
-    }
-    int64_t step = 0;
-    stp[t] = 0;
-    if (has_step) {
-      const at::Tensor& st = THPVariable_Unpack(r.step);
-      if (!dense(st) || st.scalar_type() != at::kFloat || st.numel() != 1) return -1;
-      // a whole number in [0, max_step] (_overlap._count)
-      uintptr_t addr = address(st, 1, 4);
-      if (addr == 0) return -1;
-      double count = *reinterpret_cast<const float*>(addr);
-      if (!(0 <= count && count <= max_step) ||
-          count != static_cast<double>(static_cast<int64_t>(count)))
-        return -1;
-      step = static_cast<int64_t>(count);
-      stp[t] = static_cast<int64_t>(addr);
-      pins->push_back(st.storage());
-    }
-    cnt[t] = numel;
-    met[t * 4 + 0] = r.group;
-    met[t * 4 + 1] = kind->kind;
-    met[t * 4 + 2] = step;
-    met[t * 4 + 3] = 0;
-    ind[t] = r.index;
-    ++t;
-  }
-  // (the storages are held from here: what runs next may re-point the tensors)
+  if (index != total) return -1;
   PyObject* capsule = PyCapsule_New(pins.get(), "pins", release_pins);
   if (capsule == nullptr) return -2;
   pins.release();

@@ -154,9 +154,10 @@ def _built(target: pathlib.Path):
                     return _import(target)
                 except ImportError:
                     pass
+            import torch
             _log.warning("fusedopt.torch: compiling its C++ tensor reader for torch %s "
                          "(once, ~15 s; FUSEDOPT_TORCH_EXT=0 skips it)",
-                         _torch_version())
+                         torch.__version__)
             try:
                 return _compile(target)
             except _Lasting as e:
@@ -176,16 +177,20 @@ def _reason(failed: pathlib.Path) -> str:
         return f"(its reason could not be read: {e})"
 
 
-def _torch_version() -> str:
-    import torch
-    return torch.__version__
+def _off() -> str | None:
+    """Why the reader is not to be built or loaded here, or None."""
+    if os.environ.get("FUSEDOPT_TORCH_EXT", "1") == "0":
+        return "off (FUSEDOPT_TORCH_EXT=0)"
+    if _guard.disjoint is None:  # (the sweep it pairs with)
+        return "not available: the compiled overlap check is missing"
+    if sys.platform not in ("linux", "darwin"):
+        return f"not available on {sys.platform}"
+    return None
 
 
 def _load():
-    if os.environ.get("FUSEDOPT_TORCH_EXT", "1") == "0":
+    if _off() is not None:
         return None
-    if sys.platform not in ("linux", "darwin") or _guard.disjoint is None:
-        return None  # (without the compiled _overlap there is no sweep to pair it with)
     target = None
     try:
         target = _target()
@@ -196,24 +201,19 @@ def _load():
         why = str(e) if isinstance(e, _Lasting) else f"{type(e).__name__}: {e}"
         retry = (f" Delete {_failed(target)} to try the build again."
                  if isinstance(e, _Lasting) and target is not None else "")
-        _warn(f"fusedopt.torch could not build its C++ tensor reader ({why}); the "
-              "drop-in reads its tensors through torch's Python API instead, which "
-              "checks the same but is slower on many small tensors. Set "
-              f"FUSEDOPT_TORCH_EXT=0 to skip the build.{retry}")
+        warnings.warn(f"fusedopt.torch could not build its C++ tensor reader ({why}); "
+                      "the drop-in reads its tensors through torch's Python API "
+                      "instead, which checks the same but is slower on many small "
+                      f"tensors. Set FUSEDOPT_TORCH_EXT=0 to skip the build.{retry}",
+                      RuntimeWarning, stacklevel=3)
         return None
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def status() -> str:
     """What ``plan()`` finds here, without building anything (``show_config``)."""
-    if os.environ.get("FUSEDOPT_TORCH_EXT", "1") == "0":
-        return "off (FUSEDOPT_TORCH_EXT=0)"
-    if sys.platform not in ("linux", "darwin") or _guard.disjoint is None:
-        return (f"not available on {sys.platform}" if _guard.disjoint is not None
-                else "not available: the compiled overlap check is missing")
+    off = _off()
+    if off is not None:
+        return off
     try:
         target = _target()
     except Exception as e:  # noqa: BLE001 - torch missing or broken: say so

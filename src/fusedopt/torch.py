@@ -373,9 +373,8 @@ class _Fused(torch.optim.Optimizer):
         it could be built, first ``_torch_ext.tensor_plan``, its reads in C++);
         anything else (a first step, a step that is not a float32 tensor, an error to
         name) here. Returns the groups' checked hyperparameters and state names, and
-        the plan
-        ``(table, counts, meta, indices, step addresses, step tensors, keep, new,
-        copies)`` as ``tensor_plan`` documents; ``new``: the state to commit per
+        the plan ``(table, counts, meta, indices, step addresses, step tensors, keep,
+        new, copies)`` as ``tensor_plan`` documents; ``new``: the state to commit per
         parameter; ``copies``: ``(tensor, the copy stepped in its place)``, written
         back after the kernels."""
         slots = self._algorithm._algorithm.kernel.slots

@@ -84,11 +84,10 @@ struct Kind {  // a dtype the kernels step: its kernel kind and item size
   int64_t kind, itemsize;
 };
 
-// the address of a dense tensor's elements, or 0 where it has none a kernel may
-// step (no storage, or a storage that no longer holds them: resized under it);
-// the twin of _overlap._at
+// the address of the elements of a tensor Dense passed (it has a storage), or 0
+// where its storage no longer holds them (resized under it): the twin of
+// _overlap._at
 uintptr_t address(const at::Tensor& t, int64_t numel, int64_t itemsize) {
-  if (!t.has_storage()) return 0;
   if ((t.storage_offset() + numel) * itemsize > static_cast<int64_t>(t.storage().nbytes()))
     return 0;
   return reinterpret_cast<uintptr_t>(t.data_ptr());
